@@ -1,0 +1,149 @@
+"""Input checks shared by the learner and the adapter: clear errors before any state changes."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["check_model", "check_signal_batch", "check_signal", "check_fraction", "check_int", "check_positive"]
+
+
+def check_model(model: Any) -> None:
+    """The model must be an ``nn.Module`` with trainable parameters and no batch normalisation."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError("model has no trainable parameters (all have requires_grad=False): nothing to meta-learn")
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            raise ValueError(
+                f"model.{name or '<root>'} is a {type(module).__name__}: batch statistics mix points of a "
+                "signal and are undefined for per-signal adaptation; use LayerNorm or no normalisation"
+            )
+
+
+def check_fraction(name: str, value: Any) -> float:
+    """A float in (0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float in (0, 1], got {type(value).__name__}")
+    if not 0.0 < float(value) <= 1.0:
+        raise ValueError(f"{name} must be in (0, 1], got {value}")
+    return float(value)
+
+
+def check_int(name: str, value: Any, minimum: int) -> int:
+    """An integer >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_positive(name: str, value: Any, *, allow_zero: bool = False) -> float:
+    """A finite float > 0 (or >= 0)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{name} must be a finite number {'>=' if allow_zero else '>'} 0, got {value}")
+    return float(value)
+
+
+def _check_tensor(name: str, tensor: Any, dtype: torch.dtype, device: torch.device) -> None:
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+    if not tensor.is_floating_point():
+        raise TypeError(
+            f"{name} must be a floating-point tensor of the model's dtype {dtype}, got {tensor.dtype} "
+            f"(convert with {name}.to({dtype}); images in uint8 can go through ecop_wrap.image_to_signal)"
+        )
+    if tensor.dtype != dtype:
+        raise TypeError(f"{name} has dtype {tensor.dtype} but the model's parameters are {dtype}; use {name}.to({dtype})")
+    if tensor.device != device:
+        raise ValueError(f"{name} is on {tensor.device} but the model is on {device}; use {name}.to('{device}')")
+
+
+def _check_finite(name: str, tensor: torch.Tensor) -> None:
+    if not bool(torch.isfinite(tensor).all()):
+        raise ValueError(f"{name} contains NaN or inf values; clean or mask them before meta-learning")
+
+
+_warned_range: set[int] = set()
+
+
+def _warn_coord_range(owner: object, coords: torch.Tensor, coord_range: tuple[float, float] | None) -> None:
+    if coord_range is None or id(owner) in _warned_range:
+        return
+    low, high = coord_range
+    if coords.numel() and (float(coords.min()) < low - 1e-6 or float(coords.max()) > high + 1e-6):
+        _warned_range.add(id(owner))
+        warnings.warn(
+            f"coords span [{float(coords.min()):.3g}, {float(coords.max()):.3g}], outside the expected range "
+            f"[{low}, {high}] (INR initialisations such as SIREN's assume it); pass coord_range=None to silence",
+            UserWarning,
+            stacklevel=4,
+        )
+
+
+def check_signal_batch(
+    batch: Any,
+    *,
+    dtype: torch.dtype,
+    device: torch.device,
+    owner: object = None,
+    coord_range: tuple[float, float] | None = (-1.0, 1.0),
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate ``(coords [M, C] or [B, M, C], values [B, M, D])``; returns them unchanged."""
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        raise TypeError("batch must be a pair (coords, values) with coords [M, C] or [B, M, C] and values [B, M, D]")
+    coords, values = batch
+    _check_tensor("coords", coords, dtype, device)
+    _check_tensor("values", values, dtype, device)
+    if values.ndim != 3:
+        raise ValueError(f"values must be [B, M, D], got shape {tuple(values.shape)}")
+    if coords.ndim not in (2, 3):
+        raise ValueError(f"coords must be [M, C] (shared) or [B, M, C], got shape {tuple(coords.shape)}")
+    b, m, d = values.shape
+    if b == 0:
+        raise ValueError("the batch is empty: values has B=0 signals")
+    if m == 0 or d == 0:
+        raise ValueError(f"every signal needs at least one point and one channel; values has M={m}, D={d}")
+    if coords.shape[-2] != m:
+        raise ValueError(f"coords has M={coords.shape[-2]} points but values has M={m}; they must match")
+    if coords.ndim == 3 and coords.shape[0] != b:
+        raise ValueError(f"coords has B={coords.shape[0]} signals but values has B={b}; they must match")
+    if coords.shape[-1] == 0:
+        raise ValueError("coords has C=0 coordinate dimensions")
+    _check_finite("values", values)
+    _check_finite("coords", coords)
+    _warn_coord_range(owner, coords, coord_range)
+    return coords, values
+
+
+def check_signal(
+    signal: Any,
+    *,
+    dtype: torch.dtype,
+    device: torch.device,
+    owner: object = None,
+    coord_range: tuple[float, float] | None = (-1.0, 1.0),
+) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """Validate one signal ``([M, C], [M, D])`` or a batch; returns ``(coords, values [B, M, D], batched)``."""
+    if not isinstance(signal, (tuple, list)) or len(signal) != 2:
+        raise TypeError("signal must be a pair (coords, values): ([M, C], [M, D]) or ([B, M, C] / [M, C], [B, M, D])")
+    coords, values = signal
+    if isinstance(values, torch.Tensor) and values.ndim == 2:
+        if isinstance(coords, torch.Tensor) and coords.ndim != 2:
+            raise ValueError(f"a single signal needs coords [M, C] with values [M, D]; got coords {tuple(coords.shape)}")
+        coords, values = check_signal_batch(
+            (coords, values.unsqueeze(0)), dtype=dtype, device=device, owner=owner, coord_range=coord_range
+        )
+        return coords, values, False
+    coords, values = check_signal_batch(
+        (coords, values), dtype=dtype, device=device, owner=owner, coord_range=coord_range
+    )
+    return coords, values, True

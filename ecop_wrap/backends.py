@@ -1,0 +1,251 @@
+"""Backends: how a model is evaluated with per-signal ("fast") parameters.
+
+Everything else in the library (selection, inner loop, bootstrap, outer step, test-time fitting) works on a
+dict ``params`` of trainable parameter name -> tensor with a leading batch dimension ``B`` and calls
+``backend.forward(params, coords)``. A backend only decides how those B parameter sets meet the model:
+
+* ``"torch.func"`` evaluates the user's module statelessly with :func:`torch.func.functional_call`, in one of
+  three batching modes: ``"bmm"`` (one batched matmul per ``nn.Linear``, for stacks of Linear layers and
+  parameter-free operations), ``"vmap"`` (:func:`torch.func.vmap`, any module whose forward vmap supports)
+  or ``"loop"`` (one call per signal, works for anything). ``"auto"`` picks the first of these that runs and
+  matches the loop on a probe.
+* ``"higher"`` evaluates a :func:`higher.monkeypatch` copy of the module, one signal at a time.
+
+Gradients always come from :func:`torch.autograd.grad`, so both backends are differentiable to any order
+and both work under non-reentrant activation checkpointing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, vmap
+from torch.overrides import TorchFunctionMode
+
+__all__ = ["Backend", "TorchFuncBackend", "HigherBackend", "make_backend", "BACKENDS", "BATCHING_MODES"]
+
+Params = dict[str, torch.Tensor]
+BACKENDS = ("torch.func", "higher")
+BATCHING_MODES = ("auto", "bmm", "vmap", "loop")
+
+
+class Backend:
+    """Evaluates ``model`` with batched parameters.
+
+    Args:
+        model: the INR; its trainable parameters are the ones adapted per signal.
+    """
+
+    name: str = "base"
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.param_names = [n for n, p in model.named_parameters() if p.requires_grad]
+        self.autocast_dtype: torch.dtype | None = None
+
+    def __call__(self, params: Params, coords: torch.Tensor, capture: nn.Module | None = None):  # type: ignore[no-untyped-def]
+        """Evaluate every signal's INR on its coordinates.
+
+        Args:
+            params: name -> ``[B, *param_shape]`` per-signal parameters.
+            coords: ``[B, M, C]`` per-signal or ``[M, C]`` shared coordinates.
+            capture: optional submodule whose input is returned too.
+
+        Returns:
+            ``[B, M, D]`` predictions, or ``(predictions, [B, M, F] input of capture)`` when ``capture`` is set.
+            Under ``autocast_dtype`` the forward runs in that dtype and predictions come back in ``coords``'s.
+        """
+        if self.autocast_dtype is None:
+            out, cap = self.forward_capture(params, coords, capture)
+        else:
+            with torch.autocast(coords.device.type, dtype=self.autocast_dtype):
+                out, cap = self.forward_capture(params, coords, capture)
+            out = out.to(coords.dtype)
+            cap = cap.to(coords.dtype) if cap is not None else None
+        return out if capture is None else (out, cap)
+
+    def forward(self, params: Params, coords: torch.Tensor) -> torch.Tensor:
+        """``[B, M, D]`` predictions of every signal's INR (see :meth:`__call__`)."""
+        return self(params, coords)
+
+    def forward_capture(
+        self, params: Params, coords: torch.Tensor, capture: nn.Module | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Like :meth:`forward`, also returning the ``[B, M, F]`` input of submodule ``capture``."""
+        return _loop_forward(self.model, params, coords, capture)
+
+
+def _signal_coords(coords: torch.Tensor, b: int) -> torch.Tensor:
+    return coords if coords.ndim == 2 else coords[b]
+
+
+def _capture_hook(module: nn.Module | None, store: list[torch.Tensor]):
+    if module is None:
+        return None
+    return module.register_forward_hook(lambda _m, inputs, _out: store.append(inputs[0]))
+
+
+def _call_with_capture(
+    call: Callable[[], torch.Tensor], capture: nn.Module | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    store: list[torch.Tensor] = []
+    handle = _capture_hook(capture, store)
+    try:
+        out = call()
+    finally:
+        if handle is not None:
+            handle.remove()
+    if capture is not None and not store:
+        raise RuntimeError(f"the capture module {capture!r} was not called by the model's forward")
+    return out, (store[-1] if store else None)
+
+
+def _loop_forward(
+    model: nn.Module, params: Params, coords: torch.Tensor, capture: nn.Module | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    batch = next(iter(params.values())).shape[0]
+    outs, caps = [], []
+    for b in range(batch):
+        signal_params = {n: p[b] for n, p in params.items()}
+        out, cap = _call_with_capture(
+            lambda: functional_call(model, signal_params, (_signal_coords(coords, b),)), capture
+        )
+        outs.append(out)
+        caps.append(cap)
+    return torch.stack(outs), (torch.stack(caps) if capture is not None else None)  # type: ignore[arg-type]
+
+
+class _BatchedLinear(TorchFunctionMode):
+    """Turns ``F.linear`` with a batched ``[B, out, in]`` weight or ``[B, out]`` bias into a batched matmul."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = kwargs or {}
+        if func is F.linear:
+            x = args[0] if args else kwargs["input"]
+            weight = args[1] if len(args) > 1 else kwargs["weight"]
+            bias = args[2] if len(args) > 2 else kwargs.get("bias")
+            if weight.ndim == 3 or (bias is not None and bias.ndim == 2):
+                return _batched_linear(x, weight, bias)
+        return func(*args, **kwargs)
+
+
+def _batched_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    if weight.ndim == 3 and x.ndim == 3 and bias is not None and bias.ndim == 2:
+        return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+    out = torch.matmul(x, weight.transpose(-1, -2))
+    if bias is not None:
+        out = out + (bias.unsqueeze(-2) if bias.ndim == 2 else bias)
+    return out
+
+
+class TorchFuncBackend(Backend):
+    """Stateless evaluation with :func:`torch.func.functional_call`, batched by ``bmm``, ``vmap`` or a loop.
+
+    Args:
+        model: the INR.
+        batching: ``"auto"`` (default), ``"bmm"``, ``"vmap"`` or ``"loop"``. ``"bmm"`` needs every trainable
+            parameter to belong to an ``nn.Linear``.
+    """
+
+    name = "torch.func"
+
+    def __init__(self, model: nn.Module, batching: str = "auto") -> None:
+        super().__init__(model)
+        if batching not in BATCHING_MODES:
+            raise ValueError(f"batching must be one of {BATCHING_MODES}, got {batching!r}")
+        if batching == "bmm" and not self._linear_only():
+            raise ValueError("batching='bmm' needs every trainable parameter to belong to an nn.Linear")
+        self.batching = batching
+
+    def _linear_only(self) -> bool:
+        owners = {n.rsplit(".", 1)[0] if "." in n else "" for n in self.param_names}
+        modules = dict(self.model.named_modules())
+        return all(isinstance(modules.get(o), nn.Linear) for o in owners)
+
+    def forward_capture(
+        self, params: Params, coords: torch.Tensor, capture: nn.Module | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.batching == "auto":
+            self.batching = self._choose(params, coords)
+        if self.batching == "bmm":
+            with _BatchedLinear():
+                return _call_with_capture(lambda: functional_call(self.model, params, (coords,)), capture)
+        if self.batching == "vmap":
+            return self._vmap_forward(params, coords, capture)
+        return _loop_forward(self.model, params, coords, capture)
+
+    def _vmap_forward(
+        self, params: Params, coords: torch.Tensor, capture: nn.Module | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        def one(signal_params: Params, signal_coords: torch.Tensor):  # type: ignore[no-untyped-def]
+            out, cap = _call_with_capture(
+                lambda: functional_call(self.model, signal_params, (signal_coords,)), capture
+            )
+            return (out, cap) if cap is not None else (out,)
+
+        results = vmap(one, in_dims=(0, 0 if coords.ndim == 3 else None))(params, coords)
+        return results[0], (results[1] if capture is not None else None)
+
+    @torch.no_grad()
+    def _choose(self, params: Params, coords: torch.Tensor) -> str:
+        """First batching mode that runs and reproduces the per-signal loop on a few probe points."""
+        probe_params = {n: p[:2].detach() for n, p in params.items()}
+        probe_coords = coords[..., :8, :] if coords.ndim == 2 else coords[:2, :8]
+        reference = _loop_forward(self.model, probe_params, probe_coords, None)[0]
+        candidates = (["bmm"] if self._linear_only() else []) + ["vmap"]
+        for mode in candidates:
+            self.batching = mode
+            try:
+                out = self.forward_capture(probe_params, probe_coords, None)[0]
+            except Exception:  # noqa: BLE001 - any failure means "this mode does not fit this model"
+                continue
+            if out.shape == reference.shape and torch.allclose(out, reference, rtol=1e-4, atol=1e-5):
+                return mode
+        return "loop"
+
+
+class HigherBackend(Backend):
+    """Evaluation through a :func:`higher.monkeypatch` functional copy of the model, one signal at a time.
+
+    ``higher``'s patched modules do not run forward hooks, so a forward that must capture a layer's input
+    (GradNCP ranking, which needs no graph) goes through ``functional_call`` instead.
+    """
+
+    name = "higher"
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model)
+        import higher  # runtime dependency, imported here to keep `import ecop_wrap` light
+
+        self._fmodel = higher.monkeypatch(model, copy_initial_weights=False, track_higher_grads=True)
+        self._all_names = [n for n, _ in model.named_parameters()]
+
+    def forward_capture(
+        self, params: Params, coords: torch.Tensor, capture: nn.Module | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if capture is not None:
+            return _loop_forward(self.model, params, coords, capture)
+        own = dict(self.model.named_parameters())
+        batch = next(iter(params.values())).shape[0]
+        outs = []
+        for b in range(batch):
+            flat = [params[n][b] if n in params else own[n] for n in self._all_names]
+            outs.append(self._fmodel(_signal_coords(coords, b), params=flat))
+        return torch.stack(outs), None
+
+
+def make_backend(
+    name: Literal["torch.func", "higher"] | str, model: nn.Module, batching: str = "auto"
+) -> Backend:
+    """Build the backend called ``name`` (one of :data:`BACKENDS`) for ``model``."""
+    if name == "torch.func":
+        return TorchFuncBackend(model, batching)
+    if name == "higher":
+        if batching not in ("auto", "loop"):
+            raise ValueError(f"the higher backend runs one signal at a time; batching={batching!r} is not supported")
+        return HigherBackend(model)
+    raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")

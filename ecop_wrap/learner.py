@@ -1,0 +1,312 @@
+"""The outer loop: :class:`ContextPruningMetaLearner` (paper Algorithm 1, l.17).
+
+One :meth:`~ContextPruningMetaLearner.meta_step` adapts theta_0 to each signal of the batch with pruned inner
+steps, builds the bootstrapped target, evaluates the meta-loss and takes one optimizer step on theta_0.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._validation import check_fraction, check_int, check_model, check_positive, check_signal_batch
+from .backends import BACKENDS, make_backend
+from .distributed import weighted_all_reduce
+from .metrics import mse_to_psnr
+from .outer_loss import InnerConfig, MetaLossOutput, meta_objective
+from .selection import SELECTIONS, Selector
+
+__all__ = ["ContextPruningMetaLearner", "CHECKPOINT_FORMAT"]
+
+CHECKPOINT_FORMAT = "ecop-wrap/1"
+# Configuration that changes what is learned; a checkpoint must agree on these to be resumed.
+_ALGORITHM_KEYS = ("gamma", "K", "L", "lam", "inner_lr", "boot_lr", "selection", "first_order", "max_grad_norm")
+
+
+class ContextPruningMetaLearner:
+    """Meta-learns an INR initialization with Error-based Context Pruning (ECoP).
+
+    Args:
+        model: the INR, any ``nn.Module`` mapping ``[..., C]`` coordinates to ``[..., D]`` values. Its
+            trainable parameters are theta_0 and are updated in place by :meth:`meta_step`; parameters with
+            ``requires_grad=False`` and buffers stay fixed.
+        gamma: fraction of the context kept at each inner step (paper gamma), in (0, 1]. ``1.0`` is plain
+            full-context MAML (Learnit).
+        K: number of inner steps (>= 1).
+        L: bootstrap steps on the full context after the inner loop (>= 0; 0 disables the bootstrap).
+        lam: weight lambda of the bootstrap distance in the meta-loss (0 disables the bootstrap).
+        inner_lr: inner step size alpha.
+        boot_lr: step size of the bootstrap steps (None: ``inner_lr``).
+        optimizer: outer optimizer over the model's parameters (None: ``Adam(lr=outer_lr)``).
+        outer_lr: outer learning rate beta when ``optimizer`` is None.
+        backend: ``"torch.func"`` or ``"higher"`` (see :mod:`ecop_wrap.backends`).
+        selection: ``"error"`` (paper), ``"random"`` or ``"gradncp"`` (authors' released code).
+        first_order: drop second-order terms of the inner steps (FOMAML when ``gamma=1``).
+        max_grad_norm: clip the meta-gradient's global norm to this value (None: no clipping).
+        chunk_size: points per chunk for every full-context pass that needs no graph back to theta_0
+            (ranking, bootstrap, and the outer loss's gradient); None processes all points at once.
+        checkpoint: recompute each inner step's graph in the backward pass instead of keeping all K.
+        batching: how the torch.func backend batches signals: ``"auto"``, ``"bmm"``, ``"vmap"``, ``"loop"``.
+        gradncp_layer: scoring layer for ``selection="gradncp"`` (default: the model's last ``nn.Linear``).
+        autocast_dtype: run forward passes under ``torch.autocast`` with this dtype (e.g. ``torch.bfloat16``).
+        process_group: ``torch.distributed`` group whose ranks share the batch (default: the world, if
+            initialised); meta-gradients and statistics are averaged over it.
+        max_consecutive_skips: after this many consecutive steps with a non-finite loss or gradient,
+            :meth:`meta_step` raises ``FloatingPointError``.
+        coord_range: expected coordinate range; coordinates outside it warn once (None: no check).
+        seed: seed of the generator used by random selection (None: drawn from torch's global RNG).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        gamma: float = 0.25,
+        K: int = 16,
+        L: int = 5,
+        lam: float = 100.0,
+        *,
+        inner_lr: float = 1e-2,
+        boot_lr: float | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        outer_lr: float = 1e-5,
+        backend: str = "torch.func",
+        selection: str = "error",
+        first_order: bool = False,
+        max_grad_norm: float | None = None,
+        chunk_size: int | None = None,
+        checkpoint: bool = False,
+        batching: str = "auto",
+        gradncp_layer: nn.Module | None = None,
+        autocast_dtype: torch.dtype | None = None,
+        process_group: Any = None,
+        max_consecutive_skips: int = 10,
+        coord_range: tuple[float, float] | None = (-1.0, 1.0),
+        seed: int | None = None,
+    ) -> None:
+        check_model(model)
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if selection not in SELECTIONS:
+            raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
+        self.gamma = check_fraction("gamma", gamma)
+        self.K = check_int("K", K, 1)
+        self.L = check_int("L", L, 0)
+        self.lam = check_positive("lam", lam, allow_zero=True)
+        self.inner_lr = check_positive("inner_lr", inner_lr)
+        self.boot_lr = self.inner_lr if boot_lr is None else check_positive("boot_lr", boot_lr)
+        self.first_order = bool(first_order)
+        self.max_grad_norm = None if max_grad_norm is None else check_positive("max_grad_norm", max_grad_norm)
+        self.chunk_size = None if chunk_size is None else check_int("chunk_size", chunk_size, 1)
+        self.checkpoint = bool(checkpoint)
+        self.max_consecutive_skips = check_int("max_consecutive_skips", max_consecutive_skips, 1)
+        if autocast_dtype is not None and not isinstance(autocast_dtype, torch.dtype):
+            raise TypeError(f"autocast_dtype must be a torch.dtype or None, got {autocast_dtype!r}")
+        self.model = model
+        self.backend_name = backend
+        self.selection = selection
+        self.backend = make_backend(backend, model, batching)
+        self.backend.autocast_dtype = autocast_dtype
+        self.selector = Selector(selection, self.gamma, model=model, layer=gradncp_layer)
+        self.coord_range = coord_range
+        self.process_group = process_group
+        self._params = [p for p in model.parameters() if p.requires_grad]
+        if optimizer is None:
+            optimizer = torch.optim.Adam(self._params, lr=check_positive("outer_lr", outer_lr))
+        elif not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer or None, got {type(optimizer).__name__}")
+        self.optimizer = optimizer
+        first = self._params[0]
+        self.generator = torch.Generator(device=first.device)
+        self.generator.manual_seed(int(torch.randint(0, 2**62, ())) if seed is None else int(seed))
+        self.step_count = 0
+        self._consecutive_skips = 0
+
+    # ----------------------------------------------------------------------------------------- config
+    @property
+    def config(self) -> dict[str, Any]:
+        """The hyper-parameters, as stored in checkpoints."""
+        return {
+            "gamma": self.gamma, "K": self.K, "L": self.L, "lam": self.lam, "inner_lr": self.inner_lr,
+            "boot_lr": self.boot_lr, "selection": self.selection, "first_order": self.first_order,
+            "max_grad_norm": self.max_grad_norm, "backend": self.backend_name, "chunk_size": self.chunk_size,
+            "checkpoint": self.checkpoint,
+        }
+
+    @property
+    def inner_config(self) -> InnerConfig:
+        return InnerConfig(
+            K=self.K, L=self.L, lam=self.lam, inner_lr=self.inner_lr, boot_lr=self.boot_lr,
+            first_order=self.first_order, chunk_size=self.chunk_size, checkpoint=self.checkpoint,
+        )
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config.items())
+        return f"{type(self).__name__}({type(self.model).__name__}, {args})"
+
+    def init_params(self) -> dict[str, torch.Tensor]:
+        """theta_0: trainable parameter name -> the model's own tensor."""
+        return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def _check_batch(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        first = self._params[0]
+        return check_signal_batch(batch, dtype=first.dtype, device=first.device, owner=self, coord_range=self.coord_range)
+
+    # ------------------------------------------------------------------------------------- objective
+    def meta_objective(self, batch: tuple[torch.Tensor, torch.Tensor]) -> MetaLossOutput:
+        """The meta-loss and per-signal diagnostics for a batch, without stepping.
+
+        Args:
+            batch: ``(coords, values)``; coords ``[M, C]`` (one grid shared by the batch) or ``[B, M, C]``,
+                values ``[B, M, D]``.
+        """
+        coords, values = self._check_batch(batch)
+        with torch.enable_grad():
+            return meta_objective(
+                self.backend, self.init_params(), coords, values, self.inner_config, self.selector, self.generator
+            )
+
+    def meta_loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Scalar meta-loss, differentiable w.r.t. the model's parameters; call ``.backward()`` yourself.
+
+        For custom optimizers, AMP scalers or gradient accumulation. Under ``torch.distributed`` call
+        :meth:`all_reduce_grads` after the backward.
+        """
+        return self.meta_objective(batch).loss
+
+    def all_reduce_grads(self, num_signals: int = 1) -> None:
+        """Average the ``.grad`` of the model's parameters over the process group (weighted by signals)."""
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self._params]
+        reduced, _ = weighted_all_reduce(grads, float(num_signals), self.process_group)
+        for p, g in zip(self._params, reduced):
+            p.grad = g
+
+    # ------------------------------------------------------------------------------------------ step
+    def meta_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, float]:
+        """One outer update: meta-loss, meta-gradient (averaged over ranks), optional clipping, optimizer step.
+
+        A step whose loss or meta-gradient is not finite changes nothing and reports ``skipped=1.0``.
+
+        Returns:
+            ``loss`` (meta-loss), ``mse`` (full-context MSE at theta_K, batch mean), ``psnr`` (from that MSE,
+            data range 1), ``boot_distance`` (mean mu), ``grad_norm`` (before clipping), ``skipped``
+            (1.0 or 0.0) and ``step`` (number of meta_step calls so far).
+        """
+        out = self.meta_objective(batch)
+        grads = list(
+            torch.autograd.grad(out.loss, self._params, allow_unused=True, materialize_grads=True)
+        )
+        local_stats = torch.stack([out.loss.detach(), out.mse.mean(), out.boot_distance.mean()]).to(grads[0].dtype)
+        reduced, _ = weighted_all_reduce(grads + [local_stats], float(out.mse.shape[0]), self.process_group)
+        grads, stats = reduced[:-1], reduced[-1]
+        grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        self.step_count += 1
+        finite = bool(torch.isfinite(grad_norm) & torch.isfinite(stats).all())
+        if finite:
+            self._apply(grads, grad_norm)
+            self._consecutive_skips = 0
+        else:
+            self._skip()
+        loss, mse, distance = (float(v) for v in stats)
+        return {
+            "loss": loss, "mse": mse, "psnr": float(mse_to_psnr(mse)), "boot_distance": distance,
+            "grad_norm": float(grad_norm), "skipped": 0.0 if finite else 1.0, "step": float(self.step_count),
+        }
+
+    def _apply(self, grads: list[torch.Tensor], grad_norm: torch.Tensor) -> None:
+        if self.max_grad_norm is not None:
+            scale = (self.max_grad_norm / (grad_norm + 1e-6)).clamp(max=1.0)
+            grads = [g * scale for g in grads]
+        for p, g in zip(self._params, grads):
+            p.grad = g
+        self.optimizer.step()
+
+    def _skip(self) -> None:
+        self._consecutive_skips += 1
+        if self._consecutive_skips >= self.max_consecutive_skips:
+            raise FloatingPointError(
+                f"meta_step {self.step_count}: the meta-loss or meta-gradient was not finite for "
+                f"{self._consecutive_skips} consecutive steps (model and optimizer left unchanged). Likely causes: "
+                f"an inner_lr ({self.inner_lr}) or outer learning rate too large for this model, or values far "
+                "outside the data range the model was initialised for (e.g. not scaled to [0, 1])."
+            )
+
+    # ----------------------------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Model, optimizer, configuration, step counter and the pruning RNG state."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.config,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step_count,
+            "consecutive_skips": self._consecutive_skips,
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict`; refuses (changing nothing) when it does not fit this learner."""
+        self._check_state(state)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"].cpu())
+        self.step_count = int(state["step"])
+        self._consecutive_skips = int(state.get("consecutive_skips", 0))
+
+    def _check_state(self, state: Any) -> None:
+        required = ("format", "config", "model", "optimizer", "step", "generator")
+        if not isinstance(state, dict) or any(k not in state for k in required):
+            raise ValueError(f"not an ecop-wrap checkpoint: expected a dict with keys {required}")
+        if state["format"] != CHECKPOINT_FORMAT:
+            raise ValueError(f"checkpoint format {state['format']!r} is not {CHECKPOINT_FORMAT!r}")
+        mismatched = [
+            f"{k}: checkpoint {state['config'].get(k)!r} vs learner {self.config[k]!r}"
+            for k in _ALGORITHM_KEYS
+            if state["config"].get(k) != self.config[k]
+        ]
+        if mismatched:
+            raise ValueError("checkpoint configuration does not match this learner: " + "; ".join(mismatched))
+        own = self.model.state_dict()
+        missing = sorted(set(own) - set(state["model"]))
+        unexpected = sorted(set(state["model"]) - set(own))
+        if missing or unexpected:
+            raise ValueError(f"checkpoint parameters do not match the model: missing {missing}, unexpected {unexpected}")
+        wrong = [
+            f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state["model"].items() if v.shape != own[k].shape
+        ]
+        if wrong:
+            raise ValueError("checkpoint parameter shapes do not match the model: " + "; ".join(wrong))
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write :meth:`state_dict` atomically: a temporary file, fsync, then rename over ``path``."""
+        path = os.fspath(path)
+        directory = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(prefix=".ecop-", suffix=".tmp", dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                torch.save(self.state_dict(), handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def load(self, path: str | os.PathLike[str]) -> None:
+        """Load a checkpoint written by :meth:`save` (``torch.load(weights_only=True)``), all or nothing."""
+        try:
+            state = torch.load(os.fspath(path), map_location=self._params[0].device, weights_only=True)
+        except FileNotFoundError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - torch raises many types for damaged files
+            raise ValueError(f"could not read checkpoint {os.fspath(path)!r}: truncated or corrupted ({exc})") from exc
+        self.load_state_dict(state)

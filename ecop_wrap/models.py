@@ -1,0 +1,114 @@
+"""Small INR architectures users would otherwise rewrite.
+
+Both are stacks of ``nn.Linear`` layers with parameter-free activations, so the torch.func backend adapts a
+batch of signals with one batched matmul per layer.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+__all__ = ["Siren", "SineLayer", "FourierFeatureMLP"]
+
+
+class SineLayer(nn.Module):
+    """``sin(w0 * (W x + b))`` with SIREN's initialisation.
+
+    The first layer draws weights from ``U(-1/in, 1/in)``; later layers from ``U(-sqrt(6/in)/w0, sqrt(6/in)/w0)``
+    so that pre-activations keep unit-order spread through depth (Sitzmann et al., 2020).
+    """
+
+    def __init__(self, in_features: int, out_features: int, *, w0: float = 30.0, is_first: bool = False) -> None:
+        super().__init__()
+        self.w0 = float(w0)
+        self.linear = nn.Linear(in_features, out_features)
+        bound = 1.0 / in_features if is_first else math.sqrt(6.0 / in_features) / self.w0
+        with torch.no_grad():
+            self.linear.weight.uniform_(-bound, bound)
+            self.linear.bias.uniform_(-1.0 / math.sqrt(in_features), 1.0 / math.sqrt(in_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sin(self.w0 * self.linear(x))
+
+
+class Siren(nn.Module):
+    """SIREN: an MLP with sine activations, ``[..., in_features] -> [..., out_features]``.
+
+    Args:
+        in_features: coordinate dimension C.
+        out_features: value dimension D.
+        hidden_features: width of every hidden layer (paper: 256).
+        hidden_layers: number of sine layers (paper images: 5 layers in total, i.e. 4 sine layers + output).
+        w0: frequency of the sine activations (paper: 30; 50 for spherical data).
+        output_offset: constant added to the output; 0.5 centres an untrained model on values in [0, 1].
+    """
+
+    def __init__(
+        self,
+        in_features: int = 2,
+        out_features: int = 3,
+        hidden_features: int = 256,
+        hidden_layers: int = 4,
+        *,
+        w0: float = 30.0,
+        output_offset: float = 0.5,
+    ) -> None:
+        super().__init__()
+        if min(in_features, out_features, hidden_features, hidden_layers) < 1:
+            raise ValueError("in_features, out_features, hidden_features and hidden_layers must all be >= 1")
+        widths = [in_features] + [hidden_features] * hidden_layers
+        self.layers = nn.Sequential(
+            *[SineLayer(a, b, w0=w0, is_first=(i == 0)) for i, (a, b) in enumerate(zip(widths[:-1], widths[1:]))]
+        )
+        self.output = nn.Linear(hidden_features, out_features)
+        bound = math.sqrt(6.0 / hidden_features) / w0
+        with torch.no_grad():
+            self.output.weight.uniform_(-bound, bound)
+            self.output.bias.zero_()
+        self.output_offset = float(output_offset)
+
+    def forward(self, coords: torch.Tensor) -> torch.Tensor:
+        return self.output(self.layers(coords)) + self.output_offset
+
+
+class FourierFeatureMLP(nn.Module):
+    """ReLU MLP on random Fourier features ``[cos(2 pi B x), sin(2 pi B x)]`` (Tancik et al., 2020).
+
+    The frequency matrix ``B ~ N(0, scale^2)`` is a buffer (fixed, saved in the state dict, not adapted).
+
+    Args:
+        in_features: coordinate dimension C. out_features: value dimension D.
+        num_frequencies: rows of B (the encoding has twice as many features).
+        scale: standard deviation of B.
+        hidden_features, hidden_layers: MLP width and number of hidden ReLU layers.
+        output_offset: constant added to the output.
+    """
+
+    def __init__(
+        self,
+        in_features: int = 2,
+        out_features: int = 3,
+        num_frequencies: int = 64,
+        scale: float = 10.0,
+        hidden_features: int = 128,
+        hidden_layers: int = 3,
+        *,
+        output_offset: float = 0.5,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        self.register_buffer("frequencies", torch.randn(num_frequencies, in_features, generator=generator) * scale)
+        widths = [2 * num_frequencies] + [hidden_features] * hidden_layers
+        layers: list[nn.Module] = []
+        for a, b in zip(widths[:-1], widths[1:]):
+            layers += [nn.Linear(a, b), nn.ReLU()]
+        self.mlp = nn.Sequential(*layers, nn.Linear(widths[-1], out_features))
+        self.output_offset = float(output_offset)
+
+    def forward(self, coords: torch.Tensor) -> torch.Tensor:
+        projected = 2 * math.pi * coords @ self.frequencies.T
+        features = torch.cat([torch.cos(projected), torch.sin(projected)], dim=-1)
+        return self.mlp(features) + self.output_offset
