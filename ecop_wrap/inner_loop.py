@@ -69,6 +69,7 @@ def adapt(
     chunk_size: int | None = None,
     generator: torch.Generator | None = None,
     on_select: Callable[[int, torch.Tensor | None], None] | None = None,
+    identical_init: bool = False,
 ) -> Params:
     """Run ``steps`` pruned inner steps.
 
@@ -83,6 +84,8 @@ def adapt(
         chunk_size: points per chunk in the graph-free ranking pass.
         generator: random source for ``selection="random"``.
         on_select: called with ``(step, pruned_idx)`` after each ranking (for inspection and plots).
+        identical_init: every signal starts from the same parameters (e.g. :func:`expand_params`), so the
+            first ranking on a shared grid needs a single forward.
 
     Returns:
         theta_K as name -> ``[B, *shape]``.
@@ -90,7 +93,9 @@ def adapt(
     names = list(params)
     step_fn = _checkpointed_step(backend, names, lr) if checkpoint and create_graph else None
     for k in range(steps):
-        pruned_idx = selector.select(backend, params, coords, values, generator, chunk_size)
+        pruned_idx = selector.select(
+            backend, params, coords, values, generator, chunk_size, identical=identical_init and k == 0
+        )
         if on_select is not None:
             on_select(k, pruned_idx)
         if step_fn is not None:

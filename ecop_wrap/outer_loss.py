@@ -92,11 +92,17 @@ def meta_objective(
         checkpoint=config.checkpoint,
         chunk_size=config.chunk_size,
         generator=generator,
+        identical_init=True,
     )
     chunked = config.chunk_size is not None
-    full_mse = full_grads = None
     if chunked:
-        full_mse, full_grads = full_context_grad(backend, adapted, coords, values, config.chunk_size)
+        mse, full_grads = full_context_grad(backend, adapted, coords, values, config.chunk_size)
+    else:
+        mse = squared_errors(backend(adapted, coords), values).mean(dim=1) / values.shape[-1]
+        full_grads = None
+        if config.uses_bootstrap:  # reuse the outer forward for the bootstrap's first gradient
+            grads = torch.autograd.grad(mse.sum(), list(adapted.values()), retain_graph=True, materialize_grads=True, allow_unused=True)
+            full_grads = dict(zip(adapted, grads))
     if config.uses_bootstrap:
         target = bootstrap_target(
             backend, adapted, coords, values, steps=config.L, lr=config.boot_lr,
@@ -107,10 +113,8 @@ def meta_objective(
         target, distance = None, torch.zeros(batch, dtype=values.dtype, device=values.device)
 
     if chunked:
-        loss = _surrogate_loss(adapted, full_mse, full_grads, target, distance, config.lam)  # type: ignore[arg-type]
-        mse = full_mse
+        loss = _surrogate_loss(adapted, mse, full_grads, target, distance, config.lam)  # type: ignore[arg-type]
     else:
-        mse = squared_errors(backend(adapted, coords), values).mean(dim=1) / values.shape[-1]
         loss = (mse + config.lam * distance).mean() if target is not None else mse.mean()
     return MetaLossOutput(
         loss=loss,

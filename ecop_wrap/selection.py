@@ -56,14 +56,42 @@ def _coords_slice(coords: torch.Tensor, chunk: slice) -> torch.Tensor:
     return coords[chunk] if coords.ndim == 2 else coords[:, chunk]
 
 
+def _predict(
+    backend: Backend,
+    params: Params,
+    coords: torch.Tensor,
+    batch: int,
+    identical: bool,
+    capture: nn.Module | None = None,
+):  # type: ignore[no-untyped-def]
+    """Forward of a chunk; when every signal has the same parameters and coordinates, one forward serves all."""
+    if identical and coords.ndim == 2:
+        params = {n: p[:1] for n, p in params.items()}
+    out = backend(params, coords, capture)
+    if capture is None:
+        return out.expand(batch, *out.shape[1:])
+    pred, hidden = out
+    return pred.expand(batch, *pred.shape[1:]), hidden.expand(batch, *hidden.shape[1:])
+
+
 @torch.no_grad()
 def error_scores(
-    backend: Backend, params: Params, coords: torch.Tensor, values: torch.Tensor, chunk_size: int | None = None
+    backend: Backend,
+    params: Params,
+    coords: torch.Tensor,
+    values: torch.Tensor,
+    chunk_size: int | None = None,
+    identical: bool = False,
 ) -> torch.Tensor:
-    """Squared per-point error ``||f(x) - y||^2`` (same order as the paper's R_k), ``[B, M]``."""
+    """Squared per-point error ``||f(x) - y||^2`` (same order as the paper's R_k), ``[B, M]``.
+
+    ``identical`` declares that all signals share their parameters (the first inner step), so with a shared
+    grid a single forward is enough.
+    """
+    batch = values.shape[0]
     return torch.cat(
         [
-            squared_errors(backend(params, _coords_slice(coords, c)), values[:, c])
+            squared_errors(_predict(backend, params, _coords_slice(coords, c), batch, identical), values[:, c])
             for c in point_chunks(values.shape[1], chunk_size)
         ],
         dim=1,
@@ -78,6 +106,7 @@ def gradncp_scores(
     values: torch.Tensor,
     layer: nn.Module,
     chunk_size: int | None = None,
+    identical: bool = False,
 ) -> torch.Tensor:
     """Squared per-point gradient norm w.r.t. the last linear layer, ``||e||^2 (||h||^2 + 1)``, ``[B, M]``.
 
@@ -85,8 +114,9 @@ def gradncp_scores(
     that layer's weight is ``e h^T`` and w.r.t. its bias ``e``.
     """
     scores = []
+    batch = values.shape[0]
     for c in point_chunks(values.shape[1], chunk_size):
-        pred, hidden = backend(params, _coords_slice(coords, c), capture=layer)
+        pred, hidden = _predict(backend, params, _coords_slice(coords, c), batch, identical, capture=layer)
         scores.append(squared_errors(pred, values[:, c]) * (hidden.pow(2).sum(-1) + 1.0))
     return torch.cat(scores, dim=1)
 
@@ -150,13 +180,17 @@ class Selector:
         values: torch.Tensor,
         generator: torch.Generator | None = None,
         chunk_size: int | None = None,
+        identical: bool = False,
     ) -> torch.Tensor:
-        """Ranking scores ``[B, M]`` (higher is kept first), computed without a graph."""
+        """Ranking scores ``[B, M]`` (higher is kept first), computed without a graph.
+
+        ``identical``: all signals currently share their parameters (lets a shared grid use one forward).
+        """
         if self.kind == "random":
             return torch.rand(values.shape[:2], generator=generator, device=values.device)
         if self.kind == "gradncp":
-            return gradncp_scores(backend, params, coords, values, self.layer, chunk_size)  # type: ignore[arg-type]
-        return error_scores(backend, params, coords, values, chunk_size)
+            return gradncp_scores(backend, params, coords, values, self.layer, chunk_size, identical)  # type: ignore[arg-type]
+        return error_scores(backend, params, coords, values, chunk_size, identical)
 
     def select(
         self,
@@ -166,10 +200,11 @@ class Selector:
         values: torch.Tensor,
         generator: torch.Generator | None = None,
         chunk_size: int | None = None,
+        identical: bool = False,
     ) -> torch.Tensor | None:
         """Indices ``[B, k]`` of the pruned context, or ``None`` when it is the full context."""
         num_points = values.shape[1]
         if self.keeps_all(num_points):
             return None
-        scores = self.scores(backend, params, coords, values, generator, chunk_size)
+        scores = self.scores(backend, params, coords, values, generator, chunk_size, identical)
         return topk_indices(scores, num_selected(num_points, self.gamma))
