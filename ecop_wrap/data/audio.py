@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from .._validation import check_int, check_positive
-from .base import SignalDataset, as_generator, import_optional
 from ..signals import make_grid
+from .base import SignalDataset, as_generator, import_optional
 
 __all__ = ["AudioFolder", "load_audio", "resample", "synthesize_speech"]
 

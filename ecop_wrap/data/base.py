@@ -136,7 +136,9 @@ class SignalDataset(Dataset):
     def _check_points(self) -> None:
         points = int(np.prod(self.shape))
         if self.coords.ndim != 2 or self.coords.shape[0] != points:
-            raise ValueError(f"coords must be [M={points}, C] for grid shape {self.shape}, got {tuple(self.coords.shape)}")
+            raise ValueError(
+                f"coords must be [M={points}, C] for grid shape {self.shape}, got {tuple(self.coords.shape)}"
+            )
         sizes = {int(v.shape[-2]) for v in self.values}
         if sizes and sizes != {points}:
             raise ValueError(f"values must have M={points} points per signal for grid shape {self.shape}, got {sizes}")
@@ -149,9 +151,7 @@ class SignalDataset(Dataset):
         return self.coords, self.values[index]
 
     def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(N={len(self)}, shape={self.shape}, C={self.coord_dim}, D={self.channels})"
-        )
+        return f"{type(self).__name__}(N={len(self)}, shape={self.shape}, C={self.coord_dim}, D={self.channels})"
 
     @property
     def num_points(self) -> int:

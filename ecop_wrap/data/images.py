@@ -60,7 +60,7 @@ def _to_channels(image: np.ndarray, gray_to_rgb: bool) -> np.ndarray:
     return image
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_photo(name: str) -> np.ndarray:
     data = import_optional("skimage.data", "images")
     if name == "motorcycle":
@@ -182,9 +182,7 @@ def _resize_short_side(image: np.ndarray, resolution: int) -> torch.Tensor:
     return resize_images(image, new_h, new_w)
 
 
-def _crop_offsets(
-    height: int, width: int, resolution: int, crop: str, rng: np.random.Generator
-) -> tuple[int, int]:
+def _crop_offsets(height: int, width: int, resolution: int, crop: str, rng: np.random.Generator) -> tuple[int, int]:
     if crop == "center":
         return (height - resolution) // 2, (width - resolution) // 2
     return int(rng.integers(0, height - resolution + 1)), int(rng.integers(0, width - resolution + 1))

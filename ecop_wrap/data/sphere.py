@@ -52,9 +52,7 @@ PP_REAL_NAMES: tuple[str, ...] = (
 )  # fmt: skip
 
 #: GloSea4 ensemble members (surface temperature, STASH 24, 6 monthly means each, 145 x 192 grid) for training.
-GLOSEA4_TRAIN: tuple[str, ...] = tuple(
-    f"GloSea4/ensemble_{i:03d}.pp" for i in (0, 1, 2, 3, 4, 5, 7, 8, 9, 10, 11)
-)
+GLOSEA4_TRAIN: tuple[str, ...] = tuple(f"GloSea4/ensemble_{i:03d}.pp" for i in (0, 1, 2, 3, 4, 5, 7, 8, 9, 10, 11))
 #: GloSea4 ensemble members held out for testing.
 GLOSEA4_TEST: tuple[str, ...] = ("GloSea4/ensemble_012.pp", "GloSea4/ensemble_013.pp")
 #: 1.5 m air temperature (STASH 3236), one annual mean each on the same 145 x 192 grid: (train, train, test).
@@ -85,8 +83,8 @@ def _records(raw: bytes, path: Path) -> tuple[list[bytes], str]:
 def _header(record: bytes, order: str) -> dict[str, Any]:
     ints = np.frombuffer(record[:180], dtype=f"{order}i4")
     reals = np.frombuffer(record[180:256], dtype=f"{order}f4")
-    header: dict[str, Any] = {name: int(v) for name, v in zip(PP_INT_NAMES, ints)}
-    header.update({name: float(v) for name, v in zip(PP_REAL_NAMES, reals)})
+    header: dict[str, Any] = {name: int(v) for name, v in zip(PP_INT_NAMES, ints, strict=True)}
+    header.update({name: float(v) for name, v in zip(PP_REAL_NAMES, reals, strict=True)})
     return header
 
 
@@ -128,7 +126,7 @@ def pp_fields(path: str | Path) -> list[tuple[dict[str, Any], np.ndarray]]:
     if len(records) % 2:
         raise ValueError(f"{path}: odd number of records; expected header/data pairs")
     fields = []
-    for head, body in zip(records[0::2], records[1::2]):
+    for head, body in zip(records[0::2], records[1::2], strict=True):
         if len(head) != 256:
             raise ValueError(f"{path}: header record of {len(head)} bytes, expected 256")
         header = _header(head, order)

