@@ -6,6 +6,8 @@ steps, builds the bootstrapped target, evaluates the meta-loss and takes one opt
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import os
 import tempfile
 from typing import Any
@@ -236,7 +238,10 @@ class ContextPruningMetaLearner:
 
     # ----------------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
-        """Model, optimizer, configuration, step counter and the pruning RNG state."""
+        """Model, optimizer, configuration, step counter and the pruning RNG state.
+
+        Like ``nn.Module.state_dict`` the tensors are references to the live ones; :meth:`save` writes them.
+        """
         return {
             "format": CHECKPOINT_FORMAT,
             "config": self.config,
@@ -248,13 +253,34 @@ class ContextPruningMetaLearner:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a :meth:`state_dict`; refuses (changing nothing) when it does not fit this learner."""
+        """Restore a :meth:`state_dict`, all or nothing.
+
+        Raises:
+            ValueError: the state does not fit this learner (format, algorithm configuration, parameter names or
+                shapes, optimizer parameter groups, RNG state), saying which; nothing is changed. Any failure
+                while applying a state that passed the checks also restores the learner as it was.
+        """
         self._check_state(state)
+        snapshot = self._snapshot()
+        try:
+            self._apply_state(state)
+        except Exception as exc:
+            self._apply_state(snapshot)
+            raise ValueError(f"could not load the checkpoint state (learner left unchanged): {exc}") from exc
+
+    def _apply_state(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"].cpu())
         self.step_count = int(state["step"])
         self._consecutive_skips = int(state.get("consecutive_skips", 0))
+
+    def _snapshot(self) -> dict[str, Any]:
+        """A deep copy of :meth:`state_dict` (clones, not references) to roll back to."""
+        state = self.state_dict()
+        state["model"] = {k: v.detach().clone() for k, v in state["model"].items()}
+        state["optimizer"] = copy.deepcopy(state["optimizer"])
+        return state
 
     def _check_state(self, state: Any) -> None:
         required = ("format", "config", "model", "optimizer", "step", "generator")
@@ -262,32 +288,69 @@ class ContextPruningMetaLearner:
             raise ValueError(f"not an ecop-wrap checkpoint: expected a dict with keys {required}")
         if state["format"] != CHECKPOINT_FORMAT:
             raise ValueError(f"checkpoint format {state['format']!r} is not {CHECKPOINT_FORMAT!r}")
+        self._check_config(state["config"])
+        self._check_model_state(state["model"])
+        self._check_optimizer_state(state["optimizer"])
+        generator = state["generator"]
+        own = self.generator.get_state()
+        if not isinstance(generator, torch.Tensor) or generator.dtype != own.dtype or generator.shape != own.shape:
+            raise ValueError(
+                f"checkpoint RNG state must be a {own.dtype} tensor of shape {tuple(own.shape)} "
+                f"(a generator on {self.generator.device}); got {getattr(generator, 'shape', type(generator))}"
+            )
+
+    def _check_config(self, config: Any) -> None:
+        if not isinstance(config, dict):
+            raise ValueError(f"checkpoint config must be a dict, got {type(config).__name__}")
         mismatched = [
-            f"{k}: checkpoint {state['config'].get(k)!r} vs learner {self.config[k]!r}"
+            f"{k}: checkpoint {config.get(k)!r} vs learner {self.config[k]!r}"
             for k in _ALGORITHM_KEYS
-            if state["config"].get(k) != self.config[k]
+            if config.get(k) != self.config[k]
         ]
         if mismatched:
             raise ValueError("checkpoint configuration does not match this learner: " + "; ".join(mismatched))
+
+    def _check_model_state(self, model_state: Any) -> None:
+        if not isinstance(model_state, dict):
+            raise ValueError(f"checkpoint model state must be a dict, got {type(model_state).__name__}")
         own = self.model.state_dict()
-        missing = sorted(set(own) - set(state["model"]))
-        unexpected = sorted(set(state["model"]) - set(own))
+        missing = sorted(set(own) - set(model_state))
+        unexpected = sorted(set(model_state) - set(own))
         if missing or unexpected:
             raise ValueError(f"checkpoint parameters do not match the model: missing {missing}, unexpected {unexpected}")
         wrong = [
-            f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state["model"].items() if v.shape != own[k].shape
+            f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}"
+            for k, v in model_state.items()
+            if not isinstance(v, torch.Tensor) or v.shape != own[k].shape
         ]
         if wrong:
-            raise ValueError("checkpoint parameter shapes do not match the model: " + "; ".join(wrong))
+            raise ValueError("checkpoint parameter shapes do not match the model (checkpoint vs model): " + "; ".join(wrong))
+
+    def _check_optimizer_state(self, optimizer_state: Any) -> None:
+        if not isinstance(optimizer_state, dict) or "param_groups" not in optimizer_state or "state" not in optimizer_state:
+            raise ValueError("checkpoint optimizer state must be an optimizer state_dict with 'state' and 'param_groups'")
+        saved = [len(g.get("params", ())) for g in optimizer_state["param_groups"]]
+        own = [len(g["params"]) for g in self.optimizer.param_groups]
+        if saved != own:
+            raise ValueError(
+                f"checkpoint optimizer has parameter groups of sizes {saved} but this learner's "
+                f"{type(self.optimizer).__name__} has {own}"
+            )
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write :meth:`state_dict` atomically: a temporary file, fsync, then rename over ``path``."""
+        """Write :meth:`state_dict` atomically: a temporary file, fsync, then rename over ``path``.
+
+        A crash at any point leaves either the previous file or the complete new one. The file holds a SHA-256
+        digest of its content, which :meth:`load` checks. Under ``torch.distributed`` call it on one rank only.
+        """
         path = os.fspath(path)
         directory = os.path.dirname(os.path.abspath(path))
+        state = self.state_dict()
+        state["digest"] = _state_digest(state)
         fd, tmp = tempfile.mkstemp(prefix=".ecop-", suffix=".tmp", dir=directory)
         try:
             with os.fdopen(fd, "wb") as handle:
-                torch.save(self.state_dict(), handle)
+                torch.save(state, handle)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, path)
@@ -295,18 +358,68 @@ class ContextPruningMetaLearner:
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        _fsync_directory(directory)
 
     def load(self, path: str | os.PathLike[str]) -> None:
-        """Load a checkpoint written by :meth:`save` (``torch.load(weights_only=True)``), all or nothing."""
+        """Load a checkpoint written by :meth:`save`, all or nothing.
+
+        Reads with ``torch.load(weights_only=True)`` (no arbitrary code runs), checks the SHA-256 digest, then
+        :meth:`load_state_dict`.
+
+        Raises:
+            FileNotFoundError: ``path`` does not exist.
+            ValueError: the file is truncated or corrupted, or it does not fit this learner (see
+                :meth:`load_state_dict`); the learner is left unchanged.
+        """
+        path = os.fspath(path)
         try:
-            state = torch.load(os.fspath(path), map_location=self._params[0].device, weights_only=True)
+            state = torch.load(path, map_location="cpu", weights_only=True)
         except FileNotFoundError:
             raise
         except Exception as exc:  # noqa: BLE001 - torch raises many types for damaged files
-            raise ValueError(f"could not read checkpoint {os.fspath(path)!r}: truncated or corrupted ({exc})") from exc
+            raise ValueError(f"could not read checkpoint {path!r}: truncated or corrupted ({exc})") from exc
+        if not isinstance(state, dict) or "digest" not in state:
+            raise ValueError(f"{path!r} is not a checkpoint written by ContextPruningMetaLearner.save (no digest)")
+        digest = state.pop("digest")
+        if digest != _state_digest(state):
+            raise ValueError(f"checkpoint {path!r} is corrupted: its content does not match its SHA-256 digest")
         self.load_state_dict(state)
+
+
+def _fsync_directory(directory: str) -> None:
+    """Make a rename in ``directory`` durable (a no-op where directories cannot be opened, e.g. Windows)."""
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+
+
+def _state_digest(state: Any) -> str:
+    """SHA-256 over a checkpoint's content: every tensor's dtype, shape and bytes, and every other value's repr."""
+    digest = hashlib.sha256()
+    _update_digest(digest, state)
+    return digest.hexdigest()
+
+
+def _update_digest(digest: Any, value: Any) -> None:
+    if isinstance(value, torch.Tensor):
+        data = value.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"T{data.dtype}{tuple(value.shape)}".encode())
+        digest.update(data.view(torch.uint8).numpy().tobytes())
+    elif isinstance(value, dict):
+        digest.update(f"D{len(value)}".encode())
+        for key, item in value.items():
+            digest.update(repr(key).encode())
+            _update_digest(digest, item)
+    elif isinstance(value, (list, tuple)):
+        digest.update(f"{type(value).__name__[0]}{len(value)}".encode())
+        for item in value:
+            _update_digest(digest, item)
+    else:
+        digest.update(f"{type(value).__name__}:{value!r};".encode())

@@ -1,0 +1,261 @@
+"""Meta-gradient averaging over torch.distributed: two CPU ranks with gloo on loopback.
+
+One spawn of two processes runs every scenario (starting processes costs far more than the training); each
+rank saves what it saw and the tests compare it with single-process runs over the concatenated batch, done
+here in the parent. Every comparison is float64 and independent of the library's distributed code path: the
+single-process runs never touch torch.distributed.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+import traceback
+from typing import Any
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from reference import TinySiren
+
+from ecop_wrap import ContextPruningMetaLearner
+
+WORLD = 2
+TIMEOUT_S = 240  # for the whole spawn; a hung collective fails the test instead of hanging the suite
+CFG = dict(gamma=0.25, K=2, L=1, lam=1.0, coord_range=None)
+POINTS = 25
+
+
+# ------------------------------------------------------------------------------------------- shared setup
+class SqrtSiren(TinySiren):
+    """TinySiren scaled by ``sqrt(x_0 + 1.5)``: finite on ``[-1, 1]^2``, NaN where ``x_0 < -1.5``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * torch.sqrt(x[..., :1] + 1.5)
+
+
+def make_model(cls: type = TinySiren) -> torch.nn.Module:
+    torch.manual_seed(1)
+    return cls(2, 2, width=8).double()
+
+
+def global_batches(steps: int, total: int, shared: bool, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``steps`` global batches of ``total`` signals (coords ``[M, 2]`` or ``[total, M, 2]``)."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(steps):
+        coords = torch.rand(POINTS, 2, generator=gen, dtype=torch.float64) * 2 - 1
+        if not shared:
+            coords = (coords + 0.1 * torch.randn(total, POINTS, 2, generator=gen, dtype=torch.float64)).clamp(-1, 1)
+        out.append((coords, torch.rand(total, POINTS, 2, generator=gen, dtype=torch.float64)))
+    return out
+
+
+def shard(batch: tuple[torch.Tensor, torch.Tensor], sizes: tuple[int, ...], rank: int):
+    """Rank ``rank``'s signals of a global batch split into consecutive pieces of ``sizes``."""
+    coords, values = batch
+    start = sum(sizes[:rank])
+    part = slice(start, start + sizes[rank])
+    return (coords if coords.ndim == 2 else coords[part]), values[part]
+
+
+def make_learner(model: torch.nn.Module, optimizer: str, **kw: Any) -> ContextPruningMetaLearner:
+    params = list(model.parameters())
+    opt = torch.optim.Adam(params, lr=1e-2) if optimizer == "adam" else torch.optim.SGD(params, lr=0.1)
+    return ContextPruningMetaLearner(model, optimizer=opt, **CFG, **kw)
+
+
+def train(batches, optimizer: str, **kw: Any) -> dict[str, Any]:
+    """meta_step over ``batches``; returns the final parameters, optimizer state and per-step stats."""
+    model = make_model()
+    learner = make_learner(model, optimizer, **kw)
+    stats = [learner.meta_step(b) for b in batches]
+    state = learner.optimizer.state_dict()["state"]
+    moments = [state[i]["exp_avg_sq"].clone() for i in sorted(state)] if optimizer == "adam" else []
+    return {"params": [p.detach().clone() for p in model.parameters()], "stats": stats, "moments": moments}
+
+
+# Scenarios: name -> (per-rank shard sizes, shared coords, optimizer, steps, extra learner args)
+SCENARIOS = {
+    "world_unequal": ((1, 3), False, "adam", 3, {"max_grad_norm": 0.05}),
+    "subgroup_shared": ((2, 2), True, "sgd", 2, {}),
+    "solo": ((2, 2), False, "sgd", 2, {}),
+}
+
+
+# ------------------------------------------------------------------------------------------------ workers
+def _run_rank(rank: int, port: int, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
+        timeout=datetime.timedelta(seconds=60),
+    )
+    pair = dist.new_group([0, 1])
+    singles = [dist.new_group([0]), dist.new_group([1])]  # every rank creates every group, same order
+    groups = {"world_unequal": None, "subgroup_shared": pair, "solo": singles[rank]}
+    results: dict[str, Any] = {}
+    for name, (sizes, shared, optimizer, steps, kw) in SCENARIOS.items():
+        batches = [shard(b, sizes, rank) for b in global_batches(steps, sum(sizes), shared)]
+        results[name] = train(batches, optimizer, process_group=groups[name], **kw)
+    results["meta_loss"] = _manual_backward(rank)
+    results["skip"] = _skip_on_one_rank(rank)
+    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def _manual_backward(rank: int) -> list[torch.Tensor]:
+    """meta_loss().backward() + all_reduce_grads(num_signals) + optimizer.step(), 2 steps, shards (1, 2)."""
+    model = make_model()
+    learner = make_learner(model, "sgd")
+    for batch in global_batches(2, 3, shared=False, seed=5):
+        coords, values = shard(batch, (1, 2), rank)
+        learner.optimizer.zero_grad()
+        learner.meta_loss((coords, values)).backward()
+        learner.all_reduce_grads(num_signals=values.shape[0])
+        learner.optimizer.step()
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def _skip_on_one_rank(rank: int) -> dict[str, Any]:
+    """Rank 1's coordinates make the model NaN: both ranks must skip, then both must raise."""
+    model = make_model(SqrtSiren)
+    learner = make_learner(model, "adam", max_consecutive_skips=2)
+    coords, values = shard(global_batches(1, 2, shared=False, seed=7)[0], (1, 1), 0)
+    if rank == 1:
+        coords = coords - 1.0  # x_0 < -1.5 for some points
+    first = learner.meta_step((coords, values))
+    params = [p.detach().clone() for p in model.parameters()]
+    try:
+        learner.meta_step((coords, values))
+        error = ""
+    except FloatingPointError as exc:
+        error = str(exc)
+    return {"first": first, "params": params, "error": error, "adam_state": len(learner.optimizer.state)}
+
+
+def _worker(rank: int, port: int, out_dir: str) -> None:
+    try:
+        _run_rank(rank, port, out_dir)
+    except BaseException:
+        with open(os.path.join(out_dir, f"rank{rank}.err"), "w") as handle:
+            handle.write(traceback.format_exc())
+        raise
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory) -> list[dict[str, Any]]:
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available in this build")
+    out_dir = str(tmp_path_factory.mktemp("dist"))
+    ctx = mp.get_context("spawn")
+    port = _free_port()
+    procs = [ctx.Process(target=_worker, args=(r, port, out_dir), daemon=True) for r in range(WORLD)]
+    for proc in procs:
+        proc.start()
+    deadline = datetime.datetime.now() + datetime.timedelta(seconds=TIMEOUT_S)
+    for proc in procs:
+        proc.join(max(1.0, (deadline - datetime.datetime.now()).total_seconds()))
+    hung = [r for r, proc in enumerate(procs) if proc.is_alive()]
+    for r in hung:
+        procs[r].kill()
+        procs[r].join(5)
+    errors = [open(os.path.join(out_dir, f)).read() for f in sorted(os.listdir(out_dir)) if f.endswith(".err")]
+    if hung or errors or any(proc.exitcode != 0 for proc in procs):
+        pytest.fail(f"distributed workers failed (hung ranks {hung}, exit codes {[p.exitcode for p in procs]}):\n"
+                    + "\n".join(errors))
+    return [torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=False) for r in range(WORLD)]
+
+
+# -------------------------------------------------------------------------------------------------- tests
+def _assert_same(got: list[torch.Tensor], want: list[torch.Tensor], tol: float = 1e-6) -> None:
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=tol, atol=tol)
+
+
+def _single_process(name: str) -> dict[str, Any]:
+    sizes, shared, optimizer, steps, kw = SCENARIOS[name]
+    return train(global_batches(steps, sum(sizes), shared), optimizer, **kw)
+
+
+@pytest.mark.parametrize("name", ["world_unequal", "subgroup_shared"])
+def test_ranks_match_single_process_over_global_batch(ranks, name):
+    want = _single_process(name)
+    for rank in ranks:
+        _assert_same(rank[name]["params"], want["params"])
+        _assert_same(rank[name]["moments"], want["moments"])
+    # identical on both ranks, not just close: they applied the same reduced gradient
+    for a, b in zip(ranks[0][name]["params"], ranks[1][name]["params"]):
+        assert torch.equal(a, b)
+    # the parameters really moved, so the comparison is not vacuous
+    assert max(float((p - q.detach()).abs().max()) for p, q in zip(want["params"], make_model().parameters())) > 1e-4
+
+
+def test_unequal_shards_are_weighted_by_signal_count(ranks):
+    """An unweighted mean of the two ranks' gradients (1 and 3 signals) would differ from the global batch."""
+    sizes, shared, optimizer, steps, kw = SCENARIOS["world_unequal"]
+    batches = global_batches(steps, sum(sizes), shared)
+    model = make_model()
+    learner = make_learner(model, optimizer, **kw)
+    shard_grads = []
+    for r in range(WORLD):
+        loss = learner.meta_loss(shard(batches[0], sizes, r))
+        shard_grads.append(torch.autograd.grad(loss, list(model.parameters())))
+    loss = learner.meta_loss(batches[0])
+    global_grads = torch.autograd.grad(loss, list(model.parameters()))
+    unweighted = [(a + b) / 2 for a, b in zip(*shard_grads)]
+    weighted = [(1 * a + 3 * b) / 4 for a, b in zip(*shard_grads)]
+    _assert_same(weighted, list(global_grads), tol=1e-9)
+    assert max(float((u - g).abs().max()) for u, g in zip(unweighted, global_grads)) > 1e-4
+
+
+def test_stats_are_averaged_across_ranks(ranks):
+    want = _single_process("world_unequal")["stats"]
+    for rank in ranks:
+        for got, exp in zip(rank["world_unequal"]["stats"], want):
+            for key in ("loss", "mse", "psnr", "boot_distance", "grad_norm", "skipped", "step"):
+                assert got[key] == pytest.approx(exp[key], rel=1e-9, abs=1e-12), key
+    # clipping was active, and it used the global norm (not each rank's own)
+    assert all(s["grad_norm"] > 0.05 for s in want)
+
+
+def test_process_group_is_respected(ranks):
+    """With a singleton group per rank nothing is averaged: each rank equals a run on its own shard."""
+    sizes, shared, optimizer, steps, kw = SCENARIOS["solo"]
+    batches = global_batches(steps, sum(sizes), shared)
+    for r, rank in enumerate(ranks):
+        want = train([shard(b, sizes, r) for b in batches], optimizer, **kw)
+        _assert_same(rank["solo"]["params"], want["params"])
+    assert not all(torch.equal(a, b) for a, b in zip(ranks[0]["solo"]["params"], ranks[1]["solo"]["params"]))
+
+
+def test_meta_loss_with_all_reduce_grads_matches_global_step(ranks):
+    model = make_model()
+    learner = make_learner(model, "sgd")
+    for batch in global_batches(2, 3, shared=False, seed=5):
+        learner.meta_step(batch)
+    for rank in ranks:
+        _assert_same(rank["meta_loss"], [p.detach() for p in model.parameters()])
+
+
+def test_non_finite_on_one_rank_skips_on_every_rank(ranks):
+    # rank 0's own shard is fine on its own ...
+    coords, values = shard(global_batches(1, 2, shared=False, seed=7)[0], (1, 1), 0)
+    alone = make_learner(make_model(SqrtSiren), "adam").meta_step((coords, values))
+    assert alone["skipped"] == 0.0
+    # ... but rank 1's NaN reaches it through the all-reduce, so both skip and keep theta_0 and Adam untouched
+    initial = [p.detach() for p in make_model(SqrtSiren).parameters()]
+    for rank in ranks:
+        assert rank["skip"]["first"]["skipped"] == 1.0
+        assert all(torch.equal(a, b) for a, b in zip(rank["skip"]["params"], initial))
+        assert rank["skip"]["adam_state"] == 0
+        assert "meta_step 2" in rank["skip"]["error"] and "2 consecutive steps" in rank["skip"]["error"]
