@@ -193,6 +193,10 @@ class TorchFuncBackend(Backend):
     @torch.no_grad()
     def _choose(self, params: Params, coords: torch.Tensor) -> str:
         """First batching mode that runs and reproduces the per-signal loop on a few probe points."""
+        with torch.autocast(coords.device.type, enabled=False):
+            return self._probe(params, coords)
+
+    def _probe(self, params: Params, coords: torch.Tensor) -> str:
         probe_params = {n: p[:2].detach() for n, p in params.items()}
         probe_coords = coords[..., :8, :] if coords.ndim == 2 else coords[:2, :8]
         reference = _loop_forward(self.model, probe_params, probe_coords, None)[0]
