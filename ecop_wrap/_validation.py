@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
+import weakref
 from typing import Any
 
 import torch
@@ -72,15 +73,30 @@ def _check_finite(name: str, tensor: torch.Tensor) -> None:
         raise ValueError(f"{name} contains NaN or inf values; clean or mask them before meta-learning")
 
 
-_warned_range: set[int] = set()
+# Owners (learners, adapters) that already warned; weak, so a new object never inherits an old one's id.
+_warned_range: weakref.WeakSet[object] = weakref.WeakSet()
+
+
+def _has_warned(owner: object) -> bool:
+    try:
+        return owner in _warned_range
+    except TypeError:  # None or an object without weak references: warn every time
+        return False
+
+
+def _remember_warning(owner: object) -> None:
+    try:
+        _warned_range.add(owner)
+    except TypeError:
+        pass
 
 
 def _warn_coord_range(owner: object, coords: torch.Tensor, coord_range: tuple[float, float] | None) -> None:
-    if coord_range is None or id(owner) in _warned_range:
+    if coord_range is None or _has_warned(owner):
         return
     low, high = coord_range
     if coords.numel() and (float(coords.min()) < low - 1e-6 or float(coords.max()) > high + 1e-6):
-        _warned_range.add(id(owner))
+        _remember_warning(owner)
         warnings.warn(
             f"coords span [{float(coords.min()):.3g}, {float(coords.max()):.3g}], outside the expected range "
             f"[{low}, {high}] (INR initialisations such as SIREN's assume it); pass coord_range=None to silence",

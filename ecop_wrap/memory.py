@@ -39,7 +39,10 @@ class SavedTensorMeter:
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
 
     def _pack(self, tensor: torch.Tensor) -> _Holder:
-        holder = _Holder(tensor)
+        # Keep a detached alias (same storage): a tensor an op saves from its own output carries that op as
+        # grad_fn, and holding it would form a node -> holder -> tensor -> node cycle that is never freed.
+        # Autograd re-attaches the right grad_fn when it unpacks, so higher-order gradients are unaffected.
+        holder = _Holder(tensor.detach())
         self._live.add(holder)
         return holder
 

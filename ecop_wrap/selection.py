@@ -24,6 +24,7 @@ __all__ = [
     "topk_indices",
     "gather_points",
     "find_last_linear",
+    "check_gradncp_layer",
     "point_chunks",
 ]
 
@@ -108,16 +109,21 @@ def gradncp_scores(
     chunk_size: int | None = None,
     identical: bool = False,
 ) -> torch.Tensor:
-    """Squared per-point gradient norm w.r.t. the last linear layer, ``||e||^2 (||h||^2 + 1)``, ``[B, M]``.
+    """Squared per-point gradient norm w.r.t. the output linear layer, ``||e||^2 (||h||^2 + 1)``, ``[B, M]``.
 
     ``e`` is the point's error and ``h`` the input of ``layer``: the gradient of ``||e||^2 / 2`` w.r.t.
-    that layer's weight is ``e h^T`` and w.r.t. its bias ``e``.
+    that layer's weight is ``e h^T`` and w.r.t. its bias ``e``. A frozen weight drops the ``||h||^2`` term and
+    a missing or frozen bias the ``1``. This is the gradient only when the layer's output is the model's
+    prediction (up to parameter-free additive terms such as SIREN's output offset).
     """
+    weight_term = 1.0 if layer.weight.requires_grad else 0.0  # type: ignore[union-attr]
+    bias = getattr(layer, "bias", None)
+    bias_term = 1.0 if bias is not None and bias.requires_grad else 0.0
     scores = []
     batch = values.shape[0]
     for c in point_chunks(values.shape[1], chunk_size):
         pred, hidden = _predict(backend, params, _coords_slice(coords, c), batch, identical, capture=layer)
-        scores.append(squared_errors(pred, values[:, c]) * (hidden.pow(2).sum(-1) + 1.0))
+        scores.append(squared_errors(pred, values[:, c]) * (weight_term * hidden.pow(2).sum(-1) + bias_term))
     return torch.cat(scores, dim=1)
 
 
@@ -131,6 +137,17 @@ def gather_points(tensor: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     if tensor.ndim == 2:
         return tensor[idx]
     return torch.gather(tensor, 1, idx.unsqueeze(-1).expand(-1, -1, tensor.shape[-1]))
+
+
+def check_gradncp_layer(model: nn.Module | None, layer: nn.Module) -> nn.Linear:
+    """``layer`` must be an ``nn.Linear`` of ``model`` with a trainable weight or bias."""
+    if not isinstance(layer, nn.Linear):
+        raise TypeError(f"gradncp_layer must be an nn.Linear (the model's output layer), got {type(layer).__name__}")
+    if model is not None and not any(m is layer for m in model.modules()):
+        raise ValueError("gradncp_layer must be a submodule of the model (e.g. model.output), got a foreign layer")
+    if not any(p.requires_grad for p in layer.parameters()):
+        raise ValueError("gradncp_layer has no trainable parameters; GradNCP scores need its gradient")
+    return layer
 
 
 def find_last_linear(model: nn.Module) -> nn.Linear:
@@ -166,7 +183,8 @@ class Selector:
         if kind == "gradncp":
             if layer is None and model is None:
                 raise ValueError("selection='gradncp' needs the model or an explicit layer")
-            self.layer = layer if layer is not None else find_last_linear(model)  # type: ignore[arg-type]
+            chosen = layer if layer is not None else find_last_linear(model)  # type: ignore[arg-type]
+            self.layer = check_gradncp_layer(model, chosen)
 
     def keeps_all(self, num_points: int) -> bool:
         """Whether the pruned set is the whole context (then no ranking is needed)."""

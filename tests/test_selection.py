@@ -1,0 +1,303 @@
+"""Context pruning: exact top-k sets, sizes, per-step re-ranking, random and GradNCP selection.
+
+Every expected index set is computed here from plain per-signal ``functional_call`` forwards and an
+independent ``argsort``, never from ecop_wrap's own scoring code.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from reference import TinySiren
+from torch import nn
+from torch.func import functional_call
+
+from ecop_wrap import ContextPruningMetaLearner, GradScaledAdapter, Siren, make_backend, make_grid, num_selected
+from ecop_wrap.inner_loop import adapt, expand_params
+from ecop_wrap.selection import Selector
+
+
+def _problem(batch: int = 2, side: int = 6, d: int = 3, shared: bool = False):
+    model = TinySiren(2, d).double()
+    grid = make_grid((side, side), dtype=torch.float64)
+    if shared:
+        coords = grid
+    else:
+        coords = grid.unsqueeze(0).repeat(batch, 1, 1) + 0.05 * torch.randn(batch, side * side, 2, dtype=torch.float64)
+    values = torch.rand(batch, side * side, d, dtype=torch.float64)
+    return model, coords, values
+
+
+def _signal_coords(coords: torch.Tensor, b: int) -> torch.Tensor:
+    return coords if coords.ndim == 2 else coords[b]
+
+
+def _ref_errors(model, params_b, x, y) -> torch.Tensor:
+    """``||f(x_i) - y_i||^2`` for one signal, ``[M]``."""
+    with torch.no_grad():
+        return ((functional_call(model, params_b, (x,)) - y) ** 2).sum(-1)
+
+
+def _top_set(scores: torch.Tensor, k: int) -> set[int]:
+    assert torch.unique(scores).numel() == scores.numel(), "the test needs distinct scores"
+    return set(torch.argsort(scores, descending=True)[:k].tolist())
+
+
+def _model_params(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _leaf_params(model) -> dict[str, torch.Tensor]:
+    """Detached copies that require grad: a starting point for ``adapt`` that leaves the model alone."""
+    return {n: p.detach().clone().requires_grad_(True) for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("gamma", [0.1, 0.25, 0.5, 0.9])
+@pytest.mark.parametrize("shared", [True, False])
+def test_error_selection_is_exactly_the_top_k(gamma, shared):
+    model, coords, values = _problem(batch=3, side=7, shared=shared)
+    backend = make_backend("torch.func", model)
+    params = expand_params(_model_params(model), 3)
+    # Different parameters per signal, so each signal ranks with its own INR.
+    params = {n: p + 0.05 * torch.randn_like(p) for n, p in params.items()}
+    idx = Selector("error", gamma).select(backend, params, coords, values)
+    k = max(1, int(gamma * 49))
+    assert idx.shape == (3, k)
+    for b in range(3):
+        errors = _ref_errors(model, {n: p[b] for n, p in params.items()}, _signal_coords(coords, b), values[b])
+        assert set(idx[b].tolist()) == _top_set(errors, k)
+
+
+@pytest.mark.parametrize(
+    "num_points,gamma",
+    [(1, 0.25), (2, 0.25), (3, 0.3), (4, 0.25), (7, 0.5), (10, 0.25), (10, 0.99), (64, 0.25), (100, 0.29), (33, 0.01)],
+)
+def test_selection_size(num_points, gamma):
+    k = max(1, int(gamma * num_points))
+    assert num_selected(num_points, gamma) == k
+    model = TinySiren(1, 1).double()
+    backend = make_backend("torch.func", model)
+    coords = torch.linspace(-1, 1, num_points, dtype=torch.float64)[:, None]
+    values = torch.rand(2, num_points, 1, dtype=torch.float64)
+    params = expand_params(_model_params(model), 2)
+    for kind in ("error", "random", "gradncp"):
+        idx = Selector(kind, gamma, model=model).select(backend, params, coords, values, torch.Generator().manual_seed(0))
+        if k >= num_points:
+            assert idx is None  # the pruned set is the whole context
+        else:
+            assert idx.shape == (2, k)
+            assert all(len(set(row.tolist())) == k for row in idx)
+
+
+def test_gamma_one_keeps_the_full_context():
+    model, coords, values = _problem()
+    backend = make_backend("torch.func", model)
+    assert Selector("error", 1.0).select(backend, expand_params(_model_params(model), 2), coords, values) is None
+
+
+def _recorder():
+    record: list[tuple[int, torch.Tensor | None]] = []
+    return record, lambda step, idx: record.append((step, None if idx is None else idx.clone()))
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_every_inner_step_reranks_from_the_current_parameters(shared):
+    model, coords, values = _problem(batch=2, side=8, shared=shared)
+    gamma, steps, lr = 0.25, 6, 1e-2  # a larger lr makes the w0=30 dynamics chaotic (rounding grows 1e4x per step)
+    backend = make_backend("torch.func", model)
+    record, on_select = _recorder()
+    adapt(
+        backend, expand_params(_leaf_params(model), 2), coords, values, steps=steps, lr=lr,
+        selector=Selector("error", gamma), create_graph=False, on_select=on_select, identical_init=True,
+    )
+    assert [s for s, _ in record] == list(range(steps))
+    k = max(1, int(gamma * 64))
+    for b in range(2):
+        x, y = _signal_coords(coords, b), values[b]
+        params = {n: p.clone().requires_grad_(True) for n, p in _model_params(model).items()}
+        sets = []
+        for step in range(steps):
+            errors = _ref_errors(model, params, x, y)
+            want = _top_set(errors, k)
+            assert set(record[step][1][b].tolist()) == want, f"signal {b} step {step}"
+            sets.append(want)
+            idx = torch.tensor(sorted(want))
+            loss = ((functional_call(model, params, (x[idx],)) - y[idx]) ** 2).mean()
+            grads = torch.autograd.grad(loss, list(params.values()))
+            params = {n: (p - lr * g).detach().requires_grad_(True) for (n, p), g in zip(params.items(), grads)}
+        # the test is only meaningful if the ranking really changes between steps
+        assert len({frozenset(s) for s in sets}) > 1
+
+
+def test_learner_ranks_once_per_inner_step():
+    model, coords, values = _problem(batch=2)
+    learner = ContextPruningMetaLearner(model, gamma=0.25, K=4, L=1, coord_range=None)
+    calls = []
+    original = learner.selector.select
+
+    def recording_select(*args, **kwargs):
+        idx = original(*args, **kwargs)
+        calls.append(idx)
+        return idx
+
+    learner.selector.select = recording_select  # type: ignore[method-assign]
+    learner.meta_loss((coords, values))
+    assert len(calls) == 4
+    assert all(idx.shape == (2, 9) for idx in calls)
+
+
+def _random_record(seed: int, steps: int = 5, gamma: float = 0.25):
+    model, coords, values = _problem(batch=2, side=6)
+    backend = make_backend("torch.func", model)
+    record, on_select = _recorder()
+    adapt(
+        backend, expand_params(_leaf_params(model), 2), coords, values, steps=steps, lr=1e-2,
+        selector=Selector("random", gamma), create_graph=False, on_select=on_select,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    return [idx for _, idx in record]
+
+
+def test_random_selection_size_uniqueness_and_reproducibility():
+    first = _random_record(seed=3)
+    again = _random_record(seed=3)
+    other = _random_record(seed=4)
+    k = max(1, int(0.25 * 36))
+    for idx in first:
+        assert idx.shape == (2, k)
+        for row in idx:
+            assert len(set(row.tolist())) == k and 0 <= int(row.min()) and int(row.max()) < 36
+    sets = [frozenset(idx[0].tolist()) for idx in first]
+    assert len(set(sets)) > 1, "random subsets must differ between steps"
+    assert frozenset(first[0][0].tolist()) != frozenset(first[0][1].tolist()), "and between signals"
+    assert all(torch.equal(a.sort(1).values, b.sort(1).values) for a, b in zip(first, again))
+    assert any(not torch.equal(a.sort(1).values, b.sort(1).values) for a, b in zip(first, other))
+
+
+def test_random_selection_is_uniform():
+    """Counts over 4000 seeded draws of 5 of 20 points: each point expects 1000 (sd ~27); allow +-15%."""
+    selector = Selector("random", 0.25)
+    model = TinySiren(1, 1).double()
+    backend = make_backend("torch.func", model)
+    values = torch.zeros(4000, 20, 1, dtype=torch.float64)
+    coords = torch.linspace(-1, 1, 20, dtype=torch.float64)[:, None]
+    params = expand_params(_model_params(model), 1)
+    idx = selector.select(backend, params, coords, values, torch.Generator().manual_seed(0))
+    counts = torch.bincount(idx.flatten(), minlength=20)
+    assert counts.sum() == 4000 * 5
+    assert int(counts.min()) > 850 and int(counts.max()) < 1150
+
+
+def test_learner_random_selection_is_reproducible_with_seed():
+    model, coords, values = _problem(batch=2)
+    losses = []
+    for seed in (7, 7, 8):
+        learner = ContextPruningMetaLearner(model, gamma=0.25, K=3, L=0, selection="random", seed=seed, coord_range=None)
+        losses.append(learner.meta_loss((coords, values)).item())
+    assert losses[0] == losses[1]
+    assert losses[0] != losses[2]
+
+
+def _ref_gradncp_norms(model, layer, params_b, x, y) -> torch.Tensor:
+    """Per-point ``||d (||f(x_i) - y_i||^2 / 2) / d (layer.weight, layer.bias)||``, one autograd call per point."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    wanted = [names[id(layer.weight)], names[id(layer.bias)]]
+    norms = []
+    for i in range(x.shape[0]):
+        params = {n: p.detach().clone().requires_grad_(True) for n, p in params_b.items()}
+        loss = 0.5 * ((functional_call(model, params, (x[i : i + 1],)) - y[i : i + 1]) ** 2).sum()
+        grads = torch.autograd.grad(loss, [params[n] for n in wanted])
+        norms.append(torch.sqrt(sum((g**2).sum() for g in grads)))
+    return torch.stack(norms)
+
+
+@pytest.mark.parametrize("backend_name", ["torch.func", "higher"])
+def test_gradncp_scores_are_per_point_gradient_norms(backend_name):
+    model, coords, values = _problem(batch=2, side=5)
+    backend = make_backend(backend_name, model)
+    params = {n: p + 0.05 * torch.randn_like(p) for n, p in expand_params(_model_params(model), 2).items()}
+    selector = Selector("gradncp", 0.25, model=model)
+    assert selector.layer is model.out
+    scores = selector.scores(backend, params, coords, values)
+    idx = selector.select(backend, params, coords, values)
+    k = max(1, int(0.25 * 25))
+    for b in range(2):
+        params_b = {n: p[b] for n, p in params.items()}
+        want = _ref_gradncp_norms(model, model.out, params_b, _signal_coords(coords, b), values[b])
+        torch.testing.assert_close(scores[b].sqrt(), want, rtol=1e-10, atol=1e-12)
+        assert set(idx[b].tolist()) == _top_set(want, k)
+    # the ranking really differs from the plain error ranking on this problem
+    errors = torch.stack(
+        [_ref_errors(model, {n: p[b] for n, p in params.items()}, _signal_coords(coords, b), values[b]) for b in range(2)]
+    )
+    assert any(set(idx[b].tolist()) != _top_set(errors[b], k) for b in range(2))
+
+
+class _OutputFirst(nn.Module):
+    """The output layer is registered before an unrelated Linear, so "last nn.Linear" is the wrong layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(16, 3)
+        self.body = nn.Sequential(nn.Linear(2, 16), nn.Tanh())
+        self.aux = nn.Linear(3, 3)  # used only for an unrelated additive term
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x)) + 0.0 * self.aux.bias
+
+
+def test_gradncp_custom_layer():
+    model = _OutputFirst().double()
+    coords = make_grid((5, 5), dtype=torch.float64)
+    values = torch.rand(1, 25, 3, dtype=torch.float64)
+    backend = make_backend("torch.func", model)
+    params = expand_params(_model_params(model), 1)
+    assert Selector("gradncp", 0.25, model=model).layer is model.aux  # the automatic choice
+    selector = Selector("gradncp", 0.25, model=model, layer=model.head)
+    scores = selector.scores(backend, params, coords, values)
+    want = _ref_gradncp_norms(model, model.head, {n: p[0] for n, p in params.items()}, coords, values[0])
+    torch.testing.assert_close(scores[0].sqrt(), want, rtol=1e-10, atol=1e-12)
+    learner = ContextPruningMetaLearner(model, selection="gradncp", gradncp_layer=model.head, K=2, coord_range=None)
+    assert learner.selector.layer is model.head
+    assert GradScaledAdapter(learner).selector.layer is model.head
+    assert torch.isfinite(learner.meta_loss((coords, values)))
+
+
+class _NoLinear(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sin(x.sum(-1, keepdim=True)) * self.scale
+
+
+def test_gradncp_without_linear_is_a_clear_error():
+    with pytest.raises(ValueError, match="nn.Linear"):
+        ContextPruningMetaLearner(_NoLinear(), selection="gradncp")
+    with pytest.raises(ValueError, match="nn.Linear"):
+        GradScaledAdapter(_NoLinear(), selection="gradncp")
+    # the other rules need no linear layer
+    ContextPruningMetaLearner(_NoLinear(), selection="error")
+
+
+def test_gradncp_layer_must_belong_to_the_model():
+    model = Siren(2, 3, 8, 1)
+    with pytest.raises(ValueError, match="gradncp_layer"):
+        ContextPruningMetaLearner(model, selection="gradncp", gradncp_layer=nn.Linear(8, 3))
+    with pytest.raises(TypeError, match="gradncp_layer"):
+        ContextPruningMetaLearner(model, selection="gradncp", gradncp_layer=model.layers[0])
+
+
+def test_gradncp_without_bias_uses_the_weight_gradient_only():
+    model = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 2, bias=False)).double()
+    coords = make_grid((4, 4), dtype=torch.float64)
+    values = torch.rand(1, 16, 2, dtype=torch.float64)
+    backend = make_backend("torch.func", model)
+    params = expand_params(_model_params(model), 1)
+    scores = Selector("gradncp", 0.25, model=model).scores(backend, params, coords, values)
+    for i in range(16):
+        leaves = {n: p[0].clone().requires_grad_(True) for n, p in params.items()}
+        loss = 0.5 * ((functional_call(model, leaves, (coords[i : i + 1],)) - values[0, i : i + 1]) ** 2).sum()
+        (grad,) = torch.autograd.grad(loss, [leaves["2.weight"]])
+        torch.testing.assert_close(scores[0, i].sqrt(), grad.norm(), rtol=1e-10, atol=1e-12)
