@@ -59,9 +59,11 @@ def array_to_signal(
     """Turn a grid-shaped array into a context set.
 
     Args:
-        array: ``[*S, D]`` (``channels_last``) or ``[D, *S]`` values; a 1-channel array may omit ``D`` only
-            when ``channels_last`` is True and is then treated as ``[*S, 1]``. Integer arrays (e.g. ``uint8``
-            images) are scaled to ``[0, 1]`` by their dtype's maximum.
+        array: ``[*S, D]`` (``channels_last``) or ``[D, *S]`` values. The last axis is always the channel axis
+            when ``channels_last``, so a 1-channel grid of two or more axes needs an explicit ``D=1``
+            (``[H, W]`` would be read as ``H`` points with ``W`` channels; :func:`image_to_signal` adds it); only a
+            1-D ``[S]`` array is taken as ``[S, 1]``. Integer arrays (e.g. ``uint8`` images) are scaled to
+            ``[0, 1]`` by their dtype's maximum.
         channels_last: where the channel axis is.
         dtype, device: of the returned tensors (default dtype: ``torch.get_default_dtype()``).
 
