@@ -12,8 +12,9 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
-__all__ = ["world_size", "weighted_all_reduce"]
+__all__ = ["world_size", "weighted_all_reduce", "broadcast_parameters", "parameters_in_sync"]
 
 
 def world_size(group: Any = None) -> int:
@@ -48,3 +49,40 @@ def weighted_all_reduce(
         out.append(averaged[offset : offset + t.numel()].view_as(t))
         offset += t.numel()
     return out, float(total)
+
+
+def _state_tensors(model: nn.Module) -> list[torch.Tensor]:
+    return [t.data for t in model.parameters()] + [t for t in model.buffers()]
+
+
+def broadcast_parameters(model: nn.Module, src: int = 0, group: Any = None) -> None:
+    """Copy rank ``src``'s parameters and buffers to every rank of ``group`` (in place).
+
+    Call it once after building the model (or after loading a checkpoint on one rank only) so that every
+    rank starts from the same theta_0; :meth:`ContextPruningMetaLearner.meta_step` then keeps them equal.
+    A no-op on a single process.
+
+    Args:
+        model: the INR, on this rank's device (CUDA for NCCL).
+        src: global rank whose values are kept.
+        group: process group (default: the world).
+    """
+    if world_size(group) == 1:
+        return
+    for tensor in _state_tensors(model):
+        dist.broadcast(tensor, src=src, group=group)
+
+
+def parameters_in_sync(model: nn.Module, group: Any = None) -> bool:
+    """Whether every rank of ``group`` holds bit-identical parameters and buffers (collective; True alone).
+
+    Compares the element-wise maximum and minimum over ranks, so it costs two all-reduces of the model.
+    """
+    if world_size(group) == 1:
+        return True
+    tensors = [t for t in _state_tensors(model) if t.is_floating_point()]
+    flat = torch.cat([t.detach().reshape(-1) for t in tensors])
+    high, low = flat.clone(), flat.clone()
+    dist.all_reduce(high, op=dist.ReduceOp.MAX, group=group)
+    dist.all_reduce(low, op=dist.ReduceOp.MIN, group=group)
+    return bool(torch.equal(high, low))

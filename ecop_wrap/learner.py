@@ -10,6 +10,7 @@ import copy
 import hashlib
 import os
 import tempfile
+import warnings
 from typing import Any
 
 import torch
@@ -271,9 +272,22 @@ class ContextPruningMetaLearner:
     def _apply_state(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["generator"].cpu())
+        self._set_generator_state(state["generator"])
         self.step_count = int(state["step"])
         self._consecutive_skips = int(state.get("consecutive_skips", 0))
+
+    def _set_generator_state(self, generator_state: torch.Tensor) -> None:
+        """Restore the pruning RNG; a state saved for another device type (CPU vs CUDA) cannot be, so warn."""
+        if generator_state.shape == self.generator.get_state().shape:
+            self.generator.set_state(generator_state.cpu())
+            return
+        warnings.warn(
+            f"the checkpoint's pruning RNG state ({generator_state.numel()} bytes) was saved from a generator on "
+            f"another device type than this learner's ({self.generator.device}); it is not restored, so "
+            "selection='random' continues from this learner's own seed (everything else was loaded)",
+            UserWarning,
+            stacklevel=4,
+        )
 
     def _snapshot(self) -> dict[str, Any]:
         """A deep copy of :meth:`state_dict` (clones, not references) to roll back to."""
@@ -292,12 +306,8 @@ class ContextPruningMetaLearner:
         self._check_model_state(state["model"])
         self._check_optimizer_state(state["optimizer"])
         generator = state["generator"]
-        own = self.generator.get_state()
-        if not isinstance(generator, torch.Tensor) or generator.dtype != own.dtype or generator.shape != own.shape:
-            raise ValueError(
-                f"checkpoint RNG state must be a {own.dtype} tensor of shape {tuple(own.shape)} "
-                f"(a generator on {self.generator.device}); got {getattr(generator, 'shape', type(generator))}"
-            )
+        if not isinstance(generator, torch.Tensor) or generator.dtype != torch.uint8 or generator.ndim != 1:
+            raise ValueError(f"checkpoint RNG state must be a 1-D torch.uint8 tensor, got {generator!r:.80}")
 
     def _check_config(self, config: Any) -> None:
         if not isinstance(config, dict):

@@ -359,3 +359,25 @@ def test_not_a_checkpoint_is_refused(tmp_path):
     with pytest.raises(ValueError, match="format"):
         learner.load_state_dict({**learner.state_dict(), "format": "other/9"})
     _assert_identical(_snapshot(learner), before)
+
+
+def test_rng_state_from_another_device_type_warns_and_loads_the_rest(tmp_path):
+    """A CUDA generator's state (16 bytes) cannot seed a CPU generator: the model must still load."""
+    saved, _ = _trained(tmp_path)
+    state = copy.deepcopy(saved.state_dict())
+    state["generator"] = torch.zeros(16, dtype=torch.uint8)
+    learner = _learner(_model(seed=3), seed=5)
+    rng = learner.generator.get_state()
+    with pytest.warns(UserWarning, match="another device type"):
+        learner.load_state_dict(state)
+    assert torch.equal(learner.generator.get_state(), rng)
+    assert all(torch.equal(a, b) for a, b in zip(learner.model.parameters(), saved.model.parameters()))
+    assert learner.step_count == saved.step_count
+
+
+def test_malformed_rng_state_is_refused(tmp_path):
+    saved, _ = _trained(tmp_path)
+    learner, before = _fresh_with_state()
+    with pytest.raises(ValueError, match="RNG state"):
+        learner.load_state_dict({**saved.state_dict(), "generator": torch.zeros(4, 4)})
+    _assert_identical(_snapshot(learner), before)

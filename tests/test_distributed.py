@@ -11,7 +11,10 @@ from __future__ import annotations
 import datetime
 import os
 import socket
+import subprocess
+import sys
 import traceback
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +24,7 @@ import torch.multiprocessing as mp
 from reference import TinySiren
 
 from ecop_wrap import ContextPruningMetaLearner
+from ecop_wrap.distributed import broadcast_parameters, parameters_in_sync, world_size
 
 WORLD = 2
 TIMEOUT_S = 240  # for the whole spawn; a hung collective fails the test instead of hanging the suite
@@ -29,6 +33,14 @@ POINTS = 25
 
 
 # ------------------------------------------------------------------------------------------- shared setup
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class SqrtSiren(TinySiren):
     """TinySiren scaled by ``sqrt(x_0 + 1.5)``: finite on ``[-1, 1]^2``, NaN where ``x_0 < -1.5``."""
 
@@ -63,7 +75,7 @@ def shard(batch: tuple[torch.Tensor, torch.Tensor], sizes: tuple[int, ...], rank
 
 def make_learner(model: torch.nn.Module, optimizer: str, **kw: Any) -> ContextPruningMetaLearner:
     params = list(model.parameters())
-    opt = torch.optim.Adam(params, lr=1e-2) if optimizer == "adam" else torch.optim.SGD(params, lr=0.1)
+    opt = torch.optim.Adam(params, lr=1e-2) if optimizer == "adam" else torch.optim.SGD(params, lr=1e-3)
     return ContextPruningMetaLearner(model, optimizer=opt, **CFG, **kw)
 
 
@@ -101,6 +113,7 @@ def _run_rank(rank: int, port: int, out_dir: str) -> None:
         results[name] = train(batches, optimizer, process_group=groups[name], **kw)
     results["meta_loss"] = _manual_backward(rank)
     results["skip"] = _skip_on_one_rank(rank)
+    results["broadcast"] = _broadcast(rank)
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.barrier()
     dist.destroy_process_group()
@@ -134,6 +147,15 @@ def _skip_on_one_rank(rank: int) -> dict[str, Any]:
     except FloatingPointError as exc:
         error = str(exc)
     return {"first": first, "params": params, "error": error, "adam_state": len(learner.optimizer.state)}
+
+
+def _broadcast(rank: int) -> dict[str, Any]:
+    """Models built with different seeds: out of sync, then rank 0's values everywhere."""
+    torch.manual_seed(100 + rank)
+    model = TinySiren(2, 2, width=8).double()
+    before = parameters_in_sync(model)
+    broadcast_parameters(model)
+    return {"before": before, "after": parameters_in_sync(model), "params": [p.detach().clone() for p in model.parameters()]}
 
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
@@ -259,3 +281,45 @@ def test_non_finite_on_one_rank_skips_on_every_rank(ranks):
         assert all(torch.equal(a, b) for a, b in zip(rank["skip"]["params"], initial))
         assert rank["skip"]["adam_state"] == 0
         assert "meta_step 2" in rank["skip"]["error"] and "2 consecutive steps" in rank["skip"]["error"]
+
+
+def test_broadcast_parameters_brings_ranks_in_sync(ranks):
+    torch.manual_seed(100)
+    want = [p.detach() for p in TinySiren(2, 2, width=8).double().parameters()]
+    for rank in ranks:
+        assert rank["broadcast"]["before"] is False and rank["broadcast"]["after"] is True
+        assert all(torch.equal(a, b) for a, b in zip(rank["broadcast"]["params"], want))
+
+
+def test_single_process_helpers_are_no_ops():
+    model = make_model()
+    before = [p.detach().clone() for p in model.parameters()]
+    assert world_size() == 1 and parameters_in_sync(model)
+    broadcast_parameters(model)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), before))
+
+
+# ------------------------------------------------------------------------------------------- the example
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "train_distributed.py"
+
+
+def _torchrun(*args: str) -> str:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(EXAMPLE),
+           "--width", "16", "--resolution", "8", "--num-signals", "32", "--batch-size", "5", "--K", "2", *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+@pytest.mark.slow
+def test_torchrun_example_runs_in_sync_and_resumes_exactly(tmp_path):
+    """The example under torchrun: ranks stay identical, and 6 steps + resume to 10 == 10 straight steps."""
+    first, straight = str(tmp_path / "a.pt"), str(tmp_path / "b.pt")
+    out = _torchrun("--steps", "6", "--checkpoint", first, "--checkpoint-every", "3")
+    assert "parameters identical on all 2 ranks: True" in out
+    out = _torchrun("--steps", "10", "--checkpoint", first, "--resume")
+    assert "resumed from" in out and "at step 6" in out
+    _torchrun("--steps", "10", "--checkpoint", straight)
+    a, b = torch.load(first, weights_only=True), torch.load(straight, weights_only=True)
+    assert a["step"] == b["step"] == 10
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in b["model"])
