@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["world_size", "weighted_all_reduce", "broadcast_parameters", "parameters_in_sync"]
+__all__ = ["broadcast_parameters", "parameters_in_sync", "weighted_all_reduce", "world_size"]
 
 
 def world_size(group: Any = None) -> int:

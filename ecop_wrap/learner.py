@@ -16,14 +16,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._validation import check_fraction, check_int, check_model, check_positive, check_signal_batch
+from ._validation import (
+    check_fraction,
+    check_int,
+    check_model,
+    check_positive,
+    check_signal_batch,
+)
 from .backends import BACKENDS, make_backend
 from .distributed import weighted_all_reduce
 from .metrics import mse_to_psnr
 from .outer_loss import InnerConfig, MetaLossOutput, meta_objective
 from .selection import SELECTIONS, Selector
 
-__all__ = ["ContextPruningMetaLearner", "CHECKPOINT_FORMAT"]
+__all__ = ["CHECKPOINT_FORMAT", "ContextPruningMetaLearner"]
 
 CHECKPOINT_FORMAT = "ecop-wrap/1"
 # Configuration that changes what is learned; a checkpoint must agree on these to be resumed.
@@ -311,7 +317,7 @@ class ContextPruningMetaLearner:
 
     def _check_config(self, config: Any) -> None:
         if not isinstance(config, dict):
-            raise ValueError(f"checkpoint config must be a dict, got {type(config).__name__}")
+            raise ValueError(f"checkpoint config must be a dict, got {type(config).__name__}")  # noqa: TRY004 - a damaged checkpoint
         mismatched = [
             f"{k}: checkpoint {config.get(k)!r} vs learner {self.config[k]!r}"
             for k in _ALGORITHM_KEYS
@@ -322,7 +328,7 @@ class ContextPruningMetaLearner:
 
     def _check_model_state(self, model_state: Any) -> None:
         if not isinstance(model_state, dict):
-            raise ValueError(f"checkpoint model state must be a dict, got {type(model_state).__name__}")
+            raise ValueError(f"checkpoint model state must be a dict, got {type(model_state).__name__}")  # noqa: TRY004
         own = self.model.state_dict()
         missing = sorted(set(own) - set(model_state))
         unexpected = sorted(set(model_state) - set(own))
@@ -386,7 +392,7 @@ class ContextPruningMetaLearner:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except FileNotFoundError:
             raise
-        except Exception as exc:  # noqa: BLE001 - torch raises many types for damaged files
+        except Exception as exc:
             raise ValueError(f"could not read checkpoint {path!r}: truncated or corrupted ({exc})") from exc
         if not isinstance(state, dict) or "digest" not in state:
             raise ValueError(f"{path!r} is not a checkpoint written by ContextPruningMetaLearner.save (no digest)")

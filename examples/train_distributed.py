@@ -60,13 +60,13 @@ def setup() -> tuple[int, int, torch.device]:
     """Join the process group torchrun describes (NCCL on GPUs, gloo on CPU); returns rank, world, device."""
     if "RANK" not in os.environ:  # plain `python examples/train_distributed.py`
         return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
         device, backend = torch.device("cuda", local_rank), "nccl"
     else:
         device, backend = torch.device("cpu"), "gloo"
-        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
     dist.init_process_group(backend)
     return dist.get_rank(), dist.get_world_size(), device

@@ -16,7 +16,7 @@ from reference import TinySiren, ref_fit
 
 from ecop_wrap import ContextPruningMetaLearner, GradScaledAdapter, make_grid
 
-CFG = dict(gamma=0.25, K=2, L=1, lam=1.0, coord_range=None)
+CFG = {"gamma": 0.25, "K": 2, "L": 1, "lam": 1.0, "coord_range": None}
 MODES = [{}, {"chunk_size": 7}, {"checkpoint": True}, {"first_order": True}, {"backend": "higher"}]
 MODE_IDS = ["direct", "chunked", "checkpoint", "first-order", "higher"]
 

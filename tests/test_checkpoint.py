@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import os
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from reference import TinySiren
 import ecop_wrap.learner as learner_module
 from ecop_wrap import ContextPruningMetaLearner, make_grid
 
-CFG = dict(gamma=0.25, K=2, L=1, lam=1.0, coord_range=None)
+CFG = {"gamma": 0.25, "K": 2, "L": 1, "lam": 1.0, "coord_range": None}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -139,7 +140,7 @@ def test_load_accepts_memory_options_that_do_not_change_the_result(tmp_path):
 # ------------------------------------------------------------------------------------------ atomic save
 def test_crash_during_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     learner, path = _trained(tmp_path)
-    before = open(path, "rb").read()
+    before = Path(path).read_bytes()
     learner.meta_step(_batches(1)[0])
 
     def crash(obj, handle, *args, **kwargs):
@@ -150,7 +151,7 @@ def test_crash_during_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="simulated"):
         learner.save(path)
     monkeypatch.undo()
-    assert open(path, "rb").read() == before
+    assert Path(path).read_bytes() == before
     assert os.listdir(tmp_path) == ["ckpt.pt"]  # the temporary file was removed
     fresh = _learner(_model(seed=3))
     fresh.load(path)
@@ -186,7 +187,7 @@ def _fresh_with_state() -> tuple[ContextPruningMetaLearner, dict]:
 @pytest.mark.parametrize("keep", [0.0, 0.1, 0.5, 0.9, 0.999])
 def test_truncated_checkpoint_is_refused_and_changes_nothing(tmp_path, keep):
     _, path = _trained(tmp_path)
-    data = open(path, "rb").read()
+    data = Path(path).read_bytes()
     bad = tmp_path / "bad.pt"
     bad.write_bytes(data[: int(keep * len(data))])
     learner, before = _fresh_with_state()
@@ -199,7 +200,7 @@ def test_corrupted_bytes_never_load_a_wrong_state(tmp_path):
     """Flip one byte at 64 places: each load either fails cleanly or yields exactly the saved state."""
     saved, path = _trained(tmp_path)
     want = _snapshot(saved)
-    data = open(path, "rb").read()
+    data = Path(path).read_bytes()
     learner, before = _fresh_with_state()
     reset = copy.deepcopy(learner.state_dict())
     refused = 0
@@ -225,7 +226,7 @@ def test_flipped_tensor_byte_is_caught_by_the_digest(tmp_path):
     _, path = _trained(tmp_path)
     with zipfile.ZipFile(path) as archive:
         info = max((i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
-    data = bytearray(open(path, "rb").read())
+    data = bytearray(Path(path).read_bytes())
     header = info.header_offset  # local file header: 30 bytes, then the name and an extra field
     name_len = int.from_bytes(data[header + 26 : header + 28], "little")
     extra_len = int.from_bytes(data[header + 28 : header + 30], "little")
