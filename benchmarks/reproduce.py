@@ -1,0 +1,641 @@
+"""Reproduce the paper's comparison (issue 3) at a scale a CPU finishes: every method at an equal memory budget.
+
+Same model, same data, same training batches, same number of outer steps and of test-time steps for every
+method; test PSNR/SSIM on fixed held-out signals. Methods (``--methods``, default all):
+
+========================  =========================================================================
+random_init               the model's initialisation, no meta-learning
+fomaml                    first-order MAML, full context, K = 16 (first-order memory does not grow with K)
+reptile                   Reptile, K = 16 full-context SGD steps, Adam on theta_0 - mean(theta_K)
+learnit                   second-order MAML, gamma = 1, K = 4 (paper setting, inner lr --inner-lr)
+learnit_tuned_lr          as learnit, trained and tested with --learnit-tuned-inner-lr (picked on validation)
+random_pruning            gamma = 0.25, K = 16, random subsets, with bootstrap; gradient-scaled test
+ecop                      gamma = 0.25, K = 16, L = 5, error-based pruning, bootstrap; gradient-scaled test
+ecop_no_bootstrap         as ecop with lambda = 0
+ecop_test_unscaled        the ecop model tested with plain SGD (Figure 4a, "no grad. scale")
+ecop_test_pruned          the ecop model tested on its error-based pruned context, unscaled (Figure 8)
+ecop_test_unscaled_tuned  the ecop model tested with plain SGD at --learnit-tuned-inner-lr (step-size control)
+========================  =========================================================================
+
+Memory: on CUDA ``peak_memory_bytes`` is ``torch.cuda.max_memory_allocated`` during training; on CPU it is
+the bytes autograd holds for one outer step (``SavedTensorMeter`` on one meta-loss; for Reptile, the largest
+inner step), which is deterministic. Example::
+
+    python benchmarks/reproduce.py --images builtin --resolution 32 --outer-steps 1000 --seed 0 \\
+        --json benchmarks/results/images32.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from baselines import Reptile  # noqa: E402
+
+from ecop_wrap import ContextPruningMetaLearner, GradScaledAdapter, SavedTensorMeter, Siren  # noqa: E402
+from ecop_wrap.inner_loop import adapt, expand_params  # noqa: E402
+from ecop_wrap.quality import lpips_distance, lpips_status, ssim  # noqa: E402
+from ecop_wrap.selection import Selector  # noqa: E402
+
+__all__ = ["METHODS", "main", "parse_args", "run"]
+
+TRAINED = ("fomaml", "reptile", "learnit", "learnit_tuned_lr", "random_pruning", "ecop", "ecop_no_bootstrap")
+METHODS = (
+    "random_init", *TRAINED, "ecop_test_unscaled", "ecop_test_pruned", "ecop_test_unscaled_tuned",
+)
+_ECOP_EVALS = ("ecop_test_unscaled", "ecop_test_pruned", "ecop_test_unscaled_tuned")
+
+
+# ------------------------------------------------------------------------------------------------ data
+@dataclass
+class Splits:
+    """Train/validation/test signals on one grid. values: ``[N, M, D]``; coords ``[M, C]``."""
+
+    coords: torch.Tensor
+    train: Any  # SignalDataset
+    val: torch.Tensor
+    test: torch.Tensor
+    grid: tuple[int, ...]
+    modality: str
+    data_range: float
+    description: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def _split_by_source(dataset: Any, key: Callable[[str], str]) -> dict[str, list[int]]:
+    """Indices per split, assigning whole source files: every 10th source to test, the next to val."""
+    sources = sorted({key(n) for n in dataset.names})
+    if len(sources) < 3:
+        raise ValueError(f"need at least 3 source files to split train/val/test, found {len(sources)}")
+    role = {s: ("test" if i % 10 == 0 else "val" if i % 10 == 1 else "train") for i, s in enumerate(sources)}
+    out: dict[str, list[int]] = {"train": [], "val": [], "test": []}
+    for i, name in enumerate(dataset.names):
+        out[role[key(name)]].append(i)
+    return out
+
+
+def _image_splits(args: argparse.Namespace) -> Splits:
+    from ecop_wrap.data import ImageFolder, skimage_crops
+
+    r = args.resolution
+    if args.images == "builtin":
+        train = skimage_crops("train", r, n=args.train_size, seed=args.seed)
+        val = skimage_crops("val", r, n=args.eval_size, seed=args.eval_seed + 1).stacked()
+        test = skimage_crops("test", r, n=args.eval_size, seed=args.eval_seed).stacked()
+        desc = f"scikit-image photo crops {r}x{r} (train/val/test photos disjoint)"
+    else:
+        folder = ImageFolder(args.images, r, crop="random", n_per_image=args.crops_per_image, seed=args.seed)
+        parts = _split_by_source(folder, lambda name: name.rsplit("#", 1)[0])
+        train = folder.subset(parts["train"])
+        val, test = folder.subset(parts["val"]).stacked(), folder.subset(parts["test"]).stacked()
+        desc = f"{args.images}: {len(folder.files)} images, random {r}x{r} crops, split by file"
+    return Splits(train.coords, train, val[: args.eval_size], test[: args.eval_size], (r, r), "image", 1.0, desc)
+
+
+_SENTENCES = (
+    "The quick brown fox jumps over the lazy dog.", "She sells sea shells by the sea shore.",
+    "A journey of a thousand miles begins with a single step.", "Bright stars shine over the quiet valley.",
+    "Please call Stella and ask her to bring these things.", "The rain in Spain stays mainly in the plain.",
+    "Every morning the baker opens the shop at six.", "Numbers like seven and eleven are prime.",
+    "The old clock on the wall ticked loudly.", "Green apples taste sour but fresh.",
+    "We walked along the river until sunset.", "Music filled the hall with a warm sound.",
+    "The cat slept on the sunny window sill.", "Heavy trucks rolled slowly up the hill.",
+    "Children laughed as the kite climbed higher.", "Fresh bread smells wonderful in the morning.",
+    "The train leaves the station at noon.", "A gentle breeze moved the tall grass.",
+    "Turn left at the second traffic light.", "The library closes early on Sundays.",
+    "Thunder rumbled far beyond the mountains.", "He painted the fence a bright shade of blue.",
+    "Coffee and tea are served after dinner.", "The scientist measured the sample twice.",
+)
+
+
+def _audio_splits(args: argparse.Namespace) -> Splits:
+    from ecop_wrap.data import AudioFolder, synthesize_speech
+
+    tmp = None
+    folder = args.audio
+    if args.audio == "synth":
+        tmp = tempfile.TemporaryDirectory(prefix="ecop-speech-")
+        folder = tmp.name
+        speakers = (("en-us", 140), ("en-gb", 160), ("en-us", 180), ("en-gb", 130))
+        for v, (voice, rate) in enumerate(speakers):
+            synthesize_speech(_SENTENCES, folder, voice=voice, words_per_minute=rate, prefix=f"v{v}")
+    data = AudioFolder(folder, args.sample_rate, args.seconds, crop="center")
+    # synthetic clips: one sentence (all its voices) goes to one split; user folders: split by file
+    key = (lambda name: name.rsplit("_", 1)[-1]) if args.audio == "synth" else (lambda name: name)
+    parts = _split_by_source(data, key)
+    train = data.subset(parts["train"])
+    val, test = data.subset(parts["val"]).stacked(), data.subset(parts["test"]).stacked()
+    if tmp is not None:
+        tmp.cleanup()
+    desc = f"{'espeak-ng speech' if args.audio == 'synth' else args.audio}: {args.seconds} s at {args.sample_rate} Hz"
+    return Splits(train.coords, train, val, test, data.shape, "audio", 2.0, desc, {"clips": len(data)})
+
+
+def _sphere_splits(args: argparse.Namespace) -> Splits:
+    from ecop_wrap.data import temperature_grids
+
+    train_all = temperature_grids("all", "train", stride=args.sphere_stride)
+    test = temperature_grids("all", "test", stride=args.sphere_stride)
+    n = len(train_all)
+    val_idx = list(range(0, n, 10))
+    train = train_all.subset([i for i in range(n) if i not in set(val_idx)])
+    desc = f"iris-sample-data temperature fields, {test.shape[0]}x{test.shape[1]} lat/lon on the sphere"
+    return Splits(train.coords, train, train_all.subset(val_idx).stacked(), test.stacked(), test.shape, "sphere", 1.0, desc)
+
+
+def load_splits(args: argparse.Namespace) -> Splits:
+    """The data chosen by ``--images``/``--audio``/``--sphere``."""
+    if args.audio:
+        return _audio_splits(args)
+    if args.sphere:
+        return _sphere_splits(args)
+    return _image_splits(args)
+
+
+# ----------------------------------------------------------------------------------------------- model
+def build_model(args: argparse.Namespace, splits: Splits) -> Siren:
+    """The SIREN every method starts from (identical weights: seeded by ``--seed``)."""
+    torch.manual_seed(args.seed)
+    offset = 0.0 if splits.modality == "audio" else 0.5
+    w0 = args.w0 if args.w0 is not None else (50.0 if splits.modality == "sphere" else 30.0)
+    channels = splits.train.channels
+    return Siren(splits.coords.shape[1], channels, args.width, args.depth, w0=w0, output_offset=offset)
+
+
+def _method_config(method: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Training hyper-parameters of a trained method (equal memory: gamma * K is the same for all)."""
+    g, k_ecop = args.gamma, args.ecop_steps
+    k_learnit = max(1, round(k_ecop * g))
+    boot = {"L": args.boot_steps, "lam": args.lam, "boot_lr": args.boot_lr}
+    return {
+        "fomaml": {"gamma": 1.0, "K": k_ecop, "L": 0, "lam": 0.0, "first_order": True},
+        "reptile": {"K": k_ecop},
+        "learnit": {"gamma": 1.0, "K": k_learnit, "L": 0, "lam": 0.0},
+        "learnit_tuned_lr": {"gamma": 1.0, "K": k_learnit, "L": 0, "lam": 0.0},
+        "random_pruning": {"gamma": g, "K": k_ecop, "selection": "random", **boot},
+        "ecop": {"gamma": g, "K": k_ecop, **boot},
+        "ecop_no_bootstrap": {"gamma": g, "K": k_ecop, "L": 0, "lam": 0.0},
+    }[method]
+
+
+def _inner_lr(method: str, args: argparse.Namespace) -> float:
+    return args.learnit_tuned_inner_lr if method == "learnit_tuned_lr" else args.inner_lr
+
+
+def _outer_lr(method: str, args: argparse.Namespace) -> float:
+    return dict(args.outer_lr_for).get(method, args.outer_lr)
+
+
+def make_trainer(method: str, model: Siren, args: argparse.Namespace) -> ContextPruningMetaLearner | Reptile:
+    """The meta-learner of ``method`` (library learner for all but Reptile)."""
+    config = dict(_method_config(method, args))
+    lr, outer_lr = _inner_lr(method, args), _outer_lr(method, args)
+    if method == "reptile":
+        return Reptile(model, config["K"], inner_lr=lr, outer_lr=outer_lr)
+    return ContextPruningMetaLearner(
+        model, inner_lr=lr, outer_lr=outer_lr, max_grad_norm=args.max_grad_norm, seed=args.seed,
+        coord_range=None, **config,
+    )
+
+
+# -------------------------------------------------------------------------------------------- training
+def held_bytes(trainer: ContextPruningMetaLearner | Reptile, batch: tuple[torch.Tensor, torch.Tensor]) -> int:
+    """Bytes autograd holds for one outer step (deterministic CPU memory measure)."""
+    if isinstance(trainer, Reptile):
+        return trainer.held_bytes(batch)
+    with SavedTensorMeter() as meter:
+        loss = trainer.meta_loss(batch)
+        held = meter.live_bytes()
+    del loss
+    return held
+
+
+def train(
+    trainer: ContextPruningMetaLearner | Reptile, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], steps: int,
+    log: Callable[[str], None], name: str,
+) -> dict[str, Any]:
+    """Run ``steps`` outer steps; returns timing, the training PSNR curve and (on CUDA) peak memory."""
+    cuda = next(trainer.model.parameters()).is_cuda
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    curve, started, cpu_started = [], time.perf_counter(), time.process_time()
+    for step in range(1, steps + 1):
+        stats = trainer.meta_step(next(batches))
+        curve.append(stats["psnr"])
+        if step % max(1, steps // 10) == 0 or step == steps:
+            recent = sum(curve[-50:]) / len(curve[-50:])
+            log(f"  {name}: step {step}/{steps}  train PSNR(theta_K, last 50) {recent:.2f} dB")
+    if cuda:
+        torch.cuda.synchronize()
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    out: dict[str, Any] = {
+        "seconds_per_step": seconds / max(steps, 1), "cpu_seconds_per_step": cpu / max(steps, 1),
+        "train_psnr_curve": _thin(curve),
+    }
+    if cuda:
+        out["cuda_peak_bytes"] = int(torch.cuda.max_memory_allocated())
+    return out
+
+
+def _thin(curve: list[float], points: int = 50) -> list[float]:
+    """Mean of ``points`` equal windows of a curve (keeps the JSON small)."""
+    if len(curve) <= points:
+        return [round(c, 3) for c in curve]
+    size = len(curve) / points
+    return [round(sum(curve[int(i * size):int((i + 1) * size)]) / len(curve[int(i * size):int((i + 1) * size)]), 3)
+            for i in range(points)]
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+@dataclass(frozen=True)
+class FitSetting:
+    """How a model is fitted at test time."""
+
+    lr: float
+    scaling: str = "none"
+    context: str = "full"
+    gamma: float = 0.25
+    selection: str = "error"
+
+
+def _fit_full(model: Siren, coords: torch.Tensor, values: torch.Tensor, steps: int, test: FitSetting):
+    adapter = GradScaledAdapter(
+        model, steps=steps, lr=test.lr, gamma=test.gamma, scaling=test.scaling, selection=test.selection,
+        coord_range=None, max_consecutive_skips=steps + 1,
+    )
+    fit = adapter.fit((coords, values))
+    return fit(coords).detach(), fit.history["mse"].detach()
+
+
+def _fit_pruned(model: Siren, coords: torch.Tensor, values: torch.Tensor, steps: int, test: FitSetting):
+    """SGD on the error-based pruned context only (no scaling), as in the paper's Figure 8."""
+    backend = GradScaledAdapter(model, coord_range=None).backend
+    selector = Selector("error", test.gamma)
+    init = {n: p.detach().requires_grad_(True) for n, p in model.named_parameters() if p.requires_grad}
+    params = expand_params(init, values.shape[0])
+    mses = []
+    for _ in range(steps):
+        with torch.no_grad():
+            mses.append((backend(params, coords) - values).pow(2).mean(dim=(1, 2)))
+        with torch.enable_grad():
+            stepped = adapt(backend, params, coords, values, steps=1, lr=test.lr, selector=selector, create_graph=False)
+        params = {n: p.detach().requires_grad_(True) for n, p in stepped.items()}
+    with torch.no_grad():
+        pred = backend(params, coords)
+        mses.append((pred - values).pow(2).mean(dim=(1, 2)))
+    return pred, torch.stack(mses)
+
+
+def evaluate(
+    model: Siren, splits: Splits, values: torch.Tensor, steps: int, test: FitSetting, chunk: int = 50
+) -> dict[str, Any]:
+    """Fit every held-out signal from ``model`` and score it.
+
+    Returns:
+        ``psnr`` (mean of per-signal PSNR, dB, data range of the modality), ``psnr_std``, ``psnr_curve``
+        (mean PSNR after 0..steps test steps), ``ssim`` (images) and ``lpips`` (images, when available).
+    """
+    preds, histories = [], []
+    fit = _fit_pruned if test.context == "pruned" else _fit_full
+    for start in range(0, values.shape[0], chunk):
+        pred, mse_hist = fit(model, splits.coords, values[start:start + chunk], steps, test)
+        preds.append(pred)
+        histories.append(mse_hist)
+    pred, mse_hist = torch.cat(preds), torch.cat(histories, dim=1)
+    psnr_hist = 10.0 * torch.log10(splits.data_range**2 / mse_hist)
+    final = psnr_hist[-1]
+    out: dict[str, Any] = {
+        "psnr": float(final.mean()), "psnr_std": float(final.std()) if final.numel() > 1 else 0.0,
+        "psnr_curve": [round(float(v), 3) for v in psnr_hist.mean(dim=1)],
+        "ssim": None, "lpips": None,
+    }
+    if splits.modality == "image":
+        images = lambda v: v.reshape(v.shape[0], *splits.grid, v.shape[-1])  # noqa: E731
+        clipped = pred.clamp(0.0, 1.0)
+        if min(splits.grid) >= 11:
+            out["ssim"] = float(ssim(images(clipped), images(values)).mean())
+        available, reason = lpips_status()
+        if available and values.shape[-1] == 3:
+            out["lpips"] = float(lpips_distance(images(clipped), images(values)).mean())
+        else:
+            out["lpips_note"] = reason or "LPIPS needs RGB images"
+    return out
+
+
+def test_time_settings(args: argparse.Namespace) -> dict[str, FitSetting]:
+    """The test-time fitting rule of every method (all use ``--test-steps`` steps)."""
+    g, lr, tuned = args.gamma, args.inner_lr, args.learnit_tuned_inner_lr
+    return {
+        "random_init": FitSetting(lr),
+        "fomaml": FitSetting(lr),
+        "reptile": FitSetting(lr),
+        "learnit": FitSetting(lr),
+        "learnit_tuned_lr": FitSetting(tuned),
+        "random_pruning": FitSetting(lr, "norm", gamma=g, selection="random"),
+        "ecop": FitSetting(lr, "norm", gamma=g),
+        "ecop_no_bootstrap": FitSetting(lr, "norm", gamma=g),
+        "ecop_test_unscaled": FitSetting(lr),
+        "ecop_test_pruned": FitSetting(lr, context="pruned", gamma=g),
+        "ecop_test_unscaled_tuned": FitSetting(tuned),
+    }
+
+
+# ------------------------------------------------------------------------------------------------ main
+def held_out_count(splits: Splits, eval_split: str) -> int:
+    """Number of signals scored (the test set for ``"test"`` and ``"both"``)."""
+    return int((splits.val if eval_split == "val" else splits.test).shape[0])
+
+
+def _memory_kind(device: torch.device) -> str:
+    if device.type == "cuda":
+        return "torch.cuda.max_memory_allocated during meta-training"
+    return "bytes autograd holds for one outer step (SavedTensorMeter on one meta-loss; Reptile: largest inner step)"
+
+
+def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train and test every requested method; returns the JSON-ready results."""
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    splits = load_splits(args)
+    log(f"data: {splits.description}; train {len(splits.train)}, val {len(splits.val)}, test {len(splits.test)}")
+    held_out = (splits.val if args.eval_split == "val" else splits.test).to(device)
+    val = splits.val.to(device) if args.eval_split == "both" else None
+
+    def score(model: Siren, method: str) -> dict[str, Any]:
+        out = evaluate(model, splits, held_out, args.test_steps, settings[method])
+        if val is not None:
+            on_val = evaluate(model, splits, val, args.test_steps, settings[method])
+            out["val"] = {k: on_val[k] for k in ("psnr", "psnr_std", "ssim")}
+        return out
+
+    splits.coords = splits.coords.to(device)
+    settings, results = test_time_settings(args), {}
+    methods = list(args.methods)
+    trained_models: dict[str, Siren] = {}
+    for method in methods:
+        source = "ecop" if method in _ECOP_EVALS else method
+        if method == "random_init" or source in trained_models:
+            model = build_model(args, splits).to(device) if method == "random_init" else trained_models[source]
+            record = dict(results.get(source, {}), **score(model, method))
+            record["trained_as"] = source if source != method else None
+            if method == "random_init":
+                record.update(seconds_per_step=0.0, cpu_seconds_per_step=0.0, peak_memory_bytes=0)
+            results[method] = record
+            _log_result(log, method, results[method])
+            continue
+        model = build_model(args, splits).to(device)
+        trainer = make_trainer(method, model, args)
+        batches = _device_batches(splits.train.batches(args.batch, seed=args.seed, infinite=True), device)
+        first = next(_device_batches(splits.train.batches(args.batch, seed=args.seed), device))
+        memory = held_bytes(trainer, first) if device.type == "cpu" else None
+        log(f"{method}: training {args.outer_steps} outer steps (outer lr {_outer_lr(method, args):g}, "
+            f"inner lr {_inner_lr(method, args):g}, {_method_config(method, args)})")
+        training = train(trainer, batches, args.outer_steps, log, method)
+        trained_models[method] = model
+        record = {
+            **score(model, method),
+            "seconds_per_step": training["seconds_per_step"],
+            "cpu_seconds_per_step": training["cpu_seconds_per_step"],
+            "peak_memory_bytes": training.get("cuda_peak_bytes", memory),
+            "train": {**_method_config(method, args), "outer_lr": _outer_lr(method, args),
+                      "inner_lr": _inner_lr(method, args), "train_psnr_curve": training["train_psnr_curve"]},
+        }
+        results[method] = record
+        _log_result(log, method, results[method])
+    for method in methods:
+        results[method]["test"] = {**settings[method].__dict__, "steps": args.test_steps}
+    results["_meta"] = _meta(args, splits, device)
+    return results
+
+
+def _device_batches(batches: Iterator[tuple[torch.Tensor, torch.Tensor]], device: torch.device):
+    for coords, values in batches:
+        yield coords.to(device), values.to(device)
+
+
+def _log_result(log: Callable[[str], None], method: str, record: dict[str, Any]) -> None:
+    ssim_text = "" if record.get("ssim") is None else f"  SSIM {record['ssim']:.3f}"
+    log(f"  -> {method}: PSNR {record['psnr']:.2f} dB{ssim_text}")
+
+
+def _meta(args: argparse.Namespace, splits: Splits, device: torch.device) -> dict[str, Any]:
+    return {
+        "command": "python benchmarks/reproduce.py " + " ".join(args.argv),
+        "data": splits.description, "modality": splits.modality, "eval_split": args.eval_split,
+        "eval_signals": int(held_out_count(splits, args.eval_split)),
+        "train_signals": len(splits.train), "psnr_data_range": splits.data_range,
+        "model": f"SIREN {args.depth} hidden sine layers x {args.width}, w0 "
+                 f"{args.w0 if args.w0 is not None else (50.0 if splits.modality == 'sphere' else 30.0)}",
+        "batch": args.batch, "outer_steps": args.outer_steps, "test_steps": args.test_steps, "seed": args.seed,
+        "eval_seed": args.eval_seed, "device": str(device), "threads": args.threads,
+        "memory_measure": _memory_kind(device), "torch": torch.__version__, "python": platform.python_version(),
+        "machine": f"{platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPUs".strip(),
+        "lpips": "computed" if lpips_status()[0] else f"absent: {lpips_status()[1]}",
+        "note": "keys starting with '_' are not methods",
+    }
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """A plain-text table of the results."""
+    lines = [f"{'method':<26}{'PSNR dB':>9}{'± std':>7}{'SSIM':>8}{'s/step':>8}{'cpu s/step':>11}{'memory MiB':>12}"]
+    for method, r in results.items():
+        if method.startswith("_"):
+            continue
+        ssim_text = "-" if r.get("ssim") is None else f"{r['ssim']:.3f}"
+        lines.append(
+            f"{method:<26}{r['psnr']:>9.2f}{r['psnr_std']:>7.2f}{ssim_text:>8}{r['seconds_per_step']:>8.3f}"
+            f"{r['cpu_seconds_per_step']:>11.3f}"
+            f"{r['peak_memory_bytes'] / 2**20:>12.2f}"
+        )
+    return "\n".join(lines)
+
+
+def save_plot(results: dict[str, Any], path: Path) -> None:
+    """PNG: mean test PSNR against test step for every method (needs matplotlib; skipped without it)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=100)
+    for method, r in results.items():
+        if not method.startswith("_"):
+            ax.plot(range(len(r["psnr_curve"])), r["psnr_curve"], label=f"{method} ({r['psnr']:.1f})")
+    ax.set_xlabel("test-time step")
+    ax.set_ylabel("mean PSNR (dB)")
+    ax.set_title(results["_meta"]["data"], fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6.5)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _lr_pair(text: str) -> tuple[str, float]:
+    name, _, value = text.partition("=")
+    if name not in METHODS or not value:
+        raise argparse.ArgumentTypeError(f"expected METHOD=LR with METHOD in {METHODS}, got {text!r}")
+    return name, float(value)
+
+
+def _methods(text: str) -> list[str]:
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in names if m not in METHODS]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"unknown methods {bad}; choose from {METHODS}")
+    return names
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options (see the module docstring)."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    data = p.add_mutually_exclusive_group()
+    data.add_argument("--images", default="builtin", help="'builtin' (scikit-image photos) or a folder of images")
+    data.add_argument("--audio", default=None, help="'synth' (espeak-ng speech) or a folder of sound files")
+    data.add_argument("--sphere", default=None, choices=["iris"], help="temperature fields on the sphere")
+    p.add_argument("--resolution", type=int, default=32, help="image crop side")
+    p.add_argument("--crops-per-image", type=int, default=8, help="random crops per image of an --images folder")
+    p.add_argument("--sample-rate", type=int, default=16000)
+    p.add_argument("--seconds", type=float, default=1.0, help="audio clip length")
+    p.add_argument("--sphere-stride", type=int, default=4, help="keep every n-th latitude and longitude")
+    p.add_argument("--train-size", type=int, default=2048, help="training crops (built-in images)")
+    p.add_argument("--eval-size", type=int, default=100, help="held-out signals tested")
+    p.add_argument("--eval-split", choices=["test", "val", "both"], default="test",
+                   help="'val' for tuning; 'both' adds a 'val' entry to every method")
+    p.add_argument("--outer-steps", type=int, default=1000)
+    p.add_argument("--test-steps", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0, help="model init, training crops and batch order")
+    p.add_argument("--eval-seed", type=int, default=0, help="which held-out crops are drawn")
+    p.add_argument("--width", type=int, default=128)
+    p.add_argument("--depth", type=int, default=3, help="hidden sine layers")
+    p.add_argument("--w0", type=float, default=None, help="SIREN frequency (default 30; 50 on the sphere)")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--gamma", type=float, default=0.25, help="kept fraction for pruned methods")
+    p.add_argument("--ecop-steps", type=int, default=16, help="K of the pruned methods; Learnit gets gamma*K")
+    p.add_argument("--boot-steps", type=int, default=5, help="L")
+    p.add_argument("--lam", type=float, default=100.0, help="lambda")
+    p.add_argument("--boot-lr", type=float, default=5e-2)
+    p.add_argument("--inner-lr", type=float, default=1e-2)
+    p.add_argument("--learnit-tuned-inner-lr", type=float, default=3e-2)
+    p.add_argument("--outer-lr", type=float, default=3e-4, help="Adam lr of every method unless overridden")
+    p.add_argument("--outer-lr-for", type=_lr_pair, action="append", default=[], metavar="METHOD=LR")
+    p.add_argument("--max-grad-norm", type=float, default=None)
+    p.add_argument("--methods", type=_methods, default=list(METHODS), help="comma-separated subset")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    p.add_argument("--workers", type=int, default=1, help="run method groups in this many parallel processes")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--json", type=Path, default=None, help="write results here (and a PNG next to it)")
+    p.add_argument("--no-plot", action="store_true")
+    args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    if args.audio or args.sphere:
+        args.images = None
+    for name in ("resolution", "outer_steps", "batch", "width", "depth", "eval_size", "train_size", "threads", "workers"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if any(m in _ECOP_EVALS for m in args.methods) and "ecop" not in args.methods:
+        args.methods = ["ecop", *args.methods]
+    args.methods = [m for m in METHODS if m in args.methods]
+    return args
+
+
+# Rough relative CPU cost per outer step (measured at 32x32, SIREN 3x128), used only to balance workers.
+_COST = {"fomaml": 0.6, "reptile": 0.6, "learnit": 0.5, "learnit_tuned_lr": 0.5, "random_pruning": 0.66,
+         "ecop": 0.8, "ecop_no_bootstrap": 0.7}
+
+
+def partition(methods: list[str], workers: int) -> list[list[str]]:
+    """Split methods over workers, balancing the estimated cost; evaluation-only rows follow ``ecop``."""
+    groups: list[list[str]] = [[] for _ in range(workers)]
+    loads = [0.0] * workers
+    for method in sorted((m for m in methods if m in _COST), key=lambda m: -_COST[m]):
+        i = loads.index(min(loads))
+        groups[i].append(method)
+        loads[i] += _COST[method]
+    for method in methods:
+        if method not in _COST:
+            target = next((g for g in groups if "ecop" in g), None) if method in _ECOP_EVALS else None
+            (target if target is not None else groups[loads.index(min(loads))]).append(method)
+    return [g for g in groups if g]
+
+
+def run_parallel(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run method groups in ``--workers`` subprocesses (``--threads`` each) and merge their results."""
+    import subprocess
+
+    groups = partition(list(args.methods), args.workers)
+    with tempfile.TemporaryDirectory(prefix="ecop-reproduce-") as tmp:
+        procs = []
+        for i, group in enumerate(groups):
+            argv = _strip_flags(args.argv, ("--workers", "--methods", "--json")) + [
+                "--workers", "1", "--methods", ",".join(group), "--json", os.path.join(tmp, f"{i}.json"), "--no-plot"]
+            log(f"worker {i}: {', '.join(group)}")
+            logfile = open(os.path.join(tmp, f"{i}.log"), "w")  # noqa: SIM115
+            procs.append((subprocess.Popen([sys.executable, os.path.abspath(__file__), *argv], stdout=logfile,
+                                           stderr=subprocess.STDOUT), logfile))
+        codes = [proc.wait() for proc, _ in procs]
+        for _, logfile in procs:
+            logfile.close()
+        failed = [i for i, code in enumerate(codes) if code != 0]
+        for i in range(len(procs)):
+            log(Path(tmp, f"{i}.log").read_text())
+        if failed:
+            raise RuntimeError(f"workers {failed} failed; see their logs above")
+        parts = [json.loads(Path(tmp, f"{i}.json").read_text()) for i in range(len(groups))]
+    results = {m: r for part in parts for m, r in part.items() if not m.startswith("_")}
+    results = {m: results[m] for m in METHODS if m in results}
+    meta = dict(parts[0]["_meta"], command="python benchmarks/reproduce.py " + " ".join(args.argv),
+                workers=[g for g in groups], worker_wall_seconds=[p["_meta"].get("wall_seconds") for p in parts])
+    results["_meta"] = meta
+    return results
+
+
+def _strip_flags(argv: list[str], flags: tuple[str, ...]) -> list[str]:
+    out, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+            continue
+        if item in flags:
+            skip = True
+            continue
+        if any(item.startswith(f + "=") for f in flags):
+            continue
+        out.append(item)
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    log = lambda text: print(text, flush=True)  # noqa: E731
+    results = run_parallel(args, log) if args.workers > 1 else run(args, log)
+    results["_meta"]["wall_seconds"] = round(time.perf_counter() - started, 1)
+    print(format_table(results))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=1, allow_nan=True))
+        if not args.no_plot:
+            save_plot(results, args.json.with_suffix(".png"))
+        print(f"wrote {args.json}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
