@@ -43,12 +43,17 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from baselines import Reptile  # noqa: E402
+from baselines import Reptile
 
-from ecop_wrap import ContextPruningMetaLearner, GradScaledAdapter, SavedTensorMeter, Siren  # noqa: E402
-from ecop_wrap.inner_loop import adapt, expand_params  # noqa: E402
-from ecop_wrap.quality import lpips_distance, lpips_status, ssim  # noqa: E402
-from ecop_wrap.selection import Selector  # noqa: E402
+from ecop_wrap import (
+    ContextPruningMetaLearner,
+    GradScaledAdapter,
+    SavedTensorMeter,
+    Siren,
+)
+from ecop_wrap.inner_loop import adapt, expand_params
+from ecop_wrap.quality import lpips_distance, lpips_status, ssim
+from ecop_wrap.selection import Selector
 
 __all__ = ["METHODS", "main", "parse_args", "run"]
 
@@ -324,7 +329,7 @@ def evaluate(
         "ssim": None, "lpips": None,
     }
     if splits.modality == "image":
-        images = lambda v: v.reshape(v.shape[0], *splits.grid, v.shape[-1])  # noqa: E731
+        images = lambda v: v.reshape(v.shape[0], *splits.grid, v.shape[-1])
         clipped = pred.clamp(0.0, 1.0)
         if min(splits.grid) >= 11:
             out["ssim"] = float(ssim(images(clipped), images(values)).mean())
@@ -624,7 +629,7 @@ def _strip_flags(argv: list[str], flags: tuple[str, ...]) -> list[str]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     started = time.perf_counter()
-    log = lambda text: print(text, flush=True)  # noqa: E731
+    log = lambda text: print(text, flush=True)
     results = run_parallel(args, log) if args.workers > 1 else run(args, log)
     results["_meta"]["wall_seconds"] = round(time.perf_counter() - started, 1)
     print(format_table(results))

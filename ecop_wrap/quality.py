@@ -18,7 +18,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-__all__ = ["gaussian_window", "ssim", "lpips_status", "lpips_distance"]
+__all__ = ["gaussian_window", "lpips_distance", "lpips_status", "ssim"]
 
 
 def gaussian_window(size: int = 11, sigma: float = 1.5, *, dtype: torch.dtype = torch.float64) -> torch.Tensor:

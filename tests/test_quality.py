@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ecop_wrap.quality import gaussian_window, lpips_status, lpips_distance, ssim
+from ecop_wrap.quality import gaussian_window, lpips_distance, lpips_status, ssim
 
 skimage_metrics = pytest.importorskip("skimage.metrics")
 
