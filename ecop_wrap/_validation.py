@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["check_model", "check_signal_batch", "check_signal", "check_fraction", "check_int", "check_positive"]
+__all__ = ["check_fraction", "check_int", "check_model", "check_positive", "check_signal", "check_signal_batch"]
 
 
 def check_model(model: Any) -> None:
@@ -21,7 +21,7 @@ def check_model(model: Any) -> None:
         raise ValueError("model has no trainable parameters (all have requires_grad=False): nothing to meta-learn")
     for name, module in model.named_modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            raise ValueError(
+            raise ValueError(  # noqa: TRY004 - a supported type, but an unsupported model configuration
                 f"model.{name or '<root>'} is a {type(module).__name__}: batch statistics mix points of a "
                 "signal and are undefined for per-signal adaptation; use LayerNorm or no normalisation"
             )

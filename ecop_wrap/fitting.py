@@ -10,11 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-
 import torch
 from torch import nn
 
-from ._validation import check_fraction, check_int, check_model, check_positive, check_signal
+from ._validation import (
+    check_fraction,
+    check_int,
+    check_model,
+    check_positive,
+    check_signal,
+)
 from .backends import Backend, Params, make_backend
 from .bootstrap import full_context_grad
 from .inner_loop import expand_params, pruned_loss
@@ -22,7 +27,7 @@ from .learner import ContextPruningMetaLearner
 from .metrics import mse_to_psnr
 from .selection import Selector, num_selected, topk_indices
 
-__all__ = ["GradScaledAdapter", "FitResult", "SCALINGS"]
+__all__ = ["SCALINGS", "FitResult", "GradScaledAdapter"]
 
 SCALINGS = ("norm", "loss", "none")
 
@@ -127,35 +132,41 @@ class GradScaledAdapter:
     def fit(self, signal: tuple[torch.Tensor, torch.Tensor], *, steps: int | None = None) -> FitResult:
         """Fit one signal ``([M, C], [M, D])`` or a batch ``([B, M, C] or [M, C], [B, M, D])``.
 
-        The model's parameters are read, never modified. Works under ``torch.no_grad()``.
+        The model's parameters are read, never modified. Works under ``torch.no_grad()`` and
+        ``torch.inference_mode()`` (inputs made there are copied out of inference mode).
         """
         first = next(p for p in self.model.parameters() if p.requires_grad)
         coords, values, batched = check_signal(
             signal, dtype=first.dtype, device=first.device, owner=self, coord_range=self.coord_range
         )
         steps = self.steps if steps is None else check_int("steps", steps, 0)
+        with torch.inference_mode(False), torch.enable_grad():
+            coords, values = (t.clone() if t.is_inference() else t for t in (coords, values))
+            return self._fit(coords, values, batched, steps)
+
+    def _fit(self, coords: torch.Tensor, values: torch.Tensor, batched: bool, steps: int) -> FitResult:
+        """:meth:`fit` on validated ``coords [M, C] or [B, M, C]`` and ``values [B, M, D]`` with grad enabled."""
         init = {n: p.detach() for n, p in self.model.named_parameters() if p.requires_grad}
         params = {n: p.clone() for n, p in expand_params(init, values.shape[0]).items()}
         mses: list[torch.Tensor] = []
         skipped = torch.zeros(values.shape[0], dtype=torch.long, device=values.device)
         run = torch.zeros_like(skipped)
-        with torch.enable_grad():
-            for step in range(steps):
-                mse, update = self._scaled_step(params, coords, values)
-                mses.append(mse)
-                finite = torch.stack([torch.isfinite(g).flatten(1).all(1) for g in update.values()]).all(0)
-                params = {
-                    n: torch.where(finite.view(-1, *[1] * (p.ndim - 1)), p - self.lr * update[n], p)
-                    for n, p in params.items()
-                }
-                skipped += (~finite).long()
-                run = torch.where(finite, torch.zeros_like(run), run + 1)
-                if int(run.max()) >= self.max_consecutive_skips:
-                    raise FloatingPointError(
-                        f"fit step {step}: the update of signal(s) {(run >= self.max_consecutive_skips).nonzero().flatten().tolist()} "
-                        f"was not finite for {int(run.max())} consecutive steps; lr={self.lr} may be too large, or the "
-                        "values far outside the range the model was meta-learned on"
-                    )
+        for step in range(steps):
+            mse, update = self._scaled_step(params, coords, values)
+            mses.append(mse)
+            finite = torch.stack([torch.isfinite(g).flatten(1).all(1) for g in update.values()]).all(0)
+            params = {
+                n: torch.where(finite.view(-1, *[1] * (p.ndim - 1)), p - self.lr * update[n], p)
+                for n, p in params.items()
+            }
+            skipped += (~finite).long()
+            run = torch.where(finite, torch.zeros_like(run), run + 1)
+            if int(run.max()) >= self.max_consecutive_skips:
+                raise FloatingPointError(
+                    f"fit step {step}: the update of signal(s) {(run >= self.max_consecutive_skips).nonzero().flatten().tolist()} "
+                    f"was not finite for {int(run.max())} consecutive steps; lr={self.lr} may be too large, or the "
+                    "values far outside the range the model was meta-learned on"
+                )
         mses.append(full_context_grad(self.backend, params, coords, values, self.chunk_size)[0])
         mse_hist = torch.stack(mses)
         history = {"mse": mse_hist, "psnr": mse_to_psnr(mse_hist)}  # type: ignore[dict-item]

@@ -17,7 +17,7 @@ __all__ = ["SavedTensorMeter"]
 
 
 class _Holder:
-    __slots__ = ("tensor", "__weakref__")
+    __slots__ = ("__weakref__", "tensor")
 
     def __init__(self, tensor: torch.Tensor) -> None:
         self.tensor = tensor

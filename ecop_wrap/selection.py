@@ -17,15 +17,15 @@ from .backends import Backend, Params
 __all__ = [
     "SELECTIONS",
     "Selector",
-    "num_selected",
-    "squared_errors",
-    "error_scores",
-    "gradncp_scores",
-    "topk_indices",
-    "gather_points",
-    "find_last_linear",
     "check_gradncp_layer",
+    "error_scores",
+    "find_last_linear",
+    "gather_points",
+    "gradncp_scores",
+    "num_selected",
     "point_chunks",
+    "squared_errors",
+    "topk_indices",
 ]
 
 SELECTIONS = ("error", "random", "gradncp")

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-__all__ = ["make_grid", "array_to_signal", "signal_to_array", "image_to_signal", "signal_to_image"]
+__all__ = ["array_to_signal", "image_to_signal", "make_grid", "signal_to_array", "signal_to_image"]
 
 
 def make_grid(

@@ -102,6 +102,17 @@ def test_fit_works_under_no_grad():
     assert torch.is_grad_enabled()
 
 
+def test_fit_works_under_inference_mode():
+    model, coords, values = _problem(batch=2)
+    want = _adapter(model).fit((coords, values))
+    with torch.inference_mode():
+        inference_coords, inference_values = coords.clone(), values.clone()  # inference tensors
+        result = _adapter(model).fit((inference_coords, inference_values))
+    _close(result.history["mse"], want.history["mse"], rtol=1e-12)
+    for name in want.params:
+        _close(result.params[name], want.params[name], rtol=1e-12)
+
+
 def test_result_call_single_and_batched():
     from torch.func import functional_call
 

@@ -10,7 +10,13 @@ import torch
 from reference import ref_meta_grads
 from torch import nn
 
-from ecop_wrap import ContextPruningMetaLearner, FourierFeatureMLP, GradScaledAdapter, Siren, make_grid
+from ecop_wrap import (
+    ContextPruningMetaLearner,
+    FourierFeatureMLP,
+    GradScaledAdapter,
+    Siren,
+    make_grid,
+)
 
 BACKENDS = ["torch.func", "higher"]
 
@@ -87,7 +93,7 @@ def test_backends_match_the_reference_on_a_non_linear_model(backend):
     torch.manual_seed(1)
     model = ScaledSine().double()
     coords, values = _batch(dtype=torch.float64, shared=False)
-    kw = dict(gamma=0.25, K=3, L=2, lam=10.0)
+    kw = {"gamma": 0.25, "K": 3, "L": 2, "lam": 10.0}
     ref_loss, ref_grads = ref_meta_grads(model, coords, values, lr=1e-2, **kw)
     learner = ContextPruningMetaLearner(model, backend=backend, coord_range=None, **kw)
     loss = learner.meta_loss((coords, values))
@@ -138,7 +144,7 @@ def test_frozen_parameters_match_the_reference():
     model.inp.bias.requires_grad_(False)
     model.scale.requires_grad_(False)
     coords, values = _batch(dtype=torch.float64)
-    kw = dict(gamma=0.25, K=2, L=1, lam=10.0)
+    kw = {"gamma": 0.25, "K": 2, "L": 1, "lam": 10.0}
     _, ref_grads = ref_meta_grads(model, coords, values, lr=1e-2, **kw)
     learner = ContextPruningMetaLearner(model, coord_range=None, **kw)
     trainable = [p for p in model.parameters() if p.requires_grad]

@@ -12,7 +12,14 @@ from reference import TinySiren
 from torch import nn
 from torch.func import functional_call
 
-from ecop_wrap import ContextPruningMetaLearner, GradScaledAdapter, Siren, make_backend, make_grid, num_selected
+from ecop_wrap import (
+    ContextPruningMetaLearner,
+    GradScaledAdapter,
+    Siren,
+    make_backend,
+    make_grid,
+    num_selected,
+)
 from ecop_wrap.inner_loop import adapt, expand_params
 from ecop_wrap.selection import Selector
 
