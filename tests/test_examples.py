@@ -1,0 +1,343 @@
+"""The example scripts, the README quickstart, ecop_wrap.plotting and docs/api.md.
+
+End-to-end runs use tiny settings; optional dependencies missing -> skipped with the reason. References for
+the selection trace and the test-time fits are plain per-signal autograd loops written here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import re
+import runpy
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ecop_wrap import ContextPruningMetaLearner, Siren
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+SCRIPTS = ("image_siren", "video_siren", "audio_siren", "sphere_siren")
+# Small enough for seconds per run; K, L and test steps shrunk too.
+TINY = ["--outer-steps", "2", "--batch-size", "2", "--train-signals", "6", "--test-signals", "2", "--show", "2",
+        "--hidden-features", "16", "--hidden-layers", "2", "--inner-steps", "4", "--bootstrap-steps", "2",
+        "--learnit-steps", "2", "--test-steps", "3", "--no-progress", "--seed", "0"]
+PICTURES = ("reconstructions.png", "selection.png", "psnr_per_step.png", "meta_training.png")
+
+
+def _has(*modules: str) -> bool:
+    return all(importlib.util.find_spec(m) is not None for m in modules)
+
+
+def _load(name: str):  # type: ignore[no-untyped-def]
+    """Import an example script as a module (its folder goes on sys.path for ``_common``)."""
+    sys.path.insert(0, str(EXAMPLES))
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Examples run in this process with ``--threads 1``; put torch's thread count back afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+needs_plots = pytest.mark.skipif(not _has("matplotlib"), reason="matplotlib not installed ('ecop-wrap[examples]')")
+needs_images = pytest.mark.skipif(not _has("skimage", "matplotlib"), reason="needs 'ecop-wrap[examples]'")
+
+
+# ------------------------------------------------------------------------------------------------ --help
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_help_runs_and_explains_every_flag(name, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", [f"{name}.py", "--help"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(EXAMPLES / f"{name}.py"), run_name="__main__")
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    parser = _load(name).build_parser()
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        assert action.help and action.help.strip(), f"{name}: flag {action.option_strings} has no help text"
+        assert action.option_strings[0] in text
+    for flag in ("--outer-steps", "--gamma", "--inner-steps", "--test-steps", "--out", "--seed"):
+        assert flag in text
+
+
+def test_bad_flags_exit_with_a_message():
+    module = _load("image_siren")
+    with pytest.raises(SystemExit, match="--outer-steps"):
+        module.main(["--outer-steps", "0"])
+    with pytest.raises(SystemExit, match="--gamma"):
+        module.main(["--gamma", "1.5"])
+
+
+# ------------------------------------------------------------------------------------------- end to end
+def _check_outputs(out: Path, summary: dict, test_steps: int = 3) -> None:
+    from PIL import Image
+
+    for picture in PICTURES:
+        with Image.open(out / picture) as image:
+            assert image.format == "PNG" and min(image.size) > 100, picture
+    written = json.loads((out / "summary.json").read_text())
+    assert written["test_psnr"] == summary["test_psnr"]
+    for method in ("ECoP", "Learnit"):
+        curve = written["test_psnr"][method]["mean_per_step"]
+        assert len(curve) == test_steps + 1 and all(np.isfinite(curve))
+
+
+def _learner(path: Path, model: torch.nn.Module, **config) -> ContextPruningMetaLearner:
+    learner = ContextPruningMetaLearner(model, **config)
+    learner.load(path)
+    return learner
+
+
+def _plain_fit_psnr(model: torch.nn.Module, coords: torch.Tensor, values: torch.Tensor, steps: int, lr: float):
+    """Reference: per-signal full-context SGD with plain autograd in float64; PSNR after each step ``[steps+1, N]``."""
+    model = model.double()
+    out = []
+    for signal in values.double():
+        params = {n: p.detach().clone().requires_grad_(True) for n, p in model.named_parameters()}
+        curve = []
+        for step in range(steps + 1):
+            pred = torch.func.functional_call(model, params, (coords.double(),))
+            mse = (pred - signal).pow(2).mean()
+            curve.append(float(10 * torch.log10(1 / mse.detach())))
+            if step < steps:
+                grads = torch.autograd.grad(mse, list(params.values()))
+                params = {n: (p - lr * g).detach().requires_grad_(True) for (n, p), g in zip(params.items(), grads)}
+        out.append(curve)
+    return torch.tensor(out).T
+
+
+@needs_images
+def test_image_example_end_to_end(tmp_path):
+    from ecop_wrap.data import skimage_crops
+
+    out = tmp_path / "image"
+    summary = _load("image_siren").main(TINY + ["--resolution", "16", "--out", str(out), "--threads", "1"])
+    _check_outputs(out, summary)
+    assert summary["train_signals"] == 6 and summary["test_signals"] == 2
+    common = {"inner_lr": 1e-2, "outer_lr": 3e-4, "max_grad_norm": 1.0}
+    learnit = _learner(out / "learnit.pt", Siren(2, 3, 16, 2), gamma=1.0, K=2, L=0, lam=0.0, **common)
+    ecop = _learner(out / "ecop.pt", Siren(2, 3, 16, 2), gamma=0.25, K=4, L=2, boot_lr=5e-2, **common)
+    assert learnit.step_count == 2 and ecop.step_count == 2
+    # The script's held-out crops and an independent unscaled full-context fit from the saved Learnit init.
+    test = skimage_crops("test", 16, n=2, seed=1)
+    reference = _plain_fit_psnr(learnit.model, test.coords, test.stacked(), steps=3, lr=1e-2)
+    np.testing.assert_allclose(summary["test_psnr"]["Learnit"]["mean_per_step"], reference.mean(1), atol=2e-3)
+    # ECoP's test fit is gradient-scaled, but it starts from the saved ECoP init: step 0 must agree.
+    ecop_start = _plain_fit_psnr(ecop.model, test.coords, test.stacked(), steps=0, lr=1e-2)
+    assert summary["test_psnr"]["ECoP"]["mean_per_step"][0] == pytest.approx(float(ecop_start.mean()), abs=2e-3)
+
+
+@needs_images
+def test_video_example_end_to_end_with_camera_pans(tmp_path):
+    out = tmp_path / "video"
+    args = TINY + ["--source", "pans", "--frames", "3", "--resolution", "8", "--out", str(out), "--threads", "1"]
+    summary = _load("video_siren").main(args)
+    _check_outputs(out, summary)
+    assert summary["grid"] == [3, 8, 8]
+
+
+@pytest.mark.skipif(not _has("soundfile", "matplotlib"), reason="needs 'ecop-wrap[audio,examples]'")
+def test_audio_example_end_to_end_with_a_folder(tmp_path):
+    import soundfile
+
+    folder = tmp_path / "wavs"
+    folder.mkdir()
+    rate = 4000
+    time = np.arange(rate // 2) / rate
+    for index, pitch in enumerate((180.0, 220.0, 260.0, 310.0, 370.0)):
+        wave = 0.4 * np.sin(2 * np.pi * pitch * time) * np.exp(-3 * time)
+        soundfile.write(folder / f"tone_{index}.wav", wave, rate)
+    out = tmp_path / "audio"
+    args = TINY + ["--audio", str(folder), "--sample-rate", "2000", "--seconds", "0.1", "--crops-per-file", "2",
+                   "--out", str(out), "--threads", "1"]
+    summary = _load("audio_siren").main(args)
+    _check_outputs(out, summary)
+    # every 5th file (tone_0) is held out: the training clips come from the other four, two crops each
+    assert summary["grid"] == [200] and summary["test_signals"] == 1 and summary["train_signals"] == 6
+    assert all(name.startswith("tone_0.wav@") for name in summary["notes"]["test_clips"])
+
+
+def test_audio_example_without_speech_explains_where_to_get_it(monkeypatch):
+    module = _load("audio_siren")
+    monkeypatch.setattr(module.shutil, "which", lambda program: None)
+    with pytest.raises(SystemExit, match="espeak-ng") as exit_info:
+        module.main(["--outer-steps", "1"])
+    assert "--audio" in str(exit_info.value) and "docs/data.md" in str(exit_info.value)
+
+
+@pytest.mark.skipif(not _has("iris_sample_data", "matplotlib"), reason="needs 'ecop-wrap[sphere,examples]'")
+def test_sphere_example_end_to_end(tmp_path):
+    out = tmp_path / "sphere"
+    summary = _load("sphere_siren").main(TINY + ["--stride", "12", "--out", str(out), "--threads", "1"])
+    _check_outputs(out, summary)
+    assert summary["grid"] == [13, 16] and summary["args"]["w0"] == 50.0
+
+
+# -------------------------------------------------------------------------------------------- README
+def _readme_python_block() -> str:
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
+    assert blocks, "README.md has no ```python block"
+    return blocks[0]
+
+
+def test_readme_quickstart_is_short():
+    assert len(_readme_python_block().strip().splitlines()) <= 15
+
+
+@pytest.mark.skipif(not _has("skimage"), reason="the quickstart uses scikit-image photographs ('ecop-wrap[images]')")
+def test_readme_quickstart_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(_readme_python_block(), "README.md", "exec"), namespace)  # noqa: S102
+    fit = namespace["fit"]
+    assert fit.history["psnr"].shape[0] == 17 and torch.isfinite(fit.history["psnr"]).all()
+    assert (tmp_path / "ecop.pt").is_file()
+    assert capsys.readouterr().out.strip()
+
+
+# ------------------------------------------------------------------------------------------- plotting
+def _reference_trace(model: torch.nn.Module, coords, values, gamma: float, K: int, lr: float):
+    """Plain float64 loop: at each step keep the int(gamma*M) points of largest error, SGD on their MSE."""
+    params = {n: p.detach().double().clone().requires_grad_(True) for n, p in model.named_parameters()}
+    model = model.double()
+    keep = max(1, int(gamma * values.shape[0]))
+    masks, errors = [], []
+    for _ in range(K):
+        pred = torch.func.functional_call(model, params, (coords,))
+        error = (pred - values).pow(2).sum(-1).sqrt()
+        chosen = torch.argsort(error, descending=True)[:keep]
+        mask = torch.zeros(values.shape[0], dtype=torch.bool)
+        mask[chosen] = True
+        masks.append(mask)
+        errors.append(error.detach())
+        loss = (pred[chosen] - values[chosen]).pow(2).mean()
+        grads = torch.autograd.grad(loss, list(params.values()))
+        params = {n: (p - lr * g).detach().requires_grad_(True) for (n, p), g in zip(params.items(), grads)}
+    return torch.stack(masks), torch.stack(errors)
+
+
+def test_trace_selection_matches_a_plain_pruned_loop():
+    from ecop_wrap.plotting import trace_selection
+
+    torch.manual_seed(1)
+    model = Siren(2, 3, 24, 2).double()
+    learner = ContextPruningMetaLearner(model, gamma=0.25, K=6, L=0, lam=0.0, inner_lr=5e-2)
+    coords = torch.rand(48, 2, dtype=torch.float64) * 2 - 1
+    values = torch.rand(48, 3, dtype=torch.float64)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trace = trace_selection(learner, (coords, values))
+    assert trace.steps == [0, 3, 5]
+    ref_masks, ref_errors = _reference_trace(model, coords, values, 0.25, 6, 5e-2)
+    assert torch.equal(trace.masks, ref_masks[[0, 3, 5]])
+    torch.testing.assert_close(trace.errors, ref_errors[[0, 3, 5]], atol=1e-10, rtol=1e-8)
+    assert trace.masks.sum(1).tolist() == [12, 12, 12]
+    for name, param in model.named_parameters():
+        assert torch.equal(param, before[name]), "trace_selection must not modify the model"
+    with torch.no_grad():
+        torch.testing.assert_close(trace.predictions[0], model(coords))
+
+
+def test_trace_selection_full_context_and_bad_steps():
+    from ecop_wrap.plotting import trace_selection
+
+    learner = ContextPruningMetaLearner(Siren(2, 1, 8, 1), gamma=1.0, K=3, L=0, lam=0.0)
+    coords, values = torch.rand(10, 2) * 2 - 1, torch.rand(10, 1)
+    assert trace_selection(learner, (coords, values), steps=[2]).masks.all()
+    with pytest.raises(ValueError, match="steps"):
+        trace_selection(learner, (coords, values), steps=[3])
+    with pytest.raises(ValueError, match="coords"):
+        trace_selection(learner, (coords, values[:5]))
+    with pytest.raises(TypeError, match="ContextPruningMetaLearner"):
+        trace_selection(learner.model, (coords, values))
+
+
+@needs_plots
+def test_plots_write_pngs_and_reject_mismatched_shapes(tmp_path):
+    """Drawing paths are exercised by the end-to-end runs; here the inputs they do not cover, and bad shapes."""
+    from PIL import Image
+
+    from ecop_wrap import plotting
+
+    rng = np.random.default_rng(0)
+    path = plotting.plot_psnr_curves({"a": rng.random((5, 3)), "b": torch.rand(5)}, tmp_path / "p.png", x=range(5))
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+    images = rng.random((2, 6, 5, 3))
+    with pytest.raises(ValueError, match="masks"):
+        plotting.plot_selection(images[0], [0, 1], np.ones((1, 6, 5)), np.ones((1, 6, 5)), images[:1], tmp_path / "x.png")
+    with pytest.raises(ValueError, match="original"):
+        plotting.plot_selection(images, [0], np.ones((1, 6)), np.ones((1, 6)), images[:1], tmp_path / "x.png")
+    with pytest.raises(ValueError, match="curves"):
+        plotting.plot_psnr_curves({}, tmp_path / "x.png")
+    with pytest.raises(ValueError, match="x has"):
+        plotting.plot_psnr_curves({"a": [1.0, 2.0]}, tmp_path / "x.png", x=[0, 1, 2])
+    with pytest.raises(ValueError, match="originals"):
+        plotting.plot_reconstructions(images[0, 0], {}, tmp_path / "x.png")
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_plotting_without_matplotlib_names_the_extra(monkeypatch, tmp_path):
+    from ecop_wrap import plotting
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    with pytest.raises(ImportError, match=r"pip install 'ecop-wrap\[examples\]'"):
+        plotting.plot_psnr_curves({"a": [1.0, 2.0]}, tmp_path / "p.png")
+
+
+# ----------------------------------------------------------------------------------------------- docs
+def test_api_docs_are_current():
+    spec = importlib.util.spec_from_file_location("gen_api", ROOT / "docs" / "gen_api.py")
+    gen_api = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen_api)  # type: ignore[union-attr]
+    rendered = gen_api.render()
+    current = (ROOT / "docs" / "api.md").read_text()
+    assert current == rendered, "docs/api.md is stale: run  python docs/gen_api.py"
+
+
+def test_api_docs_cover_every_public_name():
+    import ecop_wrap
+    import ecop_wrap.data
+    import ecop_wrap.models
+    import ecop_wrap.plotting
+
+    text = (ROOT / "docs" / "api.md").read_text()
+    for module in (ecop_wrap, ecop_wrap.data, ecop_wrap.models, ecop_wrap.plotting):
+        for name in module.__all__:
+            assert f"### `{name}`" in text, f"{module.__name__}.{name} is missing from docs/api.md"
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a markdown heading."""
+    text = heading.replace("`", "").strip().lower()
+    return re.sub(r"[^a-z0-9 _-]", "", text).replace(" ", "-")
+
+
+def test_docs_links_resolve():
+    api = (ROOT / "docs" / "api.md").read_text()
+    anchors = {_slug(line.lstrip("#")) for line in api.splitlines() if line.startswith("#")}
+    pages = [ROOT / "README.md", ROOT / "docs" / "index.md", ROOT / "docs" / "paper_map.md", ROOT / "docs" / "api.md"]
+    for page in pages:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if target.startswith(("http://", "https://")):
+                continue
+            path, _, anchor = target.partition("#")
+            file = (page.parent / path).resolve() if path else page
+            assert file.exists(), f"{page.name} links to missing {target}"
+            if anchor and file.name == "api.md":
+                assert anchor in anchors, f"{page.name} links to {target}, which is not a heading of api.md"
