@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import sys
@@ -238,18 +239,26 @@ def train(
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     curve, started, cpu_started = [], time.perf_counter(), time.process_time()
+    diverged = None
     for step in range(1, steps + 1):
-        stats = trainer.meta_step(next(batches))
-        curve.append(stats["psnr"])
+        try:
+            stats = trainer.meta_step(next(batches))
+        except FloatingPointError as err:
+            # the learner refuses after repeated non-finite steps; weights stay at the last finite update
+            diverged = {"step": step, "error": str(err).split(";")[0]}
+            log(f"  {name}: DIVERGED at step {step}: {diverged['error']}; testing the last finite weights")
+            break
+        curve.append(stats["psnr"] if math.isfinite(stats["psnr"]) else float("nan"))
         if step % max(1, steps // 10) == 0 or step == steps:
             recent = sum(curve[-50:]) / len(curve[-50:])
             log(f"  {name}: step {step}/{steps}  train PSNR(theta_K, last 50) {recent:.2f} dB")
     if cuda:
         torch.cuda.synchronize()
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    done = max(len(curve), 1)
     out: dict[str, Any] = {
-        "seconds_per_step": seconds / max(steps, 1), "cpu_seconds_per_step": cpu / max(steps, 1),
-        "train_psnr_curve": _thin(curve),
+        "seconds_per_step": seconds / done, "cpu_seconds_per_step": cpu / done,
+        "train_psnr_curve": _thin(curve), "diverged": diverged,
     }
     if cuda:
         out["cuda_peak_bytes"] = int(torch.cuda.max_memory_allocated())
@@ -416,6 +425,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
             "seconds_per_step": training["seconds_per_step"],
             "cpu_seconds_per_step": training["cpu_seconds_per_step"],
             "peak_memory_bytes": training.get("cuda_peak_bytes", memory),
+            "diverged": training["diverged"],
             "train": {**_method_config(method, args), "outer_lr": _outer_lr(method, args),
                       "inner_lr": _inner_lr(method, args), "train_psnr_curve": training["train_psnr_curve"]},
         }
@@ -547,6 +557,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--json", type=Path, default=None, help="write results here (and a PNG next to it)")
     p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--merge", type=Path, nargs="+", default=None, metavar="RESULT.json",
+                   help="instead of running, merge result files of disjoint method sets into --json")
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.audio or args.sphere:
@@ -626,12 +638,33 @@ def _strip_flags(argv: list[str], flags: tuple[str, ...]) -> list[str]:
     return out
 
 
+def merge_results(paths: list[Path]) -> dict[str, Any]:
+    """Combine result files of disjoint method sets (e.g. a rerun of some methods) into one."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    merged: dict[str, Any] = {}
+    for path, part in zip(paths, parts):
+        for method, record in part.items():
+            if method.startswith("_"):
+                continue
+            if method in merged:
+                raise ValueError(f"method {method!r} appears in more than one of {[str(p) for p in paths]}")
+            merged[method] = record
+    results = {m: merged[m] for m in METHODS if m in merged}
+    results["_meta"] = dict(parts[0]["_meta"], merged_from=[
+        {"file": str(p), "command": part["_meta"]["command"], "wall_seconds": part["_meta"].get("wall_seconds")}
+        for p, part in zip(paths, parts)])
+    return results
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     started = time.perf_counter()
     log = lambda text: print(text, flush=True)
-    results = run_parallel(args, log) if args.workers > 1 else run(args, log)
-    results["_meta"]["wall_seconds"] = round(time.perf_counter() - started, 1)
+    if args.merge:
+        results = merge_results(args.merge)
+    else:
+        results = run_parallel(args, log) if args.workers > 1 else run(args, log)
+        results["_meta"]["wall_seconds"] = round(time.perf_counter() - started, 1)
     print(format_table(results))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -91,3 +91,20 @@ def test_reproduce_end_to_end(tmp_path):
     assert results["ecop_test_unscaled"]["trained_as"] == "ecop"
     assert results["_meta"]["lpips"].startswith(("computed", "absent"))
     assert "method" in done.stdout and "ecop" in done.stdout
+
+
+def test_merge_results_combines_disjoint_methods_and_refuses_duplicates(tmp_path):
+    from reproduce import merge_results
+
+    record = {"psnr": 30.0, "psnr_std": 1.0, "ssim": 0.9, "seconds_per_step": 1.0, "peak_memory_bytes": 10}
+    first = {"ecop": record, "_meta": {"command": "a", "data": "d"}}
+    second = {"learnit": dict(record, psnr=28.0), "_meta": {"command": "b", "data": "d"}}
+    paths = [tmp_path / "a.json", tmp_path / "b.json"]
+    for path, content in zip(paths, (first, second)):
+        path.write_text(json.dumps(content))
+    merged = merge_results(paths)
+    assert list(merged) == ["learnit", "ecop", "_meta"]  # METHODS order
+    assert merged["learnit"]["psnr"] == 28.0
+    assert [m["command"] for m in merged["_meta"]["merged_from"]] == ["a", "b"]
+    with pytest.raises(ValueError, match="more than one"):
+        merge_results([paths[0], paths[0]])
