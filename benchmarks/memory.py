@@ -10,7 +10,10 @@ meta-step (meta-loss, backward, optimizer step) and reports:
 * ``saved_bytes``: bytes of tensors the autograd graph still holds when the backward starts
   (:class:`ecop_wrap.SavedTensorMeter`; deterministic for a given configuration);
 * ``peak_bytes``: on CUDA ``torch.cuda.max_memory_allocated`` for the step; on CPU the peak resident set
-  size of the subprocess during the step minus its peak before the step (``ru_maxrss``).
+  size of the subprocess during the step minus its peak before the step (``ru_maxrss``). The subprocess
+  runs with glibc's ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` fixed at 128 KiB: otherwise
+  glibc raises its mmap threshold as large blocks are freed and keeps later freed memory resident, so RSS
+  would measure the allocator's caching rather than the algorithm's memory.
 
 The largest side under ``--budget-gb`` is read off a straight-line fit of peak memory against the number
 of points for each mode (memory is affine in M here), marked ``extrapolated`` when beyond the measured sides.
@@ -74,7 +77,8 @@ def _measure(args: argparse.Namespace, mode: str, side: int) -> dict:
     cmd = [sys.executable, __file__, "--child", "--mode", mode, "--side", str(side), "--width", str(args.width),
            "--layers", str(args.layers), "--batch", str(args.batch), "--threads", str(args.threads),
            "--device", args.device]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
     return json.loads(proc.stdout.strip().splitlines()[-1])

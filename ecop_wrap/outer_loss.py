@@ -20,7 +20,7 @@ import torch
 from .backends import Backend, Params
 from .bootstrap import bootstrap_target, full_context_grad, param_distance
 from .inner_loop import adapt, expand_params
-from .selection import Selector, squared_errors
+from .selection import Selector, num_selected, squared_errors
 
 __all__ = ["InnerConfig", "MetaLossOutput", "meta_objective"]
 
@@ -80,6 +80,10 @@ def meta_objective(
         generator: random source for random selection.
     """
     batch = values.shape[0]
+    # Graph-free passes never need more points at once than one pruned step holds in its graph, so without
+    # an explicit chunk_size they run in pieces of the pruned-set size: their transient memory then stays
+    # within what the inner loop already uses (the paper's equal-memory budget).
+    free_chunk = config.chunk_size or num_selected(values.shape[1], selector.gamma)
     adapted = adapt(
         backend,
         expand_params(init, batch),
@@ -90,23 +94,18 @@ def meta_objective(
         selector=selector,
         create_graph=not config.first_order,
         checkpoint=config.checkpoint,
-        chunk_size=config.chunk_size,
+        chunk_size=free_chunk,
         generator=generator,
         identical_init=True,
     )
     chunked = config.chunk_size is not None
-    if chunked:
+    mse = full_grads = None
+    if chunked:  # one graph-free full-context pass serves the outer gradient and the bootstrap's first step
         mse, full_grads = full_context_grad(backend, adapted, coords, values, config.chunk_size)
-    else:
-        mse = squared_errors(backend(adapted, coords), values).mean(dim=1) / values.shape[-1]
-        full_grads = None
-        if config.uses_bootstrap:  # reuse the outer forward for the bootstrap's first gradient
-            grads = torch.autograd.grad(mse.sum(), list(adapted.values()), retain_graph=True, materialize_grads=True, allow_unused=True)
-            full_grads = dict(zip(adapted, grads))
     if config.uses_bootstrap:
         target = bootstrap_target(
             backend, adapted, coords, values, steps=config.L, lr=config.boot_lr,
-            chunk_size=config.chunk_size, first_grads=full_grads,
+            chunk_size=free_chunk, first_grads=full_grads,
         )
         distance = param_distance(adapted, target)
     else:
@@ -114,7 +113,8 @@ def meta_objective(
 
     if chunked:
         loss = _surrogate_loss(adapted, mse, full_grads, target, distance, config.lam)  # type: ignore[arg-type]
-    else:
+    else:  # built after the bootstrap so that its transient memory never coexists with this graph
+        mse = squared_errors(backend(adapted, coords), values).mean(dim=1) / values.shape[-1]
         loss = (mse + config.lam * distance).mean() if target is not None else mse.mean()
     return MetaLossOutput(
         loss=loss,
