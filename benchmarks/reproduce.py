@@ -489,9 +489,12 @@ def save_plot(results: dict[str, Any], path: Path) -> None:
     except ImportError:
         return
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=100)
-    for method, r in results.items():
-        if not method.startswith("_"):
-            ax.plot(range(len(r["psnr_curve"])), r["psnr_curve"], label=f"{method} ({r['psnr']:.1f})")
+    methods = [m for m in results if not m.startswith("_")]
+    colors = plt.get_cmap("tab20")
+    for i, method in enumerate(methods):
+        r = results[method]
+        ax.plot(range(len(r["psnr_curve"])), r["psnr_curve"], label=f"{method} ({r['psnr']:.1f})",
+                color=colors(i % 20), linestyle="--" if method.startswith("ecop_test") else "-")
     ax.set_xlabel("test-time step")
     ax.set_ylabel("mean PSNR (dB)")
     ax.set_title(results["_meta"]["data"], fontsize=8)
