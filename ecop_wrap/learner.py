@@ -57,7 +57,9 @@ class ContextPruningMetaLearner:
         first_order: drop second-order terms of the inner steps (FOMAML when ``gamma=1``).
         max_grad_norm: clip the meta-gradient's global norm to this value (None: no clipping).
         chunk_size: points per chunk for every full-context pass that needs no graph back to theta_0
-            (ranking, bootstrap, and the outer loss's gradient); None processes all points at once.
+            (ranking, bootstrap, and then also the outer loss, whose gradient w.r.t. theta_K is accumulated
+            chunk by chunk and pushed through the inner-loop graph in one backward). None: the graph-free
+            passes run in pieces of the pruned-set size and the outer loss keeps one full-context graph.
         checkpoint: recompute each inner step's graph in the backward pass instead of keeping all K.
         batching: how the torch.func backend batches signals: ``"auto"``, ``"bmm"``, ``"vmap"``, ``"loop"``.
         gradncp_layer: scoring layer for ``selection="gradncp"`` (default: the model's last ``nn.Linear``).
