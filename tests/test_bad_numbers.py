@@ -21,13 +21,6 @@ MODES = [{}, {"chunk_size": 7}, {"checkpoint": True}, {"first_order": True}, {"b
 MODE_IDS = ["direct", "chunked", "checkpoint", "first-order", "higher"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 class SqrtSiren(TinySiren):
     """TinySiren scaled by ``sqrt(x_0 + 1.5)``: finite on ``[-1, 1]^2``, NaN where ``x_0 < -1.5``."""

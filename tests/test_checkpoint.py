@@ -17,14 +17,6 @@ from ecop_wrap import ContextPruningMetaLearner, make_grid
 CFG = {"gamma": 0.25, "K": 2, "L": 1, "lam": 1.0, "coord_range": None}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread is faster, and fairer to other jobs on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _model(seed: int = 0, width: int = 10, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     torch.manual_seed(seed)

@@ -33,13 +33,6 @@ POINTS = 25
 
 
 # ------------------------------------------------------------------------------------------- shared setup
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 class SqrtSiren(TinySiren):
     """TinySiren scaled by ``sqrt(x_0 + 1.5)``: finite on ``[-1, 1]^2``, NaN where ``x_0 < -1.5``."""

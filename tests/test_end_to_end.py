@@ -75,14 +75,6 @@ def _run(
     }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small models gain nothing from intra-op threads, and on a shared machine extra threads only contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def test_meta_learned_init_beats_random_init_on_held_out_photo():
     # Siren(2, 3, 64, 3), 16x16 crops, 50 meta_steps of ECoP (gamma=0.25, K=16, L=2), batch 4, 16 test crops of

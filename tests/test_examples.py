@@ -43,14 +43,6 @@ def _load(name: str):  # type: ignore[no-untyped-def]
     return module
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Examples run in this process with ``--threads 1``; put torch's thread count back afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 needs_plots = pytest.mark.skipif(not _has("matplotlib"), reason="matplotlib not installed ('ecop-wrap[examples]')")
 needs_images = pytest.mark.skipif(not _has("skimage", "matplotlib"), reason="needs 'ecop-wrap[examples]'")

@@ -9,14 +9,6 @@ from reference import TinySiren, ref_fit
 from ecop_wrap import ContextPruningMetaLearner, FitResult, GradScaledAdapter, make_grid
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from a second intra-op thread; on a shared 2-core machine it only contends."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 SCALINGS = ["norm", "loss", "none"]
 STEPS, LR, GAMMA = 4, 1e-2, 0.25

@@ -55,14 +55,6 @@ def _num_params(model) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Byte counts do not depend on threads; on a shared 2-core machine a second intra-op thread only contends."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def siren64():

@@ -19,14 +19,6 @@ from ecop_wrap import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from a second intra-op thread; on a shared 2-core machine it only contends."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 BACKENDS = ["torch.func", "higher"]
 

@@ -24,14 +24,6 @@ from ecop_wrap.inner_loop import adapt, expand_params
 from ecop_wrap.selection import Selector
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from a second intra-op thread; on a shared 2-core machine it only contends."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _problem(batch: int = 2, side: int = 6, d: int = 3, shared: bool = False):
     model = TinySiren(2, d).double()

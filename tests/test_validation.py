@@ -15,14 +15,6 @@ from torch import nn
 from ecop_wrap import ContextPruningMetaLearner, GradScaledAdapter, Siren, make_grid
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from a second intra-op thread; on a shared 2-core machine it only contends."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 SIDE, BATCH = 6, 2
 M = SIDE * SIDE
