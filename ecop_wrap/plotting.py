@@ -243,6 +243,15 @@ def _show(ax: Any, image: np.ndarray, *, cmap: str | None, vmin: float | None, v
                      interpolation="nearest")
 
 
+def _panel_size(shape: tuple[int, int], extent: Sequence[float] | None, base: float) -> tuple[float, float]:
+    """Width and height in inches of one image panel: ``base`` high for square data, wider (up to 2x) if wide."""
+    height, width = shape
+    if extent is not None:
+        width, height = abs(extent[1] - extent[0]), abs(extent[3] - extent[2])
+    aspect = min(2.0, max(0.5, width / height))
+    return base * max(1.0, aspect), base * max(1.0, aspect) / aspect
+
+
 def _bare(ax: Any, keep_ticks: bool) -> None:
     if not keep_ticks:
         ax.set_xticks([])
@@ -306,8 +315,10 @@ def plot_reconstructions(
     names = list(recons)
     columns = 1 + len(names) * (2 if show_errors else 1)
     height, width = truth.shape[1:3]
-    panel = 2.0 * max(1.0, min(2.0, width / height))
-    fig = _figure_class()(figsize=(panel * columns + 0.8, 2.0 * count + (0.5 if title else 0.2)), layout="constrained")
+    panel_width, panel_height = _panel_size((height, width), extent, 2.0)
+    fig = _figure_class()(
+        figsize=(panel_width * columns + 1.0, (panel_height + 0.35) * count + (0.5 if title else 0.2)), layout="constrained"
+    )
     axes = np.asarray(fig.subplots(count, columns, squeeze=False))
     low, high = value_range if value_range is not None else (float(truth.min()), float(truth.max()))
     opts = {"cmap": cmap, "vmin": low, "vmax": high, "extent": extent, "origin": origin}
@@ -425,13 +436,15 @@ def _selection_2d(truth: np.ndarray, steps: list[int], masks: np.ndarray, errors
                   cmap: str | None) -> str:
     count = len(steps)
     height, width = truth.shape[:2]
-    panel = 2.1 * max(1.0, min(2.0, width / height))
-    fig = _figure_class()(figsize=(panel * (count + 1) + 0.6, 6.6 + (0.4 if title else 0.0)), layout="constrained")
+    panel_width, panel_height = _panel_size((height, width), extent, 2.1)
+    fig = _figure_class()(
+        figsize=(panel_width * (count + 1) + 0.6, 3 * (panel_height + 0.35) + (0.4 if title else 0.0)), layout="constrained"
+    )
     axes = np.asarray(fig.subplots(3, count + 1, squeeze=False))
     low, high = float(truth.min()), float(truth.max())
     opts = {"extent": extent, "origin": origin}
     xs, ys = _pixel_centres((height, width), extent, origin)
-    dot = (0.55 * 72.0 * panel / max(height, width)) ** 2  # marker area in points^2: about half a pixel wide
+    dot = (0.55 * 72.0 * panel_width / width) ** 2  # marker area in points^2: about half a pixel wide
     for col, k in enumerate(steps):
         _show(axes[0, col], truth, cmap=cmap, vmin=low, vmax=high, **opts)
         axes[0, col].scatter(xs[masks[col]], ys[masks[col]], s=dot, c="red", marker="o", edgecolors="white", linewidths=0.4)
@@ -495,6 +508,7 @@ def plot_waveforms(
     sample_rate: float | None = None,
     psnr: Mapping[str, Any] | None = None,
     zoom: tuple[int, int] | None = None,
+    row_labels: Sequence[str] | None = None,
     title: str | None = None,
 ) -> str:
     """Waveforms against every method's reconstruction, one signal per row, with a zoomed window on the right.
@@ -507,6 +521,7 @@ def plot_waveforms(
         psnr: method name -> ``[N]`` PSNR per signal, shown in the legend.
         zoom: ``(start, length)`` in samples of the zoomed window, the same for every row (default: per row, the
             ``L // 8`` samples of the original with the most energy).
+        row_labels: ``[N]`` text at the left of every row (default ``"signal i"``).
         title: figure title.
 
     Returns:
@@ -530,7 +545,7 @@ def plot_waveforms(
                 ax.plot(time[window], recons[name][row, window], color=colour, lw=0.9, alpha=0.85, label=name + score)
         axes[row, 0].axvspan(time[start], time[stop - 1], color="0.85", zorder=0)
         axes[row, 0].legend(loc="upper right", fontsize=8)
-        axes[row, 0].set_ylabel(f"signal {row}", fontsize=9)
+        axes[row, 0].set_ylabel(f"signal {row}" if row_labels is None else str(row_labels[row]), fontsize=8)
     axes[0, 0].set_title("whole clip (shaded: the zoomed window)", fontsize=9)
     axes[0, 1].set_title("zoom", fontsize=9)
     for ax in axes[-1]:

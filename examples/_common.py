@@ -57,7 +57,7 @@ class Example:
         train, test: meta-training and held-out signals on the same grid.
         make_model: a fresh (randomly initialised) INR; called once, then copied for the second method.
         show_reconstructions: ``(test values [n, M, D], {method: reconstructions [n, M, D]}, {method: psnr [n]},
-            out_dir) -> list of written paths``, for the first few test signals.
+            names [n], out_dir) -> list of written paths``, for a few test signals.
         show_selection: ``(signal values [M, D], SelectionTrace, out_dir) -> written path``, Figure-1 view.
         coord_range: the coordinates' range, passed to the learners (None: no check).
         notes: extra facts for ``summary.json`` (data source, sizes, ...).
@@ -67,7 +67,9 @@ class Example:
     train: SignalDataset
     test: SignalDataset
     make_model: Callable[[], nn.Module]
-    show_reconstructions: Callable[[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor], Path], list[str]]
+    show_reconstructions: Callable[
+        [torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor], list[str], Path], list[str]
+    ]
     show_selection: Callable[[torch.Tensor, SelectionTrace, Path], str]
     coord_range: tuple[float, float] | None = (-1.0, 1.0)
     notes: dict[str, Any] = field(default_factory=dict)
@@ -300,6 +302,7 @@ def _draw(example: Example, args: argparse.Namespace, learners: dict[str, Contex
         example.test.stacked()[shown],
         {name: r.reconstructions[shown] for name, r in results.items()},
         {name: r.psnr[-1, shown] for name, r in results.items()},
+        [example.test.names[i] for i in shown.tolist()],
         out,
     )
     labels = {ECOP: f"ECoP (gamma={args.gamma}, K={args.inner_steps}, L={args.bootstrap_steps}), scaling={args.ecop_scaling}",

@@ -190,10 +190,11 @@ def main(argv: list[str] | None = None) -> dict:
         return Siren(1, 1, args.hidden_features, args.hidden_layers, w0=args.w0, output_offset=0.0)
 
     def show_reconstructions(
-        originals: torch.Tensor, recons: dict[str, torch.Tensor], psnr: dict[str, torch.Tensor], out: Path
+        originals: torch.Tensor, recons: dict[str, torch.Tensor], psnr: dict[str, torch.Tensor], names: list[str],
+        out: Path,
     ) -> list[str]:
         return [plot_waveforms(
-            originals, recons, out / "reconstructions.png", sample_rate=args.sample_rate, psnr=psnr,
+            originals, recons, out / "reconstructions.png", sample_rate=args.sample_rate, psnr=psnr, row_labels=names,
             title=f"held-out speech after {args.test_steps} test-time steps",
         )]
 

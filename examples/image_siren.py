@@ -99,11 +99,12 @@ def main(argv: list[str] | None = None) -> dict:
         return Siren(2, channels, args.hidden_features, args.hidden_layers, w0=args.w0, output_offset=0.5)
 
     def show_reconstructions(
-        originals: torch.Tensor, recons: dict[str, torch.Tensor], psnr: dict[str, torch.Tensor], out: Path
+        originals: torch.Tensor, recons: dict[str, torch.Tensor], psnr: dict[str, torch.Tensor], names: list[str],
+        out: Path,
     ) -> list[str]:
         return [plot_reconstructions(
             train.to_arrays(originals), {n: train.to_arrays(v) for n, v in recons.items()},
-            out / "reconstructions.png", psnr=psnr,
+            out / "reconstructions.png", psnr=psnr, row_labels=names,
             title=f"held-out images after {args.test_steps} test-time steps",
         )]
 

@@ -95,14 +95,15 @@ def main(argv: list[str] | None = None) -> dict:
         return Siren(3, 3, args.hidden_features, args.hidden_layers, w0=args.w0, output_offset=0.5)
 
     def show_reconstructions(
-        originals: torch.Tensor, recons: dict[str, torch.Tensor], psnr: dict[str, torch.Tensor], out: Path
+        originals: torch.Tensor, recons: dict[str, torch.Tensor], psnr: dict[str, torch.Tensor], names: list[str],
+        out: Path,
     ) -> list[str]:
         count = originals.shape[0]
 
         def pick(clips: torch.Tensor) -> torch.Tensor:
             return train.to_arrays(clips)[:, shown_frames].reshape(-1, side, side, 3)
 
-        labels = [f"clip {i}, t = {t}" for i in range(count) for t in shown_frames]
+        labels = [f"{names[i]}, t = {t}" for i in range(count) for t in shown_frames]
         rows_psnr = {n: v.repeat_interleave(len(shown_frames)) for n, v in psnr.items()}
         return [plot_reconstructions(
             pick(originals), {n: pick(v) for n, v in recons.items()}, out / "reconstructions.png",
