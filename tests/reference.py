@@ -32,6 +32,19 @@ class TinySiren(nn.Module):
         return self.out(x) + 0.5
 
 
+def make_problem(batch: int = 2, side: int = 6, d: int = 3, shared: bool = True):
+    """A float64 TinySiren and a batch ``(coords [M, C] or [B, M, C], values [B, M, D])`` on a side x side grid."""
+    model = TinySiren(2, d).double()
+    axis = torch.linspace(-1.0, 1.0, side, dtype=torch.float64)
+    grid = torch.stack(torch.meshgrid(axis, axis, indexing="ij"), dim=-1).reshape(-1, 2)
+    if shared:
+        coords = grid
+    else:
+        coords = grid.unsqueeze(0).repeat(batch, 1, 1) + 0.05 * torch.randn(batch, side * side, 2, dtype=torch.float64)
+    values = torch.rand(batch, side * side, d, dtype=torch.float64)
+    return model, coords, values
+
+
 def ref_topk(errors: torch.Tensor, gamma: float) -> torch.Tensor:
     k = max(1, int(gamma * errors.shape[0]))
     return torch.argsort(errors, descending=True)[:k]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from reference import TinySiren, ref_fit
+from reference import make_problem, ref_fit
 
-from ecop_wrap import ContextPruningMetaLearner, FitResult, GradScaledAdapter, make_grid
+from ecop_wrap import ContextPruningMetaLearner, FitResult, GradScaledAdapter
 
 
 
@@ -16,14 +16,7 @@ STEPS, LR, GAMMA = 4, 1e-2, 0.25
 
 def _problem(batch: int = 2, side: int = 6, d: int = 3, shared: bool = True):
     """A float64 TinySiren and a batch ``(coords [M, C] or [B, M, C], values [B, M, D])``."""
-    model = TinySiren(2, d).double()
-    grid = make_grid((side, side), dtype=torch.float64)
-    if shared:
-        coords = grid
-    else:
-        coords = grid.unsqueeze(0).repeat(batch, 1, 1) + 0.05 * torch.randn(batch, side * side, 2, dtype=torch.float64)
-    values = torch.rand(batch, side * side, d, dtype=torch.float64)
-    return model, coords, values
+    return make_problem(batch, side, d, shared)
 
 
 def _adapter(model, scaling="norm", **kw):

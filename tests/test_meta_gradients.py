@@ -6,19 +6,15 @@ import itertools
 
 import pytest
 import torch
-from reference import TinySiren, ref_meta_grads
+from reference import make_problem, ref_meta_grads
 
-from ecop_wrap import ContextPruningMetaLearner, make_grid
+from ecop_wrap import ContextPruningMetaLearner
 
 GRID = list(itertools.product([0.25, 1.0], [1, 3], [0, 2], [0.0, 10.0], [False, True], [1, 3]))
 
 
 def _problem(shared: bool, d: int, batch: int = 2, side: int = 6):
-    model = TinySiren(2, d).double()
-    grid = make_grid((side, side), dtype=torch.float64)
-    coords = grid if shared else grid.unsqueeze(0).repeat(batch, 1, 1) + 0.05 * torch.randn(batch, side * side, 2, dtype=torch.float64)
-    values = torch.rand(batch, side * side, d, dtype=torch.float64)
-    return model, coords, values
+    return make_problem(batch, side, d, shared)
 
 
 def _library_grads(model, coords, values, **kw):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from reference import TinySiren
+from reference import TinySiren, make_problem
 from torch import nn
 from torch.func import functional_call
 
@@ -26,14 +26,7 @@ from ecop_wrap.selection import Selector
 
 
 def _problem(batch: int = 2, side: int = 6, d: int = 3, shared: bool = False):
-    model = TinySiren(2, d).double()
-    grid = make_grid((side, side), dtype=torch.float64)
-    if shared:
-        coords = grid
-    else:
-        coords = grid.unsqueeze(0).repeat(batch, 1, 1) + 0.05 * torch.randn(batch, side * side, 2, dtype=torch.float64)
-    values = torch.rand(batch, side * side, d, dtype=torch.float64)
-    return model, coords, values
+    return make_problem(batch, side, d, shared)
 
 
 def _signal_coords(coords: torch.Tensor, b: int) -> torch.Tensor:
