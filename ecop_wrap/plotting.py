@@ -206,6 +206,7 @@ def plot_psnr_curves(
         raise ValueError("curves must name at least one method")
     fig = _figure_class()(figsize=(6.4, 4.2))
     ax = fig.subplots()
+    ends: list[tuple[float, float, str]] = []
     for colour, (name, values) in zip(_cycle(len(curves)), curves.items()):
         data = _numpy(values, f"curves[{name!r}]")
         data = data[:, None] if data.ndim == 1 else data
@@ -218,8 +219,8 @@ def plot_psnr_curves(
         ax.plot(steps, mean, color=colour, lw=2, label=name)
         if data.shape[1] > 1:
             ax.fill_between(steps, mean - std, mean + std, color=colour, alpha=0.15, lw=0)
-        ax.annotate(f"{mean[-1]:.1f}", (steps[-1], mean[-1]), xytext=(4, 0), textcoords="offset points",
-                    color=colour, va="center", fontsize=9)
+        ends.append((float(mean[-1]), float(steps[-1]), colour))
+    _label_ends(ax, ends)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
@@ -227,6 +228,19 @@ def plot_psnr_curves(
     if title:
         ax.set_title(title, fontsize=10)
     return _save(fig, path)
+
+
+def _label_ends(ax: Any, ends: list[tuple[float, float, str]]) -> None:
+    """Write each curve's final value right of its end, nudging labels apart that would overlap."""
+    low, high = ax.get_ylim()
+    left, right = ax.get_xlim()
+    gap = (high - low) / 22
+    placed: list[float] = []
+    for value, x, colour in sorted(ends):
+        y = value if not placed or value - placed[-1] >= gap else placed[-1] + gap
+        placed.append(y)
+        ax.text(x + 0.015 * (right - left), y, f"{value:.1f}", color=colour, va="center", ha="left", fontsize=9)
+    ax.set_xlim(left, right + 0.07 * (right - left))
 
 
 def _cycle(count: int) -> list[str]:
