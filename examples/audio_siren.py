@@ -8,7 +8,7 @@ by default, is synthesised into a temporary folder with the ``espeak-ng`` progra
 English voices, with held-out sentences for testing. Without espeak-ng and without ``--audio`` the script
 explains where to get speech offline (see also docs/data.md, "Offline speech").
 
-    python examples/audio_siren.py                                     # a few minutes on 2 CPU cores
+    python examples/audio_siren.py                                     # 5-10 minutes on 2 CPU cores
     python examples/audio_siren.py --audio /usr/share/klettres/en      # apt-get install klettres-data
     python examples/audio_siren.py --audio speech/ --sample-rate 16000 --seconds 1 --device cuda
 

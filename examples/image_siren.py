@@ -4,7 +4,7 @@ By default the images are random crops of the photographs that ship inside sciki
 ten photos, held-out crops from three others: chelsea, motorcycle, coins), so nothing is downloaded. Use
 ``--images DIR`` for your own pictures or ``--text`` for random-text images (Learnit's Text dataset).
 
-    python examples/image_siren.py                      # ~3-5 minutes on 2 CPU cores
+    python examples/image_siren.py                      # about 5 minutes on 2 CPU cores
     python examples/image_siren.py --images ~/photos --resolution 64 --outer-steps 2000 --device cuda
 
 Writes to ``--out`` (default ``outputs/image/``): ``reconstructions.png`` (held-out crops, both methods,

