@@ -78,6 +78,8 @@ class GradScaledAdapter:
         chunk_size: points per chunk of every full-context pass (default: the learner's).
         max_consecutive_skips: raise ``FloatingPointError`` when a signal's update is not finite this many
             steps in a row.
+        autocast_dtype: run forward passes under ``torch.autocast`` with this dtype (default: the learner's,
+            else ``None``, i.e. the model's own dtype); predictions and the history come back in the data's dtype.
         seed: seed for random selection.
     """
 
@@ -96,6 +98,7 @@ class GradScaledAdapter:
         gradncp_layer: nn.Module | None = None,
         max_consecutive_skips: int = 3,
         coord_range: tuple[float, float] | None = (-1.0, 1.0),
+        autocast_dtype: torch.dtype | None = None,
         seed: int = 0,
     ) -> None:
         learner = source if isinstance(source, ContextPruningMetaLearner) else None
@@ -114,6 +117,11 @@ class GradScaledAdapter:
         self.selector = Selector(selection, self.gamma, model=model, layer=gradncp_layer)
         backend_name = backend or (learner.backend_name if learner else "torch.func")
         self.backend = make_backend(backend_name, model, batching)
+        if autocast_dtype is None and learner is not None:
+            autocast_dtype = learner.backend.autocast_dtype
+        if autocast_dtype is not None and not isinstance(autocast_dtype, torch.dtype):
+            raise TypeError(f"autocast_dtype must be a torch.dtype or None, got {autocast_dtype!r}")
+        self.backend.autocast_dtype = autocast_dtype
         self.chunk_size = chunk_size if chunk_size is not None else (learner.chunk_size if learner else None)
         if self.chunk_size is not None:
             check_int("chunk_size", self.chunk_size, 1)

@@ -149,6 +149,7 @@ class ContextPruningMetaLearner:
 
     @property
     def inner_config(self) -> InnerConfig:
+        """The per-signal settings (K, L, lambda, learning rates, memory modes) passed to :func:`meta_objective`."""
         return InnerConfig(
             K=self.K, L=self.L, lam=self.lam, inner_lr=self.inner_lr, boot_lr=self.boot_lr,
             first_order=self.first_order, chunk_size=self.chunk_size, checkpoint=self.checkpoint,
@@ -368,6 +369,7 @@ class ContextPruningMetaLearner:
         fd, tmp = tempfile.mkstemp(prefix=".ecop-", suffix=".tmp", dir=directory)
         try:
             with os.fdopen(fd, "wb") as handle:
+                os.fchmod(handle.fileno(), _file_mode(path))
                 torch.save(state, handle)
                 handle.flush()
                 os.fsync(handle.fileno())
@@ -402,6 +404,19 @@ class ContextPruningMetaLearner:
         if digest != _state_digest(state):
             raise ValueError(f"checkpoint {path!r} is corrupted: its content does not match its SHA-256 digest")
         self.load_state_dict(state)
+
+
+def _file_mode(path: str) -> int:
+    """The mode a plain ``open(path, "wb")`` would give: the existing file's, else 0o666 less the umask.
+
+    ``mkstemp`` creates 0o600 files; without this a checkpoint would not be readable by the user's group.
+    """
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def _fsync_directory(directory: str) -> None:

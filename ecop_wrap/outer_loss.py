@@ -40,6 +40,7 @@ class InnerConfig:
 
     @property
     def uses_bootstrap(self) -> bool:
+        """Whether the meta-loss has the bootstrap term (``L > 0`` and ``lam != 0``); else it is plain MSE."""
         return self.L > 0 and self.lam != 0
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from ecop_wrap import ContextPruningMetaLearner, Siren, make_grid
+import pytest
+
+from ecop_wrap import ContextPruningMetaLearner, GradScaledAdapter, Siren, make_grid
 
 
 def _loss_and_grads(model, batch, autocast_dtype):
@@ -39,3 +41,29 @@ def test_bf16_forward_really_runs_in_bf16():
     finally:
         hook.remove()
     assert torch.bfloat16 in seen
+
+
+def test_adapter_inherits_the_learners_autocast_and_fits_close_to_float32():
+    torch.manual_seed(0)
+    model = Siren(2, 3, 32, 2)
+    signal = (make_grid((8, 8)), torch.rand(2, 64, 3))
+    learner = ContextPruningMetaLearner(model, K=4, L=0, autocast_dtype=torch.bfloat16)
+    adapter = GradScaledAdapter(learner)
+    assert adapter.backend.autocast_dtype == torch.bfloat16
+    seen = []
+    hook = model.output.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+    try:
+        half = adapter.fit(signal)
+    finally:
+        hook.remove()
+    assert torch.bfloat16 in seen
+    full = GradScaledAdapter(model, steps=adapter.steps, lr=adapter.lr, gamma=adapter.gamma).fit(signal)
+    assert not torch.equal(half.history["mse"], full.history["mse"])  # the two fits really differ in precision
+    assert half.history["mse"].dtype == torch.float32
+    # bf16 forward passes: the fitted error stays within a few percent of the float32 fit.
+    torch.testing.assert_close(half.history["mse"][-1], full.history["mse"][-1], rtol=5e-2, atol=0)
+
+
+def test_adapter_autocast_dtype_is_type_checked():
+    with pytest.raises(TypeError, match="autocast_dtype"):
+        GradScaledAdapter(Siren(2, 3, 8, 1), autocast_dtype="bf16")

@@ -169,6 +169,22 @@ def test_save_overwrites_atomically_and_fsyncs(tmp_path, monkeypatch):
     assert len(synced) >= 1  # the file (and the directory where supported) before/after the rename
 
 
+def test_save_gives_the_mode_of_a_plain_open_not_mkstemps_0600(tmp_path):
+    learner = _learner(_model())
+    old = os.umask(0o022)
+    try:
+        fresh = tmp_path / "fresh.pt"
+        learner.save(fresh)
+        assert fresh.stat().st_mode & 0o777 == 0o644
+        kept = tmp_path / "kept.pt"
+        kept.write_bytes(b"")
+        kept.chmod(0o640)
+        learner.save(kept)  # overwriting keeps the existing file's permissions
+        assert kept.stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(old)
+
+
 # -------------------------------------------------------------------------------------- damaged files
 def _fresh_with_state() -> tuple[ContextPruningMetaLearner, dict]:
     learner = _learner(_model(seed=11), seed=4)
