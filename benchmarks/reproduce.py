@@ -334,6 +334,7 @@ def evaluate(
     final = psnr_hist[-1]
     out: dict[str, Any] = {
         "psnr": float(final.mean()), "psnr_std": float(final.std()) if final.numel() > 1 else 0.0,
+        "psnr_per_signal": [round(float(v), 4) for v in final],
         "psnr_curve": [round(float(v), 3) for v in psnr_hist.mean(dim=1)],
         "ssim": None, "lpips": None,
     }
@@ -393,7 +394,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
         out = evaluate(model, splits, held_out, args.test_steps, settings[method])
         if val is not None:
             on_val = evaluate(model, splits, val, args.test_steps, settings[method])
-            out["val"] = {k: on_val[k] for k in ("psnr", "psnr_std", "ssim")}
+            out["val"] = {k: on_val[k] for k in ("psnr", "psnr_std", "psnr_per_signal", "ssim")}
         return out
 
     splits.coords = splits.coords.to(device)
@@ -476,6 +477,36 @@ def format_table(results: dict[str, Any]) -> str:
             f"{r['cpu_seconds_per_step']:>11.3f}"
             f"{r['peak_memory_bytes'] / 2**20:>12.2f}"
         )
+    return "\n".join(lines)
+
+
+# ECoP against each baseline; the same held-out signals are scored for every method, so the gaps are paired.
+PAIRED = (("ecop", "learnit"), ("ecop", "learnit_tuned_lr"), ("ecop", "random_pruning"),
+          ("ecop", "ecop_no_bootstrap"), ("learnit", "reptile"), ("reptile", "fomaml"), ("fomaml", "random_init"))
+
+
+def paired_gaps(results: dict[str, Any], split: str | None = None) -> dict[str, dict[str, float]]:
+    """Mean per-signal PSNR difference ``a - b`` with its standard error, for every pair in :data:`PAIRED`.
+
+    ``split="val"`` uses the validation scores of an ``--eval-split both`` run.
+    """
+    gaps = {}
+    for a, b in PAIRED:
+        ra, rb = results.get(a), results.get(b)
+        if split is not None:
+            ra, rb = (ra or {}).get(split), (rb or {}).get(split)
+        if not ra or not rb or "psnr_per_signal" not in ra or "psnr_per_signal" not in rb:
+            continue
+        diff = torch.tensor(ra["psnr_per_signal"], dtype=torch.float64) - torch.tensor(rb["psnr_per_signal"], dtype=torch.float64)
+        se = float(diff.std() / diff.numel() ** 0.5) if diff.numel() > 1 else float("nan")
+        gaps[f"{a} - {b}"] = {"mean_db": round(float(diff.mean()), 3), "stderr_db": round(se, 3),
+                              "wins": int((diff > 0).sum()), "signals": int(diff.numel())}
+    return gaps
+
+
+def format_gaps(gaps: dict[str, dict[str, float]], title: str) -> str:
+    lines = [title] + [f"  {pair:<32}{g['mean_db']:>+8.2f} dB  ± {g['stderr_db']:.2f} (se)  "
+                       f"{g['wins']}/{g['signals']} signals better" for pair, g in gaps.items()]
     return "\n".join(lines)
 
 
@@ -669,6 +700,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results = run_parallel(args, log) if args.workers > 1 else run(args, log)
         results["_meta"]["wall_seconds"] = round(time.perf_counter() - started, 1)
     print(format_table(results))
+    for split in (None, "val"):
+        gaps = paired_gaps(results, split)
+        if gaps:
+            results[f"_paired_gaps{'_' + split if split else ''}"] = gaps
+            print(format_gaps(gaps, f"paired PSNR gaps on the {'validation' if split else 'held-out'} signals:"))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=1, allow_nan=True))

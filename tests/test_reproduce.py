@@ -74,16 +74,18 @@ def test_reproduce_end_to_end(tmp_path):
         "--outer-steps", "2", "--seed", "0", "--eval-size", "3", "--train-size", "8", "--batch", "2", "--width", "16",
         "--depth", "2", "--ecop-steps", "4", "--boot-steps", "2", "--test-steps", "3", "--json", str(out),
     ]
-    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
     results = json.loads(out.read_text())
-    assert set(results) == set(METHODS) | {"_meta"}
+    assert set(results) == set(METHODS) | {"_meta", "_paired_gaps"}
+    assert results["_paired_gaps"]["ecop - learnit"]["signals"] == 3
     for method in METHODS:
         record = results[method]
         for key in ("psnr", "ssim", "seconds_per_step", "peak_memory_bytes"):
             assert isinstance(record[key], (int, float)) and math.isfinite(record[key]), (method, key)
         assert len(record["psnr_curve"]) == 4
         assert record["psnr_curve"][-1] == pytest.approx(record["psnr"], abs=1e-3)
+        assert len(record["psnr_per_signal"]) == 3
     assert results["random_init"]["peak_memory_bytes"] == 0
     # deterministic memory accounting: second-order methods hold more than first-order ones
     assert 0 < results["reptile"]["peak_memory_bytes"] < results["learnit"]["peak_memory_bytes"]
@@ -108,3 +110,17 @@ def test_merge_results_combines_disjoint_methods_and_refuses_duplicates(tmp_path
     assert [m["command"] for m in merged["_meta"]["merged_from"]] == ["a", "b"]
     with pytest.raises(ValueError, match="more than one"):
         merge_results([paths[0], paths[0]])
+
+
+def test_paired_gaps_are_per_signal_differences_with_their_standard_error():
+    from reproduce import paired_gaps
+
+    results = {"ecop": {"psnr_per_signal": [30.0, 32.0, 31.0], "val": {"psnr_per_signal": [1.0, 1.0]}},
+               "learnit": {"psnr_per_signal": [29.0, 29.0, 32.0], "val": {"psnr_per_signal": [2.0, 0.0]}}}
+    gaps = paired_gaps(results)
+    assert list(gaps) == ["ecop - learnit"]  # pairs with a missing method are left out
+    diff = torch.tensor([1.0, 3.0, -1.0], dtype=torch.float64)
+    assert gaps["ecop - learnit"]["mean_db"] == 1.0
+    assert gaps["ecop - learnit"]["stderr_db"] == round(float(diff.std() / 3**0.5), 3)
+    assert gaps["ecop - learnit"]["wins"] == 2
+    assert paired_gaps(results, "val")["ecop - learnit"] == {"mean_db": 0.0, "stderr_db": 1.0, "wins": 1, "signals": 2}
