@@ -292,7 +292,7 @@ def _fit_full(model: Siren, coords: torch.Tensor, values: torch.Tensor, steps: i
         coord_range=None, max_consecutive_skips=steps + 1,
     )
     fit = adapter.fit((coords, values))
-    return fit(coords).detach(), fit.history["mse"].detach()
+    return fit(coords).detach(), fit.history["mse"].detach(), fit.history["scale"]
 
 
 def _fit_pruned(model: Siren, coords: torch.Tensor, values: torch.Tensor, steps: int, test: FitSetting):
@@ -311,7 +311,7 @@ def _fit_pruned(model: Siren, coords: torch.Tensor, values: torch.Tensor, steps:
     with torch.no_grad():
         pred = backend(params, coords)
         mses.append((pred - values).pow(2).mean(dim=(1, 2)))
-    return pred, torch.stack(mses)
+    return pred, torch.stack(mses), torch.ones(steps, values.shape[0], dtype=values.dtype)
 
 
 def evaluate(
@@ -323,19 +323,22 @@ def evaluate(
         ``psnr`` (mean of per-signal PSNR, dB, data range of the modality), ``psnr_std``, ``psnr_curve``
         (mean PSNR after 0..steps test steps), ``ssim`` (images) and ``lpips`` (images, when available).
     """
-    preds, histories = [], []
+    preds, histories, scales = [], [], []
     fit = _fit_pruned if test.context == "pruned" else _fit_full
     for start in range(0, values.shape[0], chunk):
-        pred, mse_hist = fit(model, splits.coords, values[start:start + chunk], steps, test)
+        pred, mse_hist, scale_hist = fit(model, splits.coords, values[start:start + chunk], steps, test)
         preds.append(pred)
         histories.append(mse_hist)
-    pred, mse_hist = torch.cat(preds), torch.cat(histories, dim=1)
+        scales.append(scale_hist)
+    pred, mse_hist, scale_hist = torch.cat(preds), torch.cat(histories, dim=1), torch.cat(scales, dim=1)
     psnr_hist = 10.0 * torch.log10(splits.data_range**2 / mse_hist)
     final = psnr_hist[-1]
     out: dict[str, Any] = {
         "psnr": float(final.mean()), "psnr_std": float(final.std()) if final.numel() > 1 else 0.0,
         "psnr_per_signal": [round(float(v), 4) for v in final],
         "psnr_curve": [round(float(v), 3) for v in psnr_hist.mean(dim=1)],
+        # mean test-time gradient scale of each step (1 without scaling): the effective step is lr * scale
+        "scale_curve": [round(float(v), 4) for v in scale_hist.mean(dim=1)],
         "ssim": None, "lpips": None,
     }
     if splits.modality == "image":

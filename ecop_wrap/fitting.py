@@ -39,8 +39,9 @@ class FitResult:
     Attributes:
         params: parameter name -> tensor; with a leading ``B`` dimension iff the input was batched. Frozen
             parameters and buffers are not included (they are the model's own).
-        history: ``{"mse": [steps + 1, (B)], "psnr": [steps + 1, (B)]}`` full-context MSE and PSNR before the
-            first step and after every step.
+        history: ``{"mse": [steps + 1, (B)], "psnr": [steps + 1, (B)], "scale": [steps, (B)]}``: full-context
+            MSE and PSNR before the first step and after every step, and the factor each step's full-context
+            gradient was multiplied by (``||g_pruned|| / ||g_full||`` for ``scaling="norm"``; 1 for ``"none"``).
         skipped: ``[(B)]`` number of steps skipped per signal because the update was not finite.
         batched: whether the input was a batch.
     """
@@ -157,11 +158,13 @@ class GradScaledAdapter:
         init = {n: p.detach() for n, p in self.model.named_parameters() if p.requires_grad}
         params = {n: p.clone() for n, p in expand_params(init, values.shape[0]).items()}
         mses: list[torch.Tensor] = []
+        scales: list[torch.Tensor] = []
         skipped = torch.zeros(values.shape[0], dtype=torch.long, device=values.device)
         run = torch.zeros_like(skipped)
         for step in range(steps):
-            mse, update = self._scaled_step(params, coords, values)
+            mse, update, scale = self._scaled_step(params, coords, values)
             mses.append(mse)
+            scales.append(scale)
             finite = torch.stack([torch.isfinite(g).flatten(1).all(1) for g in update.values()]).all(0)
             params = {
                 n: torch.where(finite.view(-1, *[1] * (p.ndim - 1)), p - self.lr * update[n], p)
@@ -177,7 +180,8 @@ class GradScaledAdapter:
                 )
         mses.append(full_context_grad(self.backend, params, coords, values, self.chunk_size)[0])
         mse_hist = torch.stack(mses)
-        history = {"mse": mse_hist, "psnr": mse_to_psnr(mse_hist)}  # type: ignore[dict-item]
+        scale_hist = torch.stack(scales) if scales else mse_hist.new_empty((0, values.shape[0]))
+        history = {"mse": mse_hist, "psnr": mse_to_psnr(mse_hist), "scale": scale_hist}  # type: ignore[dict-item]
         if not batched:
             params = {n: p[0] for n, p in params.items()}
             history = {k: v[:, 0] for k, v in history.items()}
@@ -186,15 +190,16 @@ class GradScaledAdapter:
 
     def _scaled_step(
         self, params: Params, coords: torch.Tensor, values: torch.Tensor
-    ) -> tuple[torch.Tensor, Params]:
-        """Full-context MSE ``[B]`` at ``params`` and the scaled update direction (name -> ``[B, *shape]``)."""
+    ) -> tuple[torch.Tensor, Params, torch.Tensor]:
+        """Full-context MSE ``[B]`` at ``params``, the scaled update direction (name -> ``[B, *shape]``) and the
+        scale ``[B]``."""
         mse, grads, errors = full_context_grad(
             self.backend, params, coords, values, self.chunk_size, return_errors=True
         )
         if self.scaling == "none" or self.selector.keeps_all(values.shape[1]):
-            return mse, grads
-        scale = self._scale(params, coords, values, mse, grads, errors)
-        return mse, {n: g * scale.view(-1, *[1] * (g.ndim - 1)) for n, g in grads.items()}
+            return mse, grads, torch.ones_like(mse)
+        scale = self._scale(params, coords, values, mse, grads, errors).detach()
+        return mse, {n: g * scale.view(-1, *[1] * (g.ndim - 1)) for n, g in grads.items()}, scale
 
     def _scale(
         self, params: Params, coords: torch.Tensor, values: torch.Tensor, mse: torch.Tensor,

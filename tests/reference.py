@@ -89,10 +89,10 @@ def ref_meta_grads(model, coords, values, **kw):
     return loss.detach(), torch.autograd.grad(loss, params)
 
 
-def ref_fit(model, x, y, *, steps, lr, gamma, scaling):
-    """Per-signal test-time fitting with Eq. 6 scaling; returns (params, mse history)."""
+def ref_fit(model, x, y, *, steps, lr, gamma, scaling, return_scales=False):
+    """Per-signal test-time fitting with Eq. 6 scaling; returns (params, mse history[, scale of every step])."""
     params = {n: p.detach().clone().requires_grad_(True) for n, p in model.named_parameters() if p.requires_grad}
-    history = []
+    history, scales = [], []
     for _ in range(steps + 1):
         pred = functional_call(model, params, (x,))
         err = ((pred - y) ** 2).sum(-1)
@@ -110,6 +110,8 @@ def ref_fit(model, x, y, *, steps, lr, gamma, scaling):
         elif scaling == "loss":
             scale = (err[idx].mean() / y.shape[-1]).detach() / (full.detach() + 1e-16)
         else:
-            scale = 1.0
+            scale = torch.tensor(1.0, dtype=full.dtype)
+        scales.append(torch.as_tensor(scale).detach())
         params = {n: (p - lr * scale * g).detach().requires_grad_(True) for (n, p), g in zip(params.items(), g_full)}
-    return {n: p.detach() for n, p in params.items()}, torch.stack(history)
+    out = {n: p.detach() for n, p in params.items()}, torch.stack(history)
+    return (*out, torch.stack(scales) if scales else torch.zeros(0, dtype=full.dtype)) if return_scales else out

@@ -35,11 +35,17 @@ def _snapshot(model):
 @pytest.mark.parametrize("scaling", SCALINGS)
 def test_single_signal_matches_reference(scaling):
     model, coords, values = _problem(batch=1)
-    want_params, want_mse = ref_fit(model, coords, values[0], steps=STEPS, lr=LR, gamma=GAMMA, scaling=scaling)
+    want_params, want_mse, want_scale = ref_fit(
+        model, coords, values[0], steps=STEPS, lr=LR, gamma=GAMMA, scaling=scaling, return_scales=True
+    )
     result = _adapter(model, scaling).fit((coords, values[0]))
     assert not result.batched
     assert result.history["mse"].shape == (STEPS + 1,)
     _close(result.history["mse"], want_mse)
+    assert result.history["scale"].shape == (STEPS,)
+    _close(result.history["scale"], want_scale)
+    if scaling != "none":
+        assert (result.history["scale"] > 1).all()  # pruned points are the high-error ones
     _close(result.history["psnr"], -10 * torch.log10(want_mse))
     assert set(result.params) == set(want_params)
     for name, want in want_params.items():
@@ -56,8 +62,11 @@ def test_batch_matches_reference_per_signal(scaling, shared):
     assert result.history["mse"].shape == (STEPS + 1, 3)
     for b in range(3):
         x = coords if shared else coords[b]
-        want_params, want_mse = ref_fit(model, x, values[b], steps=STEPS, lr=LR, gamma=GAMMA, scaling=scaling)
+        want_params, want_mse, want_scale = ref_fit(
+            model, x, values[b], steps=STEPS, lr=LR, gamma=GAMMA, scaling=scaling, return_scales=True
+        )
         _close(result.history["mse"][:, b], want_mse)
+        _close(result.history["scale"][:, b], want_scale)
         for name, want in want_params.items():
             assert result.params[name].shape == (3, *want.shape)
             _close(result.params[name][b], want)

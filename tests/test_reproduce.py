@@ -59,7 +59,8 @@ def _ref_pruned_fit(model, x, y, steps, lr, gamma):
 
 def test_pruned_context_fit_matches_reference():
     model, coords, values = _problem()
-    pred, mses = _fit_pruned(model, coords, values, 4, FitSetting(1e-2, context="pruned", gamma=0.25))
+    pred, mses, scales = _fit_pruned(model, coords, values, 4, FitSetting(1e-2, context="pruned", gamma=0.25))
+    assert torch.equal(scales, torch.ones(4, values.shape[0], dtype=values.dtype))  # unscaled SGD
     for b in range(2):
         ref_pred, ref_hist = _ref_pruned_fit(model, coords, values[b], 4, 1e-2, 0.25)
         torch.testing.assert_close(pred[b], ref_pred, rtol=1e-9, atol=1e-12)
@@ -86,6 +87,12 @@ def test_reproduce_end_to_end(tmp_path):
         assert len(record["psnr_curve"]) == 4
         assert record["psnr_curve"][-1] == pytest.approx(record["psnr"], abs=1e-3)
         assert len(record["psnr_per_signal"]) == 3
+        assert len(record["scale_curve"]) == 3
+        scaled = record["test"]["scaling"] != "none"
+        if scaled:
+            assert all(0 < v < float("inf") for v in record["scale_curve"]) and record["scale_curve"] != [1, 1, 1]
+        else:
+            assert record["scale_curve"] == [1, 1, 1], method
     assert results["random_init"]["peak_memory_bytes"] == 0
     # deterministic memory accounting: second-order methods hold more than first-order ones
     assert 0 < results["reptile"]["peak_memory_bytes"] < results["learnit"]["peak_memory_bytes"]
