@@ -138,7 +138,8 @@ def _audio_splits(args: argparse.Namespace) -> Splits:
         speakers = (("en-us", 140), ("en-gb", 160), ("en-us", 180), ("en-gb", 130))
         for v, (voice, rate) in enumerate(speakers):
             synthesize_speech(_SENTENCES, folder, voice=voice, words_per_minute=rate, prefix=f"v{v}")
-    data = AudioFolder(folder, args.sample_rate, args.seconds, crop="center")
+    coord_scale = args.coord_scale if args.coord_scale is not None else 50.0 * args.seconds
+    data = AudioFolder(folder, args.sample_rate, args.seconds, crop="center", coord_scale=coord_scale)
     # synthetic clips: one sentence (all its voices) goes to one split; user folders: split by file
     key = (lambda name: name.rsplit("_", 1)[-1]) if args.audio == "synth" else (lambda name: name)
     parts = _split_by_source(data, key)
@@ -565,6 +566,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--crops-per-image", type=int, default=8, help="random crops per image of an --images folder")
     p.add_argument("--sample-rate", type=int, default=16000)
     p.add_argument("--seconds", type=float, default=1.0, help="audio clip length")
+    p.add_argument("--coord-scale", type=float, default=None,
+                   help="audio time coordinates span [-s, s] (default 50 x seconds: the paper's 1 s -> [-50, 50])")
     p.add_argument("--sphere-stride", type=int, default=4, help="keep every n-th latitude and longitude")
     p.add_argument("--train-size", type=int, default=2048, help="training crops (built-in images)")
     p.add_argument("--eval-size", type=int, default=100, help="held-out signals tested")
