@@ -501,11 +501,18 @@ def paired_gaps(results: dict[str, Any], split: str | None = None) -> dict[str, 
             ra, rb = (ra or {}).get(split), (rb or {}).get(split)
         if not ra or not rb or "psnr_per_signal" not in ra or "psnr_per_signal" not in rb:
             continue
-        diff = torch.tensor(ra["psnr_per_signal"], dtype=torch.float64) - torch.tensor(rb["psnr_per_signal"], dtype=torch.float64)
-        se = float(diff.std() / diff.numel() ** 0.5) if diff.numel() > 1 else float("nan")
-        gaps[f"{a} - {b}"] = {"mean_db": round(float(diff.mean()), 3), "stderr_db": round(se, 3),
-                              "wins": int((diff > 0).sum()), "signals": int(diff.numel())}
+        gaps[f"{a} - {b}"] = paired_gap(ra["psnr_per_signal"], rb["psnr_per_signal"])
     return gaps
+
+
+def paired_gap(psnr_a: list[float], psnr_b: list[float]) -> dict[str, float]:
+    """Mean of ``psnr_a - psnr_b`` over the same signals, its standard error, and how many signals ``a`` wins."""
+    if len(psnr_a) != len(psnr_b):
+        raise ValueError(f"paired scores need the same signals; got {len(psnr_a)} and {len(psnr_b)}")
+    diff = torch.tensor(psnr_a, dtype=torch.float64) - torch.tensor(psnr_b, dtype=torch.float64)
+    se = float(diff.std() / diff.numel() ** 0.5) if diff.numel() > 1 else float("nan")
+    return {"mean_db": round(float(diff.mean()), 3), "stderr_db": round(se, 3),
+            "wins": int((diff > 0).sum()), "signals": int(diff.numel())}
 
 
 def format_gaps(gaps: dict[str, dict[str, float]], title: str) -> str:
@@ -597,6 +604,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--json", type=Path, default=None, help="write results here (and a PNG next to it)")
     p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--paired", nargs=2, default=None, metavar="RESULT.json:METHOD",
+                   help="instead of running, print the paired PSNR gap between two methods of (possibly different) "
+                        "result files scored on the same held-out signals")
     p.add_argument("--merge", type=Path, nargs="+", default=None, metavar="RESULT.json",
                    help="instead of running, merge result files of disjoint method sets into --json")
     args = p.parse_args(argv)
@@ -696,10 +706,28 @@ def merge_results(paths: list[Path]) -> dict[str, Any]:
     return results
 
 
+def compare_files(first: str, second: str, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Paired gap ``first - second`` for two ``RESULT.json:METHOD`` specs, on the held-out and validation signals."""
+    records = []
+    for spec in (first, second):
+        path, _, method = spec.rpartition(":")
+        results = json.loads(Path(path).read_text())
+        if method not in results:
+            raise ValueError(f"{path} has no method {method!r}; it has {[m for m in results if not m.startswith('_')]}")
+        records.append(results[method])
+    gaps = {"held_out": paired_gap(records[0]["psnr_per_signal"], records[1]["psnr_per_signal"])}
+    if "val" in records[0] and "val" in records[1]:
+        gaps["val"] = paired_gap(records[0]["val"]["psnr_per_signal"], records[1]["val"]["psnr_per_signal"])
+    log(format_gaps({f"{first} - {second} ({split})": g for split, g in gaps.items()}, "paired PSNR gap:"))
+    return gaps
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     started = time.perf_counter()
     log = lambda text: print(text, flush=True)
+    if args.paired:
+        return compare_files(*args.paired, log)
     if args.merge:
         results = merge_results(args.merge)
     else:

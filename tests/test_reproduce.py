@@ -131,3 +131,21 @@ def test_paired_gaps_are_per_signal_differences_with_their_standard_error():
     assert gaps["ecop - learnit"]["stderr_db"] == round(float(diff.std() / 3**0.5), 3)
     assert gaps["ecop - learnit"]["wins"] == 2
     assert paired_gaps(results, "val")["ecop - learnit"] == {"mean_db": 0.0, "stderr_db": 1.0, "wins": 1, "signals": 2}
+
+
+def test_compare_files_pairs_methods_of_two_result_files(tmp_path):
+    from reproduce import compare_files, paired_gap
+
+    a = {"ecop": {"psnr_per_signal": [3.0, 5.0], "val": {"psnr_per_signal": [1.0]}}}
+    b = {"learnit": {"psnr_per_signal": [1.0, 2.0], "val": {"psnr_per_signal": [2.0]}}}
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    lines = []
+    gaps = compare_files(f"{tmp_path / 'a.json'}:ecop", f"{tmp_path / 'b.json'}:learnit", lines.append)
+    assert gaps["held_out"]["mean_db"] == 2.5 and gaps["held_out"]["wins"] == 2
+    assert gaps["val"]["mean_db"] == -1.0 and gaps["val"]["wins"] == 0
+    assert "+2.50 dB" in lines[0]
+    with pytest.raises(ValueError, match="no method 'fomaml'"):
+        compare_files(f"{tmp_path / 'a.json'}:fomaml", f"{tmp_path / 'b.json'}:learnit")
+    with pytest.raises(ValueError, match="same signals"):
+        paired_gap([1.0, 2.0], [1.0])
