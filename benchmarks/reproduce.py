@@ -19,10 +19,15 @@ ecop_test_unscaled_tuned  the ecop model tested with plain SGD at --learnit-tune
 
 Memory: on CUDA ``peak_memory_bytes`` is ``torch.cuda.max_memory_allocated`` during training; on CPU it is
 the bytes autograd holds for one outer step (``SavedTensorMeter`` on one meta-loss; for Reptile, the largest
-inner step), which is deterministic. Example::
+inner step), which is deterministic. The JSON keeps every held-out signal's PSNR, so gaps are paired: the
+script prints ECoP's gap to each baseline with its standard error, and ``--paired A.json:M B.json:N`` compares
+methods of two result files. Example::
 
     python benchmarks/reproduce.py --images builtin --resolution 32 --outer-steps 1000 --seed 0 \\
         --json benchmarks/results/images32.json
+
+docs/results.md has the commands and numbers of the runs we report (per-method outer lrs from a validation
+sweep, ``--outer-lr-for``).
 """
 
 from __future__ import annotations
