@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["check_fraction", "check_int", "check_model", "check_positive", "check_signal", "check_signal_batch"]
+__all__ = ["check_autocast_dtype", "check_fraction", "check_int", "check_model", "check_positive", "check_signal", "check_signal_batch"]
 
 
 def check_model(model: Any) -> None:
@@ -52,6 +52,13 @@ def check_positive(name: str, value: Any, *, allow_zero: bool = False) -> float:
     if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         raise ValueError(f"{name} must be a finite number {'>=' if allow_zero else '>'} 0, got {value}")
     return float(value)
+
+
+def check_autocast_dtype(value: Any) -> torch.dtype | None:
+    """``None`` or a ``torch.dtype`` for ``torch.autocast``."""
+    if value is not None and not isinstance(value, torch.dtype):
+        raise TypeError(f"autocast_dtype must be a torch.dtype or None, got {value!r}")
+    return value
 
 
 def _check_tensor(name: str, tensor: Any, dtype: torch.dtype, device: torch.device) -> None:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ._validation import (
+    check_autocast_dtype,
     check_fraction,
     check_int,
     check_model,
@@ -120,9 +121,7 @@ class GradScaledAdapter:
         self.backend = make_backend(backend_name, model, batching)
         if autocast_dtype is None and learner is not None:
             autocast_dtype = learner.backend.autocast_dtype
-        if autocast_dtype is not None and not isinstance(autocast_dtype, torch.dtype):
-            raise TypeError(f"autocast_dtype must be a torch.dtype or None, got {autocast_dtype!r}")
-        self.backend.autocast_dtype = autocast_dtype
+        self.backend.autocast_dtype = check_autocast_dtype(autocast_dtype)
         self.chunk_size = chunk_size if chunk_size is not None else (learner.chunk_size if learner else None)
         if self.chunk_size is not None:
             check_int("chunk_size", self.chunk_size, 1)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ._validation import (
+    check_autocast_dtype,
     check_fraction,
     check_int,
     check_model,
@@ -114,8 +115,7 @@ class ContextPruningMetaLearner:
         self.chunk_size = None if chunk_size is None else check_int("chunk_size", chunk_size, 1)
         self.checkpoint = bool(checkpoint)
         self.max_consecutive_skips = check_int("max_consecutive_skips", max_consecutive_skips, 1)
-        if autocast_dtype is not None and not isinstance(autocast_dtype, torch.dtype):
-            raise TypeError(f"autocast_dtype must be a torch.dtype or None, got {autocast_dtype!r}")
+        check_autocast_dtype(autocast_dtype)
         self.model = model
         self.backend_name = backend
         self.selection = selection
@@ -369,7 +369,8 @@ class ContextPruningMetaLearner:
         fd, tmp = tempfile.mkstemp(prefix=".ecop-", suffix=".tmp", dir=directory)
         try:
             with os.fdopen(fd, "wb") as handle:
-                os.fchmod(handle.fileno(), _file_mode(path))
+                if hasattr(os, "fchmod"):  # POSIX
+                    os.fchmod(handle.fileno(), _file_mode(path))
                 torch.save(state, handle)
                 handle.flush()
                 os.fsync(handle.fileno())
