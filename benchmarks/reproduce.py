@@ -719,6 +719,8 @@ def compare_files(first: str, second: str, log: Callable[[str], None] = print) -
         results = json.loads(Path(path).read_text())
         if method not in results:
             raise ValueError(f"{path} has no method {method!r}; it has {[m for m in results if not m.startswith('_')]}")
+        if "psnr_per_signal" not in results[method]:
+            raise ValueError(f"{path}: {method!r} has no per-signal PSNR (written before reproduce.py stored it)")
         records.append(results[method])
     gaps = {"held_out": paired_gap(records[0]["psnr_per_signal"], records[1]["psnr_per_signal"])}
     if "val" in records[0] and "val" in records[1]:

@@ -147,5 +147,8 @@ def test_compare_files_pairs_methods_of_two_result_files(tmp_path):
     assert "+2.50 dB" in lines[0]
     with pytest.raises(ValueError, match="no method 'fomaml'"):
         compare_files(f"{tmp_path / 'a.json'}:fomaml", f"{tmp_path / 'b.json'}:learnit")
+    (tmp_path / "old.json").write_text(json.dumps({"ecop": {"psnr": 30.0}}))
+    with pytest.raises(ValueError, match="no per-signal PSNR"):
+        compare_files(f"{tmp_path / 'old.json'}:ecop", f"{tmp_path / 'b.json'}:learnit")
     with pytest.raises(ValueError, match="same signals"):
         paired_gap([1.0, 2.0], [1.0])
