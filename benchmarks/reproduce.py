@@ -57,9 +57,7 @@ from ecop_wrap import (
     SavedTensorMeter,
     Siren,
 )
-from ecop_wrap.inner_loop import adapt, expand_params
 from ecop_wrap.quality import lpips_distance, lpips_status, ssim
-from ecop_wrap.selection import Selector
 
 __all__ = ["METHODS", "main", "parse_args", "run"]
 
@@ -292,32 +290,14 @@ class FitSetting:
     selection: str = "error"
 
 
-def _fit_full(model: Siren, coords: torch.Tensor, values: torch.Tensor, steps: int, test: FitSetting):
+def _fit(model: Siren, coords: torch.Tensor, values: torch.Tensor, steps: int, test: FitSetting):
+    """Fit with the adapter: full-context steps, or (``context="pruned"``) every step on the pruned context."""
     adapter = GradScaledAdapter(
         model, steps=steps, lr=test.lr, gamma=test.gamma, scaling=test.scaling, selection=test.selection,
-        coord_range=None, max_consecutive_skips=steps + 1,
+        coord_range=None, max_consecutive_skips=steps + 1, pruned_steps=steps if test.context == "pruned" else 0,
     )
     fit = adapter.fit((coords, values))
     return fit(coords).detach(), fit.history["mse"].detach(), fit.history["scale"]
-
-
-def _fit_pruned(model: Siren, coords: torch.Tensor, values: torch.Tensor, steps: int, test: FitSetting):
-    """SGD on the error-based pruned context only (no scaling), as in the paper's Figure 8."""
-    backend = GradScaledAdapter(model, coord_range=None).backend
-    selector = Selector("error", test.gamma)
-    init = {n: p.detach().requires_grad_(True) for n, p in model.named_parameters() if p.requires_grad}
-    params = expand_params(init, values.shape[0])
-    mses = []
-    for _ in range(steps):
-        with torch.no_grad():
-            mses.append((backend(params, coords) - values).pow(2).mean(dim=(1, 2)))
-        with torch.enable_grad():
-            stepped = adapt(backend, params, coords, values, steps=1, lr=test.lr, selector=selector, create_graph=False)
-        params = {n: p.detach().requires_grad_(True) for n, p in stepped.items()}
-    with torch.no_grad():
-        pred = backend(params, coords)
-        mses.append((pred - values).pow(2).mean(dim=(1, 2)))
-    return pred, torch.stack(mses), torch.ones(steps, values.shape[0], dtype=values.dtype)
 
 
 def evaluate(
@@ -330,9 +310,8 @@ def evaluate(
         (mean PSNR after 0..steps test steps), ``ssim`` (images) and ``lpips`` (images, when available).
     """
     preds, histories, scales = [], [], []
-    fit = _fit_pruned if test.context == "pruned" else _fit_full
     for start in range(0, values.shape[0], chunk):
-        pred, mse_hist, scale_hist = fit(model, splits.coords, values[start:start + chunk], steps, test)
+        pred, mse_hist, scale_hist = _fit(model, splits.coords, values[start:start + chunk], steps, test)
         preds.append(pred)
         histories.append(mse_hist)
         scales.append(scale_hist)

@@ -21,9 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .inner_loop import adapt, expand_params
-from .learner import ContextPruningMetaLearner
-from .selection import squared_errors
+from ._src.adapter import GradScaledAdapter
+from ._src.learner import ContextPruningMetaLearner
 
 __all__ = [
     "SelectionTrace",
@@ -113,9 +112,8 @@ def trace_selection(
 ) -> SelectionTrace:
     """Run the learner's pruned inner loop from theta_0 on one signal and record it (paper Figure 1).
 
-    Steps are taken one at a time with :func:`ecop_wrap.inner_loop.adapt` and the learner's own selector,
-    step size and backend (first order, so no graph is kept); its ``on_select`` callback records each pruned
-    context. The model is not modified.
+    The steps are the learner's own (its selection rule and step sizes, first order), taken with
+    :meth:`GradScaledAdapter.fit_steps` with ``pruned_steps`` covering them all. The model is not modified.
 
     Args:
         learner: the meta-learner whose initialization and pruning rule are traced.
@@ -129,33 +127,23 @@ def trace_selection(
     if not isinstance(learner, ContextPruningMetaLearner):
         raise TypeError(f"learner must be a ContextPruningMetaLearner, got {type(learner).__name__}")
     coords, values = _check_one_signal(signal, learner)
-    wanted = default_trace_steps(learner.K) if steps is None else sorted({int(k) for k in steps})
-    if not wanted or wanted[0] < 0 or wanted[-1] >= learner.K:
-        raise ValueError(f"steps must be a non-empty set of adaptation steps in [0, K={learner.K}), got {steps!r}")
-    batch_values = values.unsqueeze(0)
-    init = {n: p.detach().clone().requires_grad_(True) for n, p in learner.init_params().items()}
-    params = expand_params(init, 1)
-    generator = torch.Generator(device=values.device).manual_seed(int(seed))
-    chosen: dict[int, torch.Tensor | None] = {}
+    K = learner.config.K
+    wanted = default_trace_steps(K) if steps is None else sorted({int(k) for k in steps})
+    if not wanted or wanted[0] < 0 or wanted[-1] >= K:
+        raise ValueError(f"steps must be a non-empty set of adaptation steps in [0, K={K}), got {steps!r}")
+    adapter = GradScaledAdapter(
+        learner, steps=wanted[-1] + 1, pruned_steps=wanted[-1] + 1, scaling="none", coord_range=None, seed=seed
+    )
     masks, errors, predictions = [], [], []
-    with torch.enable_grad():
-        for k in range(wanted[-1] + 1):
-            if k in wanted:
-                with torch.no_grad():
-                    pred = learner.backend(params, coords)
-                predictions.append(pred[0])
-                errors.append(squared_errors(pred, batch_values)[0].sqrt())
-            params = adapt(
-                learner.backend, params, coords, batch_values, steps=1, lr=learner.inner_lr,
-                selector=learner.selector, create_graph=False, chunk_size=learner.chunk_size,
-                generator=generator, identical_init=k == 0,
-                on_select=lambda _, idx, k=k: chosen.__setitem__(k, idx),
-            )
-            params = {n: p.detach().requires_grad_(True) for n, p in params.items()}
-    for k in wanted:
+    for state in adapter.fit_steps((coords, values)):
+        if state.step not in wanted:
+            continue
+        with torch.no_grad():
+            pred = adapter.backend(state.params, coords)[0]
+        predictions.append(pred)
+        errors.append((pred - values).pow(2).sum(-1).sqrt())
         mask = torch.zeros(values.shape[0], dtype=torch.bool, device=values.device)
-        idx = chosen[k]
-        mask[idx[0] if idx is not None else slice(None)] = True
+        mask[state.pruned_idx[0] if state.pruned_idx is not None else slice(None)] = True
         masks.append(mask)
     return SelectionTrace(
         steps=wanted, masks=torch.stack(masks).cpu(), errors=torch.stack(errors).cpu(),

@@ -115,3 +115,18 @@ def ref_fit(model, x, y, *, steps, lr, gamma, scaling, return_scales=False):
         params = {n: (p - lr * scale * g).detach().requires_grad_(True) for (n, p), g in zip(params.items(), g_full)}
     out = {n: p.detach() for n, p in params.items()}, torch.stack(history)
     return (*out, torch.stack(scales) if scales else torch.zeros(0, dtype=full.dtype)) if return_scales else out
+
+
+def ref_pruned_fit(model, x, y, steps, lr, gamma):
+    """Plain SGD on the error-based pruned context (no scaling); returns (final prediction, MSE history)."""
+    params = {n: p.detach().clone().requires_grad_(True) for n, p in model.named_parameters()}
+    history = []
+    for _ in range(steps):
+        err = ((functional_call(model, params, (x,)) - y) ** 2).sum(-1)
+        history.append(err.mean().detach() / y.shape[-1])
+        idx = ref_topk(err.detach(), gamma)
+        grads = torch.autograd.grad(err[idx].mean() / y.shape[-1], list(params.values()))
+        params = {n: (p - lr * g).detach().requires_grad_(True) for (n, p), g in zip(params.items(), grads)}
+    final = functional_call(model, params, (x,))
+    history.append(((final - y) ** 2).mean().detach())
+    return final.detach(), torch.stack(history)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from reference import TinySiren
 
-import ecop_wrap.learner as learner_module
+import ecop_wrap._src.checkpoint as learner_module
 from ecop_wrap import ContextPruningMetaLearner, make_grid
 
 CFG = {"gamma": 0.25, "K": 2, "L": 1, "lam": 1.0, "coord_range": None}

@@ -61,16 +61,22 @@ def _batch(p: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _record_selections(learner: ContextPruningMetaLearner) -> list:
-    """Wrap ``learner.selector.select`` to keep every pruned set it returns."""
+    """Record the pruned set of every inner step the learner takes (wraps its evaluators' ``sgd_step``)."""
     seen: list = []
-    select = learner.selector.select
+    make_evaluator = learner.evaluator
 
-    def recording(*args, **kwargs):
-        idx = select(*args, **kwargs)
-        seen.append(idx)
-        return idx
+    def evaluator(*args, **kwargs):
+        ctx = make_evaluator(*args, **kwargs)
+        step = ctx.sgd_step
 
-    learner.selector.select = recording  # type: ignore[method-assign]
+        def recording(params, pruned_idx, rates, **step_kwargs):
+            seen.append(pruned_idx)
+            return step(params, pruned_idx, rates, **step_kwargs)
+
+        ctx.sgd_step = recording  # type: ignore[method-assign]
+        return ctx
+
+    learner.evaluator = evaluator  # type: ignore[method-assign]
     return seen
 
 

@@ -20,7 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 from baselines import Reptile
-from reproduce import METHODS, FitSetting, _fit_pruned
+from reproduce import METHODS
 
 
 def _problem(batch: int = 2, side: int = 5):
@@ -41,30 +41,6 @@ def test_reptile_step_matches_reference():
     for name, p in model.named_parameters():
         mean_k = sum(a[name] for a in adapted) / 2
         torch.testing.assert_close(p.detach(), init[name] + eps * (mean_k - init[name]), rtol=1e-9, atol=1e-12)
-
-
-def _ref_pruned_fit(model, x, y, steps, lr, gamma):
-    params = {n: p.detach().clone().requires_grad_(True) for n, p in model.named_parameters()}
-    history = []
-    for _ in range(steps):
-        err = ((functional_call(model, params, (x,)) - y) ** 2).sum(-1)
-        history.append(err.mean().detach() / y.shape[-1])
-        idx = ref_topk(err.detach(), gamma)
-        grads = torch.autograd.grad(err[idx].mean() / y.shape[-1], list(params.values()))
-        params = {n: (p - lr * g).detach().requires_grad_(True) for (n, p), g in zip(params.items(), grads)}
-    final = functional_call(model, params, (x,))
-    history.append(((final - y) ** 2).mean().detach())
-    return final.detach(), torch.stack(history)
-
-
-def test_pruned_context_fit_matches_reference():
-    model, coords, values = _problem()
-    pred, mses, scales = _fit_pruned(model, coords, values, 4, FitSetting(1e-2, context="pruned", gamma=0.25))
-    assert torch.equal(scales, torch.ones(4, values.shape[0], dtype=values.dtype))  # unscaled SGD
-    for b in range(2):
-        ref_pred, ref_hist = _ref_pruned_fit(model, coords, values[b], 4, 1e-2, 0.25)
-        torch.testing.assert_close(pred[b], ref_pred, rtol=1e-9, atol=1e-12)
-        torch.testing.assert_close(mses[:, b], ref_hist, rtol=1e-9, atol=1e-14)
 
 
 def test_reproduce_end_to_end(tmp_path):

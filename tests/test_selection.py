@@ -20,8 +20,38 @@ from ecop_wrap import (
     make_grid,
     num_selected,
 )
-from ecop_wrap.inner_loop import adapt, expand_params
-from ecop_wrap.selection import Selector
+from ecop_wrap import ContextEvaluator
+from ecop_wrap._src.algorithm import inner_loop, select
+from ecop_wrap._src.numerics import expand_params
+from ecop_wrap._src.rates import InnerRates
+from ecop_wrap._src.rules import make_selection
+
+
+class Selector:
+    """A rule from the registry with the batch passed per call (keeps the tests below short)."""
+
+    def __init__(self, kind, gamma, *, model=None, layer=None):
+        self.rule = make_selection(kind, model, layer=layer)
+        self.gamma = gamma
+        self.layer = getattr(self.rule, "layer", None)
+
+    def scores(self, backend, params, coords, values, generator=None):
+        return self.rule.scores(ContextEvaluator(backend, coords, values), params, generator or torch.Generator())
+
+    def select(self, backend, params, coords, values, generator=None):
+        ctx = ContextEvaluator(backend, coords, values)
+        return select(ctx, params, self.rule, self.gamma, generator or torch.Generator())
+
+
+def adapt(backend, leaves, coords, values, *, steps, lr, selector, on_select, generator=None):
+    """First-order pruned inner steps from ``leaves`` (shared by the batch), reporting each pruned set."""
+    ctx = ContextEvaluator(backend, coords, values)
+    rates = InnerRates(None, leaves, inner_lr=lr, max_inner_lr=1.0, steps=steps)
+    inner_loop(
+        ctx, ctx.expand(leaves), steps=steps, rates=rates, rule=selector.rule, gamma=selector.gamma,
+        generator=generator or torch.Generator(), create_graph=False,
+        on_select=lambda k, _params, idx: on_select(k, idx),
+    )
 
 
 
@@ -108,8 +138,8 @@ def test_every_inner_step_reranks_from_the_current_parameters(shared):
     backend = make_backend("torch.func", model)
     record, on_select = _recorder()
     adapt(
-        backend, expand_params(_leaf_params(model), 2), coords, values, steps=steps, lr=lr,
-        selector=Selector("error", gamma), create_graph=False, on_select=on_select, identical_init=True,
+        backend, _leaf_params(model), coords, values, steps=steps, lr=lr, selector=Selector("error", gamma),
+        on_select=on_select,
     )
     assert [s for s, _ in record] == list(range(steps))
     k = max(1, int(gamma * 64))
@@ -134,17 +164,18 @@ def test_learner_ranks_once_per_inner_step():
     model, coords, values = _problem(batch=2)
     learner = ContextPruningMetaLearner(model, gamma=0.25, K=4, L=1, coord_range=None)
     calls = []
-    original = learner.selector.select
+    make_evaluator = learner.evaluator
 
-    def recording_select(*args, **kwargs):
-        idx = original(*args, **kwargs)
-        calls.append(idx)
-        return idx
+    def recording_evaluator(*args, **kwargs):
+        ctx = make_evaluator(*args, **kwargs)
+        scores = ctx.errors
+        ctx.errors = lambda params: calls.append(scores(params)) or calls[-1]  # type: ignore[method-assign]
+        return ctx
 
-    learner.selector.select = recording_select  # type: ignore[method-assign]
+    learner.evaluator = recording_evaluator  # type: ignore[method-assign]
     learner.meta_loss((coords, values))
-    assert len(calls) == 4
-    assert all(idx.shape == (2, 9) for idx in calls)
+    assert len(calls) == 4  # one graph-free ranking pass per inner step
+    assert all(errors.shape == (2, 36) for errors in calls)
 
 
 def _random_record(seed: int, steps: int = 5, gamma: float = 0.25):
@@ -152,9 +183,8 @@ def _random_record(seed: int, steps: int = 5, gamma: float = 0.25):
     backend = make_backend("torch.func", model)
     record, on_select = _recorder()
     adapt(
-        backend, expand_params(_leaf_params(model), 2), coords, values, steps=steps, lr=1e-2,
-        selector=Selector("random", gamma), create_graph=False, on_select=on_select,
-        generator=torch.Generator().manual_seed(seed),
+        backend, _leaf_params(model), coords, values, steps=steps, lr=1e-2, selector=Selector("random", gamma),
+        on_select=on_select, generator=torch.Generator().manual_seed(seed),
     )
     return [idx for _, idx in record]
 
@@ -259,8 +289,8 @@ def test_gradncp_custom_layer():
     want = _ref_gradncp_norms(model, model.head, {n: p[0] for n, p in params.items()}, coords, values[0])
     torch.testing.assert_close(scores[0].sqrt(), want, rtol=1e-10, atol=1e-12)
     learner = ContextPruningMetaLearner(model, selection="gradncp", gradncp_layer=model.head, K=2, coord_range=None)
-    assert learner.selector.layer is model.head
-    assert GradScaledAdapter(learner).selector.layer is model.head
+    assert learner.selection_rule.layer is model.head
+    assert GradScaledAdapter(learner).selection_rule.layer is model.head
     assert torch.isfinite(learner.meta_loss((coords, values)))
 
 

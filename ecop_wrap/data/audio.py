@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._validation import check_int, check_positive
+from .._src.validation import check_int, check_positive
 from ..signals import make_grid
 from .base import SignalDataset, as_generator, import_optional
 

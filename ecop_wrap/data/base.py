@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .._validation import check_int
+from .._src.validation import check_int
 from ..signals import make_grid, signal_to_array
 
 __all__ = ["SignalDataset", "import_optional", "resize_images", "crop_square", "as_generator"]

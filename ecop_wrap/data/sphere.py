@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._validation import check_int
+from .._src.validation import check_int
 from .base import SignalDataset
 
 __all__ = [

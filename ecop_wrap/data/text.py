@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._validation import check_int
+from .._src.validation import check_int
 from .base import SignalDataset, as_generator, import_optional
 
 __all__ = ["text_images", "bundled_fonts", "TEXT_ALPHABET"]

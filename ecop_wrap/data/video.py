@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .._validation import check_fraction, check_int
+from .._src.validation import check_fraction, check_int
 from .base import SignalDataset, as_generator, crop_square, import_optional, resize_images
 from .images import SKIMAGE_SPLITS, skimage_photo
 

@@ -2,7 +2,7 @@
 
 Everything else in the library (selection, inner loop, bootstrap, outer step, test-time fitting) works on a
 dict ``params`` of trainable parameter name -> tensor with a leading batch dimension ``B`` and calls
-``backend.forward(params, coords)``. A backend only decides how those B parameter sets meet the model:
+``backend(params, coords)``. A backend only decides how those B parameter sets meet the model:
 
 * ``"torch.func"`` evaluates the user's module statelessly with :func:`torch.func.functional_call`, in one of
   three batching modes: ``"bmm"`` (one batched matmul per ``nn.Linear``, for stacks of Linear layers and
@@ -18,7 +18,6 @@ and both work under non-reentrant activation checkpointing.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -26,9 +25,11 @@ from torch import nn
 from torch.func import functional_call, vmap
 from torch.overrides import TorchFunctionMode
 
+from ..typing import Params
+
 __all__ = ["Backend", "TorchFuncBackend", "HigherBackend", "make_backend", "BACKENDS", "BATCHING_MODES"]
 
-Params = dict[str, torch.Tensor]
+
 BACKENDS = ("torch.func", "higher")
 BATCHING_MODES = ("auto", "bmm", "vmap", "loop")
 
@@ -42,35 +43,33 @@ class Backend:
 
     name: str = "base"
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, adapted: list[str] | None = None) -> None:
         self.model = model
-        self.param_names = [n for n, p in model.named_parameters() if p.requires_grad]
+        self.param_names = adapted if adapted is not None else [n for n, p in model.named_parameters() if p.requires_grad]
         self.autocast_dtype: torch.dtype | None = None
 
-    def __call__(self, params: Params, coords: torch.Tensor, capture: nn.Module | None = None):  # type: ignore[no-untyped-def]
+    def __call__(self, params: Params, coords: torch.Tensor) -> torch.Tensor:
         """Evaluate every signal's INR on its coordinates.
 
         Args:
-            params: name -> ``[B, *param_shape]`` per-signal parameters.
+            params: name -> ``[B, *param_shape]`` per-signal parameters (a subset of the model's parameters
+                is fine: the others are the model's own, shared by every signal).
             coords: ``[B, M, C]`` per-signal or ``[M, C]`` shared coordinates.
-            capture: optional submodule whose input is returned too.
 
         Returns:
-            ``[B, M, D]`` predictions, or ``(predictions, [B, M, F] input of capture)`` when ``capture`` is set.
-            Under ``autocast_dtype`` the forward runs in that dtype and predictions come back in ``coords``'s.
+            ``[B, M, D]`` predictions; under ``autocast_dtype`` computed in that dtype, returned in ``coords``'s.
         """
-        if self.autocast_dtype is None:
-            out, cap = self.forward_capture(params, coords, capture)
-        else:
-            with torch.autocast(coords.device.type, dtype=self.autocast_dtype):
-                out, cap = self.forward_capture(params, coords, capture)
-            out = out.to(coords.dtype)
-            cap = cap.to(coords.dtype) if cap is not None else None
-        return out if capture is None else (out, cap)
+        return self.capture(params, coords, None)[0]
 
-    def forward(self, params: Params, coords: torch.Tensor) -> torch.Tensor:
-        """``[B, M, D]`` predictions of every signal's INR (see :meth:`__call__`)."""
-        return self(params, coords)
+    def capture(
+        self, params: Params, coords: torch.Tensor, layer: nn.Module | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Like :meth:`__call__`, also returning the ``[B, M, F]`` input of submodule ``layer`` (if not None)."""
+        if self.autocast_dtype is None:
+            return self.forward_capture(params, coords, layer)
+        with torch.autocast(coords.device.type, dtype=self.autocast_dtype):
+            out, cap = self.forward_capture(params, coords, layer)
+        return out.to(coords.dtype), (cap.to(coords.dtype) if cap is not None else None)
 
     def forward_capture(
         self, params: Params, coords: torch.Tensor, capture: nn.Module | None
@@ -153,8 +152,8 @@ class TorchFuncBackend(Backend):
 
     name = "torch.func"
 
-    def __init__(self, model: nn.Module, batching: str = "auto") -> None:
-        super().__init__(model)
+    def __init__(self, model: nn.Module, batching: str = "auto", adapted: list[str] | None = None) -> None:
+        super().__init__(model, adapted)
         if batching not in BATCHING_MODES:
             raise ValueError(f"batching must be one of {BATCHING_MODES}, got {batching!r}")
         if batching == "bmm" and not self._linear_only():
@@ -221,8 +220,8 @@ class HigherBackend(Backend):
 
     name = "higher"
 
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__(model)
+    def __init__(self, model: nn.Module, adapted: list[str] | None = None) -> None:
+        super().__init__(model, adapted)
         import higher  # runtime dependency, imported here to keep `import ecop_wrap` light
 
         self._fmodel = higher.monkeypatch(model, copy_initial_weights=False, track_higher_grads=True)
@@ -242,14 +241,19 @@ class HigherBackend(Backend):
         return torch.stack(outs), None
 
 
-def make_backend(
-    name: Literal["torch.func", "higher"] | str, model: nn.Module, batching: str = "auto"
-) -> Backend:
-    """Build the backend called ``name`` (one of :data:`BACKENDS`) for ``model``."""
+def make_backend(name: str, model: nn.Module, batching: str = "auto", adapted: list[str] | None = None) -> Backend:
+    """Build the backend called ``name`` (one of :data:`BACKENDS`) for ``model``.
+
+    Args:
+        name: ``"torch.func"`` or ``"higher"``.
+        model: the INR.
+        batching: the torch.func batching mode (``"auto"``, ``"bmm"``, ``"vmap"``, ``"loop"``).
+        adapted: names of the parameters that will be passed per signal (default: every trainable one).
+    """
     if name == "torch.func":
-        return TorchFuncBackend(model, batching)
+        return TorchFuncBackend(model, batching, adapted)
     if name == "higher":
         if batching not in ("auto", "loop"):
             raise ValueError(f"the higher backend runs one signal at a time; batching={batching!r} is not supported")
-        return HigherBackend(model)
+        return HigherBackend(model, adapted)
     raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
