@@ -390,3 +390,35 @@ def test_malformed_rng_state_is_refused(tmp_path):
     with pytest.raises(ValueError, match="RNG state"):
         learner.load_state_dict({**saved.state_dict(), "generator": torch.zeros(4, 4)})
     _assert_identical(_snapshot(learner), before)
+
+
+# ------------------------------------------------------------------------------------------ old releases
+OLD_CHECKPOINT = Path(__file__).parent / "data" / "checkpoint_0.1.0.ckpt"
+
+
+def _old_release_run() -> ContextPruningMetaLearner:
+    """The run that wrote tests/data/checkpoint_0.1.0.ckpt with ecop-wrap 0.1.0 (commit 022bf9e)."""
+    torch.manual_seed(0)
+    model = TinySiren(2, 3, width=10)
+    learner = ContextPruningMetaLearner(model, gamma=0.25, K=2, L=1, lam=1.0, coord_range=None, seed=0, outer_lr=1e-3)
+    gen = torch.Generator().manual_seed(1)
+    grid = make_grid((6, 6))
+    for _ in range(2):
+        learner.meta_step((grid, torch.rand(2, 36, 3, generator=gen)))
+    return learner
+
+
+def test_checkpoint_of_release_0_1_0_loads_and_matches_todays_numbers():
+    today = _old_release_run()
+    torch.manual_seed(0)
+    fresh = ContextPruningMetaLearner(
+        TinySiren(2, 3, width=10), gamma=0.25, K=2, L=1, lam=1.0, coord_range=None, seed=5, outer_lr=1e-3
+    )
+    fresh.load(OLD_CHECKPOINT)
+    assert fresh.step_count == 2
+    assert torch.equal(fresh.generator.get_state(), today.generator.get_state())
+    for (name, old), new in zip(fresh.model.named_parameters(), today.model.parameters()):
+        assert torch.equal(old, new), f"{name}: the redesign changed a number"
+    with pytest.raises(ValueError, match="learn_inner_lr"):
+        ContextPruningMetaLearner(TinySiren(2, 3, width=10), gamma=0.25, K=2, L=1, lam=1.0,
+                                  learn_inner_lr="per_tensor").load(OLD_CHECKPOINT)

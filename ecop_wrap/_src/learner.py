@@ -186,7 +186,9 @@ class ContextPruningMetaLearner:
         return {n: p for n, p in self.model.named_parameters() if p.requires_grad and n not in self.adapted}
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({type(self.model).__name__}, {self.config!r}, adapt={self.adapted})"
+        trainable = [n for n, p in self.model.named_parameters() if p.requires_grad]
+        adapt = "all" if self.adapted == trainable else self.adapted
+        return f"{type(self).__name__}({type(self.model).__name__}, {self.config!r}, adapt={adapt})"
 
     def evaluator(self, batch: SignalBatch, *, check: bool = True) -> ContextEvaluator:
         """The model on a batch's context with this learner's memory modes (see :class:`ContextEvaluator`).
