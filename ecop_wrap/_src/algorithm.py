@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch.profiler import record_function
 
 from ..typing import Params
 from .evaluator import ContextEvaluator
@@ -87,9 +88,10 @@ def inner_loop(
 def bootstrap(ctx: ContextEvaluator, params: Params, *, steps: int, lr: float) -> Params:
     """theta_boot: ``steps`` (L) first-order full-context SGD steps from ``params`` (theta_K), no graph."""
     boot_params = params
-    for _ in range(steps):
-        grads = ctx.full_grad(boot_params).grads
-        boot_params = {n: p.detach() - lr * grads[n] for n, p in boot_params.items()}
+    with record_function("ecop.bootstrap"):
+        for _ in range(steps):
+            grads = ctx.full_grad(boot_params, low_precision=True).grads
+            boot_params = {n: p.detach() - lr * grads[n] for n, p in boot_params.items()}
     return boot_params
 
 

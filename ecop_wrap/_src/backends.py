@@ -17,6 +17,7 @@ and both work under non-reentrant activation checkpointing.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -47,6 +48,10 @@ class Backend:
         self.model = model
         self.param_names = adapted if adapted is not None else [n for n, p in model.named_parameters() if p.requires_grad]
         self.autocast_dtype: torch.dtype | None = None
+        self.graph_free_dtype: torch.dtype | None = None
+        self.compile = False
+        self._compiled: Callable[[Params, torch.Tensor], torch.Tensor] | None = None
+        self._compile_failed = False
 
     def __call__(self, params: Params, coords: torch.Tensor) -> torch.Tensor:
         """Evaluate every signal's INR on its coordinates.
@@ -70,6 +75,42 @@ class Backend:
         with torch.autocast(coords.device.type, dtype=self.autocast_dtype):
             out, cap = self.forward_capture(params, coords, layer)
         return out.to(coords.dtype), (cap.to(coords.dtype) if cap is not None else None)
+
+    def graph_free(
+        self, params: Params, coords: torch.Tensor, layer: nn.Module | None = None, *, low_precision: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`capture` for a pass whose graph never reaches theta_0 (ranking, bootstrap, test-time steps).
+
+        With ``compile`` the forward runs through :func:`torch.compile` (falling back to eager, with one
+        warning, where compilation fails); with ``low_precision`` and ``graph_free_dtype`` set it runs under
+        ``torch.autocast`` in that dtype. Results come back in ``coords``'s dtype.
+        """
+        dtype = self.graph_free_dtype if low_precision else None
+        if dtype is None:
+            return self._maybe_compiled(params, coords, layer)
+        with torch.autocast(coords.device.type, dtype=dtype):
+            out, cap = self._maybe_compiled(params, coords, layer)
+        return out.to(coords.dtype), (cap.to(coords.dtype) if cap is not None else None)
+
+    def _maybe_compiled(
+        self, params: Params, coords: torch.Tensor, layer: nn.Module | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if not self.compile or layer is not None or self._compile_failed:
+            return self.capture(params, coords, layer)
+        if self._compiled is None:
+            self.capture(params, coords, None)  # settles batching="auto" eagerly, outside the compiled code
+            self._compiled = torch.compile(lambda p, x: self.capture(p, x, None)[0], dynamic=False)
+        try:
+            return self._compiled(params, coords), None
+        except Exception as exc:  # noqa: BLE001 - any compiler failure: warn once, run eagerly from now on
+            self._compile_failed = True
+            warnings.warn(
+                f"compile=True: torch.compile failed for this model ({type(exc).__name__}: {str(exc)[:200]}); "
+                "the graph-free passes run eagerly instead",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return self.capture(params, coords, layer)
 
     def forward_capture(
         self, params: Params, coords: torch.Tensor, capture: nn.Module | None

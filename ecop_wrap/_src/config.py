@@ -12,12 +12,12 @@ import torch
 from torch import nn
 
 from ..typing import AdaptSpec
-from .backends import BACKENDS, BATCHING_MODES
+from .backends import BACKENDS, BATCHING_MODES, Backend
 from .rates import LEARN_INNER_LR_MODES
 from .rules import SELECTION_RULES, check_rule_name
 from .validation import check_autocast_dtype, check_fraction, check_int, check_positive
 
-__all__ = ["ALGORITHM_KEYS", "ECoPConfig", "resolve_adapted"]
+__all__ = ["ALGORITHM_KEYS", "ECoPConfig", "configure_backend", "resolve_adapted"]
 
 ALGORITHM_KEYS = (
     "gamma", "K", "L", "lam", "inner_lr", "boot_lr", "selection", "first_order", "max_grad_norm",
@@ -51,6 +51,11 @@ class ECoPConfig:
         backend: ``"torch.func"`` or ``"higher"``.
         batching: torch.func batching: ``"auto"``, ``"bmm"``, ``"vmap"`` or ``"loop"``.
         autocast_dtype: run forward passes under ``torch.autocast`` with this dtype.
+        graph_free_dtype: run the passes that need no graph back to theta_0 and set no gradient (ranking,
+            bootstrap, test-time scale) under ``torch.autocast`` in this dtype (e.g. ``torch.bfloat16``); the
+            graph-carrying steps keep the model's dtype. None: the model's dtype everywhere.
+        compile: run every graph-free forward through :func:`torch.compile` (double backward through compiled
+            graphs is not supported, so the inner steps stay eager); falls back with one warning.
         max_consecutive_skips: raise after this many consecutive non-finite steps.
         coord_range: expected coordinate range; coordinates outside it warn once (None: no check).
     """
@@ -71,6 +76,8 @@ class ECoPConfig:
     backend: str = "torch.func"
     batching: str = "auto"
     autocast_dtype: torch.dtype | None = None
+    graph_free_dtype: torch.dtype | None = None
+    compile: bool = False
     max_consecutive_skips: int = 10
     coord_range: tuple[float, float] | None = field(default=(-1.0, 1.0))
 
@@ -85,6 +92,7 @@ class ECoPConfig:
             "max_consecutive_skips": check_int("max_consecutive_skips", self.max_consecutive_skips, 1),
             "first_order": bool(self.first_order),
             "checkpoint": bool(self.checkpoint),
+            "compile": bool(self.compile),
         }
         check["boot_lr"] = check["inner_lr"] if self.boot_lr is None else check_positive("boot_lr", self.boot_lr)
         if self.max_grad_norm is not None:
@@ -102,6 +110,7 @@ class ECoPConfig:
                     "rates' initial value"
                 )
         check_autocast_dtype(self.autocast_dtype)
+        check_autocast_dtype(self.graph_free_dtype, "graph_free_dtype")
         if self.coord_range is not None:
             check["coord_range"] = _check_range(self.coord_range)
         for name, value in check.items():
@@ -121,7 +130,8 @@ class ECoPConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain values (dtype as its name), as stored in checkpoints."""
         out = dataclasses.asdict(self)
-        out["autocast_dtype"] = None if self.autocast_dtype is None else str(self.autocast_dtype)
+        for key in ("autocast_dtype", "graph_free_dtype"):
+            out[key] = None if out[key] is None else str(out[key])
         out["coord_range"] = None if self.coord_range is None else list(self.coord_range)
         return out
 
@@ -130,8 +140,9 @@ class ECoPConfig:
         """Inverse of :meth:`to_dict`; keys a checkpoint from before a field existed take its default."""
         known = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in known}
-        if kwargs.get("autocast_dtype") is not None:
-            kwargs["autocast_dtype"] = _DTYPES[kwargs["autocast_dtype"]]
+        for key in ("autocast_dtype", "graph_free_dtype"):
+            if kwargs.get(key) is not None:
+                kwargs[key] = _DTYPES[kwargs[key]]
         if kwargs.get("coord_range") is not None:
             kwargs["coord_range"] = tuple(kwargs["coord_range"])
         return cls(**kwargs)
@@ -185,3 +196,10 @@ def resolve_adapted(model: nn.Module, spec: AdaptSpec) -> list[str]:
     if not chosen:
         raise ValueError("adapt selects no parameter: at least one trainable parameter must be adapted per signal")
     return chosen
+
+
+def configure_backend(backend: Backend, config: ECoPConfig) -> None:
+    """Apply the configuration's precision and compilation settings to ``backend``."""
+    backend.autocast_dtype = config.autocast_dtype
+    backend.graph_free_dtype = config.graph_free_dtype
+    backend.compile = config.compile

@@ -21,6 +21,7 @@ from ..metrics import mse_to_psnr
 from ..typing import AdaptSpec, SignalBatch
 from .algorithm import MetaLossOutput, meta_objective
 from .backends import Backend, make_backend
+from .config import configure_backend
 from .checkpoint import CHECKPOINT_FORMAT, check_state, read_checkpoint, write_checkpoint
 from .config import ECoPConfig, resolve_adapted
 from .evaluator import ContextEvaluator
@@ -56,6 +57,8 @@ class ContextPruningMetaLearner:
         batching: how the torch.func backend batches signals: ``"auto"``, ``"bmm"``, ``"vmap"``, ``"loop"``.
         gradncp_layer: scoring layer for ``selection="gradncp"`` (default: the model's last ``nn.Linear``).
         autocast_dtype: run forward passes under ``torch.autocast`` with this dtype (e.g. ``torch.bfloat16``).
+        graph_free_dtype: dtype of the ranking and bootstrap passes (e.g. ``torch.bfloat16``); see ``ECoPConfig``.
+        compile: ``torch.compile`` the graph-free passes (opt-in; falls back to eager with one warning).
         process_group: ``torch.distributed`` group whose ranks share the batch (default: the world, if
             initialised); meta-gradients and statistics are averaged over it.
         max_consecutive_skips: after this many consecutive steps with a non-finite loss or gradient,
@@ -92,6 +95,8 @@ class ContextPruningMetaLearner:
         batching: str = "auto",
         gradncp_layer: nn.Module | None = None,
         autocast_dtype: torch.dtype | None = None,
+        graph_free_dtype: torch.dtype | None = None,
+        compile: bool = False,
         process_group: Any = None,
         max_consecutive_skips: int = 10,
         coord_range: tuple[float, float] | None = (-1.0, 1.0),
@@ -106,7 +111,8 @@ class ContextPruningMetaLearner:
             gamma=gamma, K=K, L=L, lam=lam, inner_lr=inner_lr, boot_lr=boot_lr, selection=selection,
             first_order=first_order, max_grad_norm=max_grad_norm, learn_inner_lr=learn_inner_lr,
             max_inner_lr=max_inner_lr, chunk_size=chunk_size, checkpoint=checkpoint, backend=backend,
-            batching=batching, autocast_dtype=autocast_dtype, max_consecutive_skips=max_consecutive_skips,
+            batching=batching, autocast_dtype=autocast_dtype, graph_free_dtype=graph_free_dtype, compile=compile,
+            max_consecutive_skips=max_consecutive_skips,
             coord_range=coord_range,
         )
         self._setup(model, config, optimizer=optimizer, outer_lr=outer_lr, rates_lr=rates_lr, adapt=adapt,
@@ -148,7 +154,7 @@ class ContextPruningMetaLearner:
         named = dict(model.named_parameters())
         self.selection_rule: SelectionRule = make_selection(config.selection, model, layer=gradncp_layer)
         self.backend: Backend = make_backend(config.backend, model, config.batching, self.adapted)
-        self.backend.autocast_dtype = config.autocast_dtype
+        configure_backend(self.backend, config)
         self.rates = InnerRates(
             config.learn_inner_lr, {n: named[n] for n in self.adapted}, inner_lr=config.inner_lr,
             max_inner_lr=config.max_inner_lr, steps=config.K,

@@ -54,10 +54,10 @@ def check_positive(name: str, value: Any, *, allow_zero: bool = False) -> float:
     return float(value)
 
 
-def check_autocast_dtype(value: Any) -> torch.dtype | None:
+def check_autocast_dtype(value: Any, name: str = "autocast_dtype") -> torch.dtype | None:
     """``None`` or a ``torch.dtype`` for ``torch.autocast``."""
     if value is not None and not isinstance(value, torch.dtype):
-        raise TypeError(f"autocast_dtype must be a torch.dtype or None, got {value!r}")
+        raise TypeError(f"{name} must be a torch.dtype or None, got {value!r}")
     return value
 
 
