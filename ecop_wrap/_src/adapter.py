@@ -168,7 +168,7 @@ class GradScaledAdapter:
         named = dict(model.named_parameters())
         if lr is not None or learner is None or not learner.rates.learned:
             self.rates = InnerRates(
-                None, {n: named[n] for n in self.adapted}, inner_lr=check_positive("lr", lr or config.inner_lr),
+                None, {n: named[n] for n in self.adapted}, inner_lr=check_positive("lr", lr if lr is not None else config.inner_lr),
                 max_inner_lr=config.max_inner_lr, steps=1,
             )
         else:
