@@ -79,7 +79,8 @@ def train(batches, optimizer: str, **kw: Any) -> dict[str, Any]:
     stats = [learner.meta_step(b) for b in batches]
     state = learner.optimizer.state_dict()["state"]
     moments = [state[i]["exp_avg_sq"].clone() for i in sorted(state)] if optimizer == "adam" else []
-    return {"params": [p.detach().clone() for p in model.parameters()], "stats": stats, "moments": moments}
+    rates = [r.detach().clone() for r in learner.inner_lrs.values()]
+    return {"params": [p.detach().clone() for p in model.parameters()] + rates, "stats": stats, "moments": moments}
 
 
 # Scenarios: name -> (per-rank shard sizes, shared coords, optimizer, steps, extra learner args)
@@ -87,6 +88,8 @@ SCENARIOS = {
     "world_unequal": ((1, 3), False, "adam", 3, {"max_grad_norm": 0.05}),
     "subgroup_shared": ((2, 2), True, "sgd", 2, {}),
     "solo": ((2, 2), False, "sgd", 2, {}),
+    # learned rates are meta-parameters too: averaged across ranks with theta_0's meta-gradient
+    "learned_rates": ((1, 3), False, "adam", 3, {"learn_inner_lr": "per_tensor", "adapt": ["out.*"]}),
 }
 
 
@@ -99,7 +102,7 @@ def _run_rank(rank: int, port: int, out_dir: str) -> None:
     )
     pair = dist.new_group([0, 1])
     singles = [dist.new_group([0]), dist.new_group([1])]  # every rank creates every group, same order
-    groups = {"world_unequal": None, "subgroup_shared": pair, "solo": singles[rank]}
+    groups = {"world_unequal": None, "subgroup_shared": pair, "solo": singles[rank], "learned_rates": None}
     results: dict[str, Any] = {}
     for name, (sizes, shared, optimizer, steps, kw) in SCENARIOS.items():
         batches = [shard(b, sizes, rank) for b in global_batches(steps, sum(sizes), shared)]
@@ -202,7 +205,7 @@ def _single_process(name: str) -> dict[str, Any]:
     return train(global_batches(steps, sum(sizes), shared), optimizer, **kw)
 
 
-@pytest.mark.parametrize("name", ["world_unequal", "subgroup_shared"])
+@pytest.mark.parametrize("name", ["world_unequal", "subgroup_shared", "learned_rates"])
 def test_ranks_match_single_process_over_global_batch(ranks, name):
     want = _single_process(name)
     for rank in ranks:
@@ -213,6 +216,8 @@ def test_ranks_match_single_process_over_global_batch(ranks, name):
         assert torch.equal(a, b)
     # the parameters really moved, so the comparison is not vacuous
     assert max(float((p - q.detach()).abs().max()) for p, q in zip(want["params"], make_model().parameters())) > 1e-4
+    if name == "learned_rates":  # and the rates were learned, not left at inner_lr
+        assert all(bool((r != 1e-2).any()) for r in want["params"][-2:])
 
 
 def test_unequal_shards_are_weighted_by_signal_count(ranks):
