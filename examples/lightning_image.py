@@ -349,7 +349,9 @@ def main(argv: list[str] | None = None) -> MetaSirenModule:
     # The batches are views of tensors already in memory: worker processes would only add copying.
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     # Lightning 2.6 warns that manual-optimization checkpoints hold the state after the step; that is the state
-    # a checkpoint named step=s should hold (the learner's step counter, RNG and optimizer agree with it).
+    # a checkpoint named step=s should hold (the learner's step counter, RNG and optimizer agree with it). Lightning
+    # would swap in a pre-step copy of the weights if the module had attributes named `saved_models` and `layer`;
+    # don't use those names, or the saved weights would be one step older than the saved optimizer and counter.
     warnings.filterwarnings("ignore", "Using ModelCheckpoint with manual optimization.*")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     module = module_from_args(args)
