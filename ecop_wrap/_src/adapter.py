@@ -144,6 +144,7 @@ class GradScaledAdapter:
         learner = source if isinstance(source, ContextPruningMetaLearner) else None
         model = learner.model if learner is not None else source
         check_model(model)
+        assert isinstance(model, nn.Module)  # for type checkers: check_model raised otherwise
         base = learner.config if learner is not None else ECoPConfig()
         overrides = {
             "gamma": gamma, "selection": selection, "backend": backend, "chunk_size": chunk_size,

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 from torch.overrides import TorchFunctionMode
+from torch.utils.hooks import RemovableHandle
 
 from ..typing import Params
 
@@ -123,7 +124,7 @@ def _signal_coords(coords: torch.Tensor, b: int) -> torch.Tensor:
     return coords if coords.ndim == 2 else coords[b]
 
 
-def _capture_hook(module: nn.Module | None, store: list[torch.Tensor]):
+def _capture_hook(module: nn.Module | None, store: list[torch.Tensor]) -> RemovableHandle | None:
     if module is None:
         return None
     return module.register_forward_hook(lambda _m, inputs, _out: store.append(inputs[0]))

@@ -82,7 +82,7 @@ class ECoPConfig:
     coord_range: tuple[float, float] | None = field(default=(-1.0, 1.0))
 
     def __post_init__(self) -> None:
-        check = {
+        check: dict[str, Any] = {
             "gamma": check_fraction("gamma", self.gamma),
             "K": check_int("K", self.K, 1),
             "L": check_int("L", self.L, 0),

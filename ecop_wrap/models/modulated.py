@@ -64,10 +64,12 @@ class ModulatedSiren(nn.Module):
 
     def forward(self, coords: torch.Tensor) -> torch.Tensor:
         """``[..., M, C] -> [..., M, D]``; a latent with a leading batch ``[B, latent_dim]`` shifts ``[B, M, .]``."""
-        shifts = self.modulation(self.latent)
+        shifts: torch.Tensor = self.modulation(self.latent)
         if shifts.ndim > 1:
             shifts = shifts.unsqueeze(-2)
         h = coords
-        for layer, shift in zip(self.layers, shifts.split(self.hidden_features, dim=-1)):
+        for layer, shift in zip(self.layers, torch.split(shifts, self.hidden_features, dim=-1)):
+            assert isinstance(layer, SineLayer)
             h = torch.sin(layer.w0 * (layer.linear(h) + shift))
-        return self.output(h) + self.output_offset
+        out: torch.Tensor = self.output(h) + self.output_offset
+        return out
