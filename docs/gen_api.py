@@ -56,8 +56,19 @@ Optional dependencies are imported only when used: `ecop_wrap.data` loaders name
 `ecop_wrap.plotting` needs `pip install 'ecop-wrap[examples]'` (matplotlib).
 """
 
-_SECTIONS = ("Args", "Arguments", "Returns", "Yields", "Raises", "Attributes", "Example", "Examples", "Note", "Notes",
-             "Shapes")
+_SECTIONS = (
+    "Args",
+    "Arguments",
+    "Returns",
+    "Yields",
+    "Raises",
+    "Attributes",
+    "Example",
+    "Examples",
+    "Note",
+    "Notes",
+    "Shapes",
+)
 _ROLE = re.compile(r":(?:class|func|meth|data|attr|mod|obj|exc):`~?([^`]+)`")
 
 
@@ -185,7 +196,14 @@ def _render_object(name: str, obj: Any) -> list[str]:
             if isinstance(value, property):
                 out += [f"#### `{title}` (property)", "", _docstring(value.fget), ""]
             else:
-                out += [f"#### `{title}`", "", f"```python\n{_signature(member, value)}\n```", "", _docstring(value), ""]
+                out += [
+                    f"#### `{title}`",
+                    "",
+                    f"```python\n{_signature(member, value)}\n```",
+                    "",
+                    _docstring(value),
+                    "",
+                ]
         return out
     if callable(obj):
         return [f"### `{name}`", "", f"```python\n{_signature(name, obj)}\n```", "", _docstring(obj), ""]

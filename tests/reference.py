@@ -12,13 +12,14 @@ import math
 import torch
 from torch import nn
 from torch.func import functional_call
+import itertools
 
 
 class TinySiren(nn.Module):
     def __init__(self, c: int, d: int, width: int = 12, depth: int = 2, w0: float = 30.0) -> None:
         super().__init__()
         dims = [c] + [width] * depth
-        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(dims))
         self.out = nn.Linear(width, d)
         self.w0 = w0
         with torch.no_grad():
@@ -57,7 +58,7 @@ def ref_inner(model, params, x, y, gamma, K, lr, first_order=False):
         idx = ref_topk(err.detach(), gamma)
         loss = ((pred[idx] - y[idx]) ** 2).mean()
         grads = torch.autograd.grad(loss, list(params.values()), create_graph=not first_order)
-        params = {n: p - lr * g for (n, p), g in zip(params.items(), grads)}
+        params = {n: p - lr * g for (n, p), g in zip(params.items(), grads, strict=True)}
     return params
 
 
@@ -76,7 +77,10 @@ def ref_meta_loss(model, coords, values, *, gamma, K, L, lam, lr, boot_lr=None, 
             for _ in range(L):
                 boot_loss = ((functional_call(model, boot, (x,)) - y) ** 2).mean()
                 grads = torch.autograd.grad(boot_loss, list(boot.values()))
-                boot = {n: (p - boot_lr * g).detach().requires_grad_(True) for (n, p), g in zip(boot.items(), grads)}
+                boot = {
+                    n: (p - boot_lr * g).detach().requires_grad_(True)
+                    for (n, p), g in zip(boot.items(), grads, strict=True)
+                }
             sq = sum(((theta_k[n] - boot[n].detach()) ** 2).sum() for n in theta_k)
             loss = loss + lam * torch.sqrt(sq)
         total = total + loss
@@ -112,6 +116,9 @@ def ref_fit(model, x, y, *, steps, lr, gamma, scaling, return_scales=False):
         else:
             scale = torch.tensor(1.0, dtype=full.dtype)
         scales.append(torch.as_tensor(scale).detach())
-        params = {n: (p - lr * scale * g).detach().requires_grad_(True) for (n, p), g in zip(params.items(), g_full)}
+        params = {
+            n: (p - lr * scale * g).detach().requires_grad_(True)
+            for (n, p), g in zip(params.items(), g_full, strict=True)
+        }
     out = {n: p.detach() for n, p in params.items()}, torch.stack(history)
     return (*out, torch.stack(scales) if scales else torch.zeros(0, dtype=full.dtype)) if return_scales else out

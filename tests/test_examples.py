@@ -24,9 +24,33 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 SCRIPTS = ("image_siren", "video_siren", "audio_siren", "sphere_siren")
 # Small enough for seconds per run; K, L and test steps shrunk too.
-TINY = ["--outer-steps", "2", "--batch-size", "2", "--train-signals", "6", "--test-signals", "2", "--show", "2",
-        "--hidden-features", "16", "--hidden-layers", "2", "--inner-steps", "4", "--bootstrap-steps", "2",
-        "--learnit-steps", "2", "--test-steps", "3", "--no-progress", "--seed", "0"]
+TINY = [
+    "--outer-steps",
+    "2",
+    "--batch-size",
+    "2",
+    "--train-signals",
+    "6",
+    "--test-signals",
+    "2",
+    "--show",
+    "2",
+    "--hidden-features",
+    "16",
+    "--hidden-layers",
+    "2",
+    "--inner-steps",
+    "4",
+    "--bootstrap-steps",
+    "2",
+    "--learnit-steps",
+    "2",
+    "--test-steps",
+    "3",
+    "--no-progress",
+    "--seed",
+    "0",
+]
 PICTURES = ("reconstructions.png", "selection.png", "psnr_per_step.png", "meta_training.png")
 
 
@@ -41,7 +65,6 @@ def _load(name: str):  # type: ignore[no-untyped-def]
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)  # type: ignore[union-attr]
     return module
-
 
 
 needs_plots = pytest.mark.skipif(not _has("matplotlib"), reason="matplotlib not installed ('ecop-wrap[examples]')")
@@ -107,7 +130,10 @@ def _plain_fit_psnr(model: torch.nn.Module, coords: torch.Tensor, values: torch.
             curve.append(float(10 * torch.log10(1 / mse.detach())))
             if step < steps:
                 grads = torch.autograd.grad(mse, list(params.values()))
-                params = {n: (p - lr * g).detach().requires_grad_(True) for (n, p), g in zip(params.items(), grads)}
+                params = {
+                    n: (p - lr * g).detach().requires_grad_(True)
+                    for (n, p), g in zip(params.items(), grads, strict=True)
+                }
         out.append(curve)
     return torch.tensor(out).T
 
@@ -154,8 +180,20 @@ def test_audio_example_end_to_end_with_a_folder(tmp_path):
         wave = 0.4 * np.sin(2 * np.pi * pitch * time) * np.exp(-3 * time)
         soundfile.write(folder / f"tone_{index}.wav", wave, rate)
     out = tmp_path / "audio"
-    args = TINY + ["--audio", str(folder), "--sample-rate", "2000", "--seconds", "0.1", "--crops-per-file", "2",
-                   "--out", str(out), "--threads", "1"]
+    args = TINY + [
+        "--audio",
+        str(folder),
+        "--sample-rate",
+        "2000",
+        "--seconds",
+        "0.1",
+        "--crops-per-file",
+        "2",
+        "--out",
+        str(out),
+        "--threads",
+        "1",
+    ]
     summary = _load("audio_siren").main(args)
     _check_outputs(out, summary)
     # every 5th file (tone_0) is held out: the training clips come from the other four, two crops each
@@ -195,7 +233,7 @@ def test_readme_quickstart_is_short():
 def test_readme_quickstart_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
-    exec(compile(_readme_python_block(), "README.md", "exec"), namespace)  # noqa: S102
+    exec(compile(_readme_python_block(), "README.md", "exec"), namespace)
     fit = namespace["fit"]
     assert fit.history["psnr"].shape[0] == 17 and torch.isfinite(fit.history["psnr"]).all()
     assert (tmp_path / "ecop.pt").is_file()
@@ -219,7 +257,9 @@ def _reference_trace(model: torch.nn.Module, coords, values, gamma: float, K: in
         errors.append(error.detach())
         loss = (pred[chosen] - values[chosen]).pow(2).mean()
         grads = torch.autograd.grad(loss, list(params.values()))
-        params = {n: (p - lr * g).detach().requires_grad_(True) for (n, p), g in zip(params.items(), grads)}
+        params = {
+            n: (p - lr * g).detach().requires_grad_(True) for (n, p), g in zip(params.items(), grads, strict=True)
+        }
     return torch.stack(masks), torch.stack(errors)
 
 
@@ -271,7 +311,9 @@ def test_plots_write_pngs_and_reject_mismatched_shapes(tmp_path):
         assert image.format == "PNG"
     images = rng.random((2, 6, 5, 3))
     with pytest.raises(ValueError, match="masks"):
-        plotting.plot_selection(images[0], [0, 1], np.ones((1, 6, 5)), np.ones((1, 6, 5)), images[:1], tmp_path / "x.png")
+        plotting.plot_selection(
+            images[0], [0, 1], np.ones((1, 6, 5)), np.ones((1, 6, 5)), images[:1], tmp_path / "x.png"
+        )
     with pytest.raises(ValueError, match="original"):
         plotting.plot_selection(images, [0], np.ones((1, 6)), np.ones((1, 6)), images[:1], tmp_path / "x.png")
     with pytest.raises(ValueError, match="curves"):

@@ -55,7 +55,6 @@ def _num_params(model) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-
 @pytest.fixture(scope="module")
 def siren64():
     torch.manual_seed(0)
@@ -137,7 +136,7 @@ def test_meter_does_not_change_meta_gradients():
     with SavedTensorMeter():
         loss = learner.meta_loss((coords, values))
     got = torch.autograd.grad(loss, params)
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         assert torch.equal(g, w)
 
 

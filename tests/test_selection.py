@@ -24,7 +24,6 @@ from ecop_wrap.inner_loop import adapt, expand_params
 from ecop_wrap.selection import Selector
 
 
-
 def _problem(batch: int = 2, side: int = 6, d: int = 3, shared: bool = False):
     return make_problem(batch, side, d, shared)
 
@@ -82,7 +81,9 @@ def test_selection_size(num_points, gamma):
     values = torch.rand(2, num_points, 1, dtype=torch.float64)
     params = expand_params(_model_params(model), 2)
     for kind in ("error", "random", "gradncp"):
-        idx = Selector(kind, gamma, model=model).select(backend, params, coords, values, torch.Generator().manual_seed(0))
+        idx = Selector(kind, gamma, model=model).select(
+            backend, params, coords, values, torch.Generator().manual_seed(0)
+        )
         if k >= num_points:
             assert idx is None  # the pruned set is the whole context
         else:
@@ -108,8 +109,16 @@ def test_every_inner_step_reranks_from_the_current_parameters(shared):
     backend = make_backend("torch.func", model)
     record, on_select = _recorder()
     adapt(
-        backend, expand_params(_leaf_params(model), 2), coords, values, steps=steps, lr=lr,
-        selector=Selector("error", gamma), create_graph=False, on_select=on_select, identical_init=True,
+        backend,
+        expand_params(_leaf_params(model), 2),
+        coords,
+        values,
+        steps=steps,
+        lr=lr,
+        selector=Selector("error", gamma),
+        create_graph=False,
+        on_select=on_select,
+        identical_init=True,
     )
     assert [s for s, _ in record] == list(range(steps))
     k = max(1, int(gamma * 64))
@@ -125,7 +134,9 @@ def test_every_inner_step_reranks_from_the_current_parameters(shared):
             idx = torch.tensor(sorted(want))
             loss = ((functional_call(model, params, (x[idx],)) - y[idx]) ** 2).mean()
             grads = torch.autograd.grad(loss, list(params.values()))
-            params = {n: (p - lr * g).detach().requires_grad_(True) for (n, p), g in zip(params.items(), grads)}
+            params = {
+                n: (p - lr * g).detach().requires_grad_(True) for (n, p), g in zip(params.items(), grads, strict=True)
+            }
         # the test is only meaningful if the ranking really changes between steps
         assert len({frozenset(s) for s in sets}) > 1
 
@@ -152,8 +163,15 @@ def _random_record(seed: int, steps: int = 5, gamma: float = 0.25):
     backend = make_backend("torch.func", model)
     record, on_select = _recorder()
     adapt(
-        backend, expand_params(_leaf_params(model), 2), coords, values, steps=steps, lr=1e-2,
-        selector=Selector("random", gamma), create_graph=False, on_select=on_select,
+        backend,
+        expand_params(_leaf_params(model), 2),
+        coords,
+        values,
+        steps=steps,
+        lr=1e-2,
+        selector=Selector("random", gamma),
+        create_graph=False,
+        on_select=on_select,
         generator=torch.Generator().manual_seed(seed),
     )
     return [idx for _, idx in record]
@@ -167,12 +185,12 @@ def test_random_selection_size_uniqueness_and_reproducibility():
     for idx in first:
         assert idx.shape == (2, k)
         for row in idx:
-            assert len(set(row.tolist())) == k and 0 <= int(row.min()) and int(row.max()) < 36
+            assert len(set(row.tolist())) == k and int(row.min()) >= 0 and int(row.max()) < 36
     sets = [frozenset(idx[0].tolist()) for idx in first]
     assert len(set(sets)) > 1, "random subsets must differ between steps"
     assert frozenset(first[0][0].tolist()) != frozenset(first[0][1].tolist()), "and between signals"
-    assert all(torch.equal(a.sort(1).values, b.sort(1).values) for a, b in zip(first, again))
-    assert any(not torch.equal(a.sort(1).values, b.sort(1).values) for a, b in zip(first, other))
+    assert all(torch.equal(a.sort(1).values, b.sort(1).values) for a, b in zip(first, again, strict=True))
+    assert any(not torch.equal(a.sort(1).values, b.sort(1).values) for a, b in zip(first, other, strict=True))
 
 
 def test_random_selection_is_uniform():
@@ -193,7 +211,9 @@ def test_learner_random_selection_is_reproducible_with_seed():
     model, coords, values = _problem(batch=2)
     losses = []
     for seed in (7, 7, 8):
-        learner = ContextPruningMetaLearner(model, gamma=0.25, K=3, L=0, selection="random", seed=seed, coord_range=None)
+        learner = ContextPruningMetaLearner(
+            model, gamma=0.25, K=3, L=0, selection="random", seed=seed, coord_range=None
+        )
         losses.append(learner.meta_loss((coords, values)).item())
     assert losses[0] == losses[1]
     assert losses[0] != losses[2]
@@ -229,7 +249,10 @@ def test_gradncp_scores_are_per_point_gradient_norms(backend_name):
         assert set(idx[b].tolist()) == _top_set(want, k)
     # the ranking really differs from the plain error ranking on this problem
     errors = torch.stack(
-        [_ref_errors(model, {n: p[b] for n, p in params.items()}, _signal_coords(coords, b), values[b]) for b in range(2)]
+        [
+            _ref_errors(model, {n: p[b] for n, p in params.items()}, _signal_coords(coords, b), values[b])
+            for b in range(2)
+        ]
     )
     assert any(set(idx[b].tolist()) != _top_set(errors[b], k) for b in range(2))
 

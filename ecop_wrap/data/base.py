@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from .._validation import check_int
 from ..signals import make_grid, signal_to_array
 
-__all__ = ["SignalDataset", "import_optional", "resize_images", "crop_square", "as_generator"]
+__all__ = ["SignalDataset", "as_generator", "crop_square", "import_optional", "resize_images"]
 
 
 def import_optional(module: str, extra: str) -> ModuleType:

@@ -17,13 +17,13 @@ from .._validation import check_fraction, check_int
 from .base import SignalDataset, as_generator, import_optional, resize_images
 
 __all__ = [
+    "SKIMAGE_SPLITS",
+    "SKIMAGE_TEST",
+    "SKIMAGE_TRAIN",
+    "SKIMAGE_VAL",
     "ImageFolder",
     "skimage_crops",
     "skimage_photo",
-    "SKIMAGE_TRAIN",
-    "SKIMAGE_VAL",
-    "SKIMAGE_TEST",
-    "SKIMAGE_SPLITS",
 ]
 
 #: scikit-image photographs (``skimage.data`` function names) used for training crops.

@@ -24,17 +24,17 @@ from .._validation import check_int
 from .base import SignalDataset
 
 __all__ = [
-    "pp_fields",
-    "pp_latlon",
-    "latlon_to_sphere",
-    "LatLonArray",
-    "temperature_grids",
-    "iris_sample_path",
+    "AIR_TEMPERATURE_1P5M",
+    "GLOSEA4_TEST",
+    "GLOSEA4_TRAIN",
     "PP_INT_NAMES",
     "PP_REAL_NAMES",
-    "GLOSEA4_TRAIN",
-    "GLOSEA4_TEST",
-    "AIR_TEMPERATURE_1P5M",
+    "LatLonArray",
+    "iris_sample_path",
+    "latlon_to_sphere",
+    "pp_fields",
+    "pp_latlon",
+    "temperature_grids",
 ]
 
 #: names of the 45 integer header words (UM documentation paper F3).

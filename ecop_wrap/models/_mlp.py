@@ -10,8 +10,9 @@ import math
 
 import torch
 from torch import nn
+import itertools
 
-__all__ = ["Siren", "SineLayer", "FourierFeatureMLP"]
+__all__ = ["FourierFeatureMLP", "SineLayer", "Siren"]
 
 
 class SineLayer(nn.Module):
@@ -61,7 +62,7 @@ class Siren(nn.Module):
             raise ValueError("in_features, out_features, hidden_features and hidden_layers must all be >= 1")
         widths = [in_features] + [hidden_features] * hidden_layers
         self.layers = nn.Sequential(
-            *[SineLayer(a, b, w0=w0, is_first=(i == 0)) for i, (a, b) in enumerate(zip(widths[:-1], widths[1:]))]
+            *[SineLayer(a, b, w0=w0, is_first=(i == 0)) for i, (a, b) in enumerate(itertools.pairwise(widths))]
         )
         self.output = nn.Linear(hidden_features, out_features)
         bound = math.sqrt(6.0 / hidden_features) / w0
@@ -103,7 +104,7 @@ class FourierFeatureMLP(nn.Module):
         self.register_buffer("frequencies", torch.randn(num_frequencies, in_features, generator=generator) * scale)
         widths = [2 * num_frequencies] + [hidden_features] * hidden_layers
         layers: list[nn.Module] = []
-        for a, b in zip(widths[:-1], widths[1:]):
+        for a, b in itertools.pairwise(widths):
             layers += [nn.Linear(a, b), nn.ReLU()]
         self.mlp = nn.Sequential(*layers, nn.Linear(widths[-1], out_features))
         self.output_offset = float(output_offset)
