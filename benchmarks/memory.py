@@ -164,7 +164,8 @@ def main() -> None:
 
 def _print_table(results: dict, sides: list[int], largest: dict, args: argparse.Namespace) -> None:
     print(
-        f"\nSIREN {args.layers + 1}x{args.width}, B={args.batch}, device {args.device}; MiB saved by autograd / MiB peak"
+        f"\nSIREN {args.layers + 1}x{args.width}, B={args.batch}, device {args.device}; "
+        "MiB saved by autograd / MiB peak"
     )
     print(f"{'mode':32s}" + "".join(f"{s:>20d}" for s in sides) + f"  largest side <= {args.budget_gb:g} GB")
     for mode, rows in results.items():

@@ -386,7 +386,10 @@ def evaluate(
         "lpips": None,
     }
     if splits.modality == "image":
-        images = lambda v: v.reshape(v.shape[0], *splits.grid, v.shape[-1])
+
+        def images(v: torch.Tensor) -> torch.Tensor:
+            return v.reshape(v.shape[0], *splits.grid, v.shape[-1])
+
         clipped = pred.clamp(0.0, 1.0)
         if min(splits.grid) >= 11:
             out["ssim"] = float(ssim(images(clipped), images(values)).mean())
@@ -765,7 +768,8 @@ def run_parallel(args: argparse.Namespace, log: Callable[[str], None] = print) -
     with tempfile.TemporaryDirectory(prefix="ecop-reproduce-") as tmp:
         procs = []
         for i, group in enumerate(groups):
-            argv = _strip_flags(args.argv, ("--workers", "--methods", "--json")) + [
+            argv = [
+                *_strip_flags(args.argv, ("--workers", "--methods", "--json")),
                 "--workers",
                 "1",
                 "--methods",
@@ -798,7 +802,7 @@ def run_parallel(args: argparse.Namespace, log: Callable[[str], None] = print) -
     meta = dict(
         parts[0]["_meta"],
         command="python benchmarks/reproduce.py " + " ".join(args.argv),
-        workers=[g for g in groups],
+        workers=list(groups),
         worker_wall_seconds=[p["_meta"].get("wall_seconds") for p in parts],
     )
     results["_meta"] = meta
@@ -824,7 +828,7 @@ def merge_results(paths: list[Path]) -> dict[str, Any]:
     """Combine result files of disjoint method sets (e.g. a rerun of some methods) into one."""
     parts = [json.loads(Path(p).read_text()) for p in paths]
     merged: dict[str, Any] = {}
-    for path, part in zip(paths, parts, strict=True):
+    for part in parts:
         for method, record in part.items():
             if method.startswith("_"):
                 continue
@@ -863,7 +867,10 @@ def compare_files(first: str, second: str, log: Callable[[str], None] = print) -
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     started = time.perf_counter()
-    log = lambda text: print(text, flush=True)
+
+    def log(text: str) -> None:
+        print(text, flush=True)
+
     if args.paired:
         return compare_files(*args.paired, log)
     if args.merge:

@@ -1,7 +1,8 @@
 """Median meta_step / fit times per backend and memory mode against a plain per-signal autograd loop.
 
 Usage:
-    python benchmarks/speed.py --side 64 --width 256 --layers 4 --batch 8 --repeats 5 --json benchmarks/results/speed.json
+    python benchmarks/speed.py --side 64 --width 256 --layers 4 --batch 8 --repeats 5 \
+        --json benchmarks/results/speed.json
 
 Every configuration is first checked to give the same meta-gradient as the plain loop (float32, rtol 1e-3),
 then timed ``--repeats`` times, round-robin across configurations so that machine noise hits all of them alike.
@@ -105,7 +106,8 @@ def main() -> None:
     }
     print(
         f"\nside {args.side}, SIREN {args.layers + 1}x{args.width}, B={args.batch}, gamma={args.gamma}, K={args.K}, "
-        f"L={args.L}, {torch.get_num_threads()} threads, torch {torch.__version__}, {platform.processor() or platform.machine()}"
+        f"L={args.L}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+        f"{platform.processor() or platform.machine()}"
     )
     print(f"{'configuration':32s} {'median s':>9s} {'min-max s':>15s} {'x plain':>8s}")
     for n, r in rows.items():

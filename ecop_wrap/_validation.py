@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 import weakref
@@ -102,10 +103,8 @@ def _has_warned(owner: object) -> bool:
 
 
 def _remember_warning(owner: object) -> None:
-    try:
+    with contextlib.suppress(TypeError):
         _warned_range.add(owner)
-    except TypeError:
-        pass
 
 
 def _warn_coord_range(owner: object, coords: torch.Tensor, coord_range: tuple[float, float] | None) -> None:

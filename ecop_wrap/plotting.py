@@ -86,7 +86,7 @@ class SelectionTrace:
     predictions: torch.Tensor
 
     def as_grid(self, shape: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(masks [S, *shape], errors [S, *shape], predictions [S, *shape, D])`` for a grid of ``prod(shape) == M``."""
+        """``(masks [S, *shape], errors [S, *shape], predictions [S, *shape, D])`` for ``prod(shape) == M``."""
         shape = tuple(int(s) for s in shape)
         num_points = self.masks.shape[1]
         if int(np.prod(shape)) != num_points:

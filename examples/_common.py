@@ -420,7 +420,7 @@ def _running_mean(values: list[float], window: int = 20) -> list[float]:
     kept: list[float] = []
     for value in values:
         if math.isfinite(value):
-            kept = (kept + [value])[-window:]
+            kept = [*kept, value][-window:]
         out.append(sum(kept) / len(kept) if kept else float("nan"))
     return out
 

@@ -7,12 +7,12 @@ gradient as a separate forward on the subset), and torch.autograd.grad throughou
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
 from torch import nn
 from torch.func import functional_call
-import itertools
 
 
 class TinySiren(nn.Module):

@@ -223,7 +223,8 @@ def test_corrupted_bytes_never_load_a_wrong_state(tmp_path):
         try:
             learner.load(bad)
         except ValueError as exc:
-            assert "corrupted" in str(exc) or "checkpoint" in str(exc)
+            # refused or not depends on where the flipped byte lands, so pytest.raises cannot be used
+            assert "corrupted" in str(exc) or "checkpoint" in str(exc)  # noqa: PT017
             _assert_identical(_snapshot(learner), before)
             refused += 1
         else:  # the byte was in zip padding or metadata that does not reach the state
@@ -287,7 +288,7 @@ def test_plain_torch_save_without_digest_is_refused_by_load(tmp_path):
 
 # ------------------------------------------------------------------------------------------- mismatches
 @pytest.mark.parametrize(
-    "change,needle",
+    ("change", "needle"),
     [
         ({"gamma": 0.5}, "gamma: checkpoint 0.25 vs learner 0.5"),
         ({"K": 3}, "K: checkpoint 2 vs learner 3"),

@@ -143,7 +143,7 @@ def test_image_example_end_to_end(tmp_path):
     from ecop_wrap.data import skimage_crops
 
     out = tmp_path / "image"
-    summary = _load("image_siren").main(TINY + ["--resolution", "16", "--out", str(out), "--threads", "1"])
+    summary = _load("image_siren").main([*TINY, "--resolution", "16", "--out", str(out), "--threads", "1"])
     _check_outputs(out, summary)
     assert summary["train_signals"] == 6 and summary["test_signals"] == 2
     common = {"inner_lr": 1e-2, "outer_lr": 3e-4, "max_grad_norm": 1.0}
@@ -162,7 +162,7 @@ def test_image_example_end_to_end(tmp_path):
 @needs_images
 def test_video_example_end_to_end_with_camera_pans(tmp_path):
     out = tmp_path / "video"
-    args = TINY + ["--source", "pans", "--frames", "3", "--resolution", "8", "--out", str(out), "--threads", "1"]
+    args = [*TINY, "--source", "pans", "--frames", "3", "--resolution", "8", "--out", str(out), "--threads", "1"]
     summary = _load("video_siren").main(args)
     _check_outputs(out, summary)
     assert summary["grid"] == [3, 8, 8]
@@ -180,7 +180,8 @@ def test_audio_example_end_to_end_with_a_folder(tmp_path):
         wave = 0.4 * np.sin(2 * np.pi * pitch * time) * np.exp(-3 * time)
         soundfile.write(folder / f"tone_{index}.wav", wave, rate)
     out = tmp_path / "audio"
-    args = TINY + [
+    args = [
+        *TINY,
         "--audio",
         str(folder),
         "--sample-rate",
@@ -212,7 +213,7 @@ def test_audio_example_without_speech_explains_where_to_get_it(monkeypatch):
 @pytest.mark.skipif(not _has("iris_sample_data", "matplotlib"), reason="needs 'ecop-wrap[sphere,examples]'")
 def test_sphere_example_end_to_end(tmp_path):
     out = tmp_path / "sphere"
-    summary = _load("sphere_siren").main(TINY + ["--stride", "12", "--out", str(out), "--threads", "1"])
+    summary = _load("sphere_siren").main([*TINY, "--stride", "12", "--out", str(out), "--threads", "1"])
     _check_outputs(out, summary)
     assert summary["grid"] == [13, 16] and summary["args"]["w0"] == 50.0
 

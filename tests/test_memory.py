@@ -131,7 +131,7 @@ def test_meter_does_not_change_meta_gradients():
     coords = make_grid((6, 6), dtype=torch.float64)
     values = torch.rand(2, 36, 3, dtype=torch.float64)
     learner = ContextPruningMetaLearner(model, 0.25, 3, 2, 10.0, coord_range=None)
-    params = [p for p in model.parameters()]
+    params = list(model.parameters())
     want = torch.autograd.grad(learner.meta_loss((coords, values)), params)
     with SavedTensorMeter():
         loss = learner.meta_loss((coords, values))

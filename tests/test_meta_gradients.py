@@ -30,7 +30,7 @@ def _assert_close(got, want, rtol=1e-6):
 
 
 @pytest.mark.parametrize("backend", ["torch.func", "higher"])
-@pytest.mark.parametrize("gamma,K,L,lam,shared,d", GRID)
+@pytest.mark.parametrize(("gamma", "K", "L", "lam", "shared", "d"), GRID)
 def test_meta_gradients_match_reference(backend, gamma, K, L, lam, shared, d):
     model, coords, values = _problem(shared, d)
     ref_loss, ref_grads = ref_meta_grads(model, coords, values, gamma=gamma, K=K, L=L, lam=lam, lr=1e-2)

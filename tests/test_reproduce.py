@@ -19,8 +19,8 @@ from ecop_wrap import make_grid
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
-from baselines import Reptile
-from reproduce import METHODS, FitSetting, _fit_pruned
+from baselines import Reptile  # noqa: E402 - found through the sys.path entry above
+from reproduce import METHODS, FitSetting, _fit_pruned  # noqa: E402
 
 
 def _problem(batch: int = 2, side: int = 5):

@@ -69,7 +69,7 @@ def test_error_selection_is_exactly_the_top_k(gamma, shared):
 
 
 @pytest.mark.parametrize(
-    "num_points,gamma",
+    ("num_points", "gamma"),
     [(1, 0.25), (2, 0.25), (3, 0.3), (4, 0.25), (7, 0.5), (10, 0.25), (10, 0.99), (64, 0.25), (100, 0.29), (33, 0.01)],
 )
 def test_selection_size(num_points, gamma):
@@ -297,9 +297,9 @@ class _NoLinear(nn.Module):
 
 
 def test_gradncp_without_linear_is_a_clear_error():
-    with pytest.raises(ValueError, match="nn.Linear"):
+    with pytest.raises(ValueError, match=r"nn\.Linear"):
         ContextPruningMetaLearner(_NoLinear(), selection="gradncp")
-    with pytest.raises(ValueError, match="nn.Linear"):
+    with pytest.raises(ValueError, match=r"nn\.Linear"):
         GradScaledAdapter(_NoLinear(), selection="gradncp")
     # the other rules need no linear layer
     ContextPruningMetaLearner(_NoLinear(), selection="error")

@@ -104,7 +104,7 @@ def test_model_output_size_differs_from_values():
 
 
 @pytest.mark.parametrize(
-    "coords_shape,values_shape,match",
+    ("coords_shape", "values_shape", "match"),
     [
         ((M,), (BATCH, M, 3), "coords must be"),
         ((M, 2), (M * BATCH * 3,), "values must be"),
@@ -153,7 +153,7 @@ def test_dtype_differs_from_model():
 
 
 @pytest.mark.parametrize(
-    "batch,match",
+    ("batch", "match"),
     [
         ("not a batch", "pair"),
         ((make_grid((SIDE, SIDE)),), "pair"),
@@ -218,7 +218,7 @@ def test_l_negative():
 
 
 @pytest.mark.parametrize(
-    "name,value", [("inner_lr", 0.0), ("inner_lr", -1e-2), ("outer_lr", float("inf")), ("lam", -1.0)]
+    ("name", "value"), [("inner_lr", 0.0), ("inner_lr", -1e-2), ("outer_lr", float("inf")), ("lam", -1.0)]
 )
 def test_bad_rates(name, value):
     with pytest.raises(ValueError, match=name):
@@ -285,9 +285,9 @@ def test_model_without_trainable_parameters():
 
 @pytest.mark.parametrize("model", ["siren", None, lambda x: x])
 def test_not_a_module(model):
-    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+    with pytest.raises(TypeError, match=r"model must be a torch\.nn\.Module"):
         ContextPruningMetaLearner(model)
-    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+    with pytest.raises(TypeError, match=r"model must be a torch\.nn\.Module"):
         GradScaledAdapter(model)
 
 
@@ -305,7 +305,7 @@ def _non_contiguous(coords: torch.Tensor, values: torch.Tensor):
 
 def _loss_and_grads(learner, batch):
     loss = learner.meta_loss(batch)
-    return loss.detach(), torch.autograd.grad(loss, [p for p in learner.model.parameters()])
+    return loss.detach(), torch.autograd.grad(loss, list(learner.model.parameters()))
 
 
 def test_non_contiguous_inputs_give_the_contiguous_result():

