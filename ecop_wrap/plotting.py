@@ -145,6 +145,10 @@ def trace_selection(
                     pred = learner.backend(params, coords)
                 predictions.append(pred[0])
                 errors.append(squared_errors(pred, batch_values)[0].sqrt())
+
+            def record(_: int, idx: torch.Tensor | None, step: int = k) -> None:
+                chosen[step] = idx
+
             params = adapt(
                 learner.backend,
                 params,
@@ -157,7 +161,7 @@ def trace_selection(
                 chunk_size=learner.chunk_size,
                 generator=generator,
                 identical_init=k == 0,
-                on_select=lambda _, idx, k=k: chosen.__setitem__(k, idx),
+                on_select=record,
             )
             params = {n: p.detach().requires_grad_(True) for n, p in params.items()}
     for k in wanted:
@@ -278,7 +282,7 @@ def _show(
 
 def _panel_size(shape: tuple[int, int], extent: Sequence[float] | None, base: float) -> tuple[float, float]:
     """Width and height in inches of one image panel: ``base`` high for square data, wider (up to 2x) if wide."""
-    height, width = shape
+    height, width = float(shape[0]), float(shape[1])
     if extent is not None:
         width, height = abs(extent[1] - extent[0]), abs(extent[3] - extent[2])
     aspect = min(2.0, max(0.5, width / height))
@@ -355,7 +359,7 @@ def plot_reconstructions(
     )
     axes = np.asarray(fig.subplots(count, columns, squeeze=False))
     low, high = value_range if value_range is not None else (float(truth.min()), float(truth.max()))
-    opts = {"cmap": cmap, "vmin": low, "vmax": high, "extent": extent, "origin": origin}
+    opts: dict[str, Any] = {"cmap": cmap, "vmin": low, "vmax": high, "extent": extent, "origin": origin}
     for row in range(count):
         image = _show(axes[row, 0], truth[row], **opts)
         axes[row, 0].set_title("original" if row == 0 else "", fontsize=9)
@@ -509,7 +513,7 @@ def _selection_2d(
     )
     axes = np.asarray(fig.subplots(3, count + 1, squeeze=False))
     low, high = float(truth.min()), float(truth.max())
-    opts = {"extent": extent, "origin": origin}
+    opts: dict[str, Any] = {"extent": extent, "origin": origin}
     xs, ys = _pixel_centres((height, width), extent, origin)
     dot = (0.55 * 72.0 * panel_width / width) ** 2  # marker area in points^2: about half a pixel wide
     for col, k in enumerate(steps):

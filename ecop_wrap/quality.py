@@ -163,5 +163,5 @@ def lpips_distance(pred: torch.Tensor, target: torch.Tensor, *, net: str = "alex
         return (x.float().reshape(-1, height, width, 3).permute(0, 3, 1, 2) * 2.0) - 1.0
 
     with torch.no_grad():
-        distance = model(nchw(pred), nchw(target)).flatten()
+        distance: torch.Tensor = model(nchw(pred), nchw(target)).flatten()
     return distance.reshape(batch_shape)

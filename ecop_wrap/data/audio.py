@@ -39,7 +39,8 @@ def _filter_table(
     """Windowed-sinc weights ``[P, taps]`` for fractional offsets ``phase / up`` (all ``up`` phases by default)."""
     phases = np.arange(up) if phases is None else phases
     delta = phases[:, None] / up - taps  # input time minus tap position
-    return cutoff * np.sinc(cutoff * delta) * _kaiser(delta / width, beta)
+    weights: np.ndarray = cutoff * np.sinc(cutoff * delta) * _kaiser(delta / width, beta)
+    return weights
 
 
 def resample(
@@ -75,7 +76,7 @@ def resample(
     if signal.ndim == 0:
         raise ValueError("waveform must have at least one axis [..., L]")
     if orig_rate == target_rate:
-        return signal.copy()
+        return np.copy(signal)
     step = math.gcd(orig_rate, target_rate)
     up, down = target_rate // step, orig_rate // step  # output n sits at input time n * down / up
     length = signal.shape[-1]

@@ -91,7 +91,7 @@ def _as_values(values: torch.Tensor | Sequence[torch.Tensor], dtype: torch.dtype
     return items
 
 
-class SignalDataset(Dataset):
+class SignalDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     """``N`` signals on one shared coordinate grid.
 
     Args:

@@ -106,7 +106,8 @@ def video_clips(
     stride = frames if stride is None else check_int("stride", stride, 1)
     frame_step = check_int("frame_step", frame_step, 1)
     limit = None if max_clips is None else check_int("max_clips", max_clips, 1)
-    clips, names = [], []
+    clips: list[torch.Tensor] = []
+    names: list[str] = []
     for path in paths:
         remaining = None if limit is None else limit - len(clips)
         if remaining == 0:

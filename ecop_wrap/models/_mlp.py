@@ -72,7 +72,8 @@ class Siren(nn.Module):
         self.output_offset = float(output_offset)
 
     def forward(self, coords: torch.Tensor) -> torch.Tensor:
-        return self.output(self.layers(coords)) + self.output_offset
+        out: torch.Tensor = self.output(self.layers(coords))
+        return out + self.output_offset
 
 
 class FourierFeatureMLP(nn.Module):
@@ -87,6 +88,8 @@ class FourierFeatureMLP(nn.Module):
         hidden_features, hidden_layers: MLP width and number of hidden ReLU layers.
         output_offset: constant added to the output.
     """
+
+    frequencies: torch.Tensor  # buffer [num_frequencies, C]
 
     def __init__(
         self,
@@ -112,4 +115,5 @@ class FourierFeatureMLP(nn.Module):
     def forward(self, coords: torch.Tensor) -> torch.Tensor:
         projected = 2 * math.pi * coords @ self.frequencies.T
         features = torch.cat([torch.cos(projected), torch.sin(projected)], dim=-1)
-        return self.mlp(features) + self.output_offset
+        out: torch.Tensor = self.mlp(features)
+        return out + self.output_offset
