@@ -153,8 +153,8 @@ class AudioFolder(SignalDataset):
         dtype: of coords and values.
 
     Attributes:
-        files: the sound files in sorted order. ``metadata`` holds ``sample_rate``, ``coord_scale`` and each
-        file's original duration in seconds.
+        files: the sound files in sorted order.
+        metadata: ``sample_rate``, ``coord_scale`` and each file's original duration in seconds.
 
     Shapes: ``shape = (L,)``, coords ``[L, 1]``, values ``[N, L, 1]`` in ``[-1, 1]``.
     """

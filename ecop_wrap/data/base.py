@@ -105,8 +105,11 @@ class SignalDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         dtype: of coords and values (default float32).
 
     Attributes:
-        coords: ``[M, C]``. values: ``[N, M, D]`` tensor or list. shape: grid shape. names: list of str.
-        metadata: dict.
+        coords: ``[M, C]``.
+        values: ``[N, M, D]`` tensor, or a list of ``[M, D]`` tensors.
+        shape: the grid shape.
+        names: one label per signal.
+        metadata: free-form information about the source.
     """
 
     def __init__(

@@ -82,14 +82,18 @@ class FourierFeatureMLP(nn.Module):
     The frequency matrix ``B ~ N(0, scale^2)`` is a buffer (fixed, saved in the state dict, not adapted).
 
     Args:
-        in_features: coordinate dimension C. out_features: value dimension D.
+        in_features: coordinate dimension C.
+        out_features: value dimension D.
         num_frequencies: rows of B (the encoding has twice as many features).
         scale: standard deviation of B.
-        hidden_features, hidden_layers: MLP width and number of hidden ReLU layers.
+        hidden_features: MLP width.
+        hidden_layers: number of hidden ReLU layers.
         output_offset: constant added to the output.
+        generator: random generator for B (None: torch's global one).
     """
 
-    frequencies: torch.Tensor  # buffer [num_frequencies, C]
+    #: the frequency matrix B ``[num_frequencies, C]`` (a buffer).
+    frequencies: torch.Tensor
 
     def __init__(
         self,
