@@ -63,7 +63,11 @@ __all__ = ["METHODS", "main", "parse_args", "run"]
 
 TRAINED = ("fomaml", "reptile", "learnit", "learnit_tuned_lr", "random_pruning", "ecop", "ecop_no_bootstrap")
 METHODS = (
-    "random_init", *TRAINED, "ecop_test_unscaled", "ecop_test_pruned", "ecop_test_unscaled_tuned",
+    "random_init",
+    *TRAINED,
+    "ecop_test_unscaled",
+    "ecop_test_pruned",
+    "ecop_test_unscaled_tuned",
 )
 _ECOP_EVALS = ("ecop_test_unscaled", "ecop_test_pruned", "ecop_test_unscaled_tuned")
 
@@ -115,18 +119,30 @@ def _image_splits(args: argparse.Namespace) -> Splits:
 
 
 _SENTENCES = (
-    "The quick brown fox jumps over the lazy dog.", "She sells sea shells by the sea shore.",
-    "A journey of a thousand miles begins with a single step.", "Bright stars shine over the quiet valley.",
-    "Please call Stella and ask her to bring these things.", "The rain in Spain stays mainly in the plain.",
-    "Every morning the baker opens the shop at six.", "Numbers like seven and eleven are prime.",
-    "The old clock on the wall ticked loudly.", "Green apples taste sour but fresh.",
-    "We walked along the river until sunset.", "Music filled the hall with a warm sound.",
-    "The cat slept on the sunny window sill.", "Heavy trucks rolled slowly up the hill.",
-    "Children laughed as the kite climbed higher.", "Fresh bread smells wonderful in the morning.",
-    "The train leaves the station at noon.", "A gentle breeze moved the tall grass.",
-    "Turn left at the second traffic light.", "The library closes early on Sundays.",
-    "Thunder rumbled far beyond the mountains.", "He painted the fence a bright shade of blue.",
-    "Coffee and tea are served after dinner.", "The scientist measured the sample twice.",
+    "The quick brown fox jumps over the lazy dog.",
+    "She sells sea shells by the sea shore.",
+    "A journey of a thousand miles begins with a single step.",
+    "Bright stars shine over the quiet valley.",
+    "Please call Stella and ask her to bring these things.",
+    "The rain in Spain stays mainly in the plain.",
+    "Every morning the baker opens the shop at six.",
+    "Numbers like seven and eleven are prime.",
+    "The old clock on the wall ticked loudly.",
+    "Green apples taste sour but fresh.",
+    "We walked along the river until sunset.",
+    "Music filled the hall with a warm sound.",
+    "The cat slept on the sunny window sill.",
+    "Heavy trucks rolled slowly up the hill.",
+    "Children laughed as the kite climbed higher.",
+    "Fresh bread smells wonderful in the morning.",
+    "The train leaves the station at noon.",
+    "A gentle breeze moved the tall grass.",
+    "Turn left at the second traffic light.",
+    "The library closes early on Sundays.",
+    "Thunder rumbled far beyond the mountains.",
+    "He painted the fence a bright shade of blue.",
+    "Coffee and tea are served after dinner.",
+    "The scientist measured the sample twice.",
 )
 
 
@@ -163,7 +179,9 @@ def _sphere_splits(args: argparse.Namespace) -> Splits:
     val_idx = list(range(0, n, 10))
     train = train_all.subset([i for i in range(n) if i not in set(val_idx)])
     desc = f"iris-sample-data temperature fields, {test.shape[0]}x{test.shape[1]} lat/lon on the sphere"
-    return Splits(train.coords, train, train_all.subset(val_idx).stacked(), test.stacked(), test.shape, "sphere", 1.0, desc)
+    return Splits(
+        train.coords, train, train_all.subset(val_idx).stacked(), test.stacked(), test.shape, "sphere", 1.0, desc
+    )
 
 
 def load_splits(args: argparse.Namespace) -> Splits:
@@ -216,8 +234,13 @@ def make_trainer(method: str, model: Siren, args: argparse.Namespace) -> Context
     if method == "reptile":
         return Reptile(model, config["K"], inner_lr=lr, outer_lr=outer_lr)
     return ContextPruningMetaLearner(
-        model, inner_lr=lr, outer_lr=outer_lr, max_grad_norm=args.max_grad_norm, seed=args.seed,
-        coord_range=None, **config,
+        model,
+        inner_lr=lr,
+        outer_lr=outer_lr,
+        max_grad_norm=args.max_grad_norm,
+        seed=args.seed,
+        coord_range=None,
+        **config,
     )
 
 
@@ -234,8 +257,11 @@ def held_bytes(trainer: ContextPruningMetaLearner | Reptile, batch: tuple[torch.
 
 
 def train(
-    trainer: ContextPruningMetaLearner | Reptile, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], steps: int,
-    log: Callable[[str], None], name: str,
+    trainer: ContextPruningMetaLearner | Reptile,
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+    steps: int,
+    log: Callable[[str], None],
+    name: str,
 ) -> dict[str, Any]:
     """Run ``steps`` outer steps; returns timing, the training PSNR curve and (on CUDA) peak memory."""
     cuda = next(trainer.model.parameters()).is_cuda
@@ -261,8 +287,10 @@ def train(
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     done = max(len(curve), 1)
     out: dict[str, Any] = {
-        "seconds_per_step": seconds / done, "cpu_seconds_per_step": cpu / done,
-        "train_psnr_curve": _thin(curve), "diverged": diverged,
+        "seconds_per_step": seconds / done,
+        "cpu_seconds_per_step": cpu / done,
+        "train_psnr_curve": _thin(curve),
+        "diverged": diverged,
     }
     if cuda:
         out["cuda_peak_bytes"] = int(torch.cuda.max_memory_allocated())
@@ -274,8 +302,10 @@ def _thin(curve: list[float], points: int = 50) -> list[float]:
     if len(curve) <= points:
         return [round(c, 3) for c in curve]
     size = len(curve) / points
-    return [round(sum(curve[int(i * size):int((i + 1) * size)]) / len(curve[int(i * size):int((i + 1) * size)]), 3)
-            for i in range(points)]
+    return [
+        round(sum(curve[int(i * size) : int((i + 1) * size)]) / len(curve[int(i * size) : int((i + 1) * size)]), 3)
+        for i in range(points)
+    ]
 
 
 # ------------------------------------------------------------------------------------------ evaluation
@@ -319,15 +349,20 @@ def evaluate(
     psnr_hist = 10.0 * torch.log10(splits.data_range**2 / mse_hist)
     final = psnr_hist[-1]
     out: dict[str, Any] = {
-        "psnr": float(final.mean()), "psnr_std": float(final.std()) if final.numel() > 1 else 0.0,
+        "psnr": float(final.mean()),
+        "psnr_std": float(final.std()) if final.numel() > 1 else 0.0,
         "psnr_per_signal": [round(float(v), 4) for v in final],
         "psnr_curve": [round(float(v), 3) for v in psnr_hist.mean(dim=1)],
         # mean test-time gradient scale of each step (1 without scaling): the effective step is lr * scale
         "scale_curve": [round(float(v), 4) for v in scale_hist.mean(dim=1)],
-        "ssim": None, "lpips": None,
+        "ssim": None,
+        "lpips": None,
     }
     if splits.modality == "image":
-        images = lambda v: v.reshape(v.shape[0], *splits.grid, v.shape[-1])
+
+        def images(v: torch.Tensor) -> torch.Tensor:
+            return v.reshape(v.shape[0], *splits.grid, v.shape[-1])
+
         clipped = pred.clamp(0.0, 1.0)
         if min(splits.grid) >= 11:
             out["ssim"] = float(ssim(images(clipped), images(values)).mean())
@@ -405,8 +440,10 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
         batches = _device_batches(splits.train.batches(args.batch, seed=args.seed, infinite=True), device)
         first = next(_device_batches(splits.train.batches(args.batch, seed=args.seed), device))
         memory = held_bytes(trainer, first) if device.type == "cpu" else None
-        log(f"{method}: training {args.outer_steps} outer steps (outer lr {_outer_lr(method, args):g}, "
-            f"inner lr {_inner_lr(method, args):g}, {_method_config(method, args)})")
+        log(
+            f"{method}: training {args.outer_steps} outer steps (outer lr {_outer_lr(method, args):g}, "
+            f"inner lr {_inner_lr(method, args):g}, {_method_config(method, args)})"
+        )
         training = train(trainer, batches, args.outer_steps, log, method)
         trained_models[method] = model
         record = {
@@ -415,8 +452,12 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
             "cpu_seconds_per_step": training["cpu_seconds_per_step"],
             "peak_memory_bytes": training.get("cuda_peak_bytes", memory),
             "diverged": training["diverged"],
-            "train": {**_method_config(method, args), "outer_lr": _outer_lr(method, args),
-                      "inner_lr": _inner_lr(method, args), "train_psnr_curve": training["train_psnr_curve"]},
+            "train": {
+                **_method_config(method, args),
+                "outer_lr": _outer_lr(method, args),
+                "inner_lr": _inner_lr(method, args),
+                "train_psnr_curve": training["train_psnr_curve"],
+            },
         }
         results[method] = record
         _log_result(log, method, results[method])
@@ -439,14 +480,24 @@ def _log_result(log: Callable[[str], None], method: str, record: dict[str, Any])
 def _meta(args: argparse.Namespace, splits: Splits, device: torch.device) -> dict[str, Any]:
     return {
         "command": "python benchmarks/reproduce.py " + " ".join(args.argv),
-        "data": splits.description, "modality": splits.modality, "eval_split": args.eval_split,
+        "data": splits.description,
+        "modality": splits.modality,
+        "eval_split": args.eval_split,
         "eval_signals": int(held_out_count(splits, args.eval_split)),
-        "train_signals": len(splits.train), "psnr_data_range": splits.data_range,
+        "train_signals": len(splits.train),
+        "psnr_data_range": splits.data_range,
         "model": f"SIREN {args.depth} hidden sine layers x {args.width}, w0 "
-                 f"{args.w0 if args.w0 is not None else (50.0 if splits.modality == 'sphere' else 30.0)}",
-        "batch": args.batch, "outer_steps": args.outer_steps, "test_steps": args.test_steps, "seed": args.seed,
-        "eval_seed": args.eval_seed, "device": str(device), "threads": args.threads,
-        "memory_measure": _memory_kind(device), "torch": torch.__version__, "python": platform.python_version(),
+        f"{args.w0 if args.w0 is not None else (50.0 if splits.modality == 'sphere' else 30.0)}",
+        "batch": args.batch,
+        "outer_steps": args.outer_steps,
+        "test_steps": args.test_steps,
+        "seed": args.seed,
+        "eval_seed": args.eval_seed,
+        "device": str(device),
+        "threads": args.threads,
+        "memory_measure": _memory_kind(device),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
         "machine": f"{platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPUs".strip(),
         "lpips": "computed" if lpips_status()[0] else f"absent: {lpips_status()[1]}",
         "note": "keys starting with '_' are not methods",
@@ -469,8 +520,15 @@ def format_table(results: dict[str, Any]) -> str:
 
 
 # ECoP against each baseline; the same held-out signals are scored for every method, so the gaps are paired.
-PAIRED = (("ecop", "learnit"), ("ecop", "learnit_tuned_lr"), ("ecop", "random_pruning"),
-          ("ecop", "ecop_no_bootstrap"), ("learnit", "reptile"), ("reptile", "fomaml"), ("fomaml", "random_init"))
+PAIRED = (
+    ("ecop", "learnit"),
+    ("ecop", "learnit_tuned_lr"),
+    ("ecop", "random_pruning"),
+    ("ecop", "ecop_no_bootstrap"),
+    ("learnit", "reptile"),
+    ("reptile", "fomaml"),
+    ("fomaml", "random_init"),
+)
 
 
 def paired_gaps(results: dict[str, Any], split: str | None = None) -> dict[str, dict[str, float]]:
@@ -495,13 +553,19 @@ def paired_gap(psnr_a: list[float], psnr_b: list[float]) -> dict[str, float]:
         raise ValueError(f"paired scores need the same signals; got {len(psnr_a)} and {len(psnr_b)}")
     diff = torch.tensor(psnr_a, dtype=torch.float64) - torch.tensor(psnr_b, dtype=torch.float64)
     se = float(diff.std() / diff.numel() ** 0.5) if diff.numel() > 1 else float("nan")
-    return {"mean_db": round(float(diff.mean()), 3), "stderr_db": round(se, 3),
-            "wins": int((diff > 0).sum()), "signals": int(diff.numel())}
+    return {
+        "mean_db": round(float(diff.mean()), 3),
+        "stderr_db": round(se, 3),
+        "wins": int((diff > 0).sum()),
+        "signals": int(diff.numel()),
+    }
 
 
 def format_gaps(gaps: dict[str, dict[str, float]], title: str) -> str:
-    lines = [title] + [f"  {pair:<32}{g['mean_db']:>+8.2f} dB  ± {g['stderr_db']:.2f} (se)  "
-                       f"{g['wins']}/{g['signals']} signals better" for pair, g in gaps.items()]
+    lines = [title] + [
+        f"  {pair:<32}{g['mean_db']:>+8.2f} dB  ± {g['stderr_db']:.2f} (se)  {g['wins']}/{g['signals']} signals better"
+        for pair, g in gaps.items()
+    ]
     return "\n".join(lines)
 
 
@@ -519,8 +583,13 @@ def save_plot(results: dict[str, Any], path: Path) -> None:
     colors = plt.get_cmap("tab20")
     for i, method in enumerate(methods):
         r = results[method]
-        ax.plot(range(len(r["psnr_curve"])), r["psnr_curve"], label=f"{method} ({r['psnr']:.1f})",
-                color=colors(i % 20), linestyle="--" if method.startswith("ecop_test") else "-")
+        ax.plot(
+            range(len(r["psnr_curve"])),
+            r["psnr_curve"],
+            label=f"{method} ({r['psnr']:.1f})",
+            color=colors(i % 20),
+            linestyle="--" if method.startswith("ecop_test") else "-",
+        )
     ax.set_xlabel("test-time step")
     ax.set_ylabel("mean PSNR (dB)")
     ax.set_title(results["_meta"]["data"], fontsize=8)
@@ -548,7 +617,9 @@ def _methods(text: str) -> list[str]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options (see the module docstring)."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     data = p.add_mutually_exclusive_group()
     data.add_argument("--images", default="builtin", help="'builtin' (scikit-image photos) or a folder of images")
     data.add_argument("--audio", default=None, help="'synth' (espeak-ng speech) or a folder of sound files")
@@ -557,13 +628,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--crops-per-image", type=int, default=8, help="random crops per image of an --images folder")
     p.add_argument("--sample-rate", type=int, default=16000)
     p.add_argument("--seconds", type=float, default=1.0, help="audio clip length")
-    p.add_argument("--coord-scale", type=float, default=None,
-                   help="audio time coordinates span [-s, s] (default 50 x seconds: the paper's 1 s -> [-50, 50])")
+    p.add_argument(
+        "--coord-scale",
+        type=float,
+        default=None,
+        help="audio time coordinates span [-s, s] (default 50 x seconds: the paper's 1 s -> [-50, 50])",
+    )
     p.add_argument("--sphere-stride", type=int, default=4, help="keep every n-th latitude and longitude")
     p.add_argument("--train-size", type=int, default=2048, help="training crops (built-in images)")
     p.add_argument("--eval-size", type=int, default=100, help="held-out signals tested")
-    p.add_argument("--eval-split", choices=["test", "val", "both"], default="test",
-                   help="'val' for tuning; 'both' adds a 'val' entry to every method")
+    p.add_argument(
+        "--eval-split",
+        choices=["test", "val", "both"],
+        default="test",
+        help="'val' for tuning; 'both' adds a 'val' entry to every method",
+    )
     p.add_argument("--outer-steps", type=int, default=1000)
     p.add_argument("--test-steps", type=int, default=16)
     p.add_argument("--seed", type=int, default=0, help="model init, training crops and batch order")
@@ -588,16 +667,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--json", type=Path, default=None, help="write results here (and a PNG next to it)")
     p.add_argument("--no-plot", action="store_true")
-    p.add_argument("--paired", nargs=2, default=None, metavar="RESULT.json:METHOD",
-                   help="instead of running, print the paired PSNR gap between two methods of (possibly different) "
-                        "result files scored on the same held-out signals")
-    p.add_argument("--merge", type=Path, nargs="+", default=None, metavar="RESULT.json",
-                   help="instead of running, merge result files of disjoint method sets into --json")
+    p.add_argument(
+        "--paired",
+        nargs=2,
+        default=None,
+        metavar="RESULT.json:METHOD",
+        help="instead of running, print the paired PSNR gap between two methods of (possibly different) "
+        "result files scored on the same held-out signals",
+    )
+    p.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        default=None,
+        metavar="RESULT.json",
+        help="instead of running, merge result files of disjoint method sets into --json",
+    )
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.audio or args.sphere:
         args.images = None
-    for name in ("resolution", "outer_steps", "batch", "width", "depth", "eval_size", "train_size", "threads", "workers"):
+    for name in (
+        "resolution",
+        "outer_steps",
+        "batch",
+        "width",
+        "depth",
+        "eval_size",
+        "train_size",
+        "threads",
+        "workers",
+    ):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if any(m in _ECOP_EVALS for m in args.methods) and "ecop" not in args.methods:
@@ -607,8 +707,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # Rough relative CPU cost per outer step (measured at 32x32, SIREN 3x128), used only to balance workers.
-_COST = {"fomaml": 0.6, "reptile": 0.6, "learnit": 0.5, "learnit_tuned_lr": 0.5, "random_pruning": 0.66,
-         "ecop": 0.8, "ecop_no_bootstrap": 0.7}
+_COST = {
+    "fomaml": 0.6,
+    "reptile": 0.6,
+    "learnit": 0.5,
+    "learnit_tuned_lr": 0.5,
+    "random_pruning": 0.66,
+    "ecop": 0.8,
+    "ecop_no_bootstrap": 0.7,
+}
 
 
 def partition(methods: list[str], workers: int) -> list[list[str]]:
@@ -634,12 +741,26 @@ def run_parallel(args: argparse.Namespace, log: Callable[[str], None] = print) -
     with tempfile.TemporaryDirectory(prefix="ecop-reproduce-") as tmp:
         procs = []
         for i, group in enumerate(groups):
-            argv = _strip_flags(args.argv, ("--workers", "--methods", "--json")) + [
-                "--workers", "1", "--methods", ",".join(group), "--json", os.path.join(tmp, f"{i}.json"), "--no-plot"]
+            argv = [
+                *_strip_flags(args.argv, ("--workers", "--methods", "--json")),
+                "--workers",
+                "1",
+                "--methods",
+                ",".join(group),
+                "--json",
+                os.path.join(tmp, f"{i}.json"),
+                "--no-plot",
+            ]
             log(f"worker {i}: {', '.join(group)}")
             logfile = open(os.path.join(tmp, f"{i}.log"), "w")  # noqa: SIM115
-            procs.append((subprocess.Popen([sys.executable, os.path.abspath(__file__), *argv], stdout=logfile,
-                                           stderr=subprocess.STDOUT), logfile))
+            procs.append(
+                (
+                    subprocess.Popen(
+                        [sys.executable, os.path.abspath(__file__), *argv], stdout=logfile, stderr=subprocess.STDOUT
+                    ),
+                    logfile,
+                )
+            )
         codes = [proc.wait() for proc, _ in procs]
         for _, logfile in procs:
             logfile.close()
@@ -651,8 +772,12 @@ def run_parallel(args: argparse.Namespace, log: Callable[[str], None] = print) -
         parts = [json.loads(Path(tmp, f"{i}.json").read_text()) for i in range(len(groups))]
     results = {m: r for part in parts for m, r in part.items() if not m.startswith("_")}
     results = {m: results[m] for m in METHODS if m in results}
-    meta = dict(parts[0]["_meta"], command="python benchmarks/reproduce.py " + " ".join(args.argv),
-                workers=[g for g in groups], worker_wall_seconds=[p["_meta"].get("wall_seconds") for p in parts])
+    meta = dict(
+        parts[0]["_meta"],
+        command="python benchmarks/reproduce.py " + " ".join(args.argv),
+        workers=list(groups),
+        worker_wall_seconds=[p["_meta"].get("wall_seconds") for p in parts],
+    )
     results["_meta"] = meta
     return results
 
@@ -676,7 +801,7 @@ def merge_results(paths: list[Path]) -> dict[str, Any]:
     """Combine result files of disjoint method sets (e.g. a rerun of some methods) into one."""
     parts = [json.loads(Path(p).read_text()) for p in paths]
     merged: dict[str, Any] = {}
-    for path, part in zip(paths, parts):
+    for part in parts:
         for method, record in part.items():
             if method.startswith("_"):
                 continue
@@ -684,9 +809,13 @@ def merge_results(paths: list[Path]) -> dict[str, Any]:
                 raise ValueError(f"method {method!r} appears in more than one of {[str(p) for p in paths]}")
             merged[method] = record
     results = {m: merged[m] for m in METHODS if m in merged}
-    results["_meta"] = dict(parts[0]["_meta"], merged_from=[
-        {"file": str(p), "command": part["_meta"]["command"], "wall_seconds": part["_meta"].get("wall_seconds")}
-        for p, part in zip(paths, parts)])
+    results["_meta"] = dict(
+        parts[0]["_meta"],
+        merged_from=[
+            {"file": str(p), "command": part["_meta"]["command"], "wall_seconds": part["_meta"].get("wall_seconds")}
+            for p, part in zip(paths, parts, strict=True)
+        ],
+    )
     return results
 
 
@@ -711,7 +840,10 @@ def compare_files(first: str, second: str, log: Callable[[str], None] = print) -
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     started = time.perf_counter()
-    log = lambda text: print(text, flush=True)
+
+    def log(text: str) -> None:
+        print(text, flush=True)
+
     if args.paired:
         return compare_files(*args.paired, log)
     if args.merge:

@@ -79,48 +79,96 @@ class Example:
 def add_common_flags(parser: argparse.ArgumentParser, **defaults: Any) -> argparse.ArgumentParser:
     """The flags every example shares; keyword arguments override their defaults (e.g. ``outer_steps=200``)."""
     values = {
-        "outer_steps": 300, "batch_size": 4, "train_signals": 1024, "test_signals": 16, "hidden_features": 128,
-        "hidden_layers": 3, "w0": 30.0, "gamma": 0.25, "inner_steps": 16, "bootstrap_steps": 5, "lam": 100.0,
-        "learnit_steps": 4, "test_steps": 16, "inner_lr": 1e-2, "boot_lr": 5e-2, "outer_lr": 3e-4,
-        "max_grad_norm": 1.0, "show": 4,
+        "outer_steps": 300,
+        "batch_size": 4,
+        "train_signals": 1024,
+        "test_signals": 16,
+        "hidden_features": 128,
+        "hidden_layers": 3,
+        "w0": 30.0,
+        "gamma": 0.25,
+        "inner_steps": 16,
+        "bootstrap_steps": 5,
+        "lam": 100.0,
+        "learnit_steps": 4,
+        "test_steps": 16,
+        "inner_lr": 1e-2,
+        "boot_lr": 5e-2,
+        "outer_lr": 3e-4,
+        "max_grad_norm": 1.0,
+        "show": 4,
     }
     unknown = set(defaults) - set(values) - {"out"}
     if unknown:
         raise ValueError(f"unknown defaults {sorted(unknown)}")
     values.update(defaults)
     group = parser.add_argument_group("meta-training (both methods)")
-    group.add_argument("--outer-steps", type=int, default=values["outer_steps"],
-                       help="outer (meta) steps for each method; both see the same batches")
+    group.add_argument(
+        "--outer-steps",
+        type=int,
+        default=values["outer_steps"],
+        help="outer (meta) steps for each method; both see the same batches",
+    )
     group.add_argument("--batch-size", type=int, default=values["batch_size"], help="signals per outer step (B)")
-    group.add_argument("--train-signals", type=int, default=values["train_signals"],
-                       help="number of training signals to build (when the source allows a choice)")
-    group.add_argument("--outer-lr", type=float, default=values["outer_lr"], help="Adam learning rate beta of the outer loop")
-    group.add_argument("--max-grad-norm", type=float, default=values["max_grad_norm"],
-                       help="clip the meta-gradient's global norm (0 disables)")
-    group.add_argument("--inner-lr", type=float, default=values["inner_lr"],
-                       help="inner step size alpha (meta-training and test time)")
+    group.add_argument(
+        "--train-signals",
+        type=int,
+        default=values["train_signals"],
+        help="number of training signals to build (when the source allows a choice)",
+    )
+    group.add_argument(
+        "--outer-lr", type=float, default=values["outer_lr"], help="Adam learning rate beta of the outer loop"
+    )
+    group.add_argument(
+        "--max-grad-norm",
+        type=float,
+        default=values["max_grad_norm"],
+        help="clip the meta-gradient's global norm (0 disables)",
+    )
+    group.add_argument(
+        "--inner-lr", type=float, default=values["inner_lr"], help="inner step size alpha (meta-training and test time)"
+    )
     group = parser.add_argument_group("ECoP (paper Algorithm 1)")
-    group.add_argument("--gamma", type=float, default=values["gamma"], help="fraction of the context kept per inner step")
+    group.add_argument(
+        "--gamma", type=float, default=values["gamma"], help="fraction of the context kept per inner step"
+    )
     group.add_argument("--inner-steps", type=int, default=values["inner_steps"], help="ECoP's inner steps K")
-    group.add_argument("--bootstrap-steps", type=int, default=values["bootstrap_steps"],
-                       help="L full-context steps building the bootstrap target (0 disables it)")
+    group.add_argument(
+        "--bootstrap-steps",
+        type=int,
+        default=values["bootstrap_steps"],
+        help="L full-context steps building the bootstrap target (0 disables it)",
+    )
     group.add_argument("--lam", type=float, default=values["lam"], help="weight lambda of the bootstrap distance")
     group.add_argument("--boot-lr", type=float, default=values["boot_lr"], help="step size of the bootstrap steps")
-    group.add_argument("--ecop-scaling", choices=("norm", "loss", "none"), default="norm",
-                       help="ECoP's test-time gradient scaling: gradient-norm ratio (Eq. 6), loss ratio, or none")
+    group.add_argument(
+        "--ecop-scaling",
+        choices=("norm", "loss", "none"),
+        default="norm",
+        help="ECoP's test-time gradient scaling: gradient-norm ratio (Eq. 6), loss ratio, or none",
+    )
     group = parser.add_argument_group("Learnit baseline (full-context MAML)")
     group.add_argument("--learnit-steps", type=int, default=values["learnit_steps"], help="Learnit's inner steps K")
     group = parser.add_argument_group("model (SIREN)")
-    group.add_argument("--hidden-features", type=int, default=values["hidden_features"], help="width of each sine layer")
+    group.add_argument(
+        "--hidden-features", type=int, default=values["hidden_features"], help="width of each sine layer"
+    )
     group.add_argument("--hidden-layers", type=int, default=values["hidden_layers"], help="number of sine layers")
     group.add_argument("--w0", type=float, default=values["w0"], help="SIREN frequency omega_0")
     group = parser.add_argument_group("testing and output")
     group.add_argument("--test-signals", type=int, default=values["test_signals"], help="held-out signals to test on")
-    group.add_argument("--test-steps", type=int, default=values["test_steps"],
-                       help="full-context test-time steps for both methods")
-    group.add_argument("--show", type=int, default=values["show"], help="test signals drawn in the reconstruction picture")
-    group.add_argument("--out", type=Path, default=values.get("out"),
-                       help="output folder for checkpoints, PNGs and summary.json (default: outputs/<modality>)")
+    group.add_argument(
+        "--test-steps", type=int, default=values["test_steps"], help="full-context test-time steps for both methods"
+    )
+    group.add_argument(
+        "--show", type=int, default=values["show"], help="test signals drawn in the reconstruction picture"
+    )
+    group.add_argument(
+        "--out",
+        type=Path,
+        default=values.get("out"),
+        help="output folder for checkpoints, PNGs and summary.json (default: outputs/<modality>)",
+    )
     group.add_argument("--seed", type=int, default=0, help="seed of the model initialisation, data and batch order")
     group.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: PyTorch's choice)")
     group.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
@@ -130,8 +178,17 @@ def add_common_flags(parser: argparse.ArgumentParser, **defaults: Any) -> argpar
 
 def check_args(args: argparse.Namespace) -> None:
     """Reject flags that cannot work, before any data is loaded."""
-    positive = ("outer_steps", "batch_size", "train_signals", "test_signals", "inner_steps", "learnit_steps",
-                "hidden_features", "hidden_layers", "show")
+    positive = (
+        "outer_steps",
+        "batch_size",
+        "train_signals",
+        "test_signals",
+        "inner_steps",
+        "learnit_steps",
+        "hidden_features",
+        "hidden_layers",
+        "show",
+    )
     bad = [f"--{name.replace('_', '-')}" for name in positive if getattr(args, name) < 1]
     if bad:
         raise SystemExit(f"error: {', '.join(bad)} must be at least 1")
@@ -149,10 +206,20 @@ def build_learners(
     torch.manual_seed(args.seed)
     model = make_model().to(args.device)
     clip = args.max_grad_norm if args.max_grad_norm > 0 else None
-    common = {"inner_lr": args.inner_lr, "outer_lr": args.outer_lr, "max_grad_norm": clip,
-              "coord_range": coord_range, "seed": args.seed}
+    common = {
+        "inner_lr": args.inner_lr,
+        "outer_lr": args.outer_lr,
+        "max_grad_norm": clip,
+        "coord_range": coord_range,
+        "seed": args.seed,
+    }
     ecop = ContextPruningMetaLearner(
-        model, gamma=args.gamma, K=args.inner_steps, L=args.bootstrap_steps, lam=args.lam, boot_lr=args.boot_lr,
+        model,
+        gamma=args.gamma,
+        K=args.inner_steps,
+        L=args.bootstrap_steps,
+        lam=args.lam,
+        boot_lr=args.boot_lr,
         **common,
     )
     learnit = ContextPruningMetaLearner(copy.deepcopy(model), gamma=1.0, K=args.learnit_steps, L=0, lam=0.0, **common)
@@ -224,7 +291,9 @@ def evaluate(
     scaling = {ECOP: args.ecop_scaling, LEARNIT: "none"}
     results = {}
     for name, learner in learners.items():
-        adapter = GradScaledAdapter(learner, steps=args.test_steps, scaling=scaling[name], coord_range=learner.coord_range)
+        adapter = GradScaledAdapter(
+            learner, steps=args.test_steps, scaling=scaling[name], coord_range=learner.coord_range
+        )
         psnrs, recons = [], []
         for coords, values in test.batches(min(8, len(test)), shuffle=False, drop_last=False):
             coords, values = coords.to(args.device), values.to(args.device)
@@ -237,8 +306,13 @@ def evaluate(
 
 
 # -------------------------------------------------------------------------------------------------- output
-def _summary(example: Example, args: argparse.Namespace, seconds: float, results: dict[str, Evaluation],
-             training: dict[str, list[float]]) -> dict[str, Any]:
+def _summary(
+    example: Example,
+    args: argparse.Namespace,
+    seconds: float,
+    results: dict[str, Evaluation],
+    training: dict[str, list[float]],
+) -> dict[str, Any]:
     tail = max(1, len(next(iter(training.values()))) // 10)
     return {
         "modality": example.name,
@@ -274,8 +348,10 @@ def run(example: Example, args: argparse.Namespace) -> dict[str, Any]:
     """Meta-train both methods, save checkpoints, test on held-out signals, draw pictures, write summary.json."""
     out = Path(args.out) if args.out is not None else Path("outputs") / example.name
     out.mkdir(parents=True, exist_ok=True)
-    print(f"{example.name}: {len(example.train)} training and {len(example.test)} held-out signals, grid "
-          f"{example.train.shape} ({example.train.num_points} points), writing to {out}/")
+    print(
+        f"{example.name}: {len(example.train)} training and {len(example.test)} held-out signals, grid "
+        f"{example.train.shape} ({example.train.num_points} points), writing to {out}/"
+    )
     learners = build_learners(example.make_model, args, example.coord_range)
     for name, learner in learners.items():
         print(f"  {name}: {learner!r}")
@@ -294,8 +370,14 @@ def run(example: Example, args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
-def _draw(example: Example, args: argparse.Namespace, learners: dict[str, ContextPruningMetaLearner],
-          results: dict[str, Evaluation], training: dict[str, list[float]], out: Path) -> list[str]:
+def _draw(
+    example: Example,
+    args: argparse.Namespace,
+    learners: dict[str, ContextPruningMetaLearner],
+    results: dict[str, Evaluation],
+    training: dict[str, list[float]],
+    out: Path,
+) -> list[str]:
     # the first and last held-out signals and evenly spaced ones between (neighbours are often alike)
     shown = torch.linspace(0, len(example.test) - 1, min(args.show, len(example.test))).round().long().unique()
     written = example.show_reconstructions(
@@ -305,19 +387,27 @@ def _draw(example: Example, args: argparse.Namespace, learners: dict[str, Contex
         [example.test.names[i] for i in shown.tolist()],
         out,
     )
-    labels = {ECOP: f"ECoP (gamma={args.gamma}, K={args.inner_steps}, L={args.bootstrap_steps}), scaling={args.ecop_scaling}",
-              LEARNIT: f"Learnit (K={args.learnit_steps}), unscaled"}
-    written.append(plot_psnr_curves(
-        {labels[name]: r.psnr for name, r in results.items()}, out / "psnr_per_step.png",
-        title=f"{example.name}: {len(example.test)} held-out signals after {args.outer_steps} outer steps "
-              "(mean ± std)",
-        xlabel="test-time adaptation step k (full context)",
-    ))
-    written.append(plot_psnr_curves(
-        {name: _running_mean(v) for name, v in training.items()}, out / "meta_training.png",
-        title=f"{example.name}: training-batch PSNR after each method's inner loop (running mean)",
-        xlabel="outer step",
-    ))
+    labels = {
+        ECOP: f"ECoP (gamma={args.gamma}, K={args.inner_steps}, L={args.bootstrap_steps}), scaling={args.ecop_scaling}",
+        LEARNIT: f"Learnit (K={args.learnit_steps}), unscaled",
+    }
+    written.append(
+        plot_psnr_curves(
+            {labels[name]: r.psnr for name, r in results.items()},
+            out / "psnr_per_step.png",
+            title=f"{example.name}: {len(example.test)} held-out signals after {args.outer_steps} outer steps "
+            "(mean ± std)",
+            xlabel="test-time adaptation step k (full context)",
+        )
+    )
+    written.append(
+        plot_psnr_curves(
+            {name: _running_mean(v) for name, v in training.items()},
+            out / "meta_training.png",
+            title=f"{example.name}: training-batch PSNR after each method's inner loop (running mean)",
+            xlabel="outer step",
+        )
+    )
     signal = (example.test.coords, example.test.stacked()[0])
     trace = trace_selection(learners[ECOP], signal)
     written.append(example.show_selection(signal[1], trace, out))
@@ -330,7 +420,7 @@ def _running_mean(values: list[float], window: int = 20) -> list[float]:
     kept: list[float] = []
     for value in values:
         if math.isfinite(value):
-            kept = (kept + [value])[-window:]
+            kept = [*kept, value][-window:]
         out.append(sum(kept) / len(kept) if kept else float("nan"))
     return out
 

@@ -7,6 +7,7 @@ gradient as a separate forward on the subset), and torch.autograd.grad throughou
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -18,7 +19,7 @@ class TinySiren(nn.Module):
     def __init__(self, c: int, d: int, width: int = 12, depth: int = 2, w0: float = 30.0) -> None:
         super().__init__()
         dims = [c] + [width] * depth
-        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(dims))
         self.out = nn.Linear(width, d)
         self.w0 = w0
         with torch.no_grad():
@@ -92,7 +93,10 @@ def ref_meta_loss(
             for _ in range(L):
                 boot_loss = ((functional_call(model, boot, (x,)) - y) ** 2).mean()
                 grads = torch.autograd.grad(boot_loss, list(boot.values()))
-                boot = {n: (p - boot_lr * g).detach().requires_grad_(True) for (n, p), g in zip(boot.items(), grads)}
+                boot = {
+                    n: (p - boot_lr * g).detach().requires_grad_(True)
+                    for (n, p), g in zip(boot.items(), grads, strict=True)
+                }
             sq = sum(((theta_k[n] - boot[n].detach()) ** 2).sum() for n in theta_k)
             loss = loss + lam * torch.sqrt(sq)
         total = total + loss
