@@ -323,8 +323,15 @@ class FitSetting:
 def _fit(model: Siren, coords: torch.Tensor, values: torch.Tensor, steps: int, test: FitSetting):
     """Fit with the adapter: full-context steps, or (``context="pruned"``) every step on the pruned context."""
     adapter = GradScaledAdapter(
-        model, steps=steps, lr=test.lr, gamma=test.gamma, scaling=test.scaling, selection=test.selection,
-        coord_range=None, max_consecutive_skips=steps + 1, pruned_steps=steps if test.context == "pruned" else 0,
+        model,
+        steps=steps,
+        lr=test.lr,
+        gamma=test.gamma,
+        scaling=test.scaling,
+        selection=test.selection,
+        coord_range=None,
+        max_consecutive_skips=steps + 1,
+        pruned_steps=steps if test.context == "pruned" else 0,
     )
     fit = adapter.fit((coords, values))
     return fit(coords).detach(), fit.history["mse"].detach(), fit.history["scale"]
@@ -341,7 +348,7 @@ def evaluate(
     """
     preds, histories, scales = [], [], []
     for start in range(0, values.shape[0], chunk):
-        pred, mse_hist, scale_hist = _fit(model, splits.coords, values[start:start + chunk], steps, test)
+        pred, mse_hist, scale_hist = _fit(model, splits.coords, values[start : start + chunk], steps, test)
         preds.append(pred)
         histories.append(mse_hist)
         scales.append(scale_hist)

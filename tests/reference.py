@@ -67,12 +67,24 @@ def ref_inner(model, params, x, y, gamma, K, lr, first_order=False, rates=None, 
         idx = ref_topk(err.detach(), gamma)
         loss = ((pred[idx] - y[idx]) ** 2).mean()
         grads = torch.autograd.grad(loss, list(params.values()), create_graph=not first_order)
-        params = {n: p - ref_rate(lr, rates, mode, n, k) * g for (n, p), g in zip(params.items(), grads)}
+        params = {n: p - ref_rate(lr, rates, mode, n, k) * g for (n, p), g in zip(params.items(), grads, strict=True)}
     return params
 
 
 def ref_meta_loss(
-    model, coords, values, *, gamma, K, L, lam, lr, boot_lr=None, first_order=False, adapted=None, rates=None,
+    model,
+    coords,
+    values,
+    *,
+    gamma,
+    K,
+    L,
+    lam,
+    lr,
+    boot_lr=None,
+    first_order=False,
+    adapted=None,
+    rates=None,
     mode=None,
 ):
     """Mean over signals of MSE(theta_K; full) + lam * ||theta_K - stopgrad(theta_boot)||.
@@ -139,7 +151,7 @@ def ref_fit(model, x, y, *, steps, lr, gamma, scaling, return_scales=False, adap
         scales.append(torch.as_tensor(scale).detach())
         params = {
             n: (p - ref_rate(lr, rates, mode, n, len(scales) - 1) * scale * g).detach().requires_grad_(True)
-            for (n, p), g in zip(params.items(), g_full)
+            for (n, p), g in zip(params.items(), g_full, strict=True)
         }
     out = {n: p.detach() for n, p in params.items()}, torch.stack(history)
     return (*out, torch.stack(scales) if scales else torch.zeros(0, dtype=full.dtype)) if return_scales else out
@@ -154,7 +166,8 @@ def ref_pruned_fit(model, x, y, steps, lr, gamma):
         history.append(err.mean().detach() / y.shape[-1])
         idx = ref_topk(err.detach(), gamma)
         grads = torch.autograd.grad(err[idx].mean() / y.shape[-1], list(params.values()))
-        params = {n: (p - lr * g).detach().requires_grad_(True) for (n, p), g in zip(params.items(), grads)}
+        stepped = [p - lr * g for p, g in zip(params.values(), grads, strict=True)]
+        params = {n: p.detach().requires_grad_(True) for n, p in zip(params, stepped, strict=True)}
     final = functional_call(model, params, (x,))
     history.append(((final - y) ** 2).mean().detach())
     return final.detach(), torch.stack(history)

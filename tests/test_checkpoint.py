@@ -421,8 +421,9 @@ def test_checkpoint_of_release_0_1_0_loads_and_matches_todays_numbers():
     fresh.load(OLD_CHECKPOINT)
     assert fresh.step_count == 2
     assert torch.equal(fresh.generator.get_state(), today.generator.get_state())
-    for (name, old), new in zip(fresh.model.named_parameters(), today.model.parameters()):
+    for (name, old), new in zip(fresh.model.named_parameters(), today.model.parameters(), strict=True):
         assert torch.equal(old, new), f"{name}: the redesign changed a number"
     with pytest.raises(ValueError, match="learn_inner_lr"):
-        ContextPruningMetaLearner(TinySiren(2, 3, width=10), gamma=0.25, K=2, L=1, lam=1.0,
-                                  learn_inner_lr="per_tensor").load(OLD_CHECKPOINT)
+        ContextPruningMetaLearner(
+            TinySiren(2, 3, width=10), gamma=0.25, K=2, L=1, lam=1.0, learn_inner_lr="per_tensor"
+        ).load(OLD_CHECKPOINT)

@@ -48,12 +48,12 @@ def _assert_matches(library, reference) -> None:
     (loss, grads), (ref_loss, ref_grads) = library, reference
     torch.testing.assert_close(loss, ref_loss, rtol=1e-6, atol=0)
     assert len(grads) == len(ref_grads)
-    for got, want in zip(grads, ref_grads):
+    for got, want in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-10)
 
 
 @pytest.mark.parametrize("rates_mode", ["per_tensor", "per_element"])
-@pytest.mark.parametrize("backend,mode,shared", CASES, ids=CASE_IDS)
+@pytest.mark.parametrize(("backend", "mode", "shared"), CASES, ids=CASE_IDS)
 def test_learned_rates_meta_gradients_match_reference(rates_mode, backend, mode, shared):
     mode = MODES[mode]
     model, coords, values = make_problem(2, 6, 3, shared)
@@ -75,7 +75,7 @@ ADAPT = {
 
 
 @pytest.mark.parametrize("adapt", list(ADAPT), ids=list(ADAPT))
-@pytest.mark.parametrize("backend,mode,shared", CASES, ids=CASE_IDS)
+@pytest.mark.parametrize(("backend", "mode", "shared"), CASES, ids=CASE_IDS)
 def test_partial_adaptation_meta_gradients_match_reference(adapt, backend, mode, shared):
     mode = MODES[mode]
     spec, names = ADAPT[adapt]
@@ -88,7 +88,7 @@ def test_partial_adaptation_meta_gradients_match_reference(adapt, backend, mode,
     _assert_matches(_library_grads(learner, (coords, values)), ref)
 
 
-@pytest.mark.parametrize("backend,mode,shared", CASES, ids=CASE_IDS)
+@pytest.mark.parametrize(("backend", "mode", "shared"), CASES, ids=CASE_IDS)
 def test_latent_only_with_learned_rates_matches_reference(backend, mode, shared):
     mode = MODES[mode]
     torch.manual_seed(0)
@@ -101,14 +101,21 @@ def test_latent_only_with_learned_rates_matches_reference(backend, mode, shared)
     )
     rates = _randomize_rates(learner)
     ref = ref_meta_grads(
-        model, coords, values, lr=1e-2, adapted=["latent"], rates=rates, mode="per_element",
-        first_order=mode.get("first_order", False), **KW,
+        model,
+        coords,
+        values,
+        lr=1e-2,
+        adapted=["latent"],
+        rates=rates,
+        mode="per_element",
+        first_order=mode.get("first_order", False),
+        **KW,
     )
     _assert_matches(_library_grads(learner, (coords, values)), ref)
 
 
 def test_default_adapts_everything_with_the_fixed_rate():
-    model, coords, values = make_problem(2, 6, 3, True)
+    model, _, _ = make_problem(2, 6, 3, True)
     learner = ContextPruningMetaLearner(model, coord_range=None, **KW)
     assert learner.adapted == [n for n, _ in model.named_parameters()]
     assert learner.inner_lrs == {}
@@ -118,13 +125,16 @@ def test_default_adapts_everything_with_the_fixed_rate():
 def test_rates_shapes_start_value_and_param_group():
     model = TinySiren(2, 3).double()
     per_tensor = ContextPruningMetaLearner(model, K=5, learn_inner_lr="per_tensor", inner_lr=3e-2, rates_lr=1e-3)
-    assert {n: tuple(r.shape) for n, r in per_tensor.inner_lrs.items()} == {n: (5,) for n, _ in model.named_parameters()}
+    assert {n: tuple(r.shape) for n, r in per_tensor.inner_lrs.items()} == {
+        n: (5,) for n, _ in model.named_parameters()
+    }
     assert all(r.is_leaf and r.requires_grad and bool((r == 3e-2).all()) for r in per_tensor.inner_lrs.values())
     assert per_tensor.optimizer.param_groups[1]["lr"] == 1e-3
     assert set(map(id, per_tensor.optimizer.param_groups[1]["params"])) == set(map(id, per_tensor.inner_lrs.values()))
     per_element = ContextPruningMetaLearner(model, learn_inner_lr="per_element", adapt=["out.*"])
     assert {n: r.shape for n, r in per_element.inner_lrs.items()} == {
-        "out.weight": model.out.weight.shape, "out.bias": model.out.bias.shape,
+        "out.weight": model.out.weight.shape,
+        "out.bias": model.out.bias.shape,
     }
 
 
@@ -147,8 +157,9 @@ def test_resume_with_learned_rates_is_bit_identical(tmp_path):
     def make():
         torch.manual_seed(0)
         model = TinySiren(2, 3, width=10)
-        return ContextPruningMetaLearner(model, learn_inner_lr="per_tensor", rates_lr=1e-2, outer_lr=1e-3, seed=0,
-                                         coord_range=None, **KW)
+        return ContextPruningMetaLearner(
+            model, learn_inner_lr="per_tensor", rates_lr=1e-2, outer_lr=1e-3, seed=0, coord_range=None, **KW
+        )
 
     gen = torch.Generator().manual_seed(1)
     grid = make_grid((6, 6))
@@ -164,7 +175,7 @@ def test_resume_with_learned_rates_is_bit_identical(tmp_path):
     resumed.load(tmp_path / "c.pt")
     for batch in batches[2:]:
         resumed.meta_step(batch)
-    for a, b in zip(straight.model.parameters(), resumed.model.parameters()):
+    for a, b in zip(straight.model.parameters(), resumed.model.parameters(), strict=True):
         assert torch.equal(a, b)
     for name in straight.inner_lrs:
         assert torch.equal(straight.inner_lrs[name], resumed.inner_lrs[name])
@@ -196,8 +207,9 @@ def test_adapter_fits_with_the_learned_rates(rates_mode):
     rates = {n: r.detach() for n, r in _randomize_rates(learner).items()}
     steps = 4  # beyond K: per-tensor rates reuse the last step's
     fit = GradScaledAdapter(learner, steps=steps, gamma=0.25).fit((coords, values[0]))
-    want_params, want_mse = ref_fit(model, coords, values[0], steps=steps, lr=None, gamma=0.25, scaling="norm",
-                                    rates=rates, mode=rates_mode)
+    want_params, want_mse = ref_fit(
+        model, coords, values[0], steps=steps, lr=None, gamma=0.25, scaling="norm", rates=rates, mode=rates_mode
+    )
     torch.testing.assert_close(fit.history["mse"], want_mse, rtol=1e-6, atol=1e-10)
     for name, want in want_params.items():
         torch.testing.assert_close(fit.params[name], want, rtol=1e-6, atol=1e-10)
@@ -227,7 +239,7 @@ def test_gradncp_ranks_by_the_output_layer_even_when_it_is_not_adapted():
 
 
 @pytest.mark.parametrize(
-    "adapt,error,match",
+    ("adapt", "error", "match"),
     [
         (["nothing.*"], ValueError, "matches no parameter"),
         (["frozen"], ValueError, "requires_grad=False"),
@@ -245,7 +257,7 @@ def test_bad_adapt_is_a_clear_error(adapt, error, match):
 
 
 @pytest.mark.parametrize(
-    "kw,match",
+    ("kw", "match"),
     [
         ({"learn_inner_lr": "per_layer"}, "learn_inner_lr"),
         ({"learn_inner_lr": "per_tensor", "max_inner_lr": 1e-3}, "max_inner_lr"),

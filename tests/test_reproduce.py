@@ -11,16 +11,15 @@ import sys
 
 import pytest
 import torch
-from reference import TinySiren, ref_fit, ref_topk
-from torch.func import functional_call
+from reference import TinySiren, ref_fit
 
 from ecop_wrap import make_grid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
-from baselines import Reptile
-from reproduce import METHODS
+from baselines import Reptile  # noqa: E402 - benchmarks/ is put on sys.path just above
+from reproduce import METHODS  # noqa: E402
 
 
 def _problem(batch: int = 2, side: int = 5):

@@ -99,7 +99,10 @@ def test_custom_selection_is_used_by_the_learner_and_the_adapter(registered):
     def recording(*args, **kwargs):
         ctx = make(*args, **kwargs)
         step = ctx.sgd_step
-        ctx.sgd_step = lambda params, idx, rates, **kw: (seen.append((ctx.errors(params), idx)), step(params, idx, rates, **kw))[1]
+        ctx.sgd_step = lambda params, idx, rates, **kw: (
+            seen.append((ctx.errors(params), idx)),
+            step(params, idx, rates, **kw),
+        )[1]
         return ctx
 
     learner.evaluator = recording

@@ -13,6 +13,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ecop_wrap import (
+    ContextEvaluator,
     ContextPruningMetaLearner,
     GradScaledAdapter,
     Siren,
@@ -20,7 +21,6 @@ from ecop_wrap import (
     make_grid,
     num_selected,
 )
-from ecop_wrap import ContextEvaluator
 from ecop_wrap._src.algorithm import inner_loop, select
 from ecop_wrap._src.numerics import expand_params
 from ecop_wrap._src.rates import InnerRates
@@ -48,8 +48,14 @@ def adapt(backend, leaves, coords, values, *, steps, lr, selector, on_select, ge
     ctx = ContextEvaluator(backend, coords, values)
     rates = InnerRates(None, leaves, inner_lr=lr, max_inner_lr=1.0, steps=steps)
     inner_loop(
-        ctx, ctx.expand(leaves), steps=steps, rates=rates, rule=selector.rule, gamma=selector.gamma,
-        generator=generator or torch.Generator(), create_graph=False,
+        ctx,
+        ctx.expand(leaves),
+        steps=steps,
+        rates=rates,
+        rule=selector.rule,
+        gamma=selector.gamma,
+        generator=generator or torch.Generator(),
+        create_graph=False,
         on_select=lambda k, _params, idx: on_select(k, idx),
     )
 
@@ -139,7 +145,13 @@ def test_every_inner_step_reranks_from_the_current_parameters(shared):
     backend = make_backend("torch.func", model)
     record, on_select = _recorder()
     adapt(
-        backend, _leaf_params(model), coords, values, steps=steps, lr=lr, selector=Selector("error", gamma),
+        backend,
+        _leaf_params(model),
+        coords,
+        values,
+        steps=steps,
+        lr=lr,
+        selector=Selector("error", gamma),
         on_select=on_select,
     )
     assert [s for s, _ in record] == list(range(steps))
@@ -186,8 +198,15 @@ def _random_record(seed: int, steps: int = 5, gamma: float = 0.25):
     backend = make_backend("torch.func", model)
     record, on_select = _recorder()
     adapt(
-        backend, _leaf_params(model), coords, values, steps=steps, lr=1e-2, selector=Selector("random", gamma),
-        on_select=on_select, generator=torch.Generator().manual_seed(seed),
+        backend,
+        _leaf_params(model),
+        coords,
+        values,
+        steps=steps,
+        lr=1e-2,
+        selector=Selector("random", gamma),
+        on_select=on_select,
+        generator=torch.Generator().manual_seed(seed),
     )
     return [idx for _, idx in record]
 

@@ -12,8 +12,14 @@ from reference import TinySiren
 from ecop_wrap import ContextPruningMetaLearner, GradScaledAdapter, Siren, make_grid
 
 PHASES = (
-    "ecop.ranking", "ecop.pruned_forward", "ecop.inner_gradient", "ecop.bootstrap", "ecop.outer_loss",
-    "ecop.outer_backward", "ecop.all_reduce", "ecop.optimizer",
+    "ecop.ranking",
+    "ecop.pruned_forward",
+    "ecop.inner_gradient",
+    "ecop.bootstrap",
+    "ecop.outer_loss",
+    "ecop.outer_backward",
+    "ecop.all_reduce",
+    "ecop.optimizer",
 )
 
 
@@ -47,7 +53,7 @@ def test_bf16_graph_free_passes_keep_graph_steps_in_the_model_dtype():
         ),
         batch,
     )
-    assert torch.equal(plain[0], bf16[0]) and all(torch.equal(a, b) for a, b in zip(plain[1], bf16[1]))
+    assert torch.equal(plain[0], bf16[0]) and all(torch.equal(a, b) for a, b in zip(plain[1], bf16[1], strict=True))
 
 
 def test_bf16_ranking_and_bootstrap_run_in_bf16_and_stay_close():
@@ -64,11 +70,11 @@ def test_bf16_ranking_and_bootstrap_run_in_bf16_and_stay_close():
         return out
 
     learner.backend.forward_capture = spy
-    loss, grads = _grads(learner, batch)
+    loss, _ = _grads(learner, batch)
     assert (False, torch.bfloat16) in seen  # ranking passes
     assert (True, torch.float32) in seen  # pruned steps with a graph
     assert (True, torch.bfloat16) in seen  # bootstrap passes (graph-free w.r.t. theta_0, local backward)
-    want_loss, want_grads = _grads(ContextPruningMetaLearner(model, K=2, L=2, coord_range=None), batch)
+    want_loss, _ = _grads(ContextPruningMetaLearner(model, K=2, L=2, coord_range=None), batch)
     torch.testing.assert_close(loss, want_loss, rtol=0.05, atol=0)
     fit = GradScaledAdapter(learner, steps=2).fit(batch)
     want_fit = GradScaledAdapter(model, steps=2, gamma=0.25, coord_range=None).fit(batch)
@@ -93,7 +99,9 @@ def test_compile_falls_back_to_eager_with_one_warning(monkeypatch):
         _grads(learner, batch)
     messages = [str(w.message) for w in caught if "torch.compile failed" in str(w.message)]
     assert len(messages) == 1
-    assert torch.equal(eager[0], compiled[0]) and all(torch.equal(a, b) for a, b in zip(eager[1], compiled[1]))
+    assert torch.equal(eager[0], compiled[0]) and all(
+        torch.equal(a, b) for a, b in zip(eager[1], compiled[1], strict=True)
+    )
 
 
 @pytest.mark.skipif(shutil.which("gcc") is None and shutil.which("cc") is None, reason="inductor needs a C++ compiler")
@@ -109,5 +117,5 @@ def test_compiled_graph_free_passes_match_eager():
         compiled = _grads(learner, batch)
     assert learner.backend._compiled is not None and not learner.backend._compile_failed
     torch.testing.assert_close(compiled[0], eager[0], rtol=1e-5, atol=0)
-    for a, b in zip(compiled[1], eager[1]):
+    for a, b in zip(compiled[1], eager[1], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

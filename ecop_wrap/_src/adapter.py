@@ -133,7 +133,7 @@ class GradScaledAdapter:
         batching: str | None = None,
         gradncp_layer: nn.Module | None = None,
         max_consecutive_skips: int = 3,
-        coord_range: tuple[float, float] | None | str = "learner",
+        coord_range: tuple[float, float] | str | None = "learner",
         autocast_dtype: torch.dtype | None = None,
         graph_free_dtype: torch.dtype | None = None,
         compile: bool | None = None,
@@ -147,8 +147,13 @@ class GradScaledAdapter:
         assert isinstance(model, nn.Module)  # for type checkers: check_model raised otherwise
         base = learner.config if learner is not None else ECoPConfig()
         overrides = {
-            "gamma": gamma, "selection": selection, "backend": backend, "chunk_size": chunk_size,
-            "batching": batching, "autocast_dtype": autocast_dtype, "graph_free_dtype": graph_free_dtype,
+            "gamma": gamma,
+            "selection": selection,
+            "backend": backend,
+            "chunk_size": chunk_size,
+            "batching": batching,
+            "autocast_dtype": autocast_dtype,
+            "graph_free_dtype": graph_free_dtype,
             "compile": compile,
         }
         config = base.replace(**{k: v for k, v in overrides.items() if v is not None})
@@ -169,8 +174,11 @@ class GradScaledAdapter:
         named = dict(model.named_parameters())
         if lr is not None or learner is None or not learner.rates.learned:
             self.rates = InnerRates(
-                None, {n: named[n] for n in self.adapted}, inner_lr=check_positive("lr", lr if lr is not None else config.inner_lr),
-                max_inner_lr=config.max_inner_lr, steps=1,
+                None,
+                {n: named[n] for n in self.adapted},
+                inner_lr=check_positive("lr", lr if lr is not None else config.inner_lr),
+                max_inner_lr=config.max_inner_lr,
+                steps=1,
             )
         else:
             self.rates = learner.rates.detached()
@@ -274,4 +282,3 @@ class GradScaledAdapter:
 def _is_batched(signal: object) -> bool:
     values = signal[1] if isinstance(signal, (tuple, list)) and len(signal) == 2 else None
     return not (isinstance(values, torch.Tensor) and values.ndim == 2)
-

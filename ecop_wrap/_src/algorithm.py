@@ -116,7 +116,13 @@ def meta_objective(
 ) -> MetaLossOutput:
     """Adapt theta_0 (``init``: adapted name -> the model's tensor) to every signal and return the meta-loss."""
     adapted = inner_loop(
-        ctx, ctx.expand(init), steps=K, rates=rates, rule=rule, gamma=gamma, generator=generator,
+        ctx,
+        ctx.expand(init),
+        steps=K,
+        rates=rates,
+        rule=rule,
+        gamma=gamma,
+        generator=generator,
         create_graph=not first_order,
     )
     uses_bootstrap = L > 0 and lam != 0

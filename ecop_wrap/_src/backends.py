@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +30,7 @@ from torch.utils.hooks import RemovableHandle
 
 from ..typing import Params
 
-__all__ = ["Backend", "TorchFuncBackend", "HigherBackend", "make_backend", "BACKENDS", "BATCHING_MODES"]
+__all__ = ["BACKENDS", "BATCHING_MODES", "Backend", "HigherBackend", "TorchFuncBackend", "make_backend"]
 
 
 BACKENDS = ("torch.func", "higher")
@@ -47,7 +48,9 @@ class Backend:
 
     def __init__(self, model: nn.Module, adapted: list[str] | None = None) -> None:
         self.model = model
-        self.param_names = adapted if adapted is not None else [n for n, p in model.named_parameters() if p.requires_grad]
+        self.param_names = (
+            adapted if adapted is not None else [n for n, p in model.named_parameters() if p.requires_grad]
+        )
         self.autocast_dtype: torch.dtype | None = None
         self.graph_free_dtype: torch.dtype | None = None
         self.compile = False
@@ -152,9 +155,8 @@ def _loop_forward(
     outs, caps = [], []
     for b in range(batch):
         signal_params = {n: p[b] for n, p in params.items()}
-        out, cap = _call_with_capture(
-            lambda: functional_call(model, signal_params, (_signal_coords(coords, b),)), capture
-        )
+        signal_coords = _signal_coords(coords, b)
+        out, cap = _call_with_capture(partial(functional_call, model, signal_params, (signal_coords,)), capture)
         outs.append(out)
         caps.append(cap)
     return torch.stack(outs), (torch.stack(caps) if capture is not None else None)  # type: ignore[arg-type]
@@ -223,9 +225,7 @@ class TorchFuncBackend(Backend):
         self, params: Params, coords: torch.Tensor, capture: nn.Module | None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         def one(signal_params: Params, signal_coords: torch.Tensor):  # type: ignore[no-untyped-def]
-            out, cap = _call_with_capture(
-                lambda: functional_call(self.model, signal_params, (signal_coords,)), capture
-            )
+            out, cap = _call_with_capture(lambda: functional_call(self.model, signal_params, (signal_coords,)), capture)
             return (out, cap) if cap is not None else (out,)
 
         results = vmap(one, in_dims=(0, 0 if coords.ndim == 3 else None))(params, coords)

@@ -20,8 +20,17 @@ from .validation import check_autocast_dtype, check_fraction, check_int, check_p
 __all__ = ["ALGORITHM_KEYS", "ECoPConfig", "configure_backend", "resolve_adapted"]
 
 ALGORITHM_KEYS = (
-    "gamma", "K", "L", "lam", "inner_lr", "boot_lr", "selection", "first_order", "max_grad_norm",
-    "learn_inner_lr", "max_inner_lr",
+    "gamma",
+    "K",
+    "L",
+    "lam",
+    "inner_lr",
+    "boot_lr",
+    "selection",
+    "first_order",
+    "max_grad_norm",
+    "learn_inner_lr",
+    "max_inner_lr",
 )
 """Settings that change what is learned: a checkpoint must agree on them to be resumed."""
 
@@ -185,11 +194,16 @@ def resolve_adapted(model: nn.Module, spec: AdaptSpec) -> list[str]:
         for pattern in spec:
             matches = [n for n in named if fnmatch.fnmatchcase(n, pattern)]
             if not matches:
-                raise ValueError(f"adapt pattern {pattern!r} matches no parameter of the model; its parameters: {list(named)}")
+                raise ValueError(
+                    f"adapt pattern {pattern!r} matches no parameter of the model; its parameters: {list(named)}"
+                )
             chosen += [n for n in matches if n not in chosen]
         chosen = [n for n in named if n in chosen]
     else:
-        raise TypeError(f"adapt must be None, a list of parameter names or glob patterns, or a predicate (name, param) -> bool; got {type(spec).__name__}")
+        raise TypeError(
+            "adapt must be None, a list of parameter names or glob patterns, or a predicate (name, param) -> bool; "
+            f"got {type(spec).__name__}"
+        )
     frozen = [n for n in chosen if not named[n].requires_grad]
     if frozen:
         raise ValueError(f"adapt selects parameters with requires_grad=False, which cannot be adapted: {frozen}")

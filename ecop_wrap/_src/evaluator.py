@@ -126,7 +126,9 @@ class ContextEvaluator:
             params = {n: p[:1] for n, p in params.items()}
         out = []
         for chunk in point_chunks(self.num_points, self.free_chunk):
-            pred, hidden = self.backend.graph_free(params, coords_chunk(self.coords, chunk), capture, low_precision=True)
+            pred, hidden = self.backend.graph_free(
+                params, coords_chunk(self.coords, chunk), capture, low_precision=True
+            )
             if identical:
                 pred = pred.expand(self.batch, *pred.shape[1:])
                 hidden = hidden.expand(self.batch, *hidden.shape[1:]) if hidden is not None else None
@@ -168,7 +170,7 @@ class ContextEvaluator:
                 chunk_grads = torch.autograd.grad(
                     errors.sum() / scale, list(leaves.values()), allow_unused=True, materialize_grads=True
                 )
-                for n, g in zip(leaves, chunk_grads):
+                for n, g in zip(leaves, chunk_grads, strict=True):
                     grads[n] += g
                 chunk_errors.append(errors.detach())
         errors = torch.cat(chunk_errors, dim=1)
@@ -204,10 +206,12 @@ class ContextEvaluator:
         leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
         with torch.enable_grad():
             grads = torch.autograd.grad(
-                self.loss(leaves, pruned_idx, graph_free=True), list(leaves.values()), allow_unused=True,
+                self.loss(leaves, pruned_idx, graph_free=True),
+                list(leaves.values()),
+                allow_unused=True,
                 materialize_grads=True,
             )
-        return dict(zip(leaves, grads))
+        return dict(zip(leaves, grads, strict=True))
 
     def sgd_step(
         self, params: Params, pruned_idx: torch.Tensor | None, rates: Rates, *, create_graph: bool = True
@@ -222,9 +226,9 @@ class ContextEvaluator:
         names = list(params)
 
         def step(*flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            return tuple(_sgd_step(self, dict(zip(names, flat)), pruned_idx, rates, True).values())
+            return tuple(_sgd_step(self, dict(zip(names, flat, strict=True)), pruned_idx, rates, True).values())
 
-        return dict(zip(names, activation_checkpoint(step, *params.values(), use_reentrant=False)))
+        return dict(zip(names, activation_checkpoint(step, *params.values(), use_reentrant=False), strict=True))
 
     def full_mse(self, params: Params) -> torch.Tensor:
         """``[B]`` full-context MSE at ``params`` (theta_K), differentiable back to theta_0.
@@ -258,4 +262,4 @@ def _sgd_step(
         grads = torch.autograd.grad(
             loss, list(params.values()), create_graph=create_graph, allow_unused=True, materialize_grads=True
         )
-    return {n: p - rates[n] * g for (n, p), g in zip(params.items(), grads)}
+    return {n: p - rates[n] * g for (n, p), g in zip(params.items(), grads, strict=True)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -53,7 +54,7 @@ class ModulatedSiren(nn.Module):
             self.modulation.bias.zero_()
         widths = [in_features] + [hidden_features] * hidden_layers
         self.layers = nn.ModuleList(
-            SineLayer(a, b, w0=w0, is_first=i == 0) for i, (a, b) in enumerate(zip(widths[:-1], widths[1:]))
+            SineLayer(a, b, w0=w0, is_first=i == 0) for i, (a, b) in enumerate(itertools.pairwise(widths))
         )
         self.output = nn.Linear(hidden_features, out_features)
         bound = math.sqrt(6.0 / hidden_features) / w0
@@ -68,7 +69,7 @@ class ModulatedSiren(nn.Module):
         if shifts.ndim > 1:
             shifts = shifts.unsqueeze(-2)
         h = coords
-        for layer, shift in zip(self.layers, torch.split(shifts, self.hidden_features, dim=-1)):
+        for layer, shift in zip(self.layers, torch.split(shifts, self.hidden_features, dim=-1), strict=True):
             assert isinstance(layer, SineLayer)
             h = torch.sin(layer.w0 * (layer.linear(h) + shift))
         out: torch.Tensor = self.output(h) + self.output_offset
