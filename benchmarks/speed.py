@@ -185,7 +185,7 @@ def _parse_ints(text: str, what: str) -> list[int]:
 
 def _meta(args: argparse.Namespace) -> dict[str, Any]:
     return {
-        "args": {k: v for k, v in vars(args).items()},
+        "args": dict(vars(args)),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "machine": platform.platform(),
@@ -255,7 +255,7 @@ def run_backends(args: argparse.Namespace, device: torch.device) -> dict[str, An
         learner.meta_loss((coords, values)).backward()
         got = _grads(model)
         _zero(model)
-        worst = max(float((g - r).abs().max() / (r.abs().max() + 1e-12)) for g, r in zip(got, reference))
+        worst = max(float((g - r).abs().max() / (r.abs().max() + 1e-12)) for g, r in zip(got, reference, strict=True))
         print(f"{name}: max relative gradient difference to the plain loop {worst:.2e}", flush=True)
         if worst > 1e-3:
             raise SystemExit(f"{name} does not compute the plain loop's meta-gradient")
@@ -280,7 +280,8 @@ def run_backends(args: argparse.Namespace, device: torch.device) -> dict[str, An
     }
     print(
         f"\nside {args.side}, SIREN {args.layers + 1}x{args.width}, B={args.batch}, gamma={args.gamma}, K={args.K}, "
-        f"L={args.L}, {torch.get_num_threads()} threads, torch {torch.__version__}, {platform.processor() or platform.machine()}"
+        f"L={args.L}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+        f"{platform.processor() or platform.machine()}"
     )
     print(f"{'configuration':32s} {'median s':>9s} {'min-max s':>15s} {'x plain':>8s}")
     for n, r in rows.items():
@@ -334,7 +335,7 @@ def _row_order(keys: Iterable[str]) -> list[str]:
     keys = set(keys) - {"step", OUTSIDE}
     top = [p for p in PHASES if p in keys] + sorted(k for k in keys if " in " not in k and k not in PHASES)
     nested = sorted(k for k in keys if " in " in k)
-    return top + [OUTSIDE] + nested + ["step"]
+    return [*top, OUTSIDE, *nested, "step"]
 
 
 def run_phases(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
@@ -624,9 +625,8 @@ def run_fit(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
             seconds, psnrs = _timed_fit(adapter, signal, device)
             step_times[name].append(seconds)
             if name in curves and curves[name] != psnrs:
-                print(
-                    f"note: {name}'s PSNRs differ between repeats (max {max(abs(a - b) for a, b in zip(curves[name], psnrs)):.2e} dB)"
-                )
+                spread = max(abs(a - b) for a, b in zip(curves[name], psnrs, strict=True))
+                print(f"note: {name}'s PSNRs differ between repeats (max {spread:.2e} dB)")
             curves.setdefault(name, psnrs)
         print(
             f"fit repeat {repeat + 1}/{args.repeats}: "
@@ -635,7 +635,7 @@ def run_fit(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
         )
     results: dict[str, dict[str, Any]] = {}
     for name, runs in step_times.items():
-        medians = [statistics.median(step) for step in zip(*runs)]
+        medians = [statistics.median(step) for step in zip(*runs, strict=True)]
         cumulative = [0.0] + [sum(medians[: j + 1]) for j in range(len(medians))]
         results[name] = {
             "step_median_s": medians,
@@ -647,7 +647,7 @@ def run_fit(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     ref = results["reference"]
     ref_time, bar = ref["cumulative_s"][-1], ref["psnr"][-1]
     budget = args.fit_bar * ref_time
-    for name, r in results.items():
+    for r in results.values():
         r.update(_time_to_bar(r["cumulative_s"], r["psnr"], bar, budget))
         r["fraction_of_reference_time"] = r["time_to_bar_s"] / ref_time if r["time_to_bar_s"] is not None else None
     summary = {"reference_time_s": ref_time, "bar_psnr": bar, "budget_fraction": args.fit_bar}
@@ -687,7 +687,8 @@ def _print_fit(
         print(f"{j:4d} " + " ".join(f"{c:>18s}" for c in cells))
     print(
         f"\nbar: the reference's PSNR after {args.fit_ref_steps} steps, {summary['bar_psnr']:.2f} dB, reached in "
-        f"{summary['reference_time_s']:.3f} s; budget {args.fit_bar} x that = {args.fit_bar * summary['reference_time_s']:.3f} s"
+        f"{summary['reference_time_s']:.3f} s; budget {args.fit_bar} x that = "
+        f"{args.fit_bar * summary['reference_time_s']:.3f} s"
     )
     print(
         f"{'schedule':14s} {'step s (pruned / full)':>23s} {'steps to bar':>12s} {'time to bar s':>14s} "
