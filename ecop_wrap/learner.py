@@ -25,7 +25,7 @@ from ._validation import (
     check_signal_batch,
 )
 from .backends import BACKENDS, make_backend
-from .distributed import weighted_all_reduce
+from .distributed import gather_rank_states, group_rank, rank_generator_state, status_guard, weighted_all_reduce
 from .metrics import mse_to_psnr
 from .outer_loss import InnerConfig, MetaLossOutput, meta_objective
 from .selection import SELECTIONS, Selector
@@ -202,15 +202,20 @@ class ContextPruningMetaLearner:
 
         A step whose loss or meta-gradient is not finite changes nothing and reports ``skipped=1.0``.
 
+        Under ``torch.distributed`` the ranks first exchange a status record (see
+        :func:`ecop_wrap.distributed.status_guard`): if the meta-loss or its gradient raised on any rank, that
+        rank re-raises its own exception and every other rank raises
+        :class:`~ecop_wrap.distributed.RankFailedError` naming it and its reason; no rank updates and no step is
+        counted, so ranks that catch the error and call ``meta_step`` again stay paired step for step.
+
         Returns:
             ``loss`` (meta-loss), ``mse`` (full-context MSE at theta_K, batch mean), ``psnr`` (from that MSE,
             data range 1), ``boot_distance`` (mean mu), ``grad_norm`` (before clipping), ``skipped``
             (1.0 or 0.0) and ``step`` (number of meta_step calls so far).
         """
-        out = self.meta_objective(batch)
-        grads = list(
-            torch.autograd.grad(out.loss, self._params, allow_unused=True, materialize_grads=True)
-        )
+        with status_guard(self.step_count + 1, self.process_group, device=self._params[0].device):
+            out = self.meta_objective(batch)
+            grads = list(torch.autograd.grad(out.loss, self._params, allow_unused=True, materialize_grads=True))
         local_stats = torch.stack([out.loss.detach(), out.mse.mean(), out.boot_distance.mean()]).to(grads[0].dtype)
         reduced, _ = weighted_all_reduce(grads + [local_stats], float(out.mse.shape[0]), self.process_group)
         grads, stats = reduced[:-1], reduced[-1]
@@ -281,9 +286,13 @@ class ContextPruningMetaLearner:
     def _apply_state(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self._set_generator_state(state["generator"])
+        self._set_generator_state(self._rank_generator_state(state))
         self.step_count = int(state["step"])
         self._consecutive_skips = int(state.get("consecutive_skips", 0))
+
+    def _rank_generator_state(self, state: dict[str, Any]) -> torch.Tensor:
+        """This rank's pruning RNG state in ``state`` (its own one in a multi-rank checkpoint)."""
+        return rank_generator_state(state, self.process_group, uses_rng=self.selection == "random")
 
     def _set_generator_state(self, generator_state: torch.Tensor) -> None:
         """Restore the pruning RNG; a state saved for another device type (CPU vs CUDA) cannot be, so warn."""
@@ -317,6 +326,7 @@ class ContextPruningMetaLearner:
         generator = state["generator"]
         if not isinstance(generator, torch.Tensor) or generator.dtype != torch.uint8 or generator.ndim != 1:
             raise ValueError(f"checkpoint RNG state must be a 1-D torch.uint8 tensor, got {generator!r:.80}")
+        self._rank_generator_state(state)  # a multi-rank checkpoint must fit this process group
 
     def _check_config(self, config: Any) -> None:
         if not isinstance(config, dict):
@@ -360,26 +370,24 @@ class ContextPruningMetaLearner:
         """Write :meth:`state_dict` atomically: a temporary file, fsync, then rename over ``path``.
 
         A crash at any point leaves either the previous file or the complete new one. The file holds a SHA-256
-        digest of its content, which :meth:`load` checks. Under ``torch.distributed`` call it on one rank only.
+        digest of its content, which :meth:`load` checks.
+
+        Under ``torch.distributed`` (a process group of several ranks) call it on **every** rank: it is a
+        collective that adds a ``"distributed_state"`` entry with every rank's pruning RNG state, rank 0 of the
+        group writes the file, and every rank returns once the file is in place (or raises
+        :class:`~ecop_wrap.distributed.RankFailedError` if rank 0 could not write it). Called on one rank
+        only, it raises ``RankFailedError`` on every rank at the next collective.
         """
         path = os.fspath(path)
-        directory = os.path.dirname(os.path.abspath(path))
         state = self.state_dict()
-        state["digest"] = _state_digest(state)
-        fd, tmp = tempfile.mkstemp(prefix=".ecop-", suffix=".tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                if hasattr(os, "fchmod"):  # POSIX
-                    os.fchmod(handle.fileno(), _file_mode(path))
-                torch.save(state, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        _fsync_directory(directory)
+        device = self._params[0].device
+        group = self.process_group
+        distributed_state = gather_rank_states(self.generator.get_state(), self.step_count, group, device=device)
+        if distributed_state is not None:
+            state["distributed_state"] = distributed_state
+        with status_guard(self.step_count, group, tag="save-written", device=device):
+            if group_rank(group) == 0:
+                _write_checkpoint(path, state)
 
     def load(self, path: str | os.PathLike[str]) -> None:
         """Load a checkpoint written by :meth:`save`, all or nothing.
@@ -405,6 +413,26 @@ class ContextPruningMetaLearner:
         if digest != _state_digest(state):
             raise ValueError(f"checkpoint {path!r} is corrupted: its content does not match its SHA-256 digest")
         self.load_state_dict(state)
+
+
+def _write_checkpoint(path: str, state: dict[str, Any]) -> None:
+    """Write ``state`` with its digest to a temporary file in ``path``'s directory, fsync, rename over ``path``."""
+    directory = os.path.dirname(os.path.abspath(path))
+    state = {**state, "digest": _state_digest(state)}
+    fd, tmp = tempfile.mkstemp(prefix=".ecop-", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            if hasattr(os, "fchmod"):  # POSIX
+                os.fchmod(handle.fileno(), _file_mode(path))
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_directory(directory)
 
 
 def _file_mode(path: str) -> int:
