@@ -15,6 +15,7 @@ pairing one step's collective with another's. :func:`status_guard` wraps a block
 from __future__ import annotations
 
 import contextlib
+import struct
 from collections.abc import Iterator
 from typing import Any
 
@@ -36,12 +37,12 @@ __all__ = [
     "world_size",
 ]
 
-# Status record: int64 header [ok, step, message length], a tag field and the UTF-8 message, as uint8.
-_HEADER_BYTES = 24
+# Status record: little-endian int64 ok, step and message length, a 24-byte tag, the UTF-8 message; as uint8.
 _TAG_BYTES = 24
+_MESSAGE_BYTES = 464
+_RECORD = struct.Struct(f"<qqq{_TAG_BYTES}s{_MESSAGE_BYTES}s")
 #: Bytes each rank contributes to the status all-gather of every ``meta_step`` and ``save``.
-STATUS_BYTES = 512
-_MESSAGE_BYTES = STATUS_BYTES - _HEADER_BYTES - _TAG_BYTES
+STATUS_BYTES = _RECORD.size  # 512
 
 
 def world_size(group: Any = None) -> int:
@@ -86,26 +87,17 @@ class RankFailedError(RuntimeError):
 
 
 def _encode_status(ok: bool, message: str, step: int, tag: str) -> torch.Tensor:
-    """The fixed-size ``[STATUS_BYTES]`` uint8 record of one rank (message truncated to fit)."""
+    """The fixed-size ``[STATUS_BYTES]`` uint8 record of one rank (tag and message truncated to fit)."""
     text = message.encode("utf-8", errors="replace")[:_MESSAGE_BYTES]
     label = tag.encode("utf-8", errors="replace")[:_TAG_BYTES]
-    record = torch.zeros(STATUS_BYTES, dtype=torch.uint8)
-    record[:_HEADER_BYTES] = torch.tensor([int(ok), int(step), len(text)], dtype=torch.int64).view(torch.uint8)
-    record[_HEADER_BYTES : _HEADER_BYTES + len(label)] = torch.frombuffer(bytearray(label), dtype=torch.uint8)
-    start = _HEADER_BYTES + _TAG_BYTES
-    if text:
-        record[start : start + len(text)] = torch.frombuffer(bytearray(text), dtype=torch.uint8)
-    return record
+    return torch.frombuffer(bytearray(_RECORD.pack(int(ok), int(step), len(text), label, text)), dtype=torch.uint8)
 
 
 def _decode_status(record: torch.Tensor) -> tuple[bool, int, str, str]:
     """``(ok, step, tag, message)`` of a record written by :func:`_encode_status`."""
-    raw = bytes(record.cpu().numpy().tobytes())
-    ok, step, length = torch.frombuffer(bytearray(raw[:_HEADER_BYTES]), dtype=torch.int64).tolist()
-    tag = raw[_HEADER_BYTES : _HEADER_BYTES + _TAG_BYTES].rstrip(b"\0").decode("utf-8", errors="replace")
-    start = _HEADER_BYTES + _TAG_BYTES
-    message = raw[start : start + int(length)].decode("utf-8", errors="replace")
-    return bool(ok), int(step), tag, message
+    ok, step, length, label, text = _RECORD.unpack(record.cpu().numpy().tobytes())
+    tag = label.rstrip(b"\0").decode("utf-8", errors="replace")
+    return bool(ok), int(step), tag, text[:length].decode("utf-8", errors="replace")
 
 
 def _status_device(group: Any, device: torch.device | str | None) -> torch.device:
@@ -269,15 +261,17 @@ def rank_generator_state(state: dict[str, Any], group: Any = None, *, uses_rng: 
     Raises:
         ValueError: the world sizes differ and ``uses_rng``, or the entry is malformed.
     """
+    saved_generator: torch.Tensor = state["generator"]
     distributed_state = state.get("distributed_state")
     if distributed_state is None:
-        return state["generator"]
+        return saved_generator
     _check_distributed_state(distributed_state)
     saved, size = distributed_state["world_size"], world_size(group)
     if saved == size:
-        return distributed_state["generator_states"][group_rank(group)]
+        own: torch.Tensor = distributed_state["generator_states"][group_rank(group)]
+        return own
     if not uses_rng:
-        return state["generator"]
+        return saved_generator
     raise ValueError(
         f"this checkpoint was saved by {saved} ranks, each with its own pruning RNG state (selection='random'), "
         f"but this process group has {size}: the random subsets cannot continue as they would have. Resume with "
