@@ -334,7 +334,8 @@ def _torchrun(*args: str) -> str:
         "2",
         *args,
     ]
-    done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(EXAMPLE.parents[1]), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
 
@@ -342,12 +343,13 @@ def _torchrun(*args: str) -> str:
 @pytest.mark.slow
 def test_torchrun_example_runs_in_sync_and_resumes_exactly(tmp_path):
     """The example under torchrun: ranks stay identical, and 6 steps + resume to 10 == 10 straight steps."""
-    first, straight = str(tmp_path / "a.pt"), str(tmp_path / "b.pt")
-    out = _torchrun("--steps", "6", "--checkpoint", first, "--checkpoint-every", "3")
+    first, straight = tmp_path / "a", tmp_path / "b"
+    out = _torchrun("--steps", "6", "--checkpoint-dir", str(first), "--checkpoint-every", "3")
     assert "parameters identical on all 2 ranks: True" in out
-    out = _torchrun("--steps", "10", "--checkpoint", first, "--resume")
+    out = _torchrun("--steps", "10", "--checkpoint-dir", str(first))
     assert "resumed from" in out and "at step 6" in out
-    _torchrun("--steps", "10", "--checkpoint", straight)
-    a, b = torch.load(first, weights_only=True), torch.load(straight, weights_only=True)
+    _torchrun("--steps", "10", "--checkpoint-dir", str(straight))
+    a = torch.load(first / "step-00000010.pt", weights_only=True)
+    b = torch.load(straight / "step-00000010.pt", weights_only=True)
     assert a["step"] == b["step"] == 10
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in b["model"])

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.profiler import record_function
 
-from ..distributed import weighted_all_reduce
+from ..distributed import gather_rank_states, group_rank, rank_generator_state, status_guard, weighted_all_reduce
 from ..metrics import mse_to_psnr
 from ..typing import AdaptSpec, SignalBatch
 from .algorithm import MetaLossOutput, meta_objective
@@ -314,14 +314,23 @@ class ContextPruningMetaLearner:
 
         A step whose loss or meta-gradient is not finite changes nothing and reports ``skipped=1.0``.
 
+        Under ``torch.distributed`` the ranks first exchange a status record (see
+        :func:`ecop_wrap.distributed.status_guard`): if the meta-loss or its gradient raised on any rank, that
+        rank re-raises its own exception and every other rank raises
+        :class:`~ecop_wrap.distributed.RankFailedError` naming it and its reason; no rank updates and no step is
+        counted, so ranks that catch the error and call ``meta_step`` again stay paired step for step.
+
         Returns:
             ``loss`` (meta-loss), ``mse`` (full-context MSE at theta_K, batch mean), ``psnr`` (from that MSE,
             data range 1), ``boot_distance`` (mean mu), ``grad_norm`` (before clipping), ``skipped``
             (1.0 or 0.0) and ``step`` (number of meta_step calls so far).
         """
-        out = self.meta_objective(batch)
-        with record_function("ecop.outer_backward"):
-            grads = list(torch.autograd.grad(out.loss, self._meta_params, allow_unused=True, materialize_grads=True))
+        with status_guard(self.step_count + 1, self.process_group, device=self._meta_params[0].device):
+            out = self.meta_objective(batch)
+            with record_function("ecop.outer_backward"):
+                grads = list(
+                    torch.autograd.grad(out.loss, self._meta_params, allow_unused=True, materialize_grads=True)
+                )
         local_stats = torch.stack([out.loss.detach(), out.mse.mean(), out.boot_distance.mean()]).to(grads[0].dtype)
         with record_function("ecop.all_reduce"):
             reduced, _ = weighted_all_reduce([*grads, local_stats], float(out.mse.shape[0]), self.process_group)
@@ -400,6 +409,7 @@ class ContextPruningMetaLearner:
             adapted=self.adapted,
             rates=self.rates.tensors,
         )
+        self._rank_generator_state(state)  # a multi-rank checkpoint must fit this process group
         snapshot = self._snapshot()
         try:
             self._apply_state(state)
@@ -413,9 +423,13 @@ class ContextPruningMetaLearner:
             for name, rate in state.get("inner_lrs", {}).items():
                 self.rates.tensors[name].copy_(rate)
         self.optimizer.load_state_dict(state["optimizer"])
-        self._set_generator_state(state["generator"])
+        self._set_generator_state(self._rank_generator_state(state))
         self.step_count = int(state["step"])
         self._consecutive_skips = int(state.get("consecutive_skips", 0))
+
+    def _rank_generator_state(self, state: dict[str, Any]) -> torch.Tensor:
+        """This rank's pruning RNG state in ``state`` (its own one in a multi-rank checkpoint)."""
+        return rank_generator_state(state, self.process_group, uses_rng=self.config.selection == "random")
 
     def _set_generator_state(self, generator_state: torch.Tensor) -> None:
         """Restore the pruning RNG; a state saved for another device type (CPU vs CUDA) cannot be, so warn."""
@@ -441,10 +455,22 @@ class ContextPruningMetaLearner:
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write :meth:`state_dict` atomically (temporary file, fsync, rename) with a SHA-256 digest.
 
-        A crash at any point leaves either the previous file or the complete new one. Under
-        ``torch.distributed`` call it on one rank only.
+        A crash at any point leaves either the previous file or the complete new one.
+
+        Under ``torch.distributed`` (a process group of several ranks) call it on **every** rank: it is a
+        collective that adds a ``"distributed_state"`` entry with every rank's pruning RNG state, rank 0 of the
+        group writes the file, and every rank returns once the file is in place (or raises
+        :class:`~ecop_wrap.distributed.RankFailedError` if rank 0 could not write it). Called on one rank
+        only, it raises ``RankFailedError`` on every rank at the next collective.
         """
-        write_checkpoint(self.state_dict(), path)
+        state = self.state_dict()
+        device, group = self._meta_params[0].device, self.process_group
+        distributed_state = gather_rank_states(self.generator.get_state(), self.step_count, group, device=device)
+        if distributed_state is not None:
+            state["distributed_state"] = distributed_state
+        with status_guard(self.step_count, group, tag="save-written", device=device):
+            if group_rank(group) == 0:
+                write_checkpoint(state, path)
 
     def load(self, path: str | os.PathLike[str]) -> None:
         """Load a checkpoint written by :meth:`save`, all or nothing.
