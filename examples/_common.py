@@ -224,7 +224,7 @@ def evaluate(
     scaling = {ECOP: args.ecop_scaling, LEARNIT: "none"}
     results = {}
     for name, learner in learners.items():
-        adapter = GradScaledAdapter(learner, steps=args.test_steps, scaling=scaling[name], coord_range=learner.coord_range)
+        adapter = GradScaledAdapter(learner, steps=args.test_steps, scaling=scaling[name], coord_range=learner.config.coord_range)
         psnrs, recons = [], []
         for coords, values in test.batches(min(8, len(test)), shuffle=False, drop_last=False):
             coords, values = coords.to(args.device), values.to(args.device)
