@@ -39,10 +39,12 @@ import json
 import math
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -365,7 +367,8 @@ def _audio_splits(config: RunConfig) -> Splits:
     val, test = data.subset(parts["val"]).stacked(), data.subset(parts["test"]).stacked()
     if tmp is not None:
         tmp.cleanup()
-    desc = f"{'espeak-ng speech' if config.audio == 'synth' else config.audio}: {config.seconds} s at {config.sample_rate} Hz"
+    source = "espeak-ng speech" if config.audio == "synth" else config.audio
+    desc = f"{source}: {config.seconds} s at {config.sample_rate} Hz"
     return Splits(train.coords, train, val, test, data.shape, "audio", 2.0, desc, {"clips": len(data)})
 
 
@@ -872,36 +875,15 @@ def partition(methods: Sequence[str], workers: int) -> list[list[str]]:
 
 def run_parallel(config: RunConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run method groups in ``--workers`` subprocesses (``--threads`` each) and merge their results."""
-    import subprocess
-
     groups = partition(config.methods, config.workers)
     with tempfile.TemporaryDirectory(prefix="ecop-reproduce-") as tmp:
-        procs = []
         for i, group in enumerate(groups):
-            argv = _strip_flags(config.argv, ("--workers", "--methods", "--json")) + [
-                "--workers",
-                "1",
-                "--methods",
-                ",".join(group),
-                "--json",
-                os.path.join(tmp, f"{i}.json"),
-                "--no-plot",
-            ]
             log(f"worker {i}: {', '.join(group)}")
-            logfile = open(os.path.join(tmp, f"{i}.log"), "w")  # noqa: SIM115
-            procs.append(
-                (
-                    subprocess.Popen(
-                        [sys.executable, os.path.abspath(__file__), *argv], stdout=logfile, stderr=subprocess.STDOUT
-                    ),
-                    logfile,
-                )
-            )
-        codes = [proc.wait() for proc, _ in procs]
-        for _, logfile in procs:
-            logfile.close()
+        with ExitStack() as logs:
+            procs = [_start_worker(config, group, Path(tmp, str(i)), logs) for i, group in enumerate(groups)]
+            codes = [proc.wait() for proc in procs]
         failed = [i for i, code in enumerate(codes) if code != 0]
-        for i in range(len(procs)):
+        for i in range(len(groups)):
             log(Path(tmp, f"{i}.log").read_text())
         if failed:
             raise RuntimeError(f"workers {failed} failed; see their logs above")
@@ -911,11 +893,21 @@ def run_parallel(config: RunConfig, log: Callable[[str], None] = print) -> dict[
     meta = dict(
         parts[0]["_meta"],
         command="python benchmarks/reproduce.py " + " ".join(config.argv),
-        workers=[g for g in groups],
+        workers=groups,
         worker_wall_seconds=[p["_meta"].get("wall_seconds") for p in parts],
     )
     results["_meta"] = meta
     return results
+
+
+def _start_worker(config: RunConfig, group: list[str], stem: Path, logs: ExitStack) -> subprocess.Popen[bytes]:
+    """This script on ``group`` alone, writing ``<stem>.json`` and its output to ``<stem>.log``."""
+    own = ["--workers", "1", "--methods", ",".join(group), "--json", f"{stem}.json", "--no-plot"]
+    argv = [*_strip_flags(config.argv, ("--workers", "--methods", "--json")), *own]
+    # the caller's ExitStack closes the log once the worker has finished
+    logfile = logs.enter_context(open(f"{stem}.log", "w"))  # noqa: SIM115
+    command = [sys.executable, os.path.abspath(__file__), *argv]
+    return subprocess.Popen(command, stdout=logfile, stderr=subprocess.STDOUT)
 
 
 def _strip_flags(argv: Sequence[str], flags: tuple[str, ...]) -> list[str]:
@@ -937,7 +929,7 @@ def merge_results(paths: Sequence[Path]) -> dict[str, Any]:
     """Combine result files of disjoint method sets (e.g. a rerun of some methods) into one."""
     parts = [json.loads(Path(p).read_text()) for p in paths]
     merged: dict[str, Any] = {}
-    for path, part in zip(paths, parts):
+    for part in parts:
         for method, record in part.items():
             if method.startswith("_"):
                 continue
@@ -949,7 +941,7 @@ def merge_results(paths: Sequence[Path]) -> dict[str, Any]:
         parts[0]["_meta"],
         merged_from=[
             {"file": str(p), "command": part["_meta"]["command"], "wall_seconds": part["_meta"].get("wall_seconds")}
-            for p, part in zip(paths, parts)
+            for p, part in zip(paths, parts, strict=True)
         ],
     )
     return results
@@ -976,7 +968,10 @@ def compare_files(first: str, second: str, log: Callable[[str], None] = print) -
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     config = RunConfig.from_args(argv)
     started = time.perf_counter()
-    log = lambda text: print(text, flush=True)
+
+    def log(text: str) -> None:
+        print(text, flush=True)
+
     if config.paired:
         return compare_files(*config.paired, log)
     if config.merge:

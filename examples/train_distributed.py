@@ -159,7 +159,7 @@ def main() -> None:
     if rank == 0:
         test_coords, test_values = load_signals(args, "val")
         result = GradScaledAdapter(learner).fit((test_coords.to(device), test_values.to(device)))
-        print(f"held-out PSNR after {learner.K} scaled steps: {float(result.history['psnr'][-1].mean()):.2f} dB "
+        print(f"held-out PSNR after {learner.config.K} scaled steps: {float(result.history['psnr'][-1].mean()):.2f} dB "
               f"(from {float(result.history['psnr'][0].mean()):.2f} dB)", flush=True)
     if world > 1:
         dist.barrier()
