@@ -70,7 +70,8 @@ class Reptile:
                 if meter is not None:
                     peak = max(peak, meter.live_bytes())
                 grads = torch.autograd.grad(loss, list(params.values()))
-                params = {n: (p - self.inner_lr * g).detach().requires_grad_(True) for (n, p), g in zip(params.items(), grads)}
+                stepped = [p - self.inner_lr * g for p, g in zip(params.values(), grads, strict=True)]
+                params = {n: p.detach().requires_grad_(True) for n, p in zip(params, stepped, strict=True)}
         return {n: p.detach() for n, p in params.items()}, peak
 
     def meta_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, float]:

@@ -72,9 +72,25 @@ def _child(args: argparse.Namespace) -> None:
 
 
 def _measure(args: argparse.Namespace, mode: str, side: int) -> dict:
-    cmd = [sys.executable, __file__, "--child", "--mode", mode, "--side", str(side), "--width", str(args.width),
-           "--layers", str(args.layers), "--batch", str(args.batch), "--threads", str(args.threads),
-           "--device", args.device]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        "--mode",
+        mode,
+        "--side",
+        str(side),
+        "--width",
+        str(args.width),
+        "--layers",
+        str(args.layers),
+        "--batch",
+        str(args.batch),
+        "--threads",
+        str(args.threads),
+        "--device",
+        args.device,
+    ]
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if proc.returncode != 0:
@@ -133,8 +149,11 @@ def main() -> None:
     _print_table(results, sides, largest, args)
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        meta = {"args": {k: v for k, v in vars(args).items() if k not in ("child", "mode", "side")},
-                "machine": platform.platform(), "cpu_count": os.cpu_count()}
+        meta = {
+            "args": {k: v for k, v in vars(args).items() if k not in ("child", "mode", "side")},
+            "machine": platform.platform(),
+            "cpu_count": os.cpu_count(),
+        }
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "results": results, "largest_side_under_budget": largest}, f, indent=2)
     if args.plot:
@@ -142,13 +161,20 @@ def main() -> None:
 
 
 def _print_table(results: dict, sides: list[int], largest: dict, args: argparse.Namespace) -> None:
-    print(f"\nSIREN {args.layers + 1}x{args.width}, B={args.batch}, device {args.device}; MiB saved by autograd / MiB peak")
+    print(
+        f"\nSIREN {args.layers + 1}x{args.width}, B={args.batch}, device {args.device}; "
+        "MiB saved by autograd / MiB peak"
+    )
     print(f"{'mode':32s}" + "".join(f"{s:>20d}" for s in sides) + f"  largest side <= {args.budget_gb:g} GB")
     for mode, rows in results.items():
         cells = []
         for s in sides:
             r = rows[str(s)]
-            cells.append(f"{r['saved_bytes'] / 2**20:9.1f}/{r['peak_bytes'] / 2**20:<9.1f}" if "peak_bytes" in r else f"{'failed':>19s}")
+            cells.append(
+                f"{r['saved_bytes'] / 2**20:9.1f}/{r['peak_bytes'] / 2**20:<9.1f}"
+                if "peak_bytes" in r
+                else f"{'failed':>19s}"
+            )
         big = largest[mode]
         tag = "" if big.get("side") is None else (f"{big['side']}" + (" (extrapolated)" if big["extrapolated"] else ""))
         print(f"{mode:32s}" + " ".join(cells) + f"  {tag}")
@@ -167,7 +193,7 @@ def _plot(results: dict, path: str, args: argparse.Namespace) -> None:
     for mode, rows in results.items():
         pts = sorted((int(s) ** 2, r["peak_bytes"] / 2**30) for s, r in rows.items() if "peak_bytes" in r)
         if pts:
-            ax.plot(*zip(*pts), marker="o", label=mode)
+            ax.plot(*zip(*pts, strict=True), marker="o", label=mode)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("number of points M (side^2)")

@@ -1,7 +1,8 @@
 """Median meta_step / fit times per backend and memory mode against a plain per-signal autograd loop.
 
 Usage:
-    python benchmarks/speed.py --side 64 --width 256 --layers 4 --batch 8 --repeats 5 --json benchmarks/results/speed.json
+    python benchmarks/speed.py --side 64 --width 256 --layers 4 --batch 8 --repeats 5 \
+        --json benchmarks/results/speed.json
 
 Every configuration is first checked to give the same meta-gradient as the plain loop (float32, rtol 1e-3),
 then timed ``--repeats`` times, round-robin across configurations so that machine noise hits all of them alike.
@@ -21,9 +22,9 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from plain_loop import plain_meta_backward  # noqa: E402
+from plain_loop import plain_meta_backward
 
-from ecop_wrap import ContextPruningMetaLearner, GradScaledAdapter, Siren, make_grid  # noqa: E402
+from ecop_wrap import ContextPruningMetaLearner, GradScaledAdapter, Siren, make_grid
 
 CONFIGS = {
     "torch.func (auto)": dict(backend="torch.func"),
@@ -72,15 +73,17 @@ def main() -> None:
     _zero(model)
     runners = {"plain per-signal loop": lambda: plain_meta_backward(model, coords, values, lr=1e-2, **hyper)}
     for name in names:
-        learner = ContextPruningMetaLearner(model, **hyper, optimizer=torch.optim.SGD(model.parameters(), lr=0.0), **CONFIGS[name])
+        learner = ContextPruningMetaLearner(
+            model, **hyper, optimizer=torch.optim.SGD(model.parameters(), lr=0.0), **CONFIGS[name]
+        )
         learner.meta_loss((coords, values)).backward()
         got = _grads(model)
         _zero(model)
-        worst = max(float((g - r).abs().max() / (r.abs().max() + 1e-12)) for g, r in zip(got, reference))
+        worst = max(float((g - r).abs().max() / (r.abs().max() + 1e-12)) for g, r in zip(got, reference, strict=True))
         print(f"{name}: max relative gradient difference to the plain loop {worst:.2e}", flush=True)
         if worst > 1e-3:
             raise SystemExit(f"{name} does not compute the plain loop's meta-gradient")
-        runners[name] = (lambda lr=learner: lr.meta_step((coords, values)))
+        runners[name] = lambda lr=learner: lr.meta_step((coords, values))
     adapter = GradScaledAdapter(model, steps=args.K, gamma=args.gamma)
     runners["fit (norm scaling)"] = lambda: adapter.fit((coords, values))
 
@@ -93,18 +96,31 @@ def main() -> None:
             _zero(model)
     base = statistics.median(times["plain per-signal loop"])
     rows = {
-        n: {"median_s": statistics.median(t), "min_s": min(t), "max_s": max(t), "ratio_to_plain": statistics.median(t) / base}
+        n: {
+            "median_s": statistics.median(t),
+            "min_s": min(t),
+            "max_s": max(t),
+            "ratio_to_plain": statistics.median(t) / base,
+        }
         for n, t in times.items()
     }
-    print(f"\nside {args.side}, SIREN {args.layers + 1}x{args.width}, B={args.batch}, gamma={args.gamma}, K={args.K}, "
-          f"L={args.L}, {torch.get_num_threads()} threads, torch {torch.__version__}, {platform.processor() or platform.machine()}")
+    print(
+        f"\nside {args.side}, SIREN {args.layers + 1}x{args.width}, B={args.batch}, gamma={args.gamma}, K={args.K}, "
+        f"L={args.L}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+        f"{platform.processor() or platform.machine()}"
+    )
     print(f"{'configuration':32s} {'median s':>9s} {'min-max s':>15s} {'x plain':>8s}")
     for n, r in rows.items():
         print(f"{n:32s} {r['median_s']:9.3f} {r['min_s']:7.3f}-{r['max_s']:<7.3f} {r['ratio_to_plain']:8.2f}")
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        meta = {"args": vars(args), "threads": torch.get_num_threads(), "torch": torch.__version__,
-                "machine": platform.platform(), "cpu_count": os.cpu_count()}
+        meta = {
+            "args": vars(args),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "machine": platform.platform(),
+            "cpu_count": os.cpu_count(),
+        }
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "results": rows}, f, indent=2)
 

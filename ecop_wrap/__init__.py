@@ -21,7 +21,7 @@ from ._src.rules import (
 )
 from .memory import SavedTensorMeter
 from .metrics import mse, mse_to_psnr, psnr
-from .models import FourierFeatureMLP, Siren
+from .models import FourierFeatureMLP, ModulatedSiren, Siren
 from .signals import array_to_signal, image_to_signal, make_grid, signal_to_array, signal_to_image
 
 __version__ = "0.1.0"
@@ -40,6 +40,7 @@ __all__ = [
     "FullGrad",
     "GradScaledAdapter",
     "MetaLossOutput",
+    "ModulatedSiren",
     "SavedTensorMeter",
     "ScalingRule",
     "SelectionRule",

@@ -52,7 +52,7 @@ def weighted_all_reduce(
 
 
 def _state_tensors(model: nn.Module) -> list[torch.Tensor]:
-    return [t.data for t in model.parameters()] + [t for t in model.buffers()]
+    return [t.data for t in model.parameters()] + list(model.buffers())
 
 
 def broadcast_parameters(model: nn.Module, src: int = 0, group: Any = None) -> None:

@@ -7,7 +7,7 @@ dimensions, ``D`` value channels.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Literal, Union
+from typing import Literal
 
 import torch
 from torch import nn
@@ -36,9 +36,14 @@ ScalingName = Literal["norm", "loss", "none"]
 """Built-in test-time gradient-scaling rules (more with :func:`ecop_wrap.register_scaling`)."""
 
 BackendName = Literal["torch.func", "higher"]
-BatchingMode = Literal["auto", "bmm", "vmap", "loop"]
-LearnInnerLR = Literal["per_tensor", "per_element"]
+"""How the model is evaluated with per-signal parameters (see :func:`ecop_wrap.make_backend`)."""
 
-AdaptSpec = Union[Sequence[str], Callable[[str, nn.Parameter], bool], None]
+BatchingMode = Literal["auto", "bmm", "vmap", "loop"]
+"""How the ``"torch.func"`` backend batches signals."""
+
+LearnInnerLR = Literal["per_tensor", "per_element"]
+"""Learned inner step sizes: one per adapted tensor and inner step, or one per adapted element."""
+
+AdaptSpec = Sequence[str] | Callable[[str, nn.Parameter], bool] | None
 """Which parameters are adapted per signal: names or glob patterns, a predicate ``(name, param) -> bool``,
 or ``None`` for every trainable parameter."""

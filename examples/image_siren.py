@@ -41,14 +41,23 @@ def build_parser() -> argparse.ArgumentParser:
     data = parser.add_argument_group("data")
     data.add_argument("--resolution", type=int, default=32, help="image side R (signals are R x R x 3)")
     source = data.add_mutually_exclusive_group()
-    source.add_argument("--images", type=Path, default=None,
-                        help="folder of your own images (any Pillow format, searched recursively) instead of the "
-                             "scikit-image photographs; files are split into training and held-out images")
+    source.add_argument(
+        "--images",
+        type=Path,
+        default=None,
+        help="folder of your own images (any Pillow format, searched recursively) instead of the "
+        "scikit-image photographs; files are split into training and held-out images",
+    )
     source.add_argument("--text", action="store_true", help="random-text images rendered with matplotlib's fonts")
-    data.add_argument("--test-images", type=Path, default=None,
-                      help="with --images: a separate folder of held-out images (default: hold out every 10th file)")
-    data.add_argument("--crops-per-image", type=int, default=16,
-                      help="with --images: random crops taken from each training image")
+    data.add_argument(
+        "--test-images",
+        type=Path,
+        default=None,
+        help="with --images: a separate folder of held-out images (default: hold out every 10th file)",
+    )
+    data.add_argument(
+        "--crops-per-image", type=int, default=16, help="with --images: random crops taken from each training image"
+    )
     return add_common_flags(parser)
 
 
@@ -99,19 +108,32 @@ def main(argv: list[str] | None = None) -> dict:
         return Siren(2, channels, config.hidden_features, config.hidden_layers, w0=config.w0, output_offset=0.5)
 
     def show_reconstructions(
-        originals: torch.Tensor, recons: dict[str, torch.Tensor], psnr: dict[str, torch.Tensor], names: list[str],
+        originals: torch.Tensor,
+        recons: dict[str, torch.Tensor],
+        psnr: dict[str, torch.Tensor],
+        names: list[str],
         out: Path,
     ) -> list[str]:
-        return [plot_reconstructions(
-            train.to_arrays(originals), {n: train.to_arrays(v) for n, v in recons.items()},
-            out / "reconstructions.png", psnr=psnr, row_labels=names,
-            title=f"held-out images after {config.test_steps} test-time steps",
-        )]
+        return [
+            plot_reconstructions(
+                train.to_arrays(originals),
+                {n: train.to_arrays(v) for n, v in recons.items()},
+                out / "reconstructions.png",
+                psnr=psnr,
+                row_labels=names,
+                title=f"held-out images after {config.test_steps} test-time steps",
+            )
+        ]
 
     def show_selection(values: torch.Tensor, trace: SelectionTrace, out: Path) -> str:
         masks, errors, preds = trace.as_grid((side, side))
         return plot_selection(
-            train.to_arrays(values), trace.steps, masks, errors, preds, out / "selection.png",
+            train.to_arrays(values),
+            trace.steps,
+            masks,
+            errors,
+            preds,
+            out / "selection.png",
             title=f"ECoP's pruned context (gamma = {config.gamma}) on a held-out image, from the meta-learned init",
         )
 

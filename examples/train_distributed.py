@@ -133,13 +133,22 @@ def main() -> None:
     model = Siren(2, values.shape[-1], args.width, args.depth).to(device)
     broadcast_parameters(model)
     learner = ContextPruningMetaLearner(
-        model, args.gamma, args.K, args.L, args.lam, inner_lr=args.inner_lr, outer_lr=args.outer_lr,
-        max_grad_norm=args.max_grad_norm, seed=args.seed + rank,  # random selection: a different stream per rank
+        model,
+        args.gamma,
+        args.K,
+        args.L,
+        args.lam,
+        inner_lr=args.inner_lr,
+        outer_lr=args.outer_lr,
+        max_grad_norm=args.max_grad_norm,
+        seed=args.seed + rank,  # random selection: a different stream per rank
     )
     if args.resume and args.checkpoint and os.path.exists(args.checkpoint):
         learner.load(args.checkpoint)  # every rank reads the same file (shared filesystem)
         log(rank, f"resumed from {args.checkpoint} at step {learner.step_count}")
-    log(rank, f"{world} process(es) on {device}, global batch {args.batch_size}, {args.data} data {tuple(values.shape)}")
+    log(
+        rank, f"{world} process(es) on {device}, global batch {args.batch_size}, {args.data} data {tuple(values.shape)}"
+    )
 
     start = time.perf_counter()
     while learner.step_count < args.steps:
@@ -148,8 +157,11 @@ def main() -> None:
         stats = learner.meta_step((coords, values[shard.to(device)]))
         done = learner.step_count
         if done % args.log_every == 0 or done == args.steps:
-            log(rank, f"step {done:5d}  loss {stats['loss']:.5f}  psnr {stats['psnr']:6.2f} dB  "
-                      f"grad_norm {stats['grad_norm']:.3g}  skipped {int(stats['skipped'])}")
+            log(
+                rank,
+                f"step {done:5d}  loss {stats['loss']:.5f}  psnr {stats['psnr']:6.2f} dB  "
+                f"grad_norm {stats['grad_norm']:.3g}  skipped {int(stats['skipped'])}",
+            )
         if args.checkpoint and (done % args.checkpoint_every == 0 or done == args.steps) and rank == 0:
             learner.save(args.checkpoint)
     elapsed = time.perf_counter() - start
@@ -159,8 +171,11 @@ def main() -> None:
     if rank == 0:
         test_coords, test_values = load_signals(args, "val")
         result = GradScaledAdapter(learner).fit((test_coords.to(device), test_values.to(device)))
-        print(f"held-out PSNR after {learner.config.K} scaled steps: {float(result.history['psnr'][-1].mean()):.2f} dB "
-              f"(from {float(result.history['psnr'][0].mean()):.2f} dB)", flush=True)
+        print(
+            f"held-out PSNR after {learner.config.K} scaled steps: {float(result.history['psnr'][-1].mean()):.2f} dB "
+            f"(from {float(result.history['psnr'][0].mean()):.2f} dB)",
+            flush=True,
+        )
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()

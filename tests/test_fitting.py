@@ -8,8 +8,6 @@ from reference import make_problem, ref_fit, ref_pruned_fit
 
 from ecop_wrap import ContextPruningMetaLearner, FitResult, GradScaledAdapter
 
-
-
 SCALINGS = ["norm", "loss", "none"]
 STEPS, LR, GAMMA = 4, 1e-2, 0.25
 

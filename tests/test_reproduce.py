@@ -11,16 +11,15 @@ import sys
 
 import pytest
 import torch
-from reference import TinySiren, ref_fit, ref_topk
-from torch.func import functional_call
+from reference import TinySiren, ref_fit
 
 from ecop_wrap import make_grid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
-from baselines import Reptile
-from reproduce import METHODS
+from baselines import Reptile  # noqa: E402 - benchmarks/ is put on sys.path just above
+from reproduce import METHODS  # noqa: E402
 
 
 def _problem(batch: int = 2, side: int = 5):
@@ -47,9 +46,34 @@ def test_reproduce_end_to_end(tmp_path):
     pytest.importorskip("skimage")
     out = tmp_path / "r.json"
     command = [
-        sys.executable, os.path.join(ROOT, "benchmarks", "reproduce.py"), "--images", "builtin", "--resolution", "16",
-        "--outer-steps", "2", "--seed", "0", "--eval-size", "3", "--train-size", "8", "--batch", "2", "--width", "16",
-        "--depth", "2", "--ecop-steps", "4", "--boot-steps", "2", "--test-steps", "3", "--json", str(out),
+        sys.executable,
+        os.path.join(ROOT, "benchmarks", "reproduce.py"),
+        "--images",
+        "builtin",
+        "--resolution",
+        "16",
+        "--outer-steps",
+        "2",
+        "--seed",
+        "0",
+        "--eval-size",
+        "3",
+        "--train-size",
+        "8",
+        "--batch",
+        "2",
+        "--width",
+        "16",
+        "--depth",
+        "2",
+        "--ecop-steps",
+        "4",
+        "--boot-steps",
+        "2",
+        "--test-steps",
+        "3",
+        "--json",
+        str(out),
     ]
     done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -85,7 +109,7 @@ def test_merge_results_combines_disjoint_methods_and_refuses_duplicates(tmp_path
     first = {"ecop": record, "_meta": {"command": "a", "data": "d"}}
     second = {"learnit": dict(record, psnr=28.0), "_meta": {"command": "b", "data": "d"}}
     paths = [tmp_path / "a.json", tmp_path / "b.json"]
-    for path, content in zip(paths, (first, second)):
+    for path, content in zip(paths, (first, second), strict=True):
         path.write_text(json.dumps(content))
     merged = merge_results(paths)
     assert list(merged) == ["learnit", "ecop", "_meta"]  # METHODS order
@@ -98,8 +122,10 @@ def test_merge_results_combines_disjoint_methods_and_refuses_duplicates(tmp_path
 def test_paired_gaps_are_per_signal_differences_with_their_standard_error():
     from reproduce import paired_gaps
 
-    results = {"ecop": {"psnr_per_signal": [30.0, 32.0, 31.0], "val": {"psnr_per_signal": [1.0, 1.0]}},
-               "learnit": {"psnr_per_signal": [29.0, 29.0, 32.0], "val": {"psnr_per_signal": [2.0, 0.0]}}}
+    results = {
+        "ecop": {"psnr_per_signal": [30.0, 32.0, 31.0], "val": {"psnr_per_signal": [1.0, 1.0]}},
+        "learnit": {"psnr_per_signal": [29.0, 29.0, 32.0], "val": {"psnr_per_signal": [2.0, 0.0]}},
+    }
     gaps = paired_gaps(results)
     assert list(gaps) == ["ecop - learnit"]  # pairs with a missing method are left out
     diff = torch.tensor([1.0, 3.0, -1.0], dtype=torch.float64)
@@ -157,8 +183,24 @@ def test_method_table_rows_resolve_training_and_test_settings():
     from reproduce import METHOD_TABLE, FitSetting, RunConfig
 
     config = RunConfig.from_args(
-        ["--gamma", "0.5", "--ecop-steps", "8", "--boot-steps", "3", "--lam", "10", "--boot-lr", "0.1",
-         "--inner-lr", "0.02", "--learnit-tuned-inner-lr", "0.05", "--outer-lr-for", "reptile=1e-3"]
+        [
+            "--gamma",
+            "0.5",
+            "--ecop-steps",
+            "8",
+            "--boot-steps",
+            "3",
+            "--lam",
+            "10",
+            "--boot-lr",
+            "0.1",
+            "--inner-lr",
+            "0.02",
+            "--learnit-tuned-inner-lr",
+            "0.05",
+            "--outer-lr-for",
+            "reptile=1e-3",
+        ]
     )
     boot = {"L": 3, "lam": 10.0, "boot_lr": 0.1}
 

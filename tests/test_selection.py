@@ -13,6 +13,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ecop_wrap import (
+    ContextEvaluator,
     ContextPruningMetaLearner,
     GradScaledAdapter,
     Siren,
@@ -20,7 +21,6 @@ from ecop_wrap import (
     make_grid,
     num_selected,
 )
-from ecop_wrap import ContextEvaluator
 from ecop_wrap._src.algorithm import inner_loop, select
 from ecop_wrap._src.numerics import expand_params
 from ecop_wrap._src.rates import InnerRates
@@ -48,11 +48,16 @@ def adapt(backend, leaves, coords, values, *, steps, lr, selector, on_select, ge
     ctx = ContextEvaluator(backend, coords, values)
     rates = InnerRates(None, leaves, inner_lr=lr, max_inner_lr=1.0, steps=steps)
     inner_loop(
-        ctx, ctx.expand(leaves), steps=steps, rates=rates, rule=selector.rule, gamma=selector.gamma,
-        generator=generator or torch.Generator(), create_graph=False,
+        ctx,
+        ctx.expand(leaves),
+        steps=steps,
+        rates=rates,
+        rule=selector.rule,
+        gamma=selector.gamma,
+        generator=generator or torch.Generator(),
+        create_graph=False,
         on_select=lambda k, _params, idx: on_select(k, idx),
     )
-
 
 
 def _problem(batch: int = 2, side: int = 6, d: int = 3, shared: bool = False):
@@ -100,7 +105,7 @@ def test_error_selection_is_exactly_the_top_k(gamma, shared):
 
 
 @pytest.mark.parametrize(
-    "num_points,gamma",
+    ("num_points", "gamma"),
     [(1, 0.25), (2, 0.25), (3, 0.3), (4, 0.25), (7, 0.5), (10, 0.25), (10, 0.99), (64, 0.25), (100, 0.29), (33, 0.01)],
 )
 def test_selection_size(num_points, gamma):
@@ -112,7 +117,9 @@ def test_selection_size(num_points, gamma):
     values = torch.rand(2, num_points, 1, dtype=torch.float64)
     params = expand_params(_model_params(model), 2)
     for kind in ("error", "random", "gradncp"):
-        idx = Selector(kind, gamma, model=model).select(backend, params, coords, values, torch.Generator().manual_seed(0))
+        idx = Selector(kind, gamma, model=model).select(
+            backend, params, coords, values, torch.Generator().manual_seed(0)
+        )
         if k >= num_points:
             assert idx is None  # the pruned set is the whole context
         else:
@@ -138,7 +145,13 @@ def test_every_inner_step_reranks_from_the_current_parameters(shared):
     backend = make_backend("torch.func", model)
     record, on_select = _recorder()
     adapt(
-        backend, _leaf_params(model), coords, values, steps=steps, lr=lr, selector=Selector("error", gamma),
+        backend,
+        _leaf_params(model),
+        coords,
+        values,
+        steps=steps,
+        lr=lr,
+        selector=Selector("error", gamma),
         on_select=on_select,
     )
     assert [s for s, _ in record] == list(range(steps))
@@ -155,7 +168,9 @@ def test_every_inner_step_reranks_from_the_current_parameters(shared):
             idx = torch.tensor(sorted(want))
             loss = ((functional_call(model, params, (x[idx],)) - y[idx]) ** 2).mean()
             grads = torch.autograd.grad(loss, list(params.values()))
-            params = {n: (p - lr * g).detach().requires_grad_(True) for (n, p), g in zip(params.items(), grads)}
+            params = {
+                n: (p - lr * g).detach().requires_grad_(True) for (n, p), g in zip(params.items(), grads, strict=True)
+            }
         # the test is only meaningful if the ranking really changes between steps
         assert len({frozenset(s) for s in sets}) > 1
 
@@ -183,8 +198,15 @@ def _random_record(seed: int, steps: int = 5, gamma: float = 0.25):
     backend = make_backend("torch.func", model)
     record, on_select = _recorder()
     adapt(
-        backend, _leaf_params(model), coords, values, steps=steps, lr=1e-2, selector=Selector("random", gamma),
-        on_select=on_select, generator=torch.Generator().manual_seed(seed),
+        backend,
+        _leaf_params(model),
+        coords,
+        values,
+        steps=steps,
+        lr=1e-2,
+        selector=Selector("random", gamma),
+        on_select=on_select,
+        generator=torch.Generator().manual_seed(seed),
     )
     return [idx for _, idx in record]
 
@@ -197,12 +219,12 @@ def test_random_selection_size_uniqueness_and_reproducibility():
     for idx in first:
         assert idx.shape == (2, k)
         for row in idx:
-            assert len(set(row.tolist())) == k and 0 <= int(row.min()) and int(row.max()) < 36
+            assert len(set(row.tolist())) == k and int(row.min()) >= 0 and int(row.max()) < 36
     sets = [frozenset(idx[0].tolist()) for idx in first]
     assert len(set(sets)) > 1, "random subsets must differ between steps"
     assert frozenset(first[0][0].tolist()) != frozenset(first[0][1].tolist()), "and between signals"
-    assert all(torch.equal(a.sort(1).values, b.sort(1).values) for a, b in zip(first, again))
-    assert any(not torch.equal(a.sort(1).values, b.sort(1).values) for a, b in zip(first, other))
+    assert all(torch.equal(a.sort(1).values, b.sort(1).values) for a, b in zip(first, again, strict=True))
+    assert any(not torch.equal(a.sort(1).values, b.sort(1).values) for a, b in zip(first, other, strict=True))
 
 
 def test_random_selection_is_uniform():
@@ -223,7 +245,9 @@ def test_learner_random_selection_is_reproducible_with_seed():
     model, coords, values = _problem(batch=2)
     losses = []
     for seed in (7, 7, 8):
-        learner = ContextPruningMetaLearner(model, gamma=0.25, K=3, L=0, selection="random", seed=seed, coord_range=None)
+        learner = ContextPruningMetaLearner(
+            model, gamma=0.25, K=3, L=0, selection="random", seed=seed, coord_range=None
+        )
         losses.append(learner.meta_loss((coords, values)).item())
     assert losses[0] == losses[1]
     assert losses[0] != losses[2]
@@ -259,7 +283,10 @@ def test_gradncp_scores_are_per_point_gradient_norms(backend_name):
         assert set(idx[b].tolist()) == _top_set(want, k)
     # the ranking really differs from the plain error ranking on this problem
     errors = torch.stack(
-        [_ref_errors(model, {n: p[b] for n, p in params.items()}, _signal_coords(coords, b), values[b]) for b in range(2)]
+        [
+            _ref_errors(model, {n: p[b] for n, p in params.items()}, _signal_coords(coords, b), values[b])
+            for b in range(2)
+        ]
     )
     assert any(set(idx[b].tolist()) != _top_set(errors[b], k) for b in range(2))
 
@@ -304,9 +331,9 @@ class _NoLinear(nn.Module):
 
 
 def test_gradncp_without_linear_is_a_clear_error():
-    with pytest.raises(ValueError, match="nn.Linear"):
+    with pytest.raises(ValueError, match=r"nn\.Linear"):
         ContextPruningMetaLearner(_NoLinear(), selection="gradncp")
-    with pytest.raises(ValueError, match="nn.Linear"):
+    with pytest.raises(ValueError, match=r"nn\.Linear"):
         GradScaledAdapter(_NoLinear(), selection="gradncp")
     # the other rules need no linear layer
     ContextPruningMetaLearner(_NoLinear(), selection="error")

@@ -18,7 +18,7 @@ from ..metrics import mse_to_psnr
 from ..typing import AdaptSpec, Params
 from .algorithm import select
 from .backends import Backend, make_backend
-from .config import ECoPConfig, resolve_adapted
+from .config import ECoPConfig, configure_backend, resolve_adapted
 from .evaluator import ContextEvaluator
 from .learner import ContextPruningMetaLearner
 from .numerics import per_signal
@@ -109,6 +109,9 @@ class GradScaledAdapter:
             steps in a row.
         coord_range: expected coordinate range (default: the learner's).
         autocast_dtype: run forward passes under ``torch.autocast`` with this dtype.
+        graph_free_dtype: dtype of the ranking and the scale's pruned gradient (the full-context gradient keeps
+            the model's dtype).
+        compile: ``torch.compile`` the graph-free forwards (default: the learner's setting).
         seed: seed for random selection.
         pruned_steps: take the first ``pruned_steps`` steps on the pruned context without scaling, as in
             training (cheaper per step), and the rest as above.
@@ -130,8 +133,10 @@ class GradScaledAdapter:
         batching: str | None = None,
         gradncp_layer: nn.Module | None = None,
         max_consecutive_skips: int = 3,
-        coord_range: tuple[float, float] | None | str = "learner",
+        coord_range: tuple[float, float] | str | None = "learner",
         autocast_dtype: torch.dtype | None = None,
+        graph_free_dtype: torch.dtype | None = None,
+        compile: bool | None = None,
         seed: int = 0,
         pruned_steps: int = 0,
         adapt: AdaptSpec = None,
@@ -139,10 +144,17 @@ class GradScaledAdapter:
         learner = source if isinstance(source, ContextPruningMetaLearner) else None
         model = learner.model if learner is not None else source
         check_model(model)
+        assert isinstance(model, nn.Module)  # for type checkers: check_model raised otherwise
         base = learner.config if learner is not None else ECoPConfig()
         overrides = {
-            "gamma": gamma, "selection": selection, "backend": backend, "chunk_size": chunk_size,
-            "batching": batching, "autocast_dtype": autocast_dtype,
+            "gamma": gamma,
+            "selection": selection,
+            "backend": backend,
+            "chunk_size": chunk_size,
+            "batching": batching,
+            "autocast_dtype": autocast_dtype,
+            "graph_free_dtype": graph_free_dtype,
+            "compile": compile,
         }
         config = base.replace(**{k: v for k, v in overrides.items() if v is not None})
         if coord_range != "learner":
@@ -158,12 +170,15 @@ class GradScaledAdapter:
             gradncp_layer = learner.selection_rule.layer
         self.selection_rule = make_selection(config.selection, model, layer=gradncp_layer)
         self.backend = make_backend(config.backend, model, config.batching, self.adapted)
-        self.backend.autocast_dtype = config.autocast_dtype
+        configure_backend(self.backend, config)
         named = dict(model.named_parameters())
         if lr is not None or learner is None or not learner.rates.learned:
             self.rates = InnerRates(
-                None, {n: named[n] for n in self.adapted}, inner_lr=check_positive("lr", lr or config.inner_lr),
-                max_inner_lr=config.max_inner_lr, steps=1,
+                None,
+                {n: named[n] for n in self.adapted},
+                inner_lr=check_positive("lr", lr if lr is not None else config.inner_lr),
+                max_inner_lr=config.max_inner_lr,
+                steps=1,
             )
         else:
             self.rates = learner.rates.detached()
@@ -267,4 +282,3 @@ class GradScaledAdapter:
 def _is_batched(signal: object) -> bool:
     values = signal[1] if isinstance(signal, (tuple, list)) and len(signal) == 2 else None
     return not (isinstance(values, torch.Tensor) and values.ndim == 2)
-

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch.profiler import record_function
 
 from ..typing import Params
 from .evaluator import ContextEvaluator
@@ -87,9 +88,10 @@ def inner_loop(
 def bootstrap(ctx: ContextEvaluator, params: Params, *, steps: int, lr: float) -> Params:
     """theta_boot: ``steps`` (L) first-order full-context SGD steps from ``params`` (theta_K), no graph."""
     boot_params = params
-    for _ in range(steps):
-        grads = ctx.full_grad(boot_params).grads
-        boot_params = {n: p.detach() - lr * grads[n] for n, p in boot_params.items()}
+    with record_function("ecop.bootstrap"):
+        for _ in range(steps):
+            grads = ctx.full_grad(boot_params, low_precision=True).grads
+            boot_params = {n: p.detach() - lr * grads[n] for n, p in boot_params.items()}
     return boot_params
 
 
@@ -114,7 +116,13 @@ def meta_objective(
 ) -> MetaLossOutput:
     """Adapt theta_0 (``init``: adapted name -> the model's tensor) to every signal and return the meta-loss."""
     adapted = inner_loop(
-        ctx, ctx.expand(init), steps=K, rates=rates, rule=rule, gamma=gamma, generator=generator,
+        ctx,
+        ctx.expand(init),
+        steps=K,
+        rates=rates,
+        rule=rule,
+        gamma=gamma,
+        generator=generator,
         create_graph=not first_order,
     )
     uses_bootstrap = L > 0 and lam != 0

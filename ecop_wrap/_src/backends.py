@@ -17,17 +17,20 @@ and both work under non-reentrant activation checkpointing.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 from torch.overrides import TorchFunctionMode
+from torch.utils.hooks import RemovableHandle
 
 from ..typing import Params
 
-__all__ = ["Backend", "TorchFuncBackend", "HigherBackend", "make_backend", "BACKENDS", "BATCHING_MODES"]
+__all__ = ["BACKENDS", "BATCHING_MODES", "Backend", "HigherBackend", "TorchFuncBackend", "make_backend"]
 
 
 BACKENDS = ("torch.func", "higher")
@@ -45,8 +48,14 @@ class Backend:
 
     def __init__(self, model: nn.Module, adapted: list[str] | None = None) -> None:
         self.model = model
-        self.param_names = adapted if adapted is not None else [n for n, p in model.named_parameters() if p.requires_grad]
+        self.param_names = (
+            adapted if adapted is not None else [n for n, p in model.named_parameters() if p.requires_grad]
+        )
         self.autocast_dtype: torch.dtype | None = None
+        self.graph_free_dtype: torch.dtype | None = None
+        self.compile = False
+        self._compiled: Callable[[Params, torch.Tensor], torch.Tensor] | None = None
+        self._compile_failed = False
 
     def __call__(self, params: Params, coords: torch.Tensor) -> torch.Tensor:
         """Evaluate every signal's INR on its coordinates.
@@ -71,6 +80,42 @@ class Backend:
             out, cap = self.forward_capture(params, coords, layer)
         return out.to(coords.dtype), (cap.to(coords.dtype) if cap is not None else None)
 
+    def graph_free(
+        self, params: Params, coords: torch.Tensor, layer: nn.Module | None = None, *, low_precision: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`capture` for a pass whose graph never reaches theta_0 (ranking, bootstrap, test-time steps).
+
+        With ``compile`` the forward runs through :func:`torch.compile` (falling back to eager, with one
+        warning, where compilation fails); with ``low_precision`` and ``graph_free_dtype`` set it runs under
+        ``torch.autocast`` in that dtype. Results come back in ``coords``'s dtype.
+        """
+        dtype = self.graph_free_dtype if low_precision else None
+        if dtype is None:
+            return self._maybe_compiled(params, coords, layer)
+        with torch.autocast(coords.device.type, dtype=dtype):
+            out, cap = self._maybe_compiled(params, coords, layer)
+        return out.to(coords.dtype), (cap.to(coords.dtype) if cap is not None else None)
+
+    def _maybe_compiled(
+        self, params: Params, coords: torch.Tensor, layer: nn.Module | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if not self.compile or layer is not None or self._compile_failed:
+            return self.capture(params, coords, layer)
+        if self._compiled is None:
+            self.capture(params, coords, None)  # settles batching="auto" eagerly, outside the compiled code
+            self._compiled = torch.compile(lambda p, x: self.capture(p, x, None)[0], dynamic=False)
+        try:
+            return self._compiled(params, coords), None
+        except Exception as exc:  # noqa: BLE001 - any compiler failure: warn once, run eagerly from now on
+            self._compile_failed = True
+            warnings.warn(
+                f"compile=True: torch.compile failed for this model ({type(exc).__name__}: {str(exc)[:200]}); "
+                "the graph-free passes run eagerly instead",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return self.capture(params, coords, layer)
+
     def forward_capture(
         self, params: Params, coords: torch.Tensor, capture: nn.Module | None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -82,7 +127,7 @@ def _signal_coords(coords: torch.Tensor, b: int) -> torch.Tensor:
     return coords if coords.ndim == 2 else coords[b]
 
 
-def _capture_hook(module: nn.Module | None, store: list[torch.Tensor]):
+def _capture_hook(module: nn.Module | None, store: list[torch.Tensor]) -> RemovableHandle | None:
     if module is None:
         return None
     return module.register_forward_hook(lambda _m, inputs, _out: store.append(inputs[0]))
@@ -110,9 +155,8 @@ def _loop_forward(
     outs, caps = [], []
     for b in range(batch):
         signal_params = {n: p[b] for n, p in params.items()}
-        out, cap = _call_with_capture(
-            lambda: functional_call(model, signal_params, (_signal_coords(coords, b),)), capture
-        )
+        signal_coords = _signal_coords(coords, b)
+        out, cap = _call_with_capture(partial(functional_call, model, signal_params, (signal_coords,)), capture)
         outs.append(out)
         caps.append(cap)
     return torch.stack(outs), (torch.stack(caps) if capture is not None else None)  # type: ignore[arg-type]
@@ -181,9 +225,7 @@ class TorchFuncBackend(Backend):
         self, params: Params, coords: torch.Tensor, capture: nn.Module | None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         def one(signal_params: Params, signal_coords: torch.Tensor):  # type: ignore[no-untyped-def]
-            out, cap = _call_with_capture(
-                lambda: functional_call(self.model, signal_params, (signal_coords,)), capture
-            )
+            out, cap = _call_with_capture(lambda: functional_call(self.model, signal_params, (signal_coords,)), capture)
             return (out, cap) if cap is not None else (out,)
 
         results = vmap(one, in_dims=(0, 0 if coords.ndim == 3 else None))(params, coords)

@@ -118,7 +118,9 @@ def _check_tensors(what: str, saved: Any, own: dict[str, torch.Tensor], owner: s
         if not isinstance(v, torch.Tensor) or v.shape != own[k].shape
     ]
     if wrong:
-        raise ValueError(f"checkpoint {what} shapes do not match the {owner} (checkpoint vs {owner}): " + "; ".join(wrong))
+        raise ValueError(
+            f"checkpoint {what} shapes do not match the {owner} (checkpoint vs {owner}): " + "; ".join(wrong)
+        )
 
 
 def _check_optimizer(saved: Any, optimizer: torch.optim.Optimizer) -> None:

@@ -12,16 +12,25 @@ import torch
 from torch import nn
 
 from ..typing import AdaptSpec
-from .backends import BACKENDS, BATCHING_MODES
+from .backends import BACKENDS, BATCHING_MODES, Backend
 from .rates import LEARN_INNER_LR_MODES
 from .rules import SELECTION_RULES, check_rule_name
 from .validation import check_autocast_dtype, check_fraction, check_int, check_positive
 
-__all__ = ["ALGORITHM_KEYS", "ECoPConfig", "resolve_adapted"]
+__all__ = ["ALGORITHM_KEYS", "ECoPConfig", "configure_backend", "resolve_adapted"]
 
 ALGORITHM_KEYS = (
-    "gamma", "K", "L", "lam", "inner_lr", "boot_lr", "selection", "first_order", "max_grad_norm",
-    "learn_inner_lr", "max_inner_lr",
+    "gamma",
+    "K",
+    "L",
+    "lam",
+    "inner_lr",
+    "boot_lr",
+    "selection",
+    "first_order",
+    "max_grad_norm",
+    "learn_inner_lr",
+    "max_inner_lr",
 )
 """Settings that change what is learned: a checkpoint must agree on them to be resumed."""
 
@@ -51,6 +60,11 @@ class ECoPConfig:
         backend: ``"torch.func"`` or ``"higher"``.
         batching: torch.func batching: ``"auto"``, ``"bmm"``, ``"vmap"`` or ``"loop"``.
         autocast_dtype: run forward passes under ``torch.autocast`` with this dtype.
+        graph_free_dtype: run the passes that need no graph back to theta_0 and set no gradient (ranking,
+            bootstrap, test-time scale) under ``torch.autocast`` in this dtype (e.g. ``torch.bfloat16``); the
+            graph-carrying steps keep the model's dtype. None: the model's dtype everywhere.
+        compile: run every graph-free forward through :func:`torch.compile` (double backward through compiled
+            graphs is not supported, so the inner steps stay eager); falls back with one warning.
         max_consecutive_skips: raise after this many consecutive non-finite steps.
         coord_range: expected coordinate range; coordinates outside it warn once (None: no check).
     """
@@ -71,11 +85,13 @@ class ECoPConfig:
     backend: str = "torch.func"
     batching: str = "auto"
     autocast_dtype: torch.dtype | None = None
+    graph_free_dtype: torch.dtype | None = None
+    compile: bool = False
     max_consecutive_skips: int = 10
     coord_range: tuple[float, float] | None = field(default=(-1.0, 1.0))
 
     def __post_init__(self) -> None:
-        check = {
+        check: dict[str, Any] = {
             "gamma": check_fraction("gamma", self.gamma),
             "K": check_int("K", self.K, 1),
             "L": check_int("L", self.L, 0),
@@ -85,6 +101,7 @@ class ECoPConfig:
             "max_consecutive_skips": check_int("max_consecutive_skips", self.max_consecutive_skips, 1),
             "first_order": bool(self.first_order),
             "checkpoint": bool(self.checkpoint),
+            "compile": bool(self.compile),
         }
         check["boot_lr"] = check["inner_lr"] if self.boot_lr is None else check_positive("boot_lr", self.boot_lr)
         if self.max_grad_norm is not None:
@@ -102,6 +119,7 @@ class ECoPConfig:
                     "rates' initial value"
                 )
         check_autocast_dtype(self.autocast_dtype)
+        check_autocast_dtype(self.graph_free_dtype, "graph_free_dtype")
         if self.coord_range is not None:
             check["coord_range"] = _check_range(self.coord_range)
         for name, value in check.items():
@@ -121,7 +139,8 @@ class ECoPConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain values (dtype as its name), as stored in checkpoints."""
         out = dataclasses.asdict(self)
-        out["autocast_dtype"] = None if self.autocast_dtype is None else str(self.autocast_dtype)
+        for key in ("autocast_dtype", "graph_free_dtype"):
+            out[key] = None if out[key] is None else str(out[key])
         out["coord_range"] = None if self.coord_range is None else list(self.coord_range)
         return out
 
@@ -130,8 +149,9 @@ class ECoPConfig:
         """Inverse of :meth:`to_dict`; keys a checkpoint from before a field existed take its default."""
         known = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in known}
-        if kwargs.get("autocast_dtype") is not None:
-            kwargs["autocast_dtype"] = _DTYPES[kwargs["autocast_dtype"]]
+        for key in ("autocast_dtype", "graph_free_dtype"):
+            if kwargs.get(key) is not None:
+                kwargs[key] = _DTYPES[kwargs[key]]
         if kwargs.get("coord_range") is not None:
             kwargs["coord_range"] = tuple(kwargs["coord_range"])
         return cls(**kwargs)
@@ -174,14 +194,26 @@ def resolve_adapted(model: nn.Module, spec: AdaptSpec) -> list[str]:
         for pattern in spec:
             matches = [n for n in named if fnmatch.fnmatchcase(n, pattern)]
             if not matches:
-                raise ValueError(f"adapt pattern {pattern!r} matches no parameter of the model; its parameters: {list(named)}")
+                raise ValueError(
+                    f"adapt pattern {pattern!r} matches no parameter of the model; its parameters: {list(named)}"
+                )
             chosen += [n for n in matches if n not in chosen]
         chosen = [n for n in named if n in chosen]
     else:
-        raise TypeError(f"adapt must be None, a list of parameter names or glob patterns, or a predicate (name, param) -> bool; got {type(spec).__name__}")
+        raise TypeError(
+            "adapt must be None, a list of parameter names or glob patterns, or a predicate (name, param) -> bool; "
+            f"got {type(spec).__name__}"
+        )
     frozen = [n for n in chosen if not named[n].requires_grad]
     if frozen:
         raise ValueError(f"adapt selects parameters with requires_grad=False, which cannot be adapted: {frozen}")
     if not chosen:
         raise ValueError("adapt selects no parameter: at least one trainable parameter must be adapted per signal")
     return chosen
+
+
+def configure_backend(backend: Backend, config: ECoPConfig) -> None:
+    """Apply the configuration's precision and compilation settings to ``backend``."""
+    backend.autocast_dtype = config.autocast_dtype
+    backend.graph_free_dtype = config.graph_free_dtype
+    backend.compile = config.compile

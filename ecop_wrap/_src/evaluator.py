@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.profiler import record_function
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
 from ..typing import Params
@@ -88,7 +89,7 @@ class ContextEvaluator:
         self.shared = shared or {}
         self._identical: Params | None = None
         self._errors_memo: tuple[Params, torch.Tensor] | None = None
-        self._full_memo: tuple[Params, FullGrad] | None = None
+        self._full_memo: tuple[Params, FullGrad, bool] | None = None
 
     @property
     def batch(self) -> int:
@@ -116,12 +117,18 @@ class ContextEvaluator:
     def map_points(self, fn: PointFn, params: Params, capture: nn.Module | None = None) -> torch.Tensor:
         """``fn(pred [B, m, D], values [B, m, D], captured input of `capture` [B, m, F] or None) -> [B, m]``
         over the whole context in chunks, without a graph: ``[B, M]``."""
+        with record_function("ecop.ranking"):
+            return self._map_points(fn, params, capture)
+
+    def _map_points(self, fn: PointFn, params: Params, capture: nn.Module | None) -> torch.Tensor:
         identical = params is self._identical and self.coords.ndim == 2
         if identical:
             params = {n: p[:1] for n, p in params.items()}
         out = []
         for chunk in point_chunks(self.num_points, self.free_chunk):
-            pred, hidden = self.backend.capture(params, coords_chunk(self.coords, chunk), capture)
+            pred, hidden = self.backend.graph_free(
+                params, coords_chunk(self.coords, chunk), capture, low_precision=True
+            )
             if identical:
                 pred = pred.expand(self.batch, *pred.shape[1:])
                 hidden = hidden.expand(self.batch, *hidden.shape[1:]) if hidden is not None else None
@@ -134,15 +141,21 @@ class ContextEvaluator:
             self._errors_memo = (params, self.map_points(lambda pred, values, _: squared_errors(pred, values), params))
         return self._errors_memo[1]
 
-    def full_grad(self, params: Params, *, with_shared: bool = False) -> FullGrad:
+    def full_grad(self, params: Params, *, with_shared: bool = False, low_precision: bool = False) -> FullGrad:
         """Per-signal full-context MSE and its gradient, chunked, leaving no graph (params are detached).
 
         Args:
             params: name -> ``[B, *shape]``.
             with_shared: also the per-signal gradient w.r.t. the shared trainable parameters.
+            low_precision: the forward may run in the backend's ``graph_free_dtype`` (bootstrap passes).
         """
-        if self._full_memo is not None and self._full_memo[0] is params:
+        low_precision = low_precision and self.backend.graph_free_dtype is not None
+        if self._full_memo is not None and self._full_memo[0] is params and self._full_memo[2] == low_precision:
             return self._full_memo[1]
+        # With the chunked outer loss the first full pass is at theta_K (the bootstrap's first step, or the
+        # outer loss itself), and the outer loss needs it again: keep it, with the shared parameters' gradients.
+        keep = self.chunk_size is not None and self._full_memo is None
+        with_shared = with_shared or (keep and bool(self.shared))
         leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
         if with_shared:  # per-signal copies, so that each signal's gradient w.r.t. them comes out separately
             for n, p in self.shared.items():
@@ -152,11 +165,12 @@ class ContextEvaluator:
         chunk_errors = []
         with torch.enable_grad():
             for chunk in point_chunks(self.num_points, self.free_chunk):
-                errors = squared_errors(self.backend(leaves, coords_chunk(self.coords, chunk)), self.values[:, chunk])
+                pred = self.backend.graph_free(leaves, coords_chunk(self.coords, chunk), low_precision=low_precision)[0]
+                errors = squared_errors(pred, self.values[:, chunk])
                 chunk_grads = torch.autograd.grad(
                     errors.sum() / scale, list(leaves.values()), allow_unused=True, materialize_grads=True
                 )
-                for n, g in zip(leaves, chunk_grads):
+                for n, g in zip(leaves, chunk_grads, strict=True):
                     grads[n] += g
                 chunk_errors.append(errors.detach())
         errors = torch.cat(chunk_errors, dim=1)
@@ -167,29 +181,37 @@ class ContextEvaluator:
             shared_grads={n: g for n, g in grads.items() if n not in params},
         )
         self._errors_memo = (params, errors)
-        if self.chunk_size is not None:  # the outer loss will need this very pass at theta_K
-            self._full_memo = (params, result)
+        if keep:
+            self._full_memo = (params, result, low_precision)
         return result
 
     # --------------------------------------------------------------------------------------- with graph
-    def loss(self, params: Params, pruned_idx: torch.Tensor | None) -> torch.Tensor:
+    def loss(self, params: Params, pruned_idx: torch.Tensor | None, *, graph_free: bool = False) -> torch.Tensor:
         """Sum over signals of each signal's MSE on its pruned context ``[B, k]`` (None: the full context).
 
         Summing per-signal means makes the gradient w.r.t. the batched ``params`` the per-signal gradients.
+        ``graph_free``: the caller's graph will not reach theta_0, so the backend's fast path may be used.
         """
         coords, values = self.coords, self.values
         if pruned_idx is not None:
             coords, values = gather_points(coords, pruned_idx), gather_points(values, pruned_idx)
-        return squared_errors(self.backend(params, coords), values).mean(dim=1).sum() / self.channels
+        if graph_free:
+            pred = self.backend.graph_free(params, coords, low_precision=True)[0]
+        else:
+            pred = self.backend(params, coords)
+        return squared_errors(pred, values).mean(dim=1).sum() / self.channels
 
     def grad(self, params: Params, pruned_idx: torch.Tensor | None) -> Params:
         """Graph-free per-signal gradient of the pruned-context MSE at ``params``."""
         leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
         with torch.enable_grad():
             grads = torch.autograd.grad(
-                self.loss(leaves, pruned_idx), list(leaves.values()), allow_unused=True, materialize_grads=True
+                self.loss(leaves, pruned_idx, graph_free=True),
+                list(leaves.values()),
+                allow_unused=True,
+                materialize_grads=True,
             )
-        return dict(zip(leaves, grads))
+        return dict(zip(leaves, grads, strict=True))
 
     def sgd_step(
         self, params: Params, pruned_idx: torch.Tensor | None, rates: Rates, *, create_graph: bool = True
@@ -204,9 +226,9 @@ class ContextEvaluator:
         names = list(params)
 
         def step(*flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            return tuple(_sgd_step(self, dict(zip(names, flat)), pruned_idx, rates, True).values())
+            return tuple(_sgd_step(self, dict(zip(names, flat, strict=True)), pruned_idx, rates, True).values())
 
-        return dict(zip(names, activation_checkpoint(step, *params.values(), use_reentrant=False)))
+        return dict(zip(names, activation_checkpoint(step, *params.values(), use_reentrant=False), strict=True))
 
     def full_mse(self, params: Params) -> torch.Tensor:
         """``[B]`` full-context MSE at ``params`` (theta_K), differentiable back to theta_0.
@@ -215,6 +237,10 @@ class ContextEvaluator:
         ``mse + <theta_K, g> - stopgrad(<theta_K, g>)`` per signal (g: the MSE's gradient, from one chunked
         graph-free pass, including the shared parameters'): same value, same gradient, no full-context graph.
         """
+        with record_function("ecop.outer_loss"):
+            return self._full_mse(params)
+
+    def _full_mse(self, params: Params) -> torch.Tensor:
         if self.chunk_size is None:
             return squared_errors(self.backend(params, self.coords), self.values).mean(dim=1) / self.channels
         full = self.full_grad(params, with_shared=bool(self.shared))
@@ -230,8 +256,10 @@ class ContextEvaluator:
 def _sgd_step(
     ctx: ContextEvaluator, params: Params, pruned_idx: torch.Tensor | None, rates: Rates, create_graph: bool
 ) -> Params:
-    loss = ctx.loss(params, pruned_idx)
-    grads = torch.autograd.grad(
-        loss, list(params.values()), create_graph=create_graph, allow_unused=True, materialize_grads=True
-    )
-    return {n: p - rates[n] * g for (n, p), g in zip(params.items(), grads)}
+    with record_function("ecop.pruned_forward"):
+        loss = ctx.loss(params, pruned_idx)
+    with record_function("ecop.inner_gradient"):
+        grads = torch.autograd.grad(
+            loss, list(params.values()), create_graph=create_graph, allow_unused=True, materialize_grads=True
+        )
+    return {n: p - rates[n] * g for (n, p), g in zip(params.items(), grads, strict=True)}

@@ -22,7 +22,7 @@ from ..typing import AdaptSpec, SignalBatch
 from .algorithm import MetaLossOutput, meta_objective
 from .backends import Backend, make_backend
 from .checkpoint import CHECKPOINT_FORMAT, check_state, read_checkpoint, write_checkpoint
-from .config import ECoPConfig, resolve_adapted
+from .config import ECoPConfig, configure_backend, resolve_adapted
 from .evaluator import ContextEvaluator
 from .numerics import num_selected
 from .rates import InnerRates
@@ -56,6 +56,8 @@ class ContextPruningMetaLearner:
         batching: how the torch.func backend batches signals: ``"auto"``, ``"bmm"``, ``"vmap"``, ``"loop"``.
         gradncp_layer: scoring layer for ``selection="gradncp"`` (default: the model's last ``nn.Linear``).
         autocast_dtype: run forward passes under ``torch.autocast`` with this dtype (e.g. ``torch.bfloat16``).
+        graph_free_dtype: dtype of the ranking and bootstrap passes (e.g. ``torch.bfloat16``); see ``ECoPConfig``.
+        compile: ``torch.compile`` the graph-free passes (opt-in; falls back to eager with one warning).
         process_group: ``torch.distributed`` group whose ranks share the batch (default: the world, if
             initialised); meta-gradients and statistics are averaged over it.
         max_consecutive_skips: after this many consecutive steps with a non-finite loss or gradient,
@@ -92,6 +94,8 @@ class ContextPruningMetaLearner:
         batching: str = "auto",
         gradncp_layer: nn.Module | None = None,
         autocast_dtype: torch.dtype | None = None,
+        graph_free_dtype: torch.dtype | None = None,
+        compile: bool = False,
         process_group: Any = None,
         max_consecutive_skips: int = 10,
         coord_range: tuple[float, float] | None = (-1.0, 1.0),
@@ -103,14 +107,38 @@ class ContextPruningMetaLearner:
     ) -> None:
         check_model(model)
         config = ECoPConfig(
-            gamma=gamma, K=K, L=L, lam=lam, inner_lr=inner_lr, boot_lr=boot_lr, selection=selection,
-            first_order=first_order, max_grad_norm=max_grad_norm, learn_inner_lr=learn_inner_lr,
-            max_inner_lr=max_inner_lr, chunk_size=chunk_size, checkpoint=checkpoint, backend=backend,
-            batching=batching, autocast_dtype=autocast_dtype, max_consecutive_skips=max_consecutive_skips,
+            gamma=gamma,
+            K=K,
+            L=L,
+            lam=lam,
+            inner_lr=inner_lr,
+            boot_lr=boot_lr,
+            selection=selection,
+            first_order=first_order,
+            max_grad_norm=max_grad_norm,
+            learn_inner_lr=learn_inner_lr,
+            max_inner_lr=max_inner_lr,
+            chunk_size=chunk_size,
+            checkpoint=checkpoint,
+            backend=backend,
+            batching=batching,
+            autocast_dtype=autocast_dtype,
+            graph_free_dtype=graph_free_dtype,
+            compile=compile,
+            max_consecutive_skips=max_consecutive_skips,
             coord_range=coord_range,
         )
-        self._setup(model, config, optimizer=optimizer, outer_lr=outer_lr, rates_lr=rates_lr, adapt=adapt,
-                    gradncp_layer=gradncp_layer, process_group=process_group, seed=seed)
+        self._setup(
+            model,
+            config,
+            optimizer=optimizer,
+            outer_lr=outer_lr,
+            rates_lr=rates_lr,
+            adapt=adapt,
+            gradncp_layer=gradncp_layer,
+            process_group=process_group,
+            seed=seed,
+        )
 
     @classmethod
     def from_config(
@@ -131,13 +159,30 @@ class ContextPruningMetaLearner:
         if not isinstance(config, ECoPConfig):
             raise TypeError(f"config must be an ECoPConfig, got {type(config).__name__}")
         learner = cls.__new__(cls)
-        learner._setup(model, config, optimizer=optimizer, outer_lr=outer_lr, rates_lr=rates_lr, adapt=adapt,
-                       gradncp_layer=gradncp_layer, process_group=process_group, seed=seed)
+        learner._setup(
+            model,
+            config,
+            optimizer=optimizer,
+            outer_lr=outer_lr,
+            rates_lr=rates_lr,
+            adapt=adapt,
+            gradncp_layer=gradncp_layer,
+            process_group=process_group,
+            seed=seed,
+        )
         return learner
 
     def _setup(
-        self, model: nn.Module, config: ECoPConfig, *, optimizer: torch.optim.Optimizer | None, outer_lr: float,
-        rates_lr: float | None, adapt: AdaptSpec, gradncp_layer: nn.Module | None, process_group: Any,
+        self,
+        model: nn.Module,
+        config: ECoPConfig,
+        *,
+        optimizer: torch.optim.Optimizer | None,
+        outer_lr: float,
+        rates_lr: float | None,
+        adapt: AdaptSpec,
+        gradncp_layer: nn.Module | None,
+        process_group: Any,
         seed: int | None,
     ) -> None:
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
@@ -148,15 +193,20 @@ class ContextPruningMetaLearner:
         named = dict(model.named_parameters())
         self.selection_rule: SelectionRule = make_selection(config.selection, model, layer=gradncp_layer)
         self.backend: Backend = make_backend(config.backend, model, config.batching, self.adapted)
-        self.backend.autocast_dtype = config.autocast_dtype
+        configure_backend(self.backend, config)
         self.rates = InnerRates(
-            config.learn_inner_lr, {n: named[n] for n in self.adapted}, inner_lr=config.inner_lr,
-            max_inner_lr=config.max_inner_lr, steps=config.K,
+            config.learn_inner_lr,
+            {n: named[n] for n in self.adapted},
+            inner_lr=config.inner_lr,
+            max_inner_lr=config.max_inner_lr,
+            steps=config.K,
         )
         self.process_group = process_group
         self._params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = optimizer if optimizer is not None else torch.optim.Adam(
-            self._params, lr=check_positive("outer_lr", outer_lr)
+        self.optimizer = (
+            optimizer
+            if optimizer is not None
+            else torch.optim.Adam(self._params, lr=check_positive("outer_lr", outer_lr))
         )
         if self.rates.learned:
             group: dict[str, Any] = {"params": list(self.rates.tensors.values())}
@@ -186,7 +236,9 @@ class ContextPruningMetaLearner:
         return {n: p for n, p in self.model.named_parameters() if p.requires_grad and n not in self.adapted}
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({type(self.model).__name__}, {self.config!r}, adapt={self.adapted})"
+        trainable = [n for n, p in self.model.named_parameters() if p.requires_grad]
+        adapt = "all" if self.adapted == trainable else self.adapted
+        return f"{type(self).__name__}({type(self.model).__name__}, {self.config!r}, adapt={adapt})"
 
     def evaluator(self, batch: SignalBatch, *, check: bool = True) -> ContextEvaluator:
         """The model on a batch's context with this learner's memory modes (see :class:`ContextEvaluator`).
@@ -200,8 +252,13 @@ class ContextPruningMetaLearner:
         # an explicit chunk_size they run in pieces of the pruned-set size (the paper's equal-memory budget).
         free_chunk = self.config.chunk_size or num_selected(values.shape[1], self.config.gamma)
         return ContextEvaluator(
-            self.backend, coords, values, free_chunk=free_chunk, chunk_size=self.config.chunk_size,
-            checkpoint=self.config.checkpoint, shared=self.shared_params(),
+            self.backend,
+            coords,
+            values,
+            free_chunk=free_chunk,
+            chunk_size=self.config.chunk_size,
+            checkpoint=self.config.checkpoint,
+            shared=self.shared_params(),
         )
 
     def _check_batch(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -222,8 +279,17 @@ class ContextPruningMetaLearner:
         cfg = self.config
         with torch.enable_grad():
             return meta_objective(
-                ctx, self.init_params(), K=cfg.K, L=cfg.L, lam=cfg.lam, gamma=cfg.gamma, boot_lr=cfg.boot_lr,  # type: ignore[arg-type]
-                rates=self.rates, rule=self.selection_rule, generator=self.generator, first_order=cfg.first_order,
+                ctx,
+                self.init_params(),
+                K=cfg.K,
+                L=cfg.L,
+                lam=cfg.lam,
+                gamma=cfg.gamma,
+                boot_lr=cfg.boot_lr,  # type: ignore[arg-type]
+                rates=self.rates,
+                rule=self.selection_rule,
+                generator=self.generator,
+                first_order=cfg.first_order,
             )
 
     def meta_loss(self, batch: SignalBatch) -> torch.Tensor:
@@ -239,7 +305,7 @@ class ContextPruningMetaLearner:
         """Average the ``.grad`` of theta_0 and the learned rates over the process group (weighted by signals)."""
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self._meta_params]
         reduced, _ = weighted_all_reduce(grads, float(num_signals), self.process_group)
-        for p, g in zip(self._meta_params, reduced):
+        for p, g in zip(self._meta_params, reduced, strict=True):
             p.grad = g
 
     # ------------------------------------------------------------------------------------------ step
@@ -258,7 +324,7 @@ class ContextPruningMetaLearner:
             grads = list(torch.autograd.grad(out.loss, self._meta_params, allow_unused=True, materialize_grads=True))
         local_stats = torch.stack([out.loss.detach(), out.mse.mean(), out.boot_distance.mean()]).to(grads[0].dtype)
         with record_function("ecop.all_reduce"):
-            reduced, _ = weighted_all_reduce(grads + [local_stats], float(out.mse.shape[0]), self.process_group)
+            reduced, _ = weighted_all_reduce([*grads, local_stats], float(out.mse.shape[0]), self.process_group)
         grads, stats = reduced[:-1], reduced[-1]
         grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
         self.step_count += 1
@@ -271,15 +337,20 @@ class ContextPruningMetaLearner:
             self._skip()
         loss, mse, distance = (float(v) for v in stats)
         return {
-            "loss": loss, "mse": mse, "psnr": float(mse_to_psnr(mse)), "boot_distance": distance,
-            "grad_norm": float(grad_norm), "skipped": 0.0 if finite else 1.0, "step": float(self.step_count),
+            "loss": loss,
+            "mse": mse,
+            "psnr": float(mse_to_psnr(mse)),
+            "boot_distance": distance,
+            "grad_norm": float(grad_norm),
+            "skipped": 0.0 if finite else 1.0,
+            "step": float(self.step_count),
         }
 
     def _apply(self, grads: list[torch.Tensor], grad_norm: torch.Tensor) -> None:
         if self.config.max_grad_norm is not None:
             scale = (self.config.max_grad_norm / (grad_norm + 1e-6)).clamp(max=1.0)
             grads = [g * scale for g in grads]
-        for p, g in zip(self._meta_params, grads):
+        for p, g in zip(self._meta_params, grads, strict=True):
             p.grad = g
         self.optimizer.step()
         self.rates.clamp_()
@@ -321,8 +392,14 @@ class ContextPruningMetaLearner:
                 nothing is changed. Any failure while applying a state that passed the checks also restores the
                 learner as it was.
         """
-        check_state(state, config=self.config, model=self.model, optimizer=self.optimizer, adapted=self.adapted,
-                    rates=self.rates.tensors)
+        check_state(
+            state,
+            config=self.config,
+            model=self.model,
+            optimizer=self.optimizer,
+            adapted=self.adapted,
+            rates=self.rates.tensors,
+        )
         snapshot = self._snapshot()
         try:
             self._apply_state(state)

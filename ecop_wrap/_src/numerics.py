@@ -62,7 +62,8 @@ def gather_points(tensor: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 def global_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
     """Per-signal L2 norm over all tensors together: list of ``[B, ...]`` -> ``[B]``."""
-    return torch.linalg.vector_norm(torch.cat([t.flatten(1) for t in tensors], dim=1), dim=1)
+    norms: torch.Tensor = torch.linalg.vector_norm(torch.cat([t.flatten(1) for t in tensors], dim=1), dim=1)
+    return norms
 
 
 def per_signal(vector: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -103,7 +103,9 @@ def _register(registry: dict[str, Any], kind: str, name: str, factory: Any, over
 def check_rule_name(kind: str, name: Any, registry: dict[str, Any]) -> str:
     """``name`` must be a registered rule name of this kind."""
     if not isinstance(name, str) or name not in registry:
-        raise ValueError(f"{kind} must be one of {tuple(registry)} (or a name registered with register_{kind}), got {name!r}")
+        raise ValueError(
+            f"{kind} must be one of {tuple(registry)} (or a name registered with register_{kind}), got {name!r}"
+        )
     return name
 
 

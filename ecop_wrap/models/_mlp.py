@@ -6,12 +6,13 @@ batch of signals with one batched matmul per layer.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
 from torch import nn
 
-__all__ = ["Siren", "SineLayer", "FourierFeatureMLP"]
+__all__ = ["FourierFeatureMLP", "SineLayer", "Siren"]
 
 
 class SineLayer(nn.Module):
@@ -61,7 +62,7 @@ class Siren(nn.Module):
             raise ValueError("in_features, out_features, hidden_features and hidden_layers must all be >= 1")
         widths = [in_features] + [hidden_features] * hidden_layers
         self.layers = nn.Sequential(
-            *[SineLayer(a, b, w0=w0, is_first=(i == 0)) for i, (a, b) in enumerate(zip(widths[:-1], widths[1:]))]
+            *[SineLayer(a, b, w0=w0, is_first=(i == 0)) for i, (a, b) in enumerate(itertools.pairwise(widths))]
         )
         self.output = nn.Linear(hidden_features, out_features)
         bound = math.sqrt(6.0 / hidden_features) / w0
@@ -71,7 +72,8 @@ class Siren(nn.Module):
         self.output_offset = float(output_offset)
 
     def forward(self, coords: torch.Tensor) -> torch.Tensor:
-        return self.output(self.layers(coords)) + self.output_offset
+        out: torch.Tensor = self.output(self.layers(coords))
+        return out + self.output_offset
 
 
 class FourierFeatureMLP(nn.Module):
@@ -80,12 +82,18 @@ class FourierFeatureMLP(nn.Module):
     The frequency matrix ``B ~ N(0, scale^2)`` is a buffer (fixed, saved in the state dict, not adapted).
 
     Args:
-        in_features: coordinate dimension C. out_features: value dimension D.
+        in_features: coordinate dimension C.
+        out_features: value dimension D.
         num_frequencies: rows of B (the encoding has twice as many features).
         scale: standard deviation of B.
-        hidden_features, hidden_layers: MLP width and number of hidden ReLU layers.
+        hidden_features: MLP width.
+        hidden_layers: number of hidden ReLU layers.
         output_offset: constant added to the output.
+        generator: random generator for B (None: torch's global one).
     """
+
+    #: the frequency matrix B ``[num_frequencies, C]`` (a buffer).
+    frequencies: torch.Tensor
 
     def __init__(
         self,
@@ -103,7 +111,7 @@ class FourierFeatureMLP(nn.Module):
         self.register_buffer("frequencies", torch.randn(num_frequencies, in_features, generator=generator) * scale)
         widths = [2 * num_frequencies] + [hidden_features] * hidden_layers
         layers: list[nn.Module] = []
-        for a, b in zip(widths[:-1], widths[1:]):
+        for a, b in itertools.pairwise(widths):
             layers += [nn.Linear(a, b), nn.ReLU()]
         self.mlp = nn.Sequential(*layers, nn.Linear(widths[-1], out_features))
         self.output_offset = float(output_offset)
@@ -111,4 +119,5 @@ class FourierFeatureMLP(nn.Module):
     def forward(self, coords: torch.Tensor) -> torch.Tensor:
         projected = 2 * math.pi * coords @ self.frequencies.T
         features = torch.cat([torch.cos(projected), torch.sin(projected)], dim=-1)
-        return self.mlp(features) + self.output_offset
+        out: torch.Tensor = self.mlp(features)
+        return out + self.output_offset
