@@ -49,10 +49,8 @@ def _child(args: argparse.Namespace) -> None:
     model = Siren(2, 3, args.width, args.layers).to(device)
     coords = make_grid((args.side, args.side), device=device)
     values = torch.rand(args.batch, args.side**2, 3, device=device)
-    learner = ContextPruningMetaLearner(
-        model, optimizer=torch.optim.SGD(model.parameters(), lr=0.0), **MODES[args.mode]
-    )
-    learner.backend.batching = "bmm"
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    learner = ContextPruningMetaLearner(model, optimizer=optimizer, batching="bmm", **MODES[args.mode])
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()

@@ -1,8 +1,10 @@
 """What the example scripts share: flags, meta-training ECoP and Learnit side by side, testing both on
 held-out signals, checkpoints, pictures and a summary.
 
-Each ``examples/<modality>_siren.py`` builds an :class:`Example` (its datasets, its model and two drawing
-functions) and hands it to :func:`run`. This file is not part of the library: copy what you need.
+Each ``examples/<modality>_siren.py`` parses its flags, turns the shared ones into an :class:`ExampleConfig`
+(:func:`setup`), builds an :class:`Example` (its datasets, its model and two drawing functions) and hands both
+to :func:`run`. The two compared methods, training and test-time settings together, are defined once, in
+:func:`compared_methods`. This file is not part of the library: copy what you need.
 
 The comparison follows the paper at equal memory: ECoP prunes to a fraction gamma of the context for K steps
 (``K = 4 / gamma`` by default) plus L bootstrap steps; Learnit (MAML on the full context, no bootstrap) takes
@@ -18,7 +20,7 @@ import copy
 import json
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,13 +28,26 @@ from typing import Any
 import torch
 from torch import nn
 
-from ecop_wrap import ContextPruningMetaLearner, GradScaledAdapter
+from ecop_wrap import ContextPruningMetaLearner, ECoPConfig, GradScaledAdapter
 from ecop_wrap.data import SignalDataset
 from ecop_wrap.plotting import SelectionTrace, plot_psnr_curves, trace_selection
 
-__all__ = ["Evaluation", "Example", "add_common_flags", "build_learners", "evaluate", "meta_train", "run"]
+__all__ = [
+    "Evaluation",
+    "Example",
+    "ExampleConfig",
+    "Method",
+    "add_common_flags",
+    "build_learners",
+    "compared_methods",
+    "evaluate",
+    "meta_train",
+    "run",
+    "setup",
+]
 
 ECOP, LEARNIT = "ECoP", "Learnit"
+Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 @dataclass
@@ -176,54 +191,129 @@ def add_common_flags(parser: argparse.ArgumentParser, **defaults: Any) -> argpar
     return parser
 
 
-def check_args(args: argparse.Namespace) -> None:
-    """Reject flags that cannot work, before any data is loaded."""
-    positive = (
-        "outer_steps",
-        "batch_size",
-        "train_signals",
-        "test_signals",
-        "inner_steps",
-        "learnit_steps",
-        "hidden_features",
-        "hidden_layers",
-        "show",
+# ------------------------------------------------------------------------------------------------ config
+@dataclass(frozen=True)
+class ExampleConfig:
+    """The shared flags of an example run, parsed once and checked (:meth:`from_namespace`); see ``--help``.
+
+    Attributes:
+        flags: every flag of the script as parsed (its own ones too), recorded in ``summary.json``.
+    """
+
+    outer_steps: int
+    batch_size: int
+    train_signals: int
+    test_signals: int
+    outer_lr: float
+    max_grad_norm: float
+    inner_lr: float
+    gamma: float
+    inner_steps: int
+    bootstrap_steps: int
+    lam: float
+    boot_lr: float
+    ecop_scaling: str
+    learnit_steps: int
+    test_steps: int
+    hidden_features: int
+    hidden_layers: int
+    w0: float
+    show: int
+    out: Path | None
+    seed: int
+    threads: int | None
+    device: str
+    no_progress: bool
+    flags: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def from_namespace(cls, args: argparse.Namespace) -> ExampleConfig:
+        """The shared settings of a namespace parsed by a parser with :func:`add_common_flags`.
+
+        Raises:
+            SystemExit: a flag that cannot work (before any data is loaded).
+        """
+        names = [name for name in cls.__dataclass_fields__ if name != "flags"]
+        config = cls(**{name: getattr(args, name) for name in names}, flags=dict(vars(args)))
+        config.check()
+        return config
+
+    def check(self) -> None:
+        """Reject flags that cannot work."""
+        positive = (
+            "outer_steps",
+            "batch_size",
+            "train_signals",
+            "test_signals",
+            "inner_steps",
+            "learnit_steps",
+            "hidden_features",
+            "hidden_layers",
+            "show",
+        )
+        bad = [f"--{name.replace('_', '-')}" for name in positive if getattr(self, name) < 1]
+        if bad:
+            raise SystemExit(f"error: {', '.join(bad)} must be at least 1")
+        if not 0.0 < self.gamma <= 1.0:
+            raise SystemExit(f"error: --gamma must be in (0, 1], got {self.gamma}")
+        if self.test_steps < 0 or self.bootstrap_steps < 0:
+            raise SystemExit("error: --test-steps and --bootstrap-steps must be >= 0")
+
+    @property
+    def grad_clip(self) -> float | None:
+        """``--max-grad-norm``, None when it is 0 (no clipping)."""
+        return self.max_grad_norm if self.max_grad_norm > 0 else None
+
+
+# ----------------------------------------------------------------------------------------------- methods
+@dataclass(frozen=True)
+class Method:
+    """One compared method: its meta-training settings and its test-time fit together.
+
+    Attributes:
+        name: shown in the logs, tables and pictures; the checkpoint is ``<name lowercased>.pt``.
+        settings: the learner's hyper-parameters.
+        test_scaling: the test-time gradient scaling (``"norm"``, ``"loss"`` or ``"none"``).
+        label: the legend of the test-time PSNR curves.
+    """
+
+    name: str
+    settings: ECoPConfig
+    test_scaling: str
+    label: str
+
+    @property
+    def checkpoint(self) -> str:
+        """File name of the saved learner."""
+        return f"{self.name.lower()}.pt"
+
+
+def compared_methods(config: ExampleConfig, coord_range: tuple[float, float] | None) -> tuple[Method, ...]:
+    """ECoP and Learnit at equal memory (see the module docstring); both fit with ``--test-steps`` full steps."""
+    shared = {"inner_lr": config.inner_lr, "max_grad_norm": config.grad_clip, "coord_range": coord_range}
+    gamma, K, L = config.gamma, config.inner_steps, config.bootstrap_steps
+    ecop = ECoPConfig(gamma=gamma, K=K, L=L, lam=config.lam, boot_lr=config.boot_lr, **shared)
+    learnit = ECoPConfig(gamma=1.0, K=config.learnit_steps, L=0, lam=0.0, **shared)
+    return (
+        Method(ECOP, ecop, config.ecop_scaling, f"ECoP (gamma={gamma}, K={K}, L={L}), scaling={config.ecop_scaling}"),
+        # scaling only makes sense for a learner trained on pruned sets
+        Method(LEARNIT, learnit, "none", f"Learnit (K={config.learnit_steps}), unscaled"),
     )
-    bad = [f"--{name.replace('_', '-')}" for name in positive if getattr(args, name) < 1]
-    if bad:
-        raise SystemExit(f"error: {', '.join(bad)} must be at least 1")
-    if not 0.0 < args.gamma <= 1.0:
-        raise SystemExit(f"error: --gamma must be in (0, 1], got {args.gamma}")
-    if args.test_steps < 0 or args.bootstrap_steps < 0:
-        raise SystemExit("error: --test-steps and --bootstrap-steps must be >= 0")
 
 
-# ------------------------------------------------------------------------------------------------ learners
 def build_learners(
-    make_model: Callable[[], nn.Module], args: argparse.Namespace, coord_range: tuple[float, float] | None
+    make_model: Callable[[], nn.Module], methods: tuple[Method, ...], config: ExampleConfig
 ) -> dict[str, ContextPruningMetaLearner]:
-    """ECoP and Learnit from the same random initialization."""
-    torch.manual_seed(args.seed)
-    model = make_model().to(args.device)
-    clip = args.max_grad_norm if args.max_grad_norm > 0 else None
-    common = {
-        "inner_lr": args.inner_lr,
-        "outer_lr": args.outer_lr,
-        "max_grad_norm": clip,
-        "coord_range": coord_range,
-        "seed": args.seed,
-    }
-    ecop = ContextPruningMetaLearner(
-        model,
-        gamma=args.gamma,
-        K=args.inner_steps,
-        L=args.bootstrap_steps,
-        lam=args.lam,
-        boot_lr=args.boot_lr,
-        **common,
-    )
-    learnit = ContextPruningMetaLearner(copy.deepcopy(model), gamma=1.0, K=args.learnit_steps, L=0, lam=0.0, **common)
-    return {ECOP: ecop, LEARNIT: learnit}
+    """One learner per method, all from the same random initialization."""
+    torch.manual_seed(config.seed)
+    model = make_model().to(config.device)
+    learners = {}
+    for index, method in enumerate(methods):
+        init = model if index == 0 else copy.deepcopy(model)
+        learners[method.name] = ContextPruningMetaLearner.from_config(
+            init, method.settings, outer_lr=config.outer_lr, seed=config.seed
+        )
+    return learners
 
 
 class _Progress:
@@ -252,14 +342,14 @@ class _Progress:
             self.bar.close()
 
 
-def _batches(dataset: SignalDataset, args: argparse.Namespace) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    batch = min(args.batch_size, len(dataset))
-    for coords, values in dataset.batches(batch, seed=args.seed, infinite=True):
-        yield coords.to(args.device), values.to(args.device)
+def _batches(dataset: SignalDataset, config: ExampleConfig) -> Iterator[Batch]:
+    batch = min(config.batch_size, len(dataset))
+    for coords, values in dataset.batches(batch, seed=config.seed, infinite=True):
+        yield coords.to(config.device), values.to(config.device)
 
 
 def meta_train(
-    learners: dict[str, ContextPruningMetaLearner], train: SignalDataset, args: argparse.Namespace
+    learners: dict[str, ContextPruningMetaLearner], train: SignalDataset, config: ExampleConfig
 ) -> dict[str, list[float]]:
     """Alternate one outer step of each learner on the same batch; returns each one's training PSNR per step.
 
@@ -268,10 +358,10 @@ def meta_train(
     """
     history: dict[str, list[float]] = {name: [] for name in learners}
     smooth: dict[str, float] = {}
-    progress = _Progress(args.outer_steps, args.no_progress)
-    batches = _batches(train, args)
+    progress = _Progress(config.outer_steps, config.no_progress)
+    batches = _batches(train, config)
     try:
-        for _ in range(args.outer_steps):
+        for _ in range(config.outer_steps):
             batch = next(batches)
             for name, learner in learners.items():
                 psnr = learner.meta_step(batch)["psnr"]
@@ -285,30 +375,30 @@ def meta_train(
 
 
 def evaluate(
-    learners: dict[str, ContextPruningMetaLearner], test: SignalDataset, args: argparse.Namespace
+    learners: dict[str, ContextPruningMetaLearner],
+    methods: tuple[Method, ...],
+    test: SignalDataset,
+    config: ExampleConfig,
 ) -> dict[str, Evaluation]:
     """Fit every held-out signal from each learner's initialization with full-context steps."""
-    scaling = {ECOP: args.ecop_scaling, LEARNIT: "none"}
     results = {}
-    for name, learner in learners.items():
-        adapter = GradScaledAdapter(
-            learner, steps=args.test_steps, scaling=scaling[name], coord_range=learner.coord_range
-        )
+    for method in methods:
+        adapter = GradScaledAdapter(learners[method.name], steps=config.test_steps, scaling=method.test_scaling)
         psnrs, recons = [], []
         for coords, values in test.batches(min(8, len(test)), shuffle=False, drop_last=False):
-            coords, values = coords.to(args.device), values.to(args.device)
+            coords, values = coords.to(config.device), values.to(config.device)
             fit = adapter.fit((coords, values))
             psnrs.append(fit.history["psnr"].cpu())
             with torch.no_grad():
                 recons.append(fit(coords).cpu())
-        results[name] = Evaluation(psnr=torch.cat(psnrs, dim=1), reconstructions=torch.cat(recons))
+        results[method.name] = Evaluation(psnr=torch.cat(psnrs, dim=1), reconstructions=torch.cat(recons))
     return results
 
 
 # -------------------------------------------------------------------------------------------------- output
 def _summary(
     example: Example,
-    args: argparse.Namespace,
+    config: ExampleConfig,
     seconds: float,
     results: dict[str, Evaluation],
     training: dict[str, list[float]],
@@ -321,7 +411,7 @@ def _summary(
         "grid": list(example.train.shape),
         "points_per_signal": example.train.num_points,
         "meta_training_seconds": round(seconds, 1),
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in config.flags.items()},
         "notes": example.notes,
         "test_psnr": {
             name: {
@@ -344,42 +434,45 @@ def _print_table(results: dict[str, Evaluation], test_steps: int) -> None:
         print(f"{name:<9}" + "".join(f"{float(means[k]):>9.2f}" for k in marks))
 
 
-def run(example: Example, args: argparse.Namespace) -> dict[str, Any]:
+def run(example: Example, config: ExampleConfig) -> dict[str, Any]:
     """Meta-train both methods, save checkpoints, test on held-out signals, draw pictures, write summary.json."""
-    out = Path(args.out) if args.out is not None else Path("outputs") / example.name
+    out = Path(config.out) if config.out is not None else Path("outputs") / example.name
     out.mkdir(parents=True, exist_ok=True)
     print(
         f"{example.name}: {len(example.train)} training and {len(example.test)} held-out signals, grid "
         f"{example.train.shape} ({example.train.num_points} points), writing to {out}/"
     )
-    learners = build_learners(example.make_model, args, example.coord_range)
+    methods = compared_methods(config, example.coord_range)
+    learners = build_learners(example.make_model, methods, config)
     for name, learner in learners.items():
         print(f"  {name}: {learner!r}")
     start = time.perf_counter()
-    training = meta_train(learners, example.train, args)
+    training = meta_train(learners, example.train, config)
     seconds = time.perf_counter() - start
     print(f"meta-training took {seconds:.0f} s")
-    for name, learner in learners.items():
-        learner.save(out / f"{name.lower()}.pt")
-    results = evaluate(learners, example.test, args)
-    _print_table(results, args.test_steps)
-    written = _draw(example, args, learners, results, training, out)
-    summary = _summary(example, args, seconds, results, training)
+    for method in methods:
+        learners[method.name].save(out / method.checkpoint)
+    results = evaluate(learners, methods, example.test, config)
+    _print_table(results, config.test_steps)
+    written = _draw(example, config, methods, learners, results, training, out)
+    summary = _summary(example, config, seconds, results, training)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print("wrote " + ", ".join(str(Path(p).name) for p in written) + f", ecop.pt, learnit.pt, summary.json in {out}/")
+    files = [Path(p).name for p in written] + [m.checkpoint for m in methods] + ["summary.json"]
+    print(f"wrote {', '.join(files)} in {out}/")
     return summary
 
 
 def _draw(
     example: Example,
-    args: argparse.Namespace,
+    config: ExampleConfig,
+    methods: tuple[Method, ...],
     learners: dict[str, ContextPruningMetaLearner],
     results: dict[str, Evaluation],
     training: dict[str, list[float]],
     out: Path,
 ) -> list[str]:
     # the first and last held-out signals and evenly spaced ones between (neighbours are often alike)
-    shown = torch.linspace(0, len(example.test) - 1, min(args.show, len(example.test))).round().long().unique()
+    shown = torch.linspace(0, len(example.test) - 1, min(config.show, len(example.test))).round().long().unique()
     written = example.show_reconstructions(
         example.test.stacked()[shown],
         {name: r.reconstructions[shown] for name, r in results.items()},
@@ -387,15 +480,11 @@ def _draw(
         [example.test.names[i] for i in shown.tolist()],
         out,
     )
-    labels = {
-        ECOP: f"ECoP (gamma={args.gamma}, K={args.inner_steps}, L={args.bootstrap_steps}), scaling={args.ecop_scaling}",
-        LEARNIT: f"Learnit (K={args.learnit_steps}), unscaled",
-    }
     written.append(
         plot_psnr_curves(
-            {labels[name]: r.psnr for name, r in results.items()},
+            {method.label: results[method.name].psnr for method in methods},
             out / "psnr_per_step.png",
-            title=f"{example.name}: {len(example.test)} held-out signals after {args.outer_steps} outer steps "
+            title=f"{example.name}: {len(example.test)} held-out signals after {config.outer_steps} outer steps "
             "(mean ± std)",
             xlabel="test-time adaptation step k (full context)",
         )
@@ -425,10 +514,11 @@ def _running_mean(values: list[float], window: int = 20) -> list[float]:
     return out
 
 
-def setup(args: argparse.Namespace) -> None:
-    """Threads, and a clear exit for a device that is not there."""
-    check_args(args)
-    if args.threads is not None:
-        torch.set_num_threads(max(1, args.threads))
-    if str(args.device).startswith("cuda") and not torch.cuda.is_available():
+def setup(args: argparse.Namespace) -> ExampleConfig:
+    """The run's :class:`ExampleConfig`; sets the threads and exits clearly for a device that is not there."""
+    config = ExampleConfig.from_namespace(args)
+    if config.threads is not None:
+        torch.set_num_threads(max(1, config.threads))
+    if str(config.device).startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda but no CUDA device is available")
+    return config

@@ -199,14 +199,14 @@ def load_data(args: argparse.Namespace) -> tuple[SignalDataset, SignalDataset, d
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    setup(args)
+    config = setup(args)
     if args.sample_rate < 1 or args.seconds <= 0 or args.crops_per_file < 1:
         raise SystemExit("error: --sample-rate, --seconds and --crops-per-file must be positive")
     train, test, notes = load_data(args)
     scale = float(train.coords.abs().max())
 
     def make_model() -> torch.nn.Module:
-        return Siren(1, 1, args.hidden_features, args.hidden_layers, w0=args.w0, output_offset=0.0)
+        return Siren(1, 1, config.hidden_features, config.hidden_layers, w0=config.w0, output_offset=0.0)
 
     def show_reconstructions(
         originals: torch.Tensor,
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> dict:
                 sample_rate=args.sample_rate,
                 psnr=psnr,
                 row_labels=names,
-                title=f"held-out speech after {args.test_steps} test-time steps",
+                title=f"held-out speech after {config.test_steps} test-time steps",
             )
         ]
 
@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> dict:
             trace.predictions,
             out / "selection.png",
             sample_rate=args.sample_rate,
-            title=f"ECoP's pruned context (gamma = {args.gamma}) on a held-out clip, from the meta-learned init",
+            title=f"ECoP's pruned context (gamma = {config.gamma}) on a held-out clip, from the meta-learned init",
         )
 
     notes.update(
@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> dict:
     example = Example(
         "audio", train, test, make_model, show_reconstructions, show_selection, coord_range=(-scale, scale), notes=notes
     )
-    return run(example, args)
+    return run(example, config)
 
 
 if __name__ == "__main__":

@@ -97,7 +97,7 @@ def load_data(args: argparse.Namespace) -> tuple[SignalDataset, SignalDataset, d
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    setup(args)
+    config = setup(args)
     train, test, notes = load_data(args)
     if train.channels is None or test.channels != train.channels:
         raise SystemExit("error: training and held-out images must all have the same number of channels")
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
     channels = train.channels
 
     def make_model() -> torch.nn.Module:
-        return Siren(2, channels, args.hidden_features, args.hidden_layers, w0=args.w0, output_offset=0.5)
+        return Siren(2, channels, config.hidden_features, config.hidden_layers, w0=config.w0, output_offset=0.5)
 
     def show_reconstructions(
         originals: torch.Tensor,
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
                 out / "reconstructions.png",
                 psnr=psnr,
                 row_labels=names,
-                title=f"held-out images after {args.test_steps} test-time steps",
+                title=f"held-out images after {config.test_steps} test-time steps",
             )
         ]
 
@@ -134,11 +134,11 @@ def main(argv: list[str] | None = None) -> dict:
             errors,
             preds,
             out / "selection.png",
-            title=f"ECoP's pruned context (gamma = {args.gamma}) on a held-out image, from the meta-learned init",
+            title=f"ECoP's pruned context (gamma = {config.gamma}) on a held-out image, from the meta-learned init",
         )
 
     example = Example("image", train, test, make_model, show_reconstructions, show_selection, notes=notes)
-    return run(example, args)
+    return run(example, config)
 
 
 if __name__ == "__main__":

@@ -97,14 +97,14 @@ def _subset(fields: LatLonArray, indices: range) -> LatLonArray:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    setup(args)
+    config = setup(args)
     train, test, notes = load_data(args)
     span = train.value_max - train.value_min
     step = float(train.lons[1] - train.lons[0]) if len(train.lons) > 1 else 1.0
     extent = (float(train.lons[0]) - step / 2, float(train.lons[-1]) + step / 2, -90.0, 90.0)
 
     def make_model() -> torch.nn.Module:
-        return Siren(3, 1, args.hidden_features, args.hidden_layers, w0=args.w0, output_offset=0.5)
+        return Siren(3, 1, config.hidden_features, config.hidden_layers, w0=config.w0, output_offset=0.5)
 
     def kelvin(values: torch.Tensor) -> torch.Tensor:
         return train.to_arrays(train.denormalize(values))
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
                 {n: kelvin(v) for n, v in recons.items()},
                 out / "reconstructions.png",
                 psnr=psnr,
-                title=f"held-out temperature fields after {args.test_steps} test-time steps",
+                title=f"held-out temperature fields after {config.test_steps} test-time steps",
                 row_labels=names,
                 cmap="RdYlBu_r",
                 origin="lower",
@@ -146,12 +146,12 @@ def main(argv: list[str] | None = None) -> dict:
             origin="lower",
             extent=extent,
             cmap="RdYlBu_r",
-            title=f"ECoP's pruned context (gamma = {args.gamma}) on held-out field {test.names[0]} "
+            title=f"ECoP's pruned context (gamma = {config.gamma}) on held-out field {test.names[0]} "
             f"(values normalised: 1 = {span:.0f} K)",
         )
 
     example = Example("sphere", train, test, make_model, show_reconstructions, show_selection, notes=notes)
-    return run(example, args)
+    return run(example, config)
 
 
 if __name__ == "__main__":

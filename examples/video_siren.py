@@ -100,13 +100,13 @@ def load_data(args: argparse.Namespace) -> tuple[SignalDataset, SignalDataset, d
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    setup(args)
+    config = setup(args)
     train, test, notes = load_data(args)
     frames, side = train.shape[0], train.shape[1]
     shown_frames = sorted({0, frames // 2, frames - 1})
 
     def make_model() -> torch.nn.Module:
-        return Siren(3, 3, args.hidden_features, args.hidden_layers, w0=args.w0, output_offset=0.5)
+        return Siren(3, 3, config.hidden_features, config.hidden_layers, w0=config.w0, output_offset=0.5)
 
     def show_reconstructions(
         originals: torch.Tensor,
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
                 out / "reconstructions.png",
                 psnr=rows_psnr,
                 row_labels=labels,
-                title=f"held-out clips after {args.test_steps} test-time steps (PSNR per clip)",
+                title=f"held-out clips after {config.test_steps} test-time steps (PSNR per clip)",
             )
         ]
 
@@ -143,12 +143,12 @@ def main(argv: list[str] | None = None) -> dict:
             errors[:, t],
             preds[:, t],
             out / "selection.png",
-            title=f"ECoP's pruned context (gamma = {args.gamma}, chosen over the whole clip) on frame t = {t} "
+            title=f"ECoP's pruned context (gamma = {config.gamma}, chosen over the whole clip) on frame t = {t} "
             "of a held-out clip",
         )
 
     example = Example("video", train, test, make_model, show_reconstructions, show_selection, notes=notes)
-    return run(example, args)
+    return run(example, config)
 
 
 if __name__ == "__main__":

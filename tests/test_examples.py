@@ -97,6 +97,43 @@ def test_bad_flags_exit_with_a_message():
         module.main(["--gamma", "1.5"])
 
 
+def test_example_config_is_frozen_and_methods_carry_training_and_test_settings():
+    import dataclasses
+
+    module = _load("image_siren")
+    args = module.parse_args(
+        [
+            "--gamma",
+            "0.5",
+            "--inner-steps",
+            "8",
+            "--bootstrap-steps",
+            "3",
+            "--learnit-steps",
+            "2",
+            "--ecop-scaling",
+            "loss",
+            "--max-grad-norm",
+            "0",
+            "--boot-lr",
+            "0.1",
+            "--threads",
+            "1",
+        ]
+    )
+    common = sys.modules["_common"]
+    config = common.setup(args)
+    assert config.flags["resolution"] == 32  # the script's own flags are recorded too (summary.json "args")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.gamma = 0.25
+    ecop, learnit = common.compared_methods(config, (-1.0, 1.0))
+    assert (ecop.name, ecop.test_scaling, ecop.checkpoint) == ("ECoP", "loss", "ecop.pt")
+    assert (ecop.settings.gamma, ecop.settings.K, ecop.settings.L, ecop.settings.boot_lr) == (0.5, 8, 3, 0.1)
+    assert ecop.settings.max_grad_norm is None  # --max-grad-norm 0 disables clipping
+    assert (learnit.name, learnit.test_scaling, learnit.checkpoint) == ("Learnit", "none", "learnit.pt")
+    assert (learnit.settings.gamma, learnit.settings.K, learnit.settings.L, learnit.settings.lam) == (1.0, 2, 0, 0.0)
+
+
 # ------------------------------------------------------------------------------------------- end to end
 def _check_outputs(out: Path, summary: dict, test_steps: int = 3) -> None:
     from PIL import Image

@@ -154,3 +154,89 @@ def test_compare_files_pairs_methods_of_two_result_files(tmp_path):
         compare_files(f"{tmp_path / 'old.json'}:ecop", f"{tmp_path / 'b.json'}:learnit")
     with pytest.raises(ValueError, match="same signals"):
         paired_gap([1.0, 2.0], [1.0])
+
+
+# ------------------------------------------------------------------------------------- config and methods
+def test_run_config_is_parsed_once_frozen_and_adds_the_model_an_evaluation_row_tests():
+    import dataclasses
+
+    from reproduce import RunConfig
+
+    config = RunConfig.from_args(
+        ["--methods", "ecop_test_pruned,learnit", "--outer-lr-for", "ecop=1e-3", "--sphere", "iris", "--w0", "40"]
+    )
+    assert config.methods == ("learnit", "ecop", "ecop_test_pruned")  # ecop added, table order
+    assert config.images is None and config.sphere == "iris"
+    assert config.outer_lr_of("ecop") == 1e-3 and config.outer_lr_of("learnit") == 3e-4
+    assert config.w0_for("sphere") == 40.0
+    assert config.argv[:2] == ("--methods", "ecop_test_pruned,learnit")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.gamma = 0.5  # type: ignore[misc]
+    assert RunConfig.from_args([]).w0_for("sphere") == 50.0 and RunConfig.from_args([]).w0_for("image") == 30.0
+    with pytest.raises(SystemExit):
+        RunConfig.from_args(["--outer-steps", "0"])
+    with pytest.raises(SystemExit):
+        RunConfig.from_args(["--methods", "maml"])
+
+
+def test_method_table_rows_resolve_training_and_test_settings():
+    from reproduce import METHOD_TABLE, FitSetting, RunConfig
+
+    config = RunConfig.from_args(
+        [
+            "--gamma",
+            "0.5",
+            "--ecop-steps",
+            "8",
+            "--boot-steps",
+            "3",
+            "--lam",
+            "10",
+            "--boot-lr",
+            "0.1",
+            "--inner-lr",
+            "0.02",
+            "--learnit-tuned-inner-lr",
+            "0.05",
+            "--outer-lr-for",
+            "reptile=1e-3",
+        ]
+    )
+    boot = {"L": 3, "lam": 10.0, "boot_lr": 0.1}
+
+    def hyper(name: str) -> dict:
+        return METHOD_TABLE[name].training(config).hyper
+
+    assert hyper("fomaml") == {"gamma": 1.0, "K": 8, "L": 0, "lam": 0.0, "first_order": True}
+    assert hyper("learnit") == hyper("learnit_tuned_lr") == {"gamma": 1.0, "K": 4, "L": 0, "lam": 0.0}  # gamma * K
+    assert hyper("random_pruning") == {"gamma": 0.5, "K": 8, "selection": "random", **boot}
+    assert hyper("ecop") == {"gamma": 0.5, "K": 8, **boot}
+    assert hyper("ecop_no_bootstrap") == {"gamma": 0.5, "K": 8, "L": 0, "lam": 0.0}
+    reptile = METHOD_TABLE["reptile"].training(config)
+    assert reptile.reptile and reptile.hyper == {"K": 8} and reptile.outer_lr == 1e-3
+    assert METHOD_TABLE["learnit_tuned_lr"].training(config).inner_lr == 0.05
+    assert METHOD_TABLE["learnit"].training(config).inner_lr == 0.02
+
+    def test(name: str) -> FitSetting:
+        return METHOD_TABLE[name].fit_setting(config)
+
+    assert test("ecop") == test("ecop_no_bootstrap") == FitSetting(0.02, "norm", "full", 0.5, "error")
+    assert test("random_pruning") == FitSetting(0.02, "norm", "full", 0.5, "random")
+    assert test("ecop_test_pruned") == FitSetting(0.02, "none", "pruned", 0.5, "error")
+    assert test("ecop_test_unscaled_tuned") == test("learnit_tuned_lr") == FitSetting(0.05)
+    assert test("random_init") == test("reptile") == test("ecop_test_unscaled") == FitSetting(0.02)
+    for method in METHOD_TABLE.values():
+        if method.train is None:
+            assert method.trained_as is None or METHOD_TABLE[method.trained_as].train is not None
+            with pytest.raises(ValueError, match="not trained"):
+                method.training(config)
+
+
+def test_partition_puts_evaluation_rows_with_the_model_they_test():
+    from reproduce import METHODS, partition
+
+    for workers in (1, 2, 3, 8):
+        groups = partition(METHODS, workers)
+        assert sorted(m for g in groups for m in g) == sorted(METHODS)
+        ecop_group = next(g for g in groups if "ecop" in g)
+        assert {"ecop_test_unscaled", "ecop_test_pruned", "ecop_test_unscaled_tuned"} <= set(ecop_group)
