@@ -50,12 +50,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from baselines import Reptile
 
-from ecop_wrap import ContextPruningMetaLearner, ECoPConfig, GradScaledAdapter, SavedTensorMeter, Siren
+from ecop_wrap import (
+    ContextPruningMetaLearner,
+    ECoPConfig,
+    GradScaledAdapter,
+    ModulatedSiren,
+    SavedTensorMeter,
+    Siren,
+)
 from ecop_wrap.quality import lpips_distance, lpips_status, ssim
 
 if TYPE_CHECKING:
@@ -102,6 +110,7 @@ class RunConfig:
     eval_seed: int
     width: int
     depth: int
+    latent_dim: int
     w0: float | None
     batch: int
     gamma: float
@@ -174,7 +183,8 @@ class FitSetting:
     the defaults.
     """
 
-    lr: float
+    lr: float | None
+    """The test-time step size; None: the learner's meta-learned inner rates."""
     scaling: str = "none"
     context: str = "full"
     gamma: float = 0.25
@@ -195,6 +205,7 @@ class Training:
     inner_lr: float
     outer_lr: float
     reptile: bool = False
+    adapt: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -211,6 +222,8 @@ class Method:
         tuned_lr: use ``--learnit-tuned-inner-lr`` instead of ``--inner-lr``, in training and at test time.
         test_scaling, test_context, test_selection: the test-time fit (see :class:`FitSetting`).
         cost: rough relative CPU cost per outer step (measured at 32x32, SIREN 3x128), to balance ``--workers``.
+        model: ``"siren"`` or ``"modulated"`` (a ``ModulatedSiren`` with ``--latent-dim``).
+        adapt: the parameters adapted per signal (None: all).
     """
 
     name: str
@@ -222,6 +235,13 @@ class Method:
     test_context: str = "full"
     test_selection: str = "error"
     cost: float = 0.0
+    model: str = "siren"
+    adapt: tuple[str, ...] | None = None
+
+    @property
+    def learned_rates(self) -> bool:
+        """Whether the method meta-learns its inner step sizes (then its test-time fit uses them)."""
+        return self.train is not None and self.train.__name__ == "learned"
 
     def inner_lr(self, config: RunConfig) -> float:
         """The inner step size of this method in a run."""
@@ -231,15 +251,16 @@ class Method:
         """This method's training settings in a run (trained methods only)."""
         if self.train is None:
             raise ValueError(f"{self.name} is not trained")
-        return Training(self.train(config), self.inner_lr(config), config.outer_lr_of(self.name), self.reptile)
+        return Training(
+            self.train(config), self.inner_lr(config), config.outer_lr_of(self.name), self.reptile, self.adapt
+        )
 
     def fit_setting(self, config: RunConfig) -> FitSetting:
         """This method's test-time fit in a run (every method takes ``--test-steps`` steps)."""
+        lr = None if self.learned_rates else self.inner_lr(config)
         if self.test_scaling == "none" and self.test_context == "full":
-            return FitSetting(self.inner_lr(config))
-        return FitSetting(
-            self.inner_lr(config), self.test_scaling, self.test_context, config.gamma, self.test_selection
-        )
+            return FitSetting(lr)
+        return FitSetting(lr, self.test_scaling, self.test_context, config.gamma, self.test_selection)
 
 
 def _full_context(steps: int, first_order: bool = False) -> dict[str, Any]:
@@ -252,6 +273,23 @@ def _pruned(config: RunConfig, selection: str = "error", bootstrap: bool = True)
     chosen = {"selection": selection} if selection != "error" else {}
     boot = config.bootstrap if bootstrap else {"L": 0, "lam": 0.0}
     return {"gamma": config.gamma, "K": config.ecop_steps, **chosen, **boot}
+
+
+def _learned(mode: str, base: Callable[[RunConfig], dict[str, Any]]) -> Callable[[RunConfig], dict[str, Any]]:
+    """``base``'s settings with meta-learned inner step sizes (``learn_inner_lr=mode``)."""
+
+    def learned(config: RunConfig) -> dict[str, Any]:
+        return {**base(config), "learn_inner_lr": mode}
+
+    return learned
+
+
+def _ecop(config: RunConfig) -> dict[str, Any]:
+    return _pruned(config)
+
+
+def _learnit(config: RunConfig) -> dict[str, Any]:
+    return _full_context(config.learnit_steps)
 
 
 # Every method once, in the order they run and are reported. Equal memory: the pruned methods keep gamma * M
@@ -268,6 +306,21 @@ _METHOD_ROWS = (
     Method("ecop_test_unscaled", trained_as="ecop"),
     Method("ecop_test_pruned", trained_as="ecop", test_context="pruned"),
     Method("ecop_test_unscaled_tuned", trained_as="ecop", tuned_lr=True),
+    # Beyond the paper: meta-learned inner step sizes (MAML++ per tensor and step, Meta-SGD per element) ...
+    Method("ecop_lr_tensor", _learned("per_tensor", _ecop), test_scaling="norm", cost=0.8),
+    Method("ecop_lr_element", _learned("per_element", _ecop), test_scaling="norm", cost=0.8),
+    Method("learnit_lr_tensor", _learned("per_tensor", _learnit), cost=0.5),
+    Method("learnit_lr_element", _learned("per_element", _learnit), cost=0.5),
+    # ... and latent-only adaptation of a ModulatedSiren (functa-style), with per-element learned rates
+    Method(
+        "ecop_latent",
+        _learned("per_element", _ecop),
+        test_scaling="norm",
+        cost=0.8,
+        model="modulated",
+        adapt=("latent",),
+    ),
+    Method("learnit_latent", _learned("per_element", _learnit), cost=0.5, model="modulated", adapt=("latent",)),
 )
 METHOD_TABLE: dict[str, Method] = {m.name: m for m in _METHOD_ROWS}
 METHODS = tuple(METHOD_TABLE)
@@ -396,11 +449,21 @@ def load_splits(config: RunConfig) -> Splits:
 
 
 # ----------------------------------------------------------------------------------------------- model
-def build_model(config: RunConfig, splits: Splits) -> Siren:
-    """The SIREN every method starts from (identical weights: seeded by ``--seed``)."""
+def build_model(config: RunConfig, splits: Splits, kind: str = "siren") -> nn.Module:
+    """The SIREN every method starts from (identical weights: seeded by ``--seed``), or its modulated twin."""
     torch.manual_seed(config.seed)
     offset = 0.0 if splits.modality == "audio" else 0.5
     channels = splits.train.channels
+    if kind == "modulated":
+        return ModulatedSiren(
+            splits.coords.shape[1],
+            channels,
+            config.width,
+            config.depth,
+            latent_dim=config.latent_dim,
+            w0=config.w0_for(splits.modality),
+            output_offset=offset,
+        )
     return Siren(
         splits.coords.shape[1],
         channels,
@@ -418,7 +481,10 @@ def make_trainer(training: Training, model: Siren, config: RunConfig) -> Context
     settings = ECoPConfig(
         inner_lr=training.inner_lr, max_grad_norm=config.max_grad_norm, coord_range=None, **training.hyper
     )
-    return ContextPruningMetaLearner.from_config(model, settings, outer_lr=training.outer_lr, seed=config.seed)
+    adapt = list(training.adapt) if training.adapt is not None else None
+    return ContextPruningMetaLearner.from_config(
+        model, settings, outer_lr=training.outer_lr, seed=config.seed, adapt=adapt
+    )
 
 
 # -------------------------------------------------------------------------------------------- training
@@ -487,7 +553,11 @@ def _thin(curve: list[float], points: int = 50) -> list[float]:
 
 # ------------------------------------------------------------------------------------------ evaluation
 def _fit(
-    model: Siren, coords: torch.Tensor, values: torch.Tensor, steps: int, test: FitSetting
+    model: nn.Module | ContextPruningMetaLearner,
+    coords: torch.Tensor,
+    values: torch.Tensor,
+    steps: int,
+    test: FitSetting,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Fit with the adapter: full-context steps, or (``context="pruned"``) every step on the pruned context."""
     adapter = GradScaledAdapter(
@@ -506,7 +576,12 @@ def _fit(
 
 
 def evaluate(
-    model: Siren, splits: Splits, values: torch.Tensor, steps: int, test: FitSetting, chunk: int = 50
+    model: nn.Module | ContextPruningMetaLearner,
+    splits: Splits,
+    values: torch.Tensor,
+    steps: int,
+    test: FitSetting,
+    chunk: int = 50,
 ) -> dict[str, Any]:
     """Fit every held-out signal from ``model`` and score it.
 
@@ -571,7 +646,7 @@ def run(config: RunConfig, log: Callable[[str], None] = print) -> dict[str, Any]
     held_out = (splits.val if config.eval_split == "val" else splits.test).to(device)
     val = splits.val.to(device) if config.eval_split == "both" else None
 
-    def score(model: Siren, method: Method) -> dict[str, Any]:
+    def score(model: nn.Module | ContextPruningMetaLearner, method: Method) -> dict[str, Any]:
         setting = method.fit_setting(config)
         out = evaluate(model, splits, held_out, config.test_steps, setting)
         if val is not None:
@@ -581,14 +656,15 @@ def run(config: RunConfig, log: Callable[[str], None] = print) -> dict[str, Any]
 
     splits.coords = splits.coords.to(device)
     results: dict[str, Any] = {}
-    trained_models: dict[str, Siren] = {}
+    # a trained method's learner (its test-time fit uses its adapted parameters and learned rates, if any)
+    trained_models: dict[str, nn.Module | ContextPruningMetaLearner] = {}
     for name in config.methods:
         method = METHOD_TABLE[name]
         if method.train is not None:
-            model = build_model(config, splits).to(device)
-            training = train_method(method, model, splits, config, device, log)
-            trained_models[name] = model
-            results[name] = {**score(model, method), **training}
+            model = build_model(config, splits, method.model).to(device)
+            training, trainer = train_method(method, model, splits, config, device, log)
+            trained_models[name] = trainer if isinstance(trainer, ContextPruningMetaLearner) else model
+            results[name] = {**score(trained_models[name], method), **training}
         elif method.trained_as is None:  # the initialisation itself
             model = build_model(config, splits).to(device)
             results[name] = {
@@ -610,9 +686,14 @@ def run(config: RunConfig, log: Callable[[str], None] = print) -> dict[str, Any]
 
 
 def train_method(
-    method: Method, model: Siren, splits: Splits, config: RunConfig, device: torch.device, log: Callable[[str], None]
-) -> dict[str, Any]:
-    """Meta-train ``model`` (in place) as ``method``; returns the training part of the method's results."""
+    method: Method,
+    model: nn.Module,
+    splits: Splits,
+    config: RunConfig,
+    device: torch.device,
+    log: Callable[[str], None],
+) -> tuple[dict[str, Any], ContextPruningMetaLearner | Reptile]:
+    """Meta-train ``model`` (in place) as ``method``; returns the training part of its results and the trainer."""
     training = method.training(config)
     trainer = make_trainer(training, model, config)
     batches = _device_batches(splits.train.batches(config.batch, seed=config.seed, infinite=True), device)
@@ -623,7 +704,7 @@ def train_method(
         f"inner lr {training.inner_lr:g}, {training.hyper})"
     )
     stats = train(trainer, batches, config.outer_steps, log, method.name)
-    return {
+    record: dict[str, Any] = {
         "seconds_per_step": stats["seconds_per_step"],
         "cpu_seconds_per_step": stats["cpu_seconds_per_step"],
         "peak_memory_bytes": stats.get("cuda_peak_bytes", memory),
@@ -635,6 +716,11 @@ def train_method(
             "train_psnr_curve": stats["train_psnr_curve"],
         },
     }
+    rates = getattr(trainer, "inner_lrs", {})
+    if rates:  # where the meta-learned step sizes ended up
+        every = torch.cat([r.detach().flatten() for r in rates.values()])
+        record["learned_inner_lr"] = {"mean": float(every.mean()), "min": float(every.min()), "max": float(every.max())}
+    return record, trainer
 
 
 def _device_batches(batches: Iterator[Batch], device: torch.device) -> Iterator[Batch]:
@@ -818,6 +904,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="model init, training crops and batch order")
     p.add_argument("--eval-seed", type=int, default=0, help="which held-out crops are drawn")
     p.add_argument("--width", type=int, default=128)
+    p.add_argument(
+        "--latent-dim", type=int, default=128, help="latent size of the ModulatedSiren of the *_latent methods"
+    )
     p.add_argument("--depth", type=int, default=3, help="hidden sine layers")
     p.add_argument("--w0", type=float, default=None, help="SIREN frequency (default 30; 50 on the sphere)")
     p.add_argument("--batch", type=int, default=4)
