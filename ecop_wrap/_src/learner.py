@@ -8,6 +8,7 @@ step on theta_0 (and on the learned inner rates, if any).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import warnings
 from typing import Any
@@ -155,13 +156,12 @@ class ContextPruningMetaLearner:
         seed: int | None = None,
     ) -> ContextPruningMetaLearner:
         """A learner from an :class:`~ecop_wrap.ECoPConfig` (the other arguments as in the constructor)."""
-        check_model(model)
         if not isinstance(config, ECoPConfig):
             raise TypeError(f"config must be an ECoPConfig, got {type(config).__name__}")
-        learner = cls.__new__(cls)
-        learner._setup(
+        settings = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+        return cls(
             model,
-            config,
+            **settings,
             optimizer=optimizer,
             outer_lr=outer_lr,
             rates_lr=rates_lr,
@@ -170,7 +170,6 @@ class ContextPruningMetaLearner:
             process_group=process_group,
             seed=seed,
         )
-        return learner
 
     def _setup(
         self,

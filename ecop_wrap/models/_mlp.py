@@ -35,6 +35,16 @@ class SineLayer(nn.Module):
         return torch.sin(self.w0 * self.linear(x))
 
 
+def siren_output_layer(hidden_features: int, out_features: int, w0: float) -> nn.Linear:
+    """SIREN's linear output layer: weights ``U(-sqrt(6/in)/w0, sqrt(6/in)/w0)``, zero bias."""
+    layer = nn.Linear(hidden_features, out_features)
+    bound = math.sqrt(6.0 / hidden_features) / w0
+    with torch.no_grad():
+        layer.weight.uniform_(-bound, bound)
+        layer.bias.zero_()
+    return layer
+
+
 class Siren(nn.Module):
     """SIREN: an MLP with sine activations, ``[..., in_features] -> [..., out_features]``.
 
@@ -64,11 +74,7 @@ class Siren(nn.Module):
         self.layers = nn.Sequential(
             *[SineLayer(a, b, w0=w0, is_first=(i == 0)) for i, (a, b) in enumerate(itertools.pairwise(widths))]
         )
-        self.output = nn.Linear(hidden_features, out_features)
-        bound = math.sqrt(6.0 / hidden_features) / w0
-        with torch.no_grad():
-            self.output.weight.uniform_(-bound, bound)
-            self.output.bias.zero_()
+        self.output = siren_output_layer(hidden_features, out_features, w0)
         self.output_offset = float(output_offset)
 
     def forward(self, coords: torch.Tensor) -> torch.Tensor:

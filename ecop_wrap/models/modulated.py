@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import itertools
-import math
 
 import torch
 from torch import nn
 
-from ._mlp import SineLayer
+from ._mlp import SineLayer, siren_output_layer
 
 __all__ = ["ModulatedSiren"]
 
@@ -56,11 +55,7 @@ class ModulatedSiren(nn.Module):
         self.layers = nn.ModuleList(
             SineLayer(a, b, w0=w0, is_first=i == 0) for i, (a, b) in enumerate(itertools.pairwise(widths))
         )
-        self.output = nn.Linear(hidden_features, out_features)
-        bound = math.sqrt(6.0 / hidden_features) / w0
-        with torch.no_grad():
-            self.output.weight.uniform_(-bound, bound)
-            self.output.bias.zero_()
+        self.output = siren_output_layer(hidden_features, out_features, w0)
         self.output_offset = float(output_offset)
 
     def forward(self, coords: torch.Tensor) -> torch.Tensor:
