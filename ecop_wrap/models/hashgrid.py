@@ -99,9 +99,11 @@ class HashGridINR(nn.Module):
         table_size = 2**log2_table_size
         self.hashed = [(n + 1) ** in_features > table_size for n in self.resolutions]
         sizes = [table_size if hashed else (n + 1) ** in_features for n, hashed in zip(self.resolutions, self.hashed)]
-        self.tables = nn.ParameterList(
-            nn.Parameter(torch.empty(size, features_per_level).uniform_(-init_scale, init_scale)) for size in sizes
-        )
+        # One attribute per level (table_0, table_1, ...) rather than an nn.ParameterList: higher's patched
+        # modules do not see fast weights held in a ParameterList and would silently use the initial tables.
+        for level, size in enumerate(sizes):
+            table = torch.empty(size, features_per_level).uniform_(-init_scale, init_scale)
+            self.register_parameter(f"table_{level}", nn.Parameter(table))
         corners = torch.tensor(list(itertools.product((0, 1), repeat=in_features)), dtype=torch.long)
         self.register_buffer("corners", corners, persistent=False)  # [2^C, C]
         self.register_buffer("primes", torch.tensor(HASH_PRIMES[:in_features], dtype=torch.long), persistent=False)
@@ -111,6 +113,11 @@ class HashGridINR(nn.Module):
             layers += [nn.Linear(a, b), nn.ReLU()]
         self.mlp = nn.Sequential(*layers, nn.Linear(widths[-1], out_features))
         self.output_offset = float(output_offset)
+
+    def table(self, level: int) -> torch.Tensor:
+        """The ``[entries, F]`` feature table of ``level`` (the parameter ``table_<level>``)."""
+        table: torch.Tensor = getattr(self, f"table_{level}")
+        return table
 
     def _vertex_index(self, vertices: torch.Tensor, level: int) -> torch.Tensor:
         """Table rows of integer grid vertices ``[N, 2^C, C] -> [N, 2^C]``."""
@@ -133,7 +140,7 @@ class HashGridINR(nn.Module):
         upper = self.corners.bool()  # [2^C, C]: the corner takes the upper vertex along that axis
         weights = torch.where(upper, fraction.unsqueeze(1), 1 - fraction.unsqueeze(1)).prod(-1)  # [N, 2^C]
         rows = self._vertex_index(vertices, level)
-        table = self.tables[level]
+        table = self.table(level)
         features = torch.index_select(table, 0, rows.reshape(-1)).reshape(*rows.shape, table.shape[-1])
         return (weights.unsqueeze(-1).to(features.dtype) * features).sum(1)
 
