@@ -1,8 +1,8 @@
 """NeRV (Chen et al., NeurIPS 2021): a convolutional decoder from a frame's time to the whole frame.
 
 Here a context point is a frame: the coordinate is the frame's time ``t`` in ``[-1, 1]`` and the value is every
-pixel of that frame, so ECoP prunes whole frames by their error (the pruning along time of the ECoP paper's
-NeRV experiments).
+pixel of that frame, so ECoP prunes whole frames by their error (NeRV decodes a frame at a time, so a frame is
+the unit a pruned inner step can skip).
 """
 
 from __future__ import annotations
