@@ -127,14 +127,24 @@ def test_end_to_end_on_camera_pans(tmp_path):
     for method in ("ECoP", "Learnit"):
         assert len(summary["test_psnr"][method]["mean_per_step"]) == 4
     # the saved Learnit init, fitted without scaling by an independent loop, gives the script's test curve
-    model = NeRV((3, 8, 8), blocks=2, channels=4, hidden_features=8, hidden_layers=1, num_frequencies=4)
+    args = summary["args"]
+    model = NeRV(
+        (3, 8, 8),
+        blocks=2,
+        channels=4,
+        hidden_features=8,
+        hidden_layers=1,
+        num_frequencies=4,
+        activation=args["activation"],
+    )
+    lr = args["inner_lr"]
     learnit = ContextPruningMetaLearner(
-        model, gamma=1.0, K=2, L=0, lam=0.0, inner_lr=0.1, boot_lr=0.1, max_grad_norm=1.0
+        model, gamma=1.0, K=2, L=0, lam=0.0, inner_lr=lr, boot_lr=args["boot_lr"], max_grad_norm=1.0
     )
     learnit.load(out / "learnit.pt")
     assert learnit.step_count == 2
     clips = camera_pans(2, 4, 8, split="test", seed=1)
     values = model.frames_to_values(clips.stacked().reshape(2, 4, 8, 8, 3))
     times = torch.linspace(-1.0, 1.0, 4).unsqueeze(-1)
-    reference = _plain_fit_psnr(learnit.model, times, values, steps=3, lr=0.1)
+    reference = _plain_fit_psnr(learnit.model, times, values, steps=3, lr=lr)
     np.testing.assert_allclose(summary["test_psnr"]["Learnit"]["mean_per_step"], reference.mean(1), atol=2e-3)
