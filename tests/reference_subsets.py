@@ -42,14 +42,16 @@ def ref_meta_loss_given_subsets(
             chosen = torch.as_tensor(list(idx))
             loss = ((pred[chosen] - y[chosen]) ** 2).mean()
             grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
-            params = {n: p - lr * g for (n, p), g in zip(params.items(), grads)}
+            params = {n: p - lr * g for (n, p), g in zip(params.items(), grads, strict=True)}
         outer = ((functional_call(model, params, (x,)) - y) ** 2).mean()
         if L > 0 and lam != 0:
             boot = {n: p.detach().requires_grad_(True) for n, p in params.items()}
             for _ in range(L):
                 boot_loss = ((functional_call(model, boot, (x,)) - y) ** 2).mean()
                 grads = torch.autograd.grad(boot_loss, list(boot.values()))
-                boot = {n: (p - lr * g).detach().requires_grad_(True) for (n, p), g in zip(boot.items(), grads)}
+                boot = {
+                    n: (p - lr * g).detach().requires_grad_(True) for (n, p), g in zip(boot.items(), grads, strict=True)
+                }
             outer = outer + lam * torch.sqrt(sum(((params[n] - boot[n]) ** 2).sum() for n in params))
         total = total + outer
     return total / values.shape[0]

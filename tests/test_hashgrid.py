@@ -110,7 +110,7 @@ def test_shapes_clamping_and_offset():
 
 
 @pytest.mark.parametrize(
-    "kwargs, error, match",
+    ("kwargs", "error", "match"),
     [
         ({"in_features": 0}, ValueError, "in_features"),
         ({"in_features": 8}, ValueError, "in_features"),

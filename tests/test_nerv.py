@@ -78,7 +78,7 @@ def test_parameter_count_follows_the_arguments():
 
 
 @pytest.mark.parametrize(
-    "kwargs, error, match",
+    ("kwargs", "error", "match"),
     [
         ({"out_shape": (3, 16)}, ValueError, "out_shape"),
         ({"out_shape": (3, 16, 0)}, ValueError, r"out_shape\[2\]"),
@@ -197,7 +197,7 @@ def test_auto_batching_settles_on_vmap_and_agrees_with_the_loop():
     _, loop_loss, loop_grads = _library_grads(model, coords, values, batching="loop", **config)
     torch.testing.assert_close(loss.detach(), loop_loss, rtol=1e-12, atol=0)
     _assert_grads_close(torch.autograd.grad(loss, list(model.parameters())), loop_grads, rtol=1e-10)
-    with pytest.raises(ValueError, match="nn.Linear"):
+    with pytest.raises(ValueError, match=r"nn\.Linear"):
         ContextPruningMetaLearner(model, batching="bmm")
 
 
@@ -230,7 +230,7 @@ def test_meta_step_bf16_and_checkpoint_round_trip(tmp_path):
     restored = learner()
     restored.load(tmp_path / "nerv.pt")
     assert restored.step_count == 1
-    for (name, a), b in zip(trained.model.state_dict().items(), restored.model.state_dict().values()):
+    for (name, a), b in zip(trained.model.state_dict().items(), restored.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
     assert trained.meta_step(batch)["loss"] == restored.meta_step(batch)["loss"]
 

@@ -105,7 +105,10 @@ def _plain_fit_psnr(model: NeRV, coords: torch.Tensor, values: torch.Tensor, ste
             curve.append(float(10 * torch.log10(1 / mse.detach())))
             if step < steps:
                 grads = torch.autograd.grad(mse, list(params.values()))
-                params = {n: (p - lr * g).detach().requires_grad_(True) for (n, p), g in zip(params.items(), grads)}
+                params = {
+                    n: (p - lr * g).detach().requires_grad_(True)
+                    for (n, p), g in zip(params.items(), grads, strict=True)
+                }
         curves.append(curve)
     return torch.tensor(curves).T
 

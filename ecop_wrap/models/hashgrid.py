@@ -98,7 +98,10 @@ class HashGridINR(nn.Module):
         self.resolutions = [math.floor(base_resolution * growth**level + 1e-9) for level in range(levels)]
         table_size = 2**log2_table_size
         self.hashed = [(n + 1) ** in_features > table_size for n in self.resolutions]
-        sizes = [table_size if hashed else (n + 1) ** in_features for n, hashed in zip(self.resolutions, self.hashed)]
+        sizes = [
+            table_size if hashed else (n + 1) ** in_features
+            for n, hashed in zip(self.resolutions, self.hashed, strict=True)
+        ]
         # One attribute per level (table_0, table_1, ...) rather than an nn.ParameterList: higher's patched
         # modules do not see fast weights held in a ParameterList and would silently use the initial tables.
         for level, size in enumerate(sizes):

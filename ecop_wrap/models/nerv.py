@@ -32,7 +32,10 @@ class _Sine(nn.Module):
 
 
 class NeRVBlock(nn.Module):
-    """3x3 convolution, pixel shuffle by ``upscale``, activation: ``[N, in, h, w] -> [N, out, upscale*h, upscale*w]``."""
+    """3x3 convolution, pixel shuffle by ``upscale``, activation.
+
+    ``[N, in, h, w] -> [N, out, upscale*h, upscale*w]``.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, upscale: int, activation: str = "gelu") -> None:
         super().__init__()
