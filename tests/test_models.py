@@ -235,3 +235,21 @@ def test_meta_step_and_fit_on_cuda(backend):
     assert result.history["mse"].device.type == "cuda"
     with pytest.raises(ValueError, match="cuda"):
         learner.meta_step((coords, values))  # CPU data for a CUDA model
+
+
+class _ListINR(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.weights = torch.nn.ParameterList(
+            [torch.nn.Parameter(torch.randn(2, 3)), torch.nn.Parameter(torch.zeros(3))]
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weights[0] + self.weights[1] + 0.5
+
+
+def test_higher_refuses_parameter_containers_it_cannot_swap():
+    """higher's patched copy leaves ParameterList entries at theta_0: refuse instead of returning wrong numbers."""
+    with pytest.raises(ValueError, match="ParameterList"):
+        ContextPruningMetaLearner(_ListINR(), backend="higher")
+    ContextPruningMetaLearner(_ListINR(), backend="torch.func")  # torch.func swaps them correctly

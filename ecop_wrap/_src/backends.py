@@ -264,6 +264,17 @@ class HigherBackend(Backend):
 
     def __init__(self, model: nn.Module, adapted: list[str] | None = None) -> None:
         super().__init__(model, adapted)
+        containers = [
+            name or "<root>"
+            for name, module in model.named_modules()
+            if isinstance(module, (nn.ParameterList, nn.ParameterDict))
+        ]
+        if containers:  # higher's patched copy never swaps these for the per-signal parameters: wrong numbers
+            raise ValueError(
+                f"backend='higher' cannot adapt parameters held in nn.ParameterList/nn.ParameterDict "
+                f"(model.{', model.'.join(containers)}); use backend='torch.func', or register them as "
+                "plain nn.Parameter attributes"
+            )
         import higher  # runtime dependency, imported here to keep `import ecop_wrap` light
 
         self._fmodel = higher.monkeypatch(model, copy_initial_weights=False, track_higher_grads=True)
