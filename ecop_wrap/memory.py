@@ -3,7 +3,8 @@
 :class:`SavedTensorMeter` counts the bytes of tensors that live autograd graphs still hold. Inside it, every
 tensor autograd saves for a backward is packed into a small holder object tracked in a ``weakref.WeakSet``.
 A holder dies with the graph node that kept it, so at any moment the live holders are exactly what the
-surviving graphs hold; graphs already freed (such as the bootstrap's) are not counted, unlike a running total. Bytes are summed once per storage, since views share memory.
+surviving graphs hold; graphs already freed (such as the bootstrap's) are not counted, unlike a running total.
+Bytes are summed once per storage, since views share memory.
 
 :func:`configure_cpu_allocator` (opt-in) fixes glibc malloc's thresholds so that the resident memory of a
 CPU process follows the memory its tensors use (see its docstring for the measured trade-off);
