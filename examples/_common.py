@@ -126,9 +126,9 @@ def add_common_flags(parser: argparse.ArgumentParser, **defaults: Any) -> argpar
     group.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: PyTorch's choice)")
     group.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     group.add_argument("--no-progress", action="store_true", help="plain log lines instead of a tqdm progress bar")
-    group.add_argument("--default-malloc", action="store_true",
-                       help="keep glibc's default malloc thresholds (on CPU the examples call "
-                            "ecop_wrap.memory.configure_cpu_allocator() so that resident memory follows live memory)")
+    group.add_argument("--pin-malloc", action="store_true",
+                       help="on CPU, call ecop_wrap.memory.configure_cpu_allocator() first: resident memory then "
+                            "follows live memory, for more CPU time (docs/benchmarks.md)")
     return parser
 
 
@@ -340,9 +340,9 @@ def _running_mean(values: list[float], window: int = 20) -> list[float]:
 
 
 def setup(args: argparse.Namespace) -> None:
-    """Threads, the CPU allocator's thresholds, and a clear exit for a device that is not there."""
+    """Threads, the CPU allocator's thresholds (``--pin-malloc``), and a clear exit for a device that is not there."""
     check_args(args)
-    if not args.default_malloc and torch.device(args.device).type == "cpu":
+    if args.pin_malloc and torch.device(args.device).type == "cpu":
         configure_cpu_allocator()  # a no-op where the C library is not glibc
     if args.threads is not None:
         torch.set_num_threads(max(1, args.threads))
