@@ -149,7 +149,9 @@ def configure_cpu_allocator(
     Trade-off: every large tensor then costs fresh page faults (the kernel zeroes its pages), so system CPU
     time rises. Measured at 128x128, SIREN 5x256, B=2, 1 thread: ECoP's peak RSS went from 1.39x to 1.01x
     Learnit's, and its CPU time per meta-step from 35 s to 56 s (+59%; Learnit's +7%), see
-    ``docs/benchmarks.md``. Use it when resident memory is the limit, not speed. Memory held by tensors is unchanged, only what
+    ``docs/benchmarks.md``. Use it when resident memory is the limit, not speed. Where the kernel offers
+    transparent huge pages, PyTorch's ``THP_MEM_ALLOC_ENABLE=1`` environment variable (read at start-up) takes
+    a good part of that cost back (56 s -> 44 s in the same measurement). Memory held by tensors is unchanged, only what
     the allocator keeps resident after they are freed. The setting is process-wide, affects every later
     ``malloc`` (not only PyTorch's) and does not move memory already allocated, so call it early, once, before
     building models and data. Calling it again with the same arguments changes nothing.
