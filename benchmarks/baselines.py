@@ -12,9 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ecop_wrap import SavedTensorMeter, make_backend
-from ecop_wrap.inner_loop import expand_params, pruned_loss, sgd_step
-from ecop_wrap.metrics import mse_to_psnr
+from ecop_wrap import ContextEvaluator, SavedTensorMeter, make_backend, mse_to_psnr
 
 __all__ = ["Reptile"]
 
@@ -62,16 +60,18 @@ class Reptile:
         Returns:
             theta_K as name -> ``[B, *shape]`` (detached), and the peak held bytes (0 without a meter).
         """
+        ctx = ContextEvaluator(self.backend, coords, values)
         leaves = {n: p.detach().requires_grad_(True) for n, p in self._named.items()}
-        params = expand_params(leaves, values.shape[0])
+        params = ctx.expand(leaves)
         peak = 0
         with torch.enable_grad():
             for _ in range(self.K):
-                loss = pruned_loss(self.backend, params, coords, values, None)
+                loss = ctx.loss(params, None)
                 if meter is not None:
                     peak = max(peak, meter.live_bytes())
-                stepped = sgd_step(params, loss, self.inner_lr, create_graph=False)
-                params = {n: p.detach().requires_grad_(True) for n, p in stepped.items()}
+                grads = torch.autograd.grad(loss, list(params.values()))
+                stepped = [p - self.inner_lr * g for p, g in zip(params.values(), grads, strict=True)]
+                params = {n: p.detach().requires_grad_(True) for n, p in zip(params, stepped, strict=True)}
         return {n: p.detach() for n, p in params.items()}, peak
 
     def meta_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, float]:

@@ -106,10 +106,8 @@ def _child(args: argparse.Namespace) -> None:
     model = Siren(2, 3, args.width, args.layers).to(device)
     coords = make_grid((args.side, args.side), device=device)
     values = torch.rand(args.batch, args.side**2, 3, device=device)
-    learner = ContextPruningMetaLearner(
-        model, optimizer=torch.optim.SGD(model.parameters(), lr=0.0), **MODES[args.mode]
-    )
-    learner.backend.batching = "bmm"
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    learner = ContextPruningMetaLearner(model, optimizer=optimizer, batching="bmm", **MODES[args.mode])
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -350,7 +348,7 @@ def _plot(results: dict[str, Any], path: str, args: argparse.Namespace) -> None:
             pts = sorted((int(s) ** 2, r["step_peak_bytes"] / 2**30) for s, r in rows.items() if "step_peak_bytes" in r)
             if pts:
                 label = mode if len(by_allocator) == 1 else f"{mode} ({allocator})"
-                ax.plot(*zip(*pts), marker="o", label=label)
+                ax.plot(*zip(*pts, strict=True), marker="o", label=label)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("number of points M (side^2)")

@@ -20,8 +20,16 @@ def _mse(model: nn.Module, params: dict, x: torch.Tensor, y: torch.Tensor) -> to
 
 
 def plain_meta_backward(
-    model: nn.Module, coords: torch.Tensor, values: torch.Tensor, *, gamma: float, K: int, L: int, lam: float,
-    lr: float, boot_lr: float | None = None,
+    model: nn.Module,
+    coords: torch.Tensor,
+    values: torch.Tensor,
+    *,
+    gamma: float,
+    K: int,
+    L: int,
+    lam: float,
+    lr: float,
+    boot_lr: float | None = None,
 ) -> float:
     """Accumulate the ECoP meta-gradient of a batch into ``.grad``, one signal at a time; returns the loss."""
     boot_lr = lr if boot_lr is None else boot_lr
@@ -42,13 +50,16 @@ def plain_meta_backward(
             else:
                 xs, ys = x, y
             grads = torch.autograd.grad(_mse(model, params, xs, ys), list(params.values()), create_graph=True)
-            params = {n: p - lr * g for (n, p), g in zip(params.items(), grads)}
+            params = {n: p - lr * g for (n, p), g in zip(params.items(), grads, strict=True)}
         loss = _mse(model, params, x, y)
         if L > 0 and lam != 0:
             boot = {n: p.detach().requires_grad_(True) for n, p in params.items()}
             for _ in range(L):
                 grads = torch.autograd.grad(_mse(model, boot, x, y), list(boot.values()))
-                boot = {n: (p - boot_lr * g).detach().requires_grad_(True) for (n, p), g in zip(boot.items(), grads)}
+                boot = {
+                    n: (p - boot_lr * g).detach().requires_grad_(True)
+                    for (n, p), g in zip(boot.items(), grads, strict=True)
+                }
             dist = torch.sqrt(sum((params[n] - boot[n].detach()).pow(2).sum() for n in params))
             loss = loss + lam * dist
         (loss / batch).backward()

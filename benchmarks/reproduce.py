@@ -1,7 +1,8 @@
 """Reproduce the paper's comparison (issue 3) at a scale a CPU finishes: every method at an equal memory budget.
 
 Same model, same data, same training batches, same number of outer steps and of test-time steps for every
-method; test PSNR/SSIM on fixed held-out signals. Methods (``--methods``, default all):
+method; test PSNR/SSIM on fixed held-out signals. Methods (``--methods``, default all; :data:`METHOD_TABLE`
+defines each one's training and test-time settings in one row):
 
 ========================  =========================================================================
 random_init               the model's initialisation, no meta-learning
@@ -33,19 +34,23 @@ sweep, ``--outer-lr-for``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -53,21 +58,272 @@ from baselines import Reptile
 
 from ecop_wrap import (
     ContextPruningMetaLearner,
+    ECoPConfig,
     GradScaledAdapter,
+    ModulatedSiren,
     SavedTensorMeter,
     Siren,
 )
-from ecop_wrap.inner_loop import adapt, expand_params
 from ecop_wrap.quality import lpips_distance, lpips_status, ssim
-from ecop_wrap.selection import Selector
 
-__all__ = ["METHODS", "main", "parse_args", "run"]
+if TYPE_CHECKING:
+    from ecop_wrap.data import SignalDataset
 
-TRAINED = ("fomaml", "reptile", "learnit", "learnit_tuned_lr", "random_pruning", "ecop", "ecop_no_bootstrap")
-METHODS = (
-    "random_init", *TRAINED, "ecop_test_unscaled", "ecop_test_pruned", "ecop_test_unscaled_tuned",
+Batch = tuple[torch.Tensor, torch.Tensor]
+"""``(coords [M, C], values [B, M, D])``."""
+
+__all__ = ["METHODS", "METHOD_TABLE", "FitSetting", "Method", "RunConfig", "main", "run"]
+
+# ---------------------------------------------------------------------------------------------- config
+_AT_LEAST_ONE = (
+    "resolution",
+    "outer_steps",
+    "batch",
+    "width",
+    "depth",
+    "eval_size",
+    "train_size",
+    "threads",
+    "workers",
 )
-_ECOP_EVALS = ("ecop_test_unscaled", "ecop_test_pruned", "ecop_test_unscaled_tuned")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Every setting of a run, parsed once from the command line (:meth:`from_args`); see ``--help``."""
+
+    images: str | None
+    audio: str | None
+    sphere: str | None
+    resolution: int
+    crops_per_image: int
+    sample_rate: int
+    seconds: float
+    coord_scale: float | None
+    sphere_stride: int
+    train_size: int
+    eval_size: int
+    eval_split: str
+    outer_steps: int
+    test_steps: int
+    seed: int
+    eval_seed: int
+    width: int
+    depth: int
+    latent_dim: int
+    w0: float | None
+    batch: int
+    gamma: float
+    ecop_steps: int
+    boot_steps: int
+    lam: float
+    boot_lr: float
+    inner_lr: float
+    learnit_tuned_inner_lr: float
+    outer_lr: float
+    outer_lr_for: tuple[tuple[str, float], ...]
+    max_grad_norm: float | None
+    methods: tuple[str, ...]
+    threads: int
+    workers: int
+    device: str
+    json: Path | None
+    no_plot: bool
+    paired: tuple[str, str] | None
+    merge: tuple[Path, ...] | None
+    argv: tuple[str, ...]
+    """The command line as given (recorded in the results and passed on to ``--workers`` processes)."""
+
+    @classmethod
+    def from_args(cls, argv: Sequence[str] | None = None) -> RunConfig:
+        """Parse and check the command line (``sys.argv[1:]`` when ``argv`` is None); exits on bad flags."""
+        parser = _parser()
+        args = parser.parse_args(argv)
+        for name in _AT_LEAST_ONE:
+            if getattr(args, name) < 1:
+                parser.error(f"--{name.replace('_', '-')} must be >= 1")
+        # an evaluation-only method tests another method's model, which is then trained too
+        sources = {METHOD_TABLE[m].trained_as for m in args.methods}
+        requested = set(args.methods) | {m for m in sources if m is not None}
+        parsed = vars(args) | {
+            "images": None if args.audio or args.sphere else args.images,
+            "outer_lr_for": tuple(args.outer_lr_for),
+            "methods": tuple(m for m in METHODS if m in requested),
+            "paired": tuple(args.paired) if args.paired else None,
+            "merge": tuple(args.merge) if args.merge else None,
+            "argv": tuple(sys.argv[1:] if argv is None else argv),
+        }
+        return cls(**parsed)
+
+    @property
+    def learnit_steps(self) -> int:
+        """K of the full-context second-order methods: ``gamma * --ecop-steps``, the pruned methods' memory."""
+        return max(1, round(self.ecop_steps * self.gamma))
+
+    @property
+    def bootstrap(self) -> dict[str, Any]:
+        """The bootstrap settings of the methods that use it (``L``, ``lam``, ``boot_lr``)."""
+        return {"L": self.boot_steps, "lam": self.lam, "boot_lr": self.boot_lr}
+
+    def outer_lr_of(self, method: str) -> float:
+        """The Adam lr of ``method`` (``--outer-lr-for`` if given for it, else ``--outer-lr``)."""
+        return dict(self.outer_lr_for).get(method, self.outer_lr)
+
+    def w0_for(self, modality: str) -> float:
+        """The SIREN frequency (``--w0``; default 30, 50 on the sphere)."""
+        return self.w0 if self.w0 is not None else (50.0 if modality == "sphere" else 30.0)
+
+
+# --------------------------------------------------------------------------------------------- methods
+@dataclass(frozen=True)
+class FitSetting:
+    """How a model is fitted at test time (stored as the ``test`` entry of every method's results).
+
+    ``gamma`` and ``selection`` only matter for scaled or pruned-context fits; plain full-context fits keep
+    the defaults.
+    """
+
+    lr: float | None
+    """The test-time step size; None: the learner's meta-learned inner rates."""
+    scaling: str = "none"
+    context: str = "full"
+    gamma: float = 0.25
+    selection: str = "error"
+
+
+@dataclass(frozen=True)
+class Training:
+    """A trained method's settings resolved against a run: what builds its meta-learner.
+
+    Attributes:
+        hyper: :class:`ContextPruningMetaLearner` settings (for Reptile only ``K``), logged and stored as given.
+        inner_lr, outer_lr: the inner step size and the outer Adam lr.
+        reptile: train with :class:`baselines.Reptile` instead of the library's learner.
+    """
+
+    hyper: dict[str, Any]
+    inner_lr: float
+    outer_lr: float
+    reptile: bool = False
+    adapt: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Method:
+    """One method of the comparison: how its model is trained and how it is fitted at test time.
+
+    Attributes:
+        name: the method's name in ``--methods``, ``--outer-lr-for`` and the results.
+        train: the run's settings -> the training hyper-parameters (see :attr:`Training.hyper`); None for a
+            method that is not trained itself.
+        reptile: trained with Reptile instead of the library's learner.
+        trained_as: for an evaluation-only method, the method whose trained model it tests (None with
+            ``train=None``: the untrained initialisation).
+        tuned_lr: use ``--learnit-tuned-inner-lr`` instead of ``--inner-lr``, in training and at test time.
+        test_scaling, test_context, test_selection: the test-time fit (see :class:`FitSetting`).
+        cost: rough relative CPU cost per outer step (measured at 32x32, SIREN 3x128), to balance ``--workers``.
+        model: ``"siren"`` or ``"modulated"`` (a ``ModulatedSiren`` with ``--latent-dim``).
+        adapt: the parameters adapted per signal (None: all).
+    """
+
+    name: str
+    train: Callable[[RunConfig], dict[str, Any]] | None = None
+    reptile: bool = False
+    trained_as: str | None = None
+    tuned_lr: bool = False
+    test_scaling: str = "none"
+    test_context: str = "full"
+    test_selection: str = "error"
+    cost: float = 0.0
+    model: str = "siren"
+    adapt: tuple[str, ...] | None = None
+
+    @property
+    def learned_rates(self) -> bool:
+        """Whether the method meta-learns its inner step sizes (then its test-time fit uses them)."""
+        return self.train is not None and self.train.__name__ == "learned"
+
+    def inner_lr(self, config: RunConfig) -> float:
+        """The inner step size of this method in a run."""
+        return config.learnit_tuned_inner_lr if self.tuned_lr else config.inner_lr
+
+    def training(self, config: RunConfig) -> Training:
+        """This method's training settings in a run (trained methods only)."""
+        if self.train is None:
+            raise ValueError(f"{self.name} is not trained")
+        return Training(
+            self.train(config), self.inner_lr(config), config.outer_lr_of(self.name), self.reptile, self.adapt
+        )
+
+    def fit_setting(self, config: RunConfig) -> FitSetting:
+        """This method's test-time fit in a run (every method takes ``--test-steps`` steps)."""
+        lr = None if self.learned_rates else self.inner_lr(config)
+        if self.test_scaling == "none" and self.test_context == "full":
+            return FitSetting(lr)
+        return FitSetting(lr, self.test_scaling, self.test_context, config.gamma, self.test_selection)
+
+
+def _full_context(steps: int, first_order: bool = False) -> dict[str, Any]:
+    """MAML on the full context: no pruning, no bootstrap."""
+    return {"gamma": 1.0, "K": steps, "L": 0, "lam": 0.0, **({"first_order": True} if first_order else {})}
+
+
+def _pruned(config: RunConfig, selection: str = "error", bootstrap: bool = True) -> dict[str, Any]:
+    """``--ecop-steps`` steps on a ``--gamma`` fraction of the context, with or without the bootstrap."""
+    chosen = {"selection": selection} if selection != "error" else {}
+    boot = config.bootstrap if bootstrap else {"L": 0, "lam": 0.0}
+    return {"gamma": config.gamma, "K": config.ecop_steps, **chosen, **boot}
+
+
+def _learned(mode: str, base: Callable[[RunConfig], dict[str, Any]]) -> Callable[[RunConfig], dict[str, Any]]:
+    """``base``'s settings with meta-learned inner step sizes (``learn_inner_lr=mode``)."""
+
+    def learned(config: RunConfig) -> dict[str, Any]:
+        return {**base(config), "learn_inner_lr": mode}
+
+    return learned
+
+
+def _ecop(config: RunConfig) -> dict[str, Any]:
+    return _pruned(config)
+
+
+def _learnit(config: RunConfig) -> dict[str, Any]:
+    return _full_context(config.learnit_steps)
+
+
+# Every method once, in the order they run and are reported. Equal memory: the pruned methods keep gamma * M
+# points for K steps, the second-order full-context ones take gamma * K steps, first-order ones hold one step.
+_METHOD_ROWS = (
+    Method("random_init"),
+    Method("fomaml", lambda c: _full_context(c.ecop_steps, first_order=True), cost=0.6),
+    Method("reptile", lambda c: {"K": c.ecop_steps}, reptile=True, cost=0.6),
+    Method("learnit", lambda c: _full_context(c.learnit_steps), cost=0.5),
+    Method("learnit_tuned_lr", lambda c: _full_context(c.learnit_steps), tuned_lr=True, cost=0.5),
+    Method("random_pruning", lambda c: _pruned(c, "random"), test_scaling="norm", test_selection="random", cost=0.66),
+    Method("ecop", lambda c: _pruned(c), test_scaling="norm", cost=0.8),
+    Method("ecop_no_bootstrap", lambda c: _pruned(c, bootstrap=False), test_scaling="norm", cost=0.7),
+    Method("ecop_test_unscaled", trained_as="ecop"),
+    Method("ecop_test_pruned", trained_as="ecop", test_context="pruned"),
+    Method("ecop_test_unscaled_tuned", trained_as="ecop", tuned_lr=True),
+    # Beyond the paper: meta-learned inner step sizes (MAML++ per tensor and step, Meta-SGD per element) ...
+    Method("ecop_lr_tensor", _learned("per_tensor", _ecop), test_scaling="norm", cost=0.8),
+    Method("ecop_lr_element", _learned("per_element", _ecop), test_scaling="norm", cost=0.8),
+    Method("learnit_lr_tensor", _learned("per_tensor", _learnit), cost=0.5),
+    Method("learnit_lr_element", _learned("per_element", _learnit), cost=0.5),
+    # ... and latent-only adaptation of a ModulatedSiren (functa-style), with per-element learned rates
+    Method(
+        "ecop_latent",
+        _learned("per_element", _ecop),
+        test_scaling="norm",
+        cost=0.8,
+        model="modulated",
+        adapt=("latent",),
+    ),
+    Method("learnit_latent", _learned("per_element", _learnit), cost=0.5, model="modulated", adapt=("latent",)),
+)
+METHOD_TABLE: dict[str, Method] = {m.name: m for m in _METHOD_ROWS}
+METHODS = tuple(METHOD_TABLE)
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -76,7 +332,7 @@ class Splits:
     """Train/validation/test signals on one grid. values: ``[N, M, D]``; coords ``[M, C]``."""
 
     coords: torch.Tensor
-    train: Any  # SignalDataset
+    train: SignalDataset
     val: torch.Tensor
     test: torch.Tensor
     grid: tuple[int, ...]
@@ -98,133 +354,141 @@ def _split_by_source(dataset: Any, key: Callable[[str], str]) -> dict[str, list[
     return out
 
 
-def _image_splits(args: argparse.Namespace) -> Splits:
+def _image_splits(config: RunConfig) -> Splits:
     from ecop_wrap.data import ImageFolder, skimage_crops
 
-    r = args.resolution
-    if args.images == "builtin":
-        train = skimage_crops("train", r, n=args.train_size, seed=args.seed)
-        val = skimage_crops("val", r, n=args.eval_size, seed=args.eval_seed + 1).stacked()
-        test = skimage_crops("test", r, n=args.eval_size, seed=args.eval_seed).stacked()
+    r = config.resolution
+    if config.images == "builtin":
+        train = skimage_crops("train", r, n=config.train_size, seed=config.seed)
+        val = skimage_crops("val", r, n=config.eval_size, seed=config.eval_seed + 1).stacked()
+        test = skimage_crops("test", r, n=config.eval_size, seed=config.eval_seed).stacked()
         desc = f"scikit-image photo crops {r}x{r} (train/val/test photos disjoint)"
     else:
-        folder = ImageFolder(args.images, r, crop="random", n_per_image=args.crops_per_image, seed=args.seed)
+        folder = ImageFolder(config.images, r, crop="random", n_per_image=config.crops_per_image, seed=config.seed)
         parts = _split_by_source(folder, lambda name: name.rsplit("#", 1)[0])
         train = folder.subset(parts["train"])
         val, test = folder.subset(parts["val"]).stacked(), folder.subset(parts["test"]).stacked()
-        desc = f"{args.images}: {len(folder.files)} images, random {r}x{r} crops, split by file"
-    return Splits(train.coords, train, val[: args.eval_size], test[: args.eval_size], (r, r), "image", 1.0, desc)
+        desc = f"{config.images}: {len(folder.files)} images, random {r}x{r} crops, split by file"
+    return Splits(train.coords, train, val[: config.eval_size], test[: config.eval_size], (r, r), "image", 1.0, desc)
 
 
 _SENTENCES = (
-    "The quick brown fox jumps over the lazy dog.", "She sells sea shells by the sea shore.",
-    "A journey of a thousand miles begins with a single step.", "Bright stars shine over the quiet valley.",
-    "Please call Stella and ask her to bring these things.", "The rain in Spain stays mainly in the plain.",
-    "Every morning the baker opens the shop at six.", "Numbers like seven and eleven are prime.",
-    "The old clock on the wall ticked loudly.", "Green apples taste sour but fresh.",
-    "We walked along the river until sunset.", "Music filled the hall with a warm sound.",
-    "The cat slept on the sunny window sill.", "Heavy trucks rolled slowly up the hill.",
-    "Children laughed as the kite climbed higher.", "Fresh bread smells wonderful in the morning.",
-    "The train leaves the station at noon.", "A gentle breeze moved the tall grass.",
-    "Turn left at the second traffic light.", "The library closes early on Sundays.",
-    "Thunder rumbled far beyond the mountains.", "He painted the fence a bright shade of blue.",
-    "Coffee and tea are served after dinner.", "The scientist measured the sample twice.",
+    "The quick brown fox jumps over the lazy dog.",
+    "She sells sea shells by the sea shore.",
+    "A journey of a thousand miles begins with a single step.",
+    "Bright stars shine over the quiet valley.",
+    "Please call Stella and ask her to bring these things.",
+    "The rain in Spain stays mainly in the plain.",
+    "Every morning the baker opens the shop at six.",
+    "Numbers like seven and eleven are prime.",
+    "The old clock on the wall ticked loudly.",
+    "Green apples taste sour but fresh.",
+    "We walked along the river until sunset.",
+    "Music filled the hall with a warm sound.",
+    "The cat slept on the sunny window sill.",
+    "Heavy trucks rolled slowly up the hill.",
+    "Children laughed as the kite climbed higher.",
+    "Fresh bread smells wonderful in the morning.",
+    "The train leaves the station at noon.",
+    "A gentle breeze moved the tall grass.",
+    "Turn left at the second traffic light.",
+    "The library closes early on Sundays.",
+    "Thunder rumbled far beyond the mountains.",
+    "He painted the fence a bright shade of blue.",
+    "Coffee and tea are served after dinner.",
+    "The scientist measured the sample twice.",
 )
 
 
-def _audio_splits(args: argparse.Namespace) -> Splits:
+def _audio_splits(config: RunConfig) -> Splits:
     from ecop_wrap.data import AudioFolder, synthesize_speech
 
     tmp = None
-    folder = args.audio
-    if args.audio == "synth":
+    folder = config.audio
+    if config.audio == "synth":
         tmp = tempfile.TemporaryDirectory(prefix="ecop-speech-")
         folder = tmp.name
         speakers = (("en-us", 140), ("en-gb", 160), ("en-us", 180), ("en-gb", 130))
         for v, (voice, rate) in enumerate(speakers):
             synthesize_speech(_SENTENCES, folder, voice=voice, words_per_minute=rate, prefix=f"v{v}")
-    coord_scale = args.coord_scale if args.coord_scale is not None else 50.0 * args.seconds
-    data = AudioFolder(folder, args.sample_rate, args.seconds, crop="center", coord_scale=coord_scale)
+    coord_scale = config.coord_scale if config.coord_scale is not None else 50.0 * config.seconds
+    data = AudioFolder(folder, config.sample_rate, config.seconds, crop="center", coord_scale=coord_scale)
     # synthetic clips: one sentence (all its voices) goes to one split; user folders: split by file
-    key = (lambda name: name.rsplit("_", 1)[-1]) if args.audio == "synth" else (lambda name: name)
+    key = (lambda name: name.rsplit("_", 1)[-1]) if config.audio == "synth" else (lambda name: name)
     parts = _split_by_source(data, key)
     train = data.subset(parts["train"])
     val, test = data.subset(parts["val"]).stacked(), data.subset(parts["test"]).stacked()
     if tmp is not None:
         tmp.cleanup()
-    desc = f"{'espeak-ng speech' if args.audio == 'synth' else args.audio}: {args.seconds} s at {args.sample_rate} Hz"
+    source = "espeak-ng speech" if config.audio == "synth" else config.audio
+    desc = f"{source}: {config.seconds} s at {config.sample_rate} Hz"
     return Splits(train.coords, train, val, test, data.shape, "audio", 2.0, desc, {"clips": len(data)})
 
 
-def _sphere_splits(args: argparse.Namespace) -> Splits:
+def _sphere_splits(config: RunConfig) -> Splits:
     from ecop_wrap.data import temperature_grids
 
-    train_all = temperature_grids("all", "train", stride=args.sphere_stride)
-    test = temperature_grids("all", "test", stride=args.sphere_stride)
+    train_all = temperature_grids("all", "train", stride=config.sphere_stride)
+    test = temperature_grids("all", "test", stride=config.sphere_stride)
     n = len(train_all)
     val_idx = list(range(0, n, 10))
     train = train_all.subset([i for i in range(n) if i not in set(val_idx)])
     desc = f"iris-sample-data temperature fields, {test.shape[0]}x{test.shape[1]} lat/lon on the sphere"
-    return Splits(train.coords, train, train_all.subset(val_idx).stacked(), test.stacked(), test.shape, "sphere", 1.0, desc)
+    return Splits(
+        train.coords, train, train_all.subset(val_idx).stacked(), test.stacked(), test.shape, "sphere", 1.0, desc
+    )
 
 
-def load_splits(args: argparse.Namespace) -> Splits:
+def load_splits(config: RunConfig) -> Splits:
     """The data chosen by ``--images``/``--audio``/``--sphere``."""
-    if args.audio:
-        return _audio_splits(args)
-    if args.sphere:
-        return _sphere_splits(args)
-    return _image_splits(args)
+    if config.audio:
+        return _audio_splits(config)
+    if config.sphere:
+        return _sphere_splits(config)
+    return _image_splits(config)
 
 
 # ----------------------------------------------------------------------------------------------- model
-def build_model(args: argparse.Namespace, splits: Splits) -> Siren:
-    """The SIREN every method starts from (identical weights: seeded by ``--seed``)."""
-    torch.manual_seed(args.seed)
+def build_model(config: RunConfig, splits: Splits, kind: str = "siren") -> nn.Module:
+    """The SIREN every method starts from (identical weights: seeded by ``--seed``), or its modulated twin."""
+    torch.manual_seed(config.seed)
     offset = 0.0 if splits.modality == "audio" else 0.5
-    w0 = args.w0 if args.w0 is not None else (50.0 if splits.modality == "sphere" else 30.0)
     channels = splits.train.channels
-    return Siren(splits.coords.shape[1], channels, args.width, args.depth, w0=w0, output_offset=offset)
+    if kind == "modulated":
+        return ModulatedSiren(
+            splits.coords.shape[1],
+            channels,
+            config.width,
+            config.depth,
+            latent_dim=config.latent_dim,
+            w0=config.w0_for(splits.modality),
+            output_offset=offset,
+        )
+    return Siren(
+        splits.coords.shape[1],
+        channels,
+        config.width,
+        config.depth,
+        w0=config.w0_for(splits.modality),
+        output_offset=offset,
+    )
 
 
-def _method_config(method: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Training hyper-parameters of a trained method (equal memory: gamma * K is the same for all)."""
-    g, k_ecop = args.gamma, args.ecop_steps
-    k_learnit = max(1, round(k_ecop * g))
-    boot = {"L": args.boot_steps, "lam": args.lam, "boot_lr": args.boot_lr}
-    return {
-        "fomaml": {"gamma": 1.0, "K": k_ecop, "L": 0, "lam": 0.0, "first_order": True},
-        "reptile": {"K": k_ecop},
-        "learnit": {"gamma": 1.0, "K": k_learnit, "L": 0, "lam": 0.0},
-        "learnit_tuned_lr": {"gamma": 1.0, "K": k_learnit, "L": 0, "lam": 0.0},
-        "random_pruning": {"gamma": g, "K": k_ecop, "selection": "random", **boot},
-        "ecop": {"gamma": g, "K": k_ecop, **boot},
-        "ecop_no_bootstrap": {"gamma": g, "K": k_ecop, "L": 0, "lam": 0.0},
-    }[method]
-
-
-def _inner_lr(method: str, args: argparse.Namespace) -> float:
-    return args.learnit_tuned_inner_lr if method == "learnit_tuned_lr" else args.inner_lr
-
-
-def _outer_lr(method: str, args: argparse.Namespace) -> float:
-    return dict(args.outer_lr_for).get(method, args.outer_lr)
-
-
-def make_trainer(method: str, model: Siren, args: argparse.Namespace) -> ContextPruningMetaLearner | Reptile:
-    """The meta-learner of ``method`` (library learner for all but Reptile)."""
-    config = dict(_method_config(method, args))
-    lr, outer_lr = _inner_lr(method, args), _outer_lr(method, args)
-    if method == "reptile":
-        return Reptile(model, config["K"], inner_lr=lr, outer_lr=outer_lr)
-    return ContextPruningMetaLearner(
-        model, inner_lr=lr, outer_lr=outer_lr, max_grad_norm=args.max_grad_norm, seed=args.seed,
-        coord_range=None, **config,
+def make_trainer(training: Training, model: Siren, config: RunConfig) -> ContextPruningMetaLearner | Reptile:
+    """The meta-learner of a trained method (the library's learner for all but Reptile)."""
+    if training.reptile:
+        return Reptile(model, training.hyper["K"], inner_lr=training.inner_lr, outer_lr=training.outer_lr)
+    settings = ECoPConfig(
+        inner_lr=training.inner_lr, max_grad_norm=config.max_grad_norm, coord_range=None, **training.hyper
+    )
+    adapt = list(training.adapt) if training.adapt is not None else None
+    return ContextPruningMetaLearner.from_config(
+        model, settings, outer_lr=training.outer_lr, seed=config.seed, adapt=adapt
     )
 
 
 # -------------------------------------------------------------------------------------------- training
-def held_bytes(trainer: ContextPruningMetaLearner | Reptile, batch: tuple[torch.Tensor, torch.Tensor]) -> int:
+def held_bytes(trainer: ContextPruningMetaLearner | Reptile, batch: Batch) -> int:
     """Bytes autograd holds for one outer step (deterministic CPU memory measure)."""
     if isinstance(trainer, Reptile):
         return trainer.held_bytes(batch)
@@ -232,12 +496,15 @@ def held_bytes(trainer: ContextPruningMetaLearner | Reptile, batch: tuple[torch.
         loss = trainer.meta_loss(batch)
         held = meter.live_bytes()
     del loss
-    return held
+    return int(held)
 
 
 def train(
-    trainer: ContextPruningMetaLearner | Reptile, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], steps: int,
-    log: Callable[[str], None], name: str,
+    trainer: ContextPruningMetaLearner | Reptile,
+    batches: Iterator[Batch],
+    steps: int,
+    log: Callable[[str], None],
+    name: str,
 ) -> dict[str, Any]:
     """Run ``steps`` outer steps; returns timing, the training PSNR curve and (on CUDA) peak memory."""
     cuda = next(trainer.model.parameters()).is_cuda
@@ -263,8 +530,10 @@ def train(
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     done = max(len(curve), 1)
     out: dict[str, Any] = {
-        "seconds_per_step": seconds / done, "cpu_seconds_per_step": cpu / done,
-        "train_psnr_curve": _thin(curve), "diverged": diverged,
+        "seconds_per_step": seconds / done,
+        "cpu_seconds_per_step": cpu / done,
+        "train_psnr_curve": _thin(curve),
+        "diverged": diverged,
     }
     if cuda:
         out["cuda_peak_bytes"] = int(torch.cuda.max_memory_allocated())
@@ -276,52 +545,43 @@ def _thin(curve: list[float], points: int = 50) -> list[float]:
     if len(curve) <= points:
         return [round(c, 3) for c in curve]
     size = len(curve) / points
-    return [round(sum(curve[int(i * size):int((i + 1) * size)]) / len(curve[int(i * size):int((i + 1) * size)]), 3)
-            for i in range(points)]
+    return [
+        round(sum(curve[int(i * size) : int((i + 1) * size)]) / len(curve[int(i * size) : int((i + 1) * size)]), 3)
+        for i in range(points)
+    ]
 
 
 # ------------------------------------------------------------------------------------------ evaluation
-@dataclass(frozen=True)
-class FitSetting:
-    """How a model is fitted at test time."""
-
-    lr: float
-    scaling: str = "none"
-    context: str = "full"
-    gamma: float = 0.25
-    selection: str = "error"
-
-
-def _fit_full(model: Siren, coords: torch.Tensor, values: torch.Tensor, steps: int, test: FitSetting):
+def _fit(
+    model: nn.Module | ContextPruningMetaLearner,
+    coords: torch.Tensor,
+    values: torch.Tensor,
+    steps: int,
+    test: FitSetting,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fit with the adapter: full-context steps, or (``context="pruned"``) every step on the pruned context."""
     adapter = GradScaledAdapter(
-        model, steps=steps, lr=test.lr, gamma=test.gamma, scaling=test.scaling, selection=test.selection,
-        coord_range=None, max_consecutive_skips=steps + 1,
+        model,
+        steps=steps,
+        lr=test.lr,
+        gamma=test.gamma,
+        scaling=test.scaling,
+        selection=test.selection,
+        coord_range=None,
+        max_consecutive_skips=steps + 1,
+        pruned_steps=steps if test.context == "pruned" else 0,
     )
     fit = adapter.fit((coords, values))
     return fit(coords).detach(), fit.history["mse"].detach(), fit.history["scale"]
 
 
-def _fit_pruned(model: Siren, coords: torch.Tensor, values: torch.Tensor, steps: int, test: FitSetting):
-    """SGD on the error-based pruned context only (no scaling), as in the paper's Figure 8."""
-    backend = GradScaledAdapter(model, coord_range=None).backend
-    selector = Selector("error", test.gamma)
-    init = {n: p.detach().requires_grad_(True) for n, p in model.named_parameters() if p.requires_grad}
-    params = expand_params(init, values.shape[0])
-    mses = []
-    for _ in range(steps):
-        with torch.no_grad():
-            mses.append((backend(params, coords) - values).pow(2).mean(dim=(1, 2)))
-        with torch.enable_grad():
-            stepped = adapt(backend, params, coords, values, steps=1, lr=test.lr, selector=selector, create_graph=False)
-        params = {n: p.detach().requires_grad_(True) for n, p in stepped.items()}
-    with torch.no_grad():
-        pred = backend(params, coords)
-        mses.append((pred - values).pow(2).mean(dim=(1, 2)))
-    return pred, torch.stack(mses), torch.ones(steps, values.shape[0], dtype=values.dtype)
-
-
 def evaluate(
-    model: Siren, splits: Splits, values: torch.Tensor, steps: int, test: FitSetting, chunk: int = 50
+    model: nn.Module | ContextPruningMetaLearner,
+    splits: Splits,
+    values: torch.Tensor,
+    steps: int,
+    test: FitSetting,
+    chunk: int = 50,
 ) -> dict[str, Any]:
     """Fit every held-out signal from ``model`` and score it.
 
@@ -330,9 +590,8 @@ def evaluate(
         (mean PSNR after 0..steps test steps), ``ssim`` (images) and ``lpips`` (images, when available).
     """
     preds, histories, scales = [], [], []
-    fit = _fit_pruned if test.context == "pruned" else _fit_full
     for start in range(0, values.shape[0], chunk):
-        pred, mse_hist, scale_hist = fit(model, splits.coords, values[start:start + chunk], steps, test)
+        pred, mse_hist, scale_hist = _fit(model, splits.coords, values[start : start + chunk], steps, test)
         preds.append(pred)
         histories.append(mse_hist)
         scales.append(scale_hist)
@@ -340,42 +599,30 @@ def evaluate(
     psnr_hist = 10.0 * torch.log10(splits.data_range**2 / mse_hist)
     final = psnr_hist[-1]
     out: dict[str, Any] = {
-        "psnr": float(final.mean()), "psnr_std": float(final.std()) if final.numel() > 1 else 0.0,
+        "psnr": float(final.mean()),
+        "psnr_std": float(final.std()) if final.numel() > 1 else 0.0,
         "psnr_per_signal": [round(float(v), 4) for v in final],
         "psnr_curve": [round(float(v), 3) for v in psnr_hist.mean(dim=1)],
         # mean test-time gradient scale of each step (1 without scaling): the effective step is lr * scale
         "scale_curve": [round(float(v), 4) for v in scale_hist.mean(dim=1)],
-        "ssim": None, "lpips": None,
+        "ssim": None,
+        "lpips": None,
     }
     if splits.modality == "image":
-        images = lambda v: v.reshape(v.shape[0], *splits.grid, v.shape[-1])
-        clipped = pred.clamp(0.0, 1.0)
+        clipped, target = _as_images(pred.clamp(0.0, 1.0), splits.grid), _as_images(values, splits.grid)
         if min(splits.grid) >= 11:
-            out["ssim"] = float(ssim(images(clipped), images(values)).mean())
+            out["ssim"] = float(ssim(clipped, target).mean())
         available, reason = lpips_status()
         if available and values.shape[-1] == 3:
-            out["lpips"] = float(lpips_distance(images(clipped), images(values)).mean())
+            out["lpips"] = float(lpips_distance(clipped, target).mean())
         else:
             out["lpips_note"] = reason or "LPIPS needs RGB images"
     return out
 
 
-def test_time_settings(args: argparse.Namespace) -> dict[str, FitSetting]:
-    """The test-time fitting rule of every method (all use ``--test-steps`` steps)."""
-    g, lr, tuned = args.gamma, args.inner_lr, args.learnit_tuned_inner_lr
-    return {
-        "random_init": FitSetting(lr),
-        "fomaml": FitSetting(lr),
-        "reptile": FitSetting(lr),
-        "learnit": FitSetting(lr),
-        "learnit_tuned_lr": FitSetting(tuned),
-        "random_pruning": FitSetting(lr, "norm", gamma=g, selection="random"),
-        "ecop": FitSetting(lr, "norm", gamma=g),
-        "ecop_no_bootstrap": FitSetting(lr, "norm", gamma=g),
-        "ecop_test_unscaled": FitSetting(lr),
-        "ecop_test_pruned": FitSetting(lr, context="pruned", gamma=g),
-        "ecop_test_unscaled_tuned": FitSetting(tuned),
-    }
+def _as_images(values: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
+    """``[N, M, D]`` -> ``[N, H, W, D]``."""
+    return values.reshape(values.shape[0], *grid, values.shape[-1])
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -390,64 +637,93 @@ def _memory_kind(device: torch.device) -> str:
     return "bytes autograd holds for one outer step (SavedTensorMeter on one meta-loss; Reptile: largest inner step)"
 
 
-def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run(config: RunConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train and test every requested method; returns the JSON-ready results."""
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    splits = load_splits(args)
+    torch.set_num_threads(config.threads)
+    device = torch.device(config.device)
+    splits = load_splits(config)
     log(f"data: {splits.description}; train {len(splits.train)}, val {len(splits.val)}, test {len(splits.test)}")
-    held_out = (splits.val if args.eval_split == "val" else splits.test).to(device)
-    val = splits.val.to(device) if args.eval_split == "both" else None
+    held_out = (splits.val if config.eval_split == "val" else splits.test).to(device)
+    val = splits.val.to(device) if config.eval_split == "both" else None
 
-    def score(model: Siren, method: str) -> dict[str, Any]:
-        out = evaluate(model, splits, held_out, args.test_steps, settings[method])
+    def score(model: nn.Module | ContextPruningMetaLearner, method: Method) -> dict[str, Any]:
+        setting = method.fit_setting(config)
+        out = evaluate(model, splits, held_out, config.test_steps, setting)
         if val is not None:
-            on_val = evaluate(model, splits, val, args.test_steps, settings[method])
+            on_val = evaluate(model, splits, val, config.test_steps, setting)
             out["val"] = {k: on_val[k] for k in ("psnr", "psnr_std", "psnr_per_signal", "ssim")}
         return out
 
     splits.coords = splits.coords.to(device)
-    settings, results = test_time_settings(args), {}
-    methods = list(args.methods)
-    trained_models: dict[str, Siren] = {}
-    for method in methods:
-        source = "ecop" if method in _ECOP_EVALS else method
-        if method == "random_init" or source in trained_models:
-            model = build_model(args, splits).to(device) if method == "random_init" else trained_models[source]
-            record = dict(results.get(source, {}), **score(model, method))
-            record["trained_as"] = source if source != method else None
-            if method == "random_init":
-                record.update(seconds_per_step=0.0, cpu_seconds_per_step=0.0, peak_memory_bytes=0)
-            results[method] = record
-            _log_result(log, method, results[method])
-            continue
-        model = build_model(args, splits).to(device)
-        trainer = make_trainer(method, model, args)
-        batches = _device_batches(splits.train.batches(args.batch, seed=args.seed, infinite=True), device)
-        first = next(_device_batches(splits.train.batches(args.batch, seed=args.seed), device))
-        memory = held_bytes(trainer, first) if device.type == "cpu" else None
-        log(f"{method}: training {args.outer_steps} outer steps (outer lr {_outer_lr(method, args):g}, "
-            f"inner lr {_inner_lr(method, args):g}, {_method_config(method, args)})")
-        training = train(trainer, batches, args.outer_steps, log, method)
-        trained_models[method] = model
-        record = {
-            **score(model, method),
-            "seconds_per_step": training["seconds_per_step"],
-            "cpu_seconds_per_step": training["cpu_seconds_per_step"],
-            "peak_memory_bytes": training.get("cuda_peak_bytes", memory),
-            "diverged": training["diverged"],
-            "train": {**_method_config(method, args), "outer_lr": _outer_lr(method, args),
-                      "inner_lr": _inner_lr(method, args), "train_psnr_curve": training["train_psnr_curve"]},
-        }
-        results[method] = record
-        _log_result(log, method, results[method])
-    for method in methods:
-        results[method]["test"] = {**settings[method].__dict__, "steps": args.test_steps}
-    results["_meta"] = _meta(args, splits, device)
+    results: dict[str, Any] = {}
+    # a trained method's learner (its test-time fit uses its adapted parameters and learned rates, if any)
+    trained_models: dict[str, nn.Module | ContextPruningMetaLearner] = {}
+    for name in config.methods:
+        method = METHOD_TABLE[name]
+        if method.train is not None:
+            model = build_model(config, splits, method.model).to(device)
+            training, trainer = train_method(method, model, splits, config, device, log)
+            trained_models[name] = trainer if isinstance(trainer, ContextPruningMetaLearner) else model
+            results[name] = {**score(trained_models[name], method), **training}
+        elif method.trained_as is None:  # the initialisation itself
+            model = build_model(config, splits).to(device)
+            results[name] = {
+                **score(model, method),
+                "trained_as": None,
+                "seconds_per_step": 0.0,
+                "cpu_seconds_per_step": 0.0,
+                "peak_memory_bytes": 0,
+            }
+        else:  # another method's model, tested another way; its training record is repeated
+            source = method.trained_as
+            results[name] = {**results[source], **score(trained_models[source], method), "trained_as": source}
+        _log_result(log, name, results[name])
+    for name in config.methods:
+        setting = METHOD_TABLE[name].fit_setting(config)
+        results[name]["test"] = {**dataclasses.asdict(setting), "steps": config.test_steps}
+    results["_meta"] = _meta(config, splits, device)
     return results
 
 
-def _device_batches(batches: Iterator[tuple[torch.Tensor, torch.Tensor]], device: torch.device):
+def train_method(
+    method: Method,
+    model: nn.Module,
+    splits: Splits,
+    config: RunConfig,
+    device: torch.device,
+    log: Callable[[str], None],
+) -> tuple[dict[str, Any], ContextPruningMetaLearner | Reptile]:
+    """Meta-train ``model`` (in place) as ``method``; returns the training part of its results and the trainer."""
+    training = method.training(config)
+    trainer = make_trainer(training, model, config)
+    batches = _device_batches(splits.train.batches(config.batch, seed=config.seed, infinite=True), device)
+    first = next(_device_batches(splits.train.batches(config.batch, seed=config.seed), device))
+    memory = held_bytes(trainer, first) if device.type == "cpu" else None
+    log(
+        f"{method.name}: training {config.outer_steps} outer steps (outer lr {training.outer_lr:g}, "
+        f"inner lr {training.inner_lr:g}, {training.hyper})"
+    )
+    stats = train(trainer, batches, config.outer_steps, log, method.name)
+    record: dict[str, Any] = {
+        "seconds_per_step": stats["seconds_per_step"],
+        "cpu_seconds_per_step": stats["cpu_seconds_per_step"],
+        "peak_memory_bytes": stats.get("cuda_peak_bytes", memory),
+        "diverged": stats["diverged"],
+        "train": {
+            **training.hyper,
+            "outer_lr": training.outer_lr,
+            "inner_lr": training.inner_lr,
+            "train_psnr_curve": stats["train_psnr_curve"],
+        },
+    }
+    rates = getattr(trainer, "inner_lrs", {})
+    if rates:  # where the meta-learned step sizes ended up
+        every = torch.cat([r.detach().flatten() for r in rates.values()])
+        record["learned_inner_lr"] = {"mean": float(every.mean()), "min": float(every.min()), "max": float(every.max())}
+    return record, trainer
+
+
+def _device_batches(batches: Iterator[Batch], device: torch.device) -> Iterator[Batch]:
     for coords, values in batches:
         yield coords.to(device), values.to(device)
 
@@ -457,17 +733,26 @@ def _log_result(log: Callable[[str], None], method: str, record: dict[str, Any])
     log(f"  -> {method}: PSNR {record['psnr']:.2f} dB{ssim_text}")
 
 
-def _meta(args: argparse.Namespace, splits: Splits, device: torch.device) -> dict[str, Any]:
+def _meta(config: RunConfig, splits: Splits, device: torch.device) -> dict[str, Any]:
     return {
-        "command": "python benchmarks/reproduce.py " + " ".join(args.argv),
-        "data": splits.description, "modality": splits.modality, "eval_split": args.eval_split,
-        "eval_signals": int(held_out_count(splits, args.eval_split)),
-        "train_signals": len(splits.train), "psnr_data_range": splits.data_range,
-        "model": f"SIREN {args.depth} hidden sine layers x {args.width}, w0 "
-                 f"{args.w0 if args.w0 is not None else (50.0 if splits.modality == 'sphere' else 30.0)}",
-        "batch": args.batch, "outer_steps": args.outer_steps, "test_steps": args.test_steps, "seed": args.seed,
-        "eval_seed": args.eval_seed, "device": str(device), "threads": args.threads,
-        "memory_measure": _memory_kind(device), "torch": torch.__version__, "python": platform.python_version(),
+        "command": "python benchmarks/reproduce.py " + " ".join(config.argv),
+        "data": splits.description,
+        "modality": splits.modality,
+        "eval_split": config.eval_split,
+        "eval_signals": int(held_out_count(splits, config.eval_split)),
+        "train_signals": len(splits.train),
+        "psnr_data_range": splits.data_range,
+        "model": f"SIREN {config.depth} hidden sine layers x {config.width}, w0 {config.w0_for(splits.modality)}",
+        "batch": config.batch,
+        "outer_steps": config.outer_steps,
+        "test_steps": config.test_steps,
+        "seed": config.seed,
+        "eval_seed": config.eval_seed,
+        "device": str(device),
+        "threads": config.threads,
+        "memory_measure": _memory_kind(device),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
         "machine": f"{platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPUs".strip(),
         "lpips": "computed" if lpips_status()[0] else f"absent: {lpips_status()[1]}",
         "note": "keys starting with '_' are not methods",
@@ -490,8 +775,15 @@ def format_table(results: dict[str, Any]) -> str:
 
 
 # ECoP against each baseline; the same held-out signals are scored for every method, so the gaps are paired.
-PAIRED = (("ecop", "learnit"), ("ecop", "learnit_tuned_lr"), ("ecop", "random_pruning"),
-          ("ecop", "ecop_no_bootstrap"), ("learnit", "reptile"), ("reptile", "fomaml"), ("fomaml", "random_init"))
+PAIRED = (
+    ("ecop", "learnit"),
+    ("ecop", "learnit_tuned_lr"),
+    ("ecop", "random_pruning"),
+    ("ecop", "ecop_no_bootstrap"),
+    ("learnit", "reptile"),
+    ("reptile", "fomaml"),
+    ("fomaml", "random_init"),
+)
 
 
 def paired_gaps(results: dict[str, Any], split: str | None = None) -> dict[str, dict[str, float]]:
@@ -516,13 +808,19 @@ def paired_gap(psnr_a: list[float], psnr_b: list[float]) -> dict[str, float]:
         raise ValueError(f"paired scores need the same signals; got {len(psnr_a)} and {len(psnr_b)}")
     diff = torch.tensor(psnr_a, dtype=torch.float64) - torch.tensor(psnr_b, dtype=torch.float64)
     se = float(diff.std() / diff.numel() ** 0.5) if diff.numel() > 1 else float("nan")
-    return {"mean_db": round(float(diff.mean()), 3), "stderr_db": round(se, 3),
-            "wins": int((diff > 0).sum()), "signals": int(diff.numel())}
+    return {
+        "mean_db": round(float(diff.mean()), 3),
+        "stderr_db": round(se, 3),
+        "wins": int((diff > 0).sum()),
+        "signals": int(diff.numel()),
+    }
 
 
 def format_gaps(gaps: dict[str, dict[str, float]], title: str) -> str:
-    lines = [title] + [f"  {pair:<32}{g['mean_db']:>+8.2f} dB  ± {g['stderr_db']:.2f} (se)  "
-                       f"{g['wins']}/{g['signals']} signals better" for pair, g in gaps.items()]
+    lines = [title] + [
+        f"  {pair:<32}{g['mean_db']:>+8.2f} dB  ± {g['stderr_db']:.2f} (se)  {g['wins']}/{g['signals']} signals better"
+        for pair, g in gaps.items()
+    ]
     return "\n".join(lines)
 
 
@@ -540,8 +838,13 @@ def save_plot(results: dict[str, Any], path: Path) -> None:
     colors = plt.get_cmap("tab20")
     for i, method in enumerate(methods):
         r = results[method]
-        ax.plot(range(len(r["psnr_curve"])), r["psnr_curve"], label=f"{method} ({r['psnr']:.1f})",
-                color=colors(i % 20), linestyle="--" if method.startswith("ecop_test") else "-")
+        ax.plot(
+            range(len(r["psnr_curve"])),
+            r["psnr_curve"],
+            label=f"{method} ({r['psnr']:.1f})",
+            color=colors(i % 20),
+            linestyle="--" if method.startswith("ecop_test") else "-",
+        )
     ax.set_xlabel("test-time step")
     ax.set_ylabel("mean PSNR (dB)")
     ax.set_title(results["_meta"]["data"], fontsize=8)
@@ -552,6 +855,7 @@ def save_plot(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+# ------------------------------------------------------------------------------------------ command line
 def _lr_pair(text: str) -> tuple[str, float]:
     name, _, value = text.partition("=")
     if name not in METHODS or not value:
@@ -567,9 +871,11 @@ def _methods(text: str) -> list[str]:
     return names
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def _parser() -> argparse.ArgumentParser:
     """Command-line options (see the module docstring)."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     data = p.add_mutually_exclusive_group()
     data.add_argument("--images", default="builtin", help="'builtin' (scikit-image photos) or a folder of images")
     data.add_argument("--audio", default=None, help="'synth' (espeak-ng speech) or a folder of sound files")
@@ -578,18 +884,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--crops-per-image", type=int, default=8, help="random crops per image of an --images folder")
     p.add_argument("--sample-rate", type=int, default=16000)
     p.add_argument("--seconds", type=float, default=1.0, help="audio clip length")
-    p.add_argument("--coord-scale", type=float, default=None,
-                   help="audio time coordinates span [-s, s] (default 50 x seconds: the paper's 1 s -> [-50, 50])")
+    p.add_argument(
+        "--coord-scale",
+        type=float,
+        default=None,
+        help="audio time coordinates span [-s, s] (default 50 x seconds: the paper's 1 s -> [-50, 50])",
+    )
     p.add_argument("--sphere-stride", type=int, default=4, help="keep every n-th latitude and longitude")
     p.add_argument("--train-size", type=int, default=2048, help="training crops (built-in images)")
     p.add_argument("--eval-size", type=int, default=100, help="held-out signals tested")
-    p.add_argument("--eval-split", choices=["test", "val", "both"], default="test",
-                   help="'val' for tuning; 'both' adds a 'val' entry to every method")
+    p.add_argument(
+        "--eval-split",
+        choices=["test", "val", "both"],
+        default="test",
+        help="'val' for tuning; 'both' adds a 'val' entry to every method",
+    )
     p.add_argument("--outer-steps", type=int, default=1000)
     p.add_argument("--test-steps", type=int, default=16)
     p.add_argument("--seed", type=int, default=0, help="model init, training crops and batch order")
     p.add_argument("--eval-seed", type=int, default=0, help="which held-out crops are drawn")
     p.add_argument("--width", type=int, default=128)
+    p.add_argument(
+        "--latent-dim", type=int, default=128, help="latent size of the ModulatedSiren of the *_latent methods"
+    )
     p.add_argument("--depth", type=int, default=3, help="hidden sine layers")
     p.add_argument("--w0", type=float, default=None, help="SIREN frequency (default 30; 50 on the sphere)")
     p.add_argument("--batch", type=int, default=4)
@@ -609,76 +926,80 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--json", type=Path, default=None, help="write results here (and a PNG next to it)")
     p.add_argument("--no-plot", action="store_true")
-    p.add_argument("--paired", nargs=2, default=None, metavar="RESULT.json:METHOD",
-                   help="instead of running, print the paired PSNR gap between two methods of (possibly different) "
-                        "result files scored on the same held-out signals")
-    p.add_argument("--merge", type=Path, nargs="+", default=None, metavar="RESULT.json",
-                   help="instead of running, merge result files of disjoint method sets into --json")
-    args = p.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
-    if args.audio or args.sphere:
-        args.images = None
-    for name in ("resolution", "outer_steps", "batch", "width", "depth", "eval_size", "train_size", "threads", "workers"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1")
-    if any(m in _ECOP_EVALS for m in args.methods) and "ecop" not in args.methods:
-        args.methods = ["ecop", *args.methods]
-    args.methods = [m for m in METHODS if m in args.methods]
-    return args
+    p.add_argument(
+        "--paired",
+        nargs=2,
+        default=None,
+        metavar="RESULT.json:METHOD",
+        help="instead of running, print the paired PSNR gap between two methods of (possibly different) "
+        "result files scored on the same held-out signals",
+    )
+    p.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        default=None,
+        metavar="RESULT.json",
+        help="instead of running, merge result files of disjoint method sets into --json",
+    )
+    return p
 
 
-# Rough relative CPU cost per outer step (measured at 32x32, SIREN 3x128), used only to balance workers.
-_COST = {"fomaml": 0.6, "reptile": 0.6, "learnit": 0.5, "learnit_tuned_lr": 0.5, "random_pruning": 0.66,
-         "ecop": 0.8, "ecop_no_bootstrap": 0.7}
-
-
-def partition(methods: list[str], workers: int) -> list[list[str]]:
-    """Split methods over workers, balancing the estimated cost; evaluation-only rows follow ``ecop``."""
+def partition(methods: Sequence[str], workers: int) -> list[list[str]]:
+    """Split methods over workers, balancing the estimated cost; evaluation-only rows follow the model they test."""
     groups: list[list[str]] = [[] for _ in range(workers)]
     loads = [0.0] * workers
-    for method in sorted((m for m in methods if m in _COST), key=lambda m: -_COST[m]):
+    trained = [m for m in methods if METHOD_TABLE[m].train is not None]
+    for method in sorted(trained, key=lambda m: -METHOD_TABLE[m].cost):
         i = loads.index(min(loads))
         groups[i].append(method)
-        loads[i] += _COST[method]
+        loads[i] += METHOD_TABLE[method].cost
     for method in methods:
-        if method not in _COST:
-            target = next((g for g in groups if "ecop" in g), None) if method in _ECOP_EVALS else None
+        if METHOD_TABLE[method].train is None:
+            source = METHOD_TABLE[method].trained_as
+            target = next((g for g in groups if source in g), None) if source is not None else None
             (target if target is not None else groups[loads.index(min(loads))]).append(method)
     return [g for g in groups if g]
 
 
-def run_parallel(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_parallel(config: RunConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run method groups in ``--workers`` subprocesses (``--threads`` each) and merge their results."""
-    import subprocess
-
-    groups = partition(list(args.methods), args.workers)
+    groups = partition(config.methods, config.workers)
     with tempfile.TemporaryDirectory(prefix="ecop-reproduce-") as tmp:
-        procs = []
         for i, group in enumerate(groups):
-            argv = _strip_flags(args.argv, ("--workers", "--methods", "--json")) + [
-                "--workers", "1", "--methods", ",".join(group), "--json", os.path.join(tmp, f"{i}.json"), "--no-plot"]
             log(f"worker {i}: {', '.join(group)}")
-            logfile = open(os.path.join(tmp, f"{i}.log"), "w")  # noqa: SIM115
-            procs.append((subprocess.Popen([sys.executable, os.path.abspath(__file__), *argv], stdout=logfile,
-                                           stderr=subprocess.STDOUT), logfile))
-        codes = [proc.wait() for proc, _ in procs]
-        for _, logfile in procs:
-            logfile.close()
+        with ExitStack() as logs:
+            procs = [_start_worker(config, group, Path(tmp, str(i)), logs) for i, group in enumerate(groups)]
+            codes = [proc.wait() for proc in procs]
         failed = [i for i, code in enumerate(codes) if code != 0]
-        for i in range(len(procs)):
+        for i in range(len(groups)):
             log(Path(tmp, f"{i}.log").read_text())
         if failed:
             raise RuntimeError(f"workers {failed} failed; see their logs above")
         parts = [json.loads(Path(tmp, f"{i}.json").read_text()) for i in range(len(groups))]
     results = {m: r for part in parts for m, r in part.items() if not m.startswith("_")}
     results = {m: results[m] for m in METHODS if m in results}
-    meta = dict(parts[0]["_meta"], command="python benchmarks/reproduce.py " + " ".join(args.argv),
-                workers=[g for g in groups], worker_wall_seconds=[p["_meta"].get("wall_seconds") for p in parts])
+    meta = dict(
+        parts[0]["_meta"],
+        command="python benchmarks/reproduce.py " + " ".join(config.argv),
+        workers=groups,
+        worker_wall_seconds=[p["_meta"].get("wall_seconds") for p in parts],
+    )
     results["_meta"] = meta
     return results
 
 
-def _strip_flags(argv: list[str], flags: tuple[str, ...]) -> list[str]:
+def _start_worker(config: RunConfig, group: list[str], stem: Path, logs: ExitStack) -> subprocess.Popen[bytes]:
+    """This script on ``group`` alone, writing ``<stem>.json`` and its output to ``<stem>.log``."""
+    own = ["--workers", "1", "--methods", ",".join(group), "--json", f"{stem}.json", "--no-plot"]
+    argv = [*_strip_flags(config.argv, ("--workers", "--methods", "--json")), *own]
+    # the caller's ExitStack closes the log once the worker has finished
+    logfile = logs.enter_context(open(f"{stem}.log", "w"))  # noqa: SIM115
+    command = [sys.executable, os.path.abspath(__file__), *argv]
+    return subprocess.Popen(command, stdout=logfile, stderr=subprocess.STDOUT)
+
+
+def _strip_flags(argv: Sequence[str], flags: tuple[str, ...]) -> list[str]:
     out, skip = [], False
     for item in argv:
         if skip:
@@ -693,11 +1014,11 @@ def _strip_flags(argv: list[str], flags: tuple[str, ...]) -> list[str]:
     return out
 
 
-def merge_results(paths: list[Path]) -> dict[str, Any]:
+def merge_results(paths: Sequence[Path]) -> dict[str, Any]:
     """Combine result files of disjoint method sets (e.g. a rerun of some methods) into one."""
     parts = [json.loads(Path(p).read_text()) for p in paths]
     merged: dict[str, Any] = {}
-    for path, part in zip(paths, parts):
+    for part in parts:
         for method, record in part.items():
             if method.startswith("_"):
                 continue
@@ -705,9 +1026,13 @@ def merge_results(paths: list[Path]) -> dict[str, Any]:
                 raise ValueError(f"method {method!r} appears in more than one of {[str(p) for p in paths]}")
             merged[method] = record
     results = {m: merged[m] for m in METHODS if m in merged}
-    results["_meta"] = dict(parts[0]["_meta"], merged_from=[
-        {"file": str(p), "command": part["_meta"]["command"], "wall_seconds": part["_meta"].get("wall_seconds")}
-        for p, part in zip(paths, parts)])
+    results["_meta"] = dict(
+        parts[0]["_meta"],
+        merged_from=[
+            {"file": str(p), "command": part["_meta"]["command"], "wall_seconds": part["_meta"].get("wall_seconds")}
+            for p, part in zip(paths, parts, strict=True)
+        ],
+    )
     return results
 
 
@@ -729,16 +1054,19 @@ def compare_files(first: str, second: str, log: Callable[[str], None] = print) -
     return gaps
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    config = RunConfig.from_args(argv)
     started = time.perf_counter()
-    log = lambda text: print(text, flush=True)
-    if args.paired:
-        return compare_files(*args.paired, log)
-    if args.merge:
-        results = merge_results(args.merge)
+
+    def log(text: str) -> None:
+        print(text, flush=True)
+
+    if config.paired:
+        return compare_files(*config.paired, log)
+    if config.merge:
+        results = merge_results(config.merge)
     else:
-        results = run_parallel(args, log) if args.workers > 1 else run(args, log)
+        results = run_parallel(config, log) if config.workers > 1 else run(config, log)
         results["_meta"]["wall_seconds"] = round(time.perf_counter() - started, 1)
     print(format_table(results))
     for split in (None, "val"):
@@ -746,12 +1074,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if gaps:
             results[f"_paired_gaps{'_' + split if split else ''}"] = gaps
             print(format_gaps(gaps, f"paired PSNR gaps on the {'validation' if split else 'held-out'} signals:"))
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=1, allow_nan=True))
-        if not args.no_plot:
-            save_plot(results, args.json.with_suffix(".png"))
-        print(f"wrote {args.json}")
+    if config.json is not None:
+        config.json.parent.mkdir(parents=True, exist_ok=True)
+        config.json.write_text(json.dumps(results, indent=1, allow_nan=True))
+        if not config.no_plot:
+            save_plot(results, config.json.with_suffix(".png"))
+        print(f"wrote {config.json}")
     return results
 
 

@@ -1,14 +1,27 @@
 """ecop-wrap: memory-efficient meta-learning of implicit neural representations with Error-based Context
-Pruning (ECoP), for any ``nn.Module`` INR, and gradient-scaled test-time fitting."""
+Pruning (ECoP), for any ``nn.Module`` INR, and gradient-scaled test-time fitting.
 
-from .backends import BACKENDS, BATCHING_MODES, make_backend
-from .fitting import SCALINGS, FitResult, GradScaledAdapter
-from .learner import ContextPruningMetaLearner
+The public API is what this module exports; everything under ``ecop_wrap._src`` is private.
+"""
+
+from ._src.adapter import FitResult, FitStep, GradScaledAdapter
+from ._src.algorithm import MetaLossOutput
+from ._src.backends import BACKENDS, BATCHING_MODES, make_backend
+from ._src.config import ECoPConfig
+from ._src.evaluator import ContextEvaluator, FullGrad
+from ._src.learner import ContextPruningMetaLearner
+from ._src.numerics import num_selected
+from ._src.rules import (
+    SCALING_RULES,
+    SELECTION_RULES,
+    ScalingRule,
+    SelectionRule,
+    register_scaling,
+    register_selection,
+)
 from .memory import SavedTensorMeter
 from .metrics import mse, mse_to_psnr, psnr
-from .models import FourierFeatureMLP, Siren
-from .outer_loss import MetaLossOutput
-from .selection import SELECTIONS, num_selected
+from .models import FourierFeatureMLP, ModulatedSiren, Siren
 from .signals import array_to_signal, image_to_signal, make_grid, signal_to_array, signal_to_image
 
 __version__ = "0.1.0"
@@ -16,14 +29,21 @@ __version__ = "0.1.0"
 __all__ = [
     "BACKENDS",
     "BATCHING_MODES",
-    "SCALINGS",
-    "SELECTIONS",
+    "SCALING_RULES",
+    "SELECTION_RULES",
+    "ContextEvaluator",
     "ContextPruningMetaLearner",
+    "ECoPConfig",
     "FitResult",
+    "FitStep",
     "FourierFeatureMLP",
+    "FullGrad",
     "GradScaledAdapter",
     "MetaLossOutput",
+    "ModulatedSiren",
     "SavedTensorMeter",
+    "ScalingRule",
+    "SelectionRule",
     "Siren",
     "array_to_signal",
     "image_to_signal",
@@ -33,6 +53,8 @@ __all__ = [
     "mse_to_psnr",
     "num_selected",
     "psnr",
+    "register_scaling",
+    "register_selection",
     "signal_to_array",
     "signal_to_image",
 ]

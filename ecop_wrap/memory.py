@@ -38,7 +38,7 @@ class SavedTensorMeter:
 
         with SavedTensorMeter() as meter:
             loss = learner.meta_loss(batch)
-            held = meter.live_bytes()   # what the backward of `loss` will need
+            held = meter.live_bytes()  # what the backward of `loss` will need
         loss.backward()
     """
 

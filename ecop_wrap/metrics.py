@@ -6,7 +6,7 @@ import math
 
 import torch
 
-__all__ = ["mse", "psnr", "mse_to_psnr"]
+__all__ = ["mse", "mse_to_psnr", "psnr"]
 
 
 def mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -21,9 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .inner_loop import adapt, expand_params
-from .learner import ContextPruningMetaLearner
-from .selection import squared_errors
+from ._src.adapter import GradScaledAdapter
+from ._src.learner import ContextPruningMetaLearner
 
 __all__ = [
     "SelectionTrace",
@@ -86,7 +85,7 @@ class SelectionTrace:
     predictions: torch.Tensor
 
     def as_grid(self, shape: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(masks [S, *shape], errors [S, *shape], predictions [S, *shape, D])`` for a grid of ``prod(shape) == M``."""
+        """``(masks [S, *shape], errors [S, *shape], predictions [S, *shape, D])`` for ``prod(shape) == M``."""
         shape = tuple(int(s) for s in shape)
         num_points = self.masks.shape[1]
         if int(np.prod(shape)) != num_points:
@@ -113,9 +112,8 @@ def trace_selection(
 ) -> SelectionTrace:
     """Run the learner's pruned inner loop from theta_0 on one signal and record it (paper Figure 1).
 
-    Steps are taken one at a time with :func:`ecop_wrap.inner_loop.adapt` and the learner's own selector,
-    step size and backend (first order, so no graph is kept); its ``on_select`` callback records each pruned
-    context. The model is not modified.
+    The steps are the learner's own (its selection rule and step sizes, first order), taken with
+    :meth:`GradScaledAdapter.fit_steps` with ``pruned_steps`` covering them all. The model is not modified.
 
     Args:
         learner: the meta-learner whose initialization and pruning rule are traced.
@@ -129,36 +127,28 @@ def trace_selection(
     if not isinstance(learner, ContextPruningMetaLearner):
         raise TypeError(f"learner must be a ContextPruningMetaLearner, got {type(learner).__name__}")
     coords, values = _check_one_signal(signal, learner)
-    wanted = default_trace_steps(learner.K) if steps is None else sorted({int(k) for k in steps})
-    if not wanted or wanted[0] < 0 or wanted[-1] >= learner.K:
-        raise ValueError(f"steps must be a non-empty set of adaptation steps in [0, K={learner.K}), got {steps!r}")
-    batch_values = values.unsqueeze(0)
-    init = {n: p.detach().clone().requires_grad_(True) for n, p in learner.init_params().items()}
-    params = expand_params(init, 1)
-    generator = torch.Generator(device=values.device).manual_seed(int(seed))
-    chosen: dict[int, torch.Tensor | None] = {}
+    K = learner.config.K
+    wanted = default_trace_steps(K) if steps is None else sorted({int(k) for k in steps})
+    if not wanted or wanted[0] < 0 or wanted[-1] >= K:
+        raise ValueError(f"steps must be a non-empty set of adaptation steps in [0, K={K}), got {steps!r}")
+    adapter = GradScaledAdapter(
+        learner, steps=wanted[-1] + 1, pruned_steps=wanted[-1] + 1, scaling="none", coord_range=None, seed=seed
+    )
     masks, errors, predictions = [], [], []
-    with torch.enable_grad():
-        for k in range(wanted[-1] + 1):
-            if k in wanted:
-                with torch.no_grad():
-                    pred = learner.backend(params, coords)
-                predictions.append(pred[0])
-                errors.append(squared_errors(pred, batch_values)[0].sqrt())
-            params = adapt(
-                learner.backend, params, coords, batch_values, steps=1, lr=learner.inner_lr,
-                selector=learner.selector, create_graph=False, chunk_size=learner.chunk_size,
-                generator=generator, identical_init=k == 0,
-                on_select=lambda _, idx, k=k: chosen.__setitem__(k, idx),
-            )
-            params = {n: p.detach().requires_grad_(True) for n, p in params.items()}
-    for k in wanted:
+    for state in adapter.fit_steps((coords, values)):
+        if state.step not in wanted:
+            continue
+        with torch.no_grad():
+            pred = adapter.backend(state.params, coords)[0]
+        predictions.append(pred)
+        errors.append((pred - values).pow(2).sum(-1).sqrt())
         mask = torch.zeros(values.shape[0], dtype=torch.bool, device=values.device)
-        idx = chosen[k]
-        mask[idx[0] if idx is not None else slice(None)] = True
+        mask[state.pruned_idx[0] if state.pruned_idx is not None else slice(None)] = True
         masks.append(mask)
     return SelectionTrace(
-        steps=wanted, masks=torch.stack(masks).cpu(), errors=torch.stack(errors).cpu(),
+        steps=wanted,
+        masks=torch.stack(masks).cpu(),
+        errors=torch.stack(errors).cpu(),
         predictions=torch.stack(predictions).cpu(),
     )
 
@@ -207,7 +197,7 @@ def plot_psnr_curves(
     fig = _figure_class()(figsize=(6.4, 4.2))
     ax = fig.subplots()
     ends: list[tuple[float, float, str]] = []
-    for colour, (name, values) in zip(_cycle(len(curves)), curves.items()):
+    for colour, (name, values) in zip(_cycle(len(curves)), curves.items(), strict=True):
         data = _numpy(values, f"curves[{name!r}]")
         data = data[:, None] if data.ndim == 1 else data
         if data.ndim != 2:
@@ -248,18 +238,27 @@ def _cycle(count: int) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------ grids
-def _show(ax: Any, image: np.ndarray, *, cmap: str | None, vmin: float | None, vmax: float | None,
-          extent: Sequence[float] | None, origin: str) -> Any:
+def _show(
+    ax: Any,
+    image: np.ndarray,
+    *,
+    cmap: str | None,
+    vmin: float | None,
+    vmax: float | None,
+    extent: Sequence[float] | None,
+    origin: str,
+) -> Any:
     """``image [H, W, D]``: RGB when D = 3 (clipped to [0, 1]), else the first channel with ``cmap``."""
     if image.shape[-1] == 3:
         return ax.imshow(np.clip(image, 0.0, 1.0), extent=extent, origin=origin, interpolation="nearest")
-    return ax.imshow(image[..., 0], cmap=cmap or "gray", vmin=vmin, vmax=vmax, extent=extent, origin=origin,
-                     interpolation="nearest")
+    return ax.imshow(
+        image[..., 0], cmap=cmap or "gray", vmin=vmin, vmax=vmax, extent=extent, origin=origin, interpolation="nearest"
+    )
 
 
 def _panel_size(shape: tuple[int, int], extent: Sequence[float] | None, base: float) -> tuple[float, float]:
     """Width and height in inches of one image panel: ``base`` high for square data, wider (up to 2x) if wide."""
-    height, width = shape
+    height, width = float(shape[0]), float(shape[1])
     if extent is not None:
         width, height = abs(extent[1] - extent[0]), abs(extent[3] - extent[2])
     aspect = min(2.0, max(0.5, width / height))
@@ -331,11 +330,12 @@ def plot_reconstructions(
     height, width = truth.shape[1:3]
     panel_width, panel_height = _panel_size((height, width), extent, 2.0)
     fig = _figure_class()(
-        figsize=(panel_width * columns + 1.0, (panel_height + 0.35) * count + (0.5 if title else 0.2)), layout="constrained"
+        figsize=(panel_width * columns + 1.0, (panel_height + 0.35) * count + (0.5 if title else 0.2)),
+        layout="constrained",
     )
     axes = np.asarray(fig.subplots(count, columns, squeeze=False))
     low, high = value_range if value_range is not None else (float(truth.min()), float(truth.max()))
-    opts = {"cmap": cmap, "vmin": low, "vmax": high, "extent": extent, "origin": origin}
+    opts: dict[str, Any] = {"cmap": cmap, "vmin": low, "vmax": high, "extent": extent, "origin": origin}
     for row in range(count):
         image = _show(axes[row, 0], truth[row], **opts)
         axes[row, 0].set_title("original" if row == 0 else "", fontsize=9)
@@ -348,7 +348,18 @@ def plot_reconstructions(
         if truth.shape[-1] != 3 and colorbar_label:
             fig.colorbar(image, ax=axes[row, : 1 + len(names)].tolist(), shrink=0.8, label=colorbar_label)
         if show_errors:
-            _error_columns(fig, axes[row], truth[row], {n: recons[n][row] for n in names}, names, row, extent, origin, error_scale, error_label)
+            _error_columns(
+                fig,
+                axes[row],
+                truth[row],
+                {n: recons[n][row] for n in names},
+                names,
+                row,
+                extent,
+                origin,
+                error_scale,
+                error_label,
+            )
         for ax in axes[row]:
             _bare(ax, extent is not None)
     if title:
@@ -356,17 +367,27 @@ def plot_reconstructions(
     return _save(fig, path)
 
 
-def _error_columns(fig: Any, axes: np.ndarray, truth: np.ndarray, recons: dict[str, np.ndarray], names: list[str],
-                   row: int, extent: Sequence[float] | None, origin: str, error_scale: float | None,
-                   label: str) -> None:
+def _error_columns(
+    fig: Any,
+    axes: np.ndarray,
+    truth: np.ndarray,
+    recons: dict[str, np.ndarray],
+    names: list[str],
+    row: int,
+    extent: Sequence[float] | None,
+    origin: str,
+    error_scale: float | None,
+    label: str,
+) -> None:
     scale = 1.0 if error_scale is None else float(error_scale)
     errors = {name: np.sqrt(((recons[name] - truth) ** 2).sum(-1)) * scale for name in names}
     top = max(float(e.max()) for e in errors.values()) or 1.0
     image = None
     for offset, name in enumerate(names):
         ax = axes[1 + len(names) + offset]
-        image = ax.imshow(errors[name], cmap="magma", vmin=0.0, vmax=top, extent=extent, origin=origin,
-                          interpolation="nearest")
+        image = ax.imshow(
+            errors[name], cmap="magma", vmin=0.0, vmax=top, extent=extent, origin=origin, interpolation="nearest"
+        )
         if row == 0:
             ax.set_title(f"error, {name}", fontsize=9)
     fig.colorbar(image, ax=axes[1 + len(names) :].tolist(), shrink=0.8, label=label)
@@ -432,7 +453,9 @@ def plot_selection(
     raise ValueError(f"original must be [H, W, D] or [L, D], got shape {truth.shape}")
 
 
-def _pixel_centres(shape: tuple[int, int], extent: Sequence[float] | None, origin: str) -> tuple[np.ndarray, np.ndarray]:
+def _pixel_centres(
+    shape: tuple[int, int], extent: Sequence[float] | None, origin: str
+) -> tuple[np.ndarray, np.ndarray]:
     """x and y data coordinates of every pixel centre of an ``imshow`` of ``shape`` (rows, columns)."""
     height, width = shape
     rows, cols = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
@@ -445,23 +468,35 @@ def _pixel_centres(shape: tuple[int, int], extent: Sequence[float] | None, origi
     return x, y
 
 
-def _selection_2d(truth: np.ndarray, steps: list[int], masks: np.ndarray, errors: np.ndarray, preds: np.ndarray,
-                  path: str | os.PathLike[str], title: str | None, extent: Sequence[float] | None, origin: str,
-                  cmap: str | None) -> str:
+def _selection_2d(
+    truth: np.ndarray,
+    steps: list[int],
+    masks: np.ndarray,
+    errors: np.ndarray,
+    preds: np.ndarray,
+    path: str | os.PathLike[str],
+    title: str | None,
+    extent: Sequence[float] | None,
+    origin: str,
+    cmap: str | None,
+) -> str:
     count = len(steps)
     height, width = truth.shape[:2]
     panel_width, panel_height = _panel_size((height, width), extent, 2.1)
     fig = _figure_class()(
-        figsize=(panel_width * (count + 1) + 0.6, 3 * (panel_height + 0.35) + (0.4 if title else 0.0)), layout="constrained"
+        figsize=(panel_width * (count + 1) + 0.6, 3 * (panel_height + 0.35) + (0.4 if title else 0.0)),
+        layout="constrained",
     )
     axes = np.asarray(fig.subplots(3, count + 1, squeeze=False))
     low, high = float(truth.min()), float(truth.max())
-    opts = {"extent": extent, "origin": origin}
+    opts: dict[str, Any] = {"extent": extent, "origin": origin}
     xs, ys = _pixel_centres((height, width), extent, origin)
     dot = (0.55 * 72.0 * panel_width / width) ** 2  # marker area in points^2: about half a pixel wide
     for col, k in enumerate(steps):
         _show(axes[0, col], truth, cmap=cmap, vmin=low, vmax=high, **opts)
-        axes[0, col].scatter(xs[masks[col]], ys[masks[col]], s=dot, c="red", marker="o", edgecolors="white", linewidths=0.4)
+        axes[0, col].scatter(
+            xs[masks[col]], ys[masks[col]], s=dot, c="red", marker="o", edgecolors="white", linewidths=0.4
+        )
         axes[0, col].set_title(f"k = {k}: {int(masks[col].sum())} of {masks[col].size} points", fontsize=9)
         top = float(errors[col].max()) or 1.0  # own scale per step: later errors are far smaller
         axes[1, col].imshow(errors[col], cmap="magma", vmin=0.0, vmax=top, interpolation="nearest", **opts)
@@ -484,8 +519,16 @@ def _selection_2d(truth: np.ndarray, steps: list[int], masks: np.ndarray, errors
     return _save(fig, path)
 
 
-def _selection_1d(truth: np.ndarray, steps: list[int], masks: np.ndarray, errors: np.ndarray, preds: np.ndarray,
-                  path: str | os.PathLike[str], title: str | None, sample_rate: float | None) -> str:
+def _selection_1d(
+    truth: np.ndarray,
+    steps: list[int],
+    masks: np.ndarray,
+    errors: np.ndarray,
+    preds: np.ndarray,
+    path: str | os.PathLike[str],
+    title: str | None,
+    sample_rate: float | None,
+) -> str:
     count = len(steps)
     length = truth.shape[0]
     time = np.arange(length) / sample_rate if sample_rate else np.arange(length)
@@ -554,7 +597,7 @@ def plot_waveforms(
         start, stop = _zoom_window(truth[row], zoom)
         for ax, window in ((axes[row, 0], slice(None)), (axes[row, 1], slice(start, stop))):
             ax.plot(time[window], truth[row, window], color="0.2", lw=1.2, label="original")
-            for colour, name in zip(_cycle(len(recons)), recons):
+            for colour, name in zip(_cycle(len(recons)), recons, strict=True):
                 score = "" if psnr is None else f" {float(_numpy(psnr[name], 'psnr')[row]):.1f} dB"
                 ax.plot(time[window], recons[name][row, window], color=colour, lw=0.9, alpha=0.85, label=name + score)
         axes[row, 0].axvspan(time[start], time[stop - 1], color="0.85", zorder=0)

@@ -103,7 +103,11 @@ def ssim(
 
 
 # ----------------------------------------------------------------------------------------------- LPIPS
-_LPIPS_BACKBONE_FILES = {"alex": "alexnet-owt-7be5be79.pth", "vgg": "vgg16-397923af.pth", "squeeze": "squeezenet1_1-b8a52dc0.pth"}
+_LPIPS_BACKBONE_FILES = {
+    "alex": "alexnet-owt-7be5be79.pth",
+    "vgg": "vgg16-397923af.pth",
+    "squeeze": "squeezenet1_1-b8a52dc0.pth",
+}
 
 
 def lpips_status(net: str = "alex") -> tuple[bool, str]:
@@ -159,5 +163,5 @@ def lpips_distance(pred: torch.Tensor, target: torch.Tensor, *, net: str = "alex
         return (x.float().reshape(-1, height, width, 3).permute(0, 3, 1, 2) * 2.0) - 1.0
 
     with torch.no_grad():
-        distance = model(nchw(pred), nchw(target)).flatten()
+        distance: torch.Tensor = model(nchw(pred), nchw(target)).flatten()
     return distance.reshape(batch_shape)

@@ -86,19 +86,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         epilog="The defaults (0.25 s at 8 kHz = 2000 samples, SIREN 3x128, batch 4, 200 outer steps) finish in "
-               "minutes on a 2-core CPU; the paper uses 1 s at 16 kHz, a 5-layer SIREN, and gamma 0.5 with K 8 "
-               "for LibriSpeech (try --gamma 0.5 --inner-steps 8).",
+        "minutes on a 2-core CPU; the paper uses 1 s at 16 kHz, a 5-layer SIREN, and gamma 0.5 with K 8 "
+        "for LibriSpeech (try --gamma 0.5 --inner-steps 8).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     data = parser.add_argument_group("data")
-    data.add_argument("--audio", type=Path, default=None,
-                      help="folder of wav/flac/ogg files (searched recursively); default: espeak-ng speech")
-    data.add_argument("--test-audio", type=Path, default=None,
-                      help="folder of held-out files (default with --audio: every 5th file is held out)")
+    data.add_argument(
+        "--audio",
+        type=Path,
+        default=None,
+        help="folder of wav/flac/ogg files (searched recursively); default: espeak-ng speech",
+    )
+    data.add_argument(
+        "--test-audio",
+        type=Path,
+        default=None,
+        help="folder of held-out files (default with --audio: every 5th file is held out)",
+    )
     data.add_argument("--sample-rate", type=int, default=8000, help="resample everything to this rate (Hz)")
     data.add_argument("--seconds", type=float, default=0.25, help="clip length; longer files are cropped")
-    data.add_argument("--coord-scale", type=float, default=None,
-                      help="coordinates span [-s, s] (default 50 x seconds, the paper's time scaling)")
+    data.add_argument(
+        "--coord-scale",
+        type=float,
+        default=None,
+        help="coordinates span [-s, s] (default 50 x seconds, the paper's time scaling)",
+    )
     data.add_argument("--crops-per-file", type=int, default=4, help="random clips cut from every training file")
     return add_common_flags(parser, outer_steps=200, test_signals=8)
 
@@ -130,8 +142,13 @@ def _clips(folder: Path, args: argparse.Namespace, crops: int, seed: int) -> Sig
             names.append(f"{file.relative_to(folder).as_posix()}@{start / args.sample_rate:.2f}s")
     scale = args.coord_scale if args.coord_scale is not None else 50.0 * args.seconds
     coords = make_grid((length,), low=-scale, high=scale)
-    return SignalDataset(torch.stack(clips), (length,), coords=coords, names=names,
-                         metadata={"sample_rate": args.sample_rate, "coord_scale": scale})
+    return SignalDataset(
+        torch.stack(clips),
+        (length,),
+        coords=coords,
+        names=names,
+        metadata={"sample_rate": args.sample_rate, "coord_scale": scale},
+    )
 
 
 def _synthesize(folder: Path) -> dict:
@@ -174,42 +191,65 @@ def load_data(args: argparse.Namespace) -> tuple[SignalDataset, SignalDataset, d
             train = _clips(Path(tmp) / "train", args, args.crops_per_file, args.seed)
             test = _clips(Path(tmp) / "test", args, 1, args.seed + 999)
     train = train.subset(range(min(args.train_signals, len(train))))
-    test = test.subset(torch.randperm(len(test), generator=torch.Generator().manual_seed(args.seed))[: args.test_signals].tolist())
+    test = test.subset(
+        torch.randperm(len(test), generator=torch.Generator().manual_seed(args.seed))[: args.test_signals].tolist()
+    )
     return train, test, notes
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    setup(args)
+    config = setup(args)
     if args.sample_rate < 1 or args.seconds <= 0 or args.crops_per_file < 1:
         raise SystemExit("error: --sample-rate, --seconds and --crops-per-file must be positive")
     train, test, notes = load_data(args)
     scale = float(train.coords.abs().max())
 
     def make_model() -> torch.nn.Module:
-        return Siren(1, 1, args.hidden_features, args.hidden_layers, w0=args.w0, output_offset=0.0)
+        return Siren(1, 1, config.hidden_features, config.hidden_layers, w0=config.w0, output_offset=0.0)
 
     def show_reconstructions(
-        originals: torch.Tensor, recons: dict[str, torch.Tensor], psnr: dict[str, torch.Tensor], names: list[str],
+        originals: torch.Tensor,
+        recons: dict[str, torch.Tensor],
+        psnr: dict[str, torch.Tensor],
+        names: list[str],
         out: Path,
     ) -> list[str]:
-        return [plot_waveforms(
-            originals, recons, out / "reconstructions.png", sample_rate=args.sample_rate, psnr=psnr, row_labels=names,
-            title=f"held-out speech after {args.test_steps} test-time steps",
-        )]
+        return [
+            plot_waveforms(
+                originals,
+                recons,
+                out / "reconstructions.png",
+                sample_rate=args.sample_rate,
+                psnr=psnr,
+                row_labels=names,
+                title=f"held-out speech after {config.test_steps} test-time steps",
+            )
+        ]
 
     def show_selection(values: torch.Tensor, trace: SelectionTrace, out: Path) -> str:
         return plot_selection(
-            values, trace.steps, trace.masks, trace.errors, trace.predictions, out / "selection.png",
+            values,
+            trace.steps,
+            trace.masks,
+            trace.errors,
+            trace.predictions,
+            out / "selection.png",
             sample_rate=args.sample_rate,
-            title=f"ECoP's pruned context (gamma = {args.gamma}) on a held-out clip, from the meta-learned init",
+            title=f"ECoP's pruned context (gamma = {config.gamma}) on a held-out clip, from the meta-learned init",
         )
 
-    notes.update(sample_rate=args.sample_rate, seconds=args.seconds, coord_scale=scale,
-                 psnr_data_range=1.0, test_clips=test.names)
-    example = Example("audio", train, test, make_model, show_reconstructions, show_selection,
-                      coord_range=(-scale, scale), notes=notes)
-    return run(example, args)
+    notes.update(
+        sample_rate=args.sample_rate,
+        seconds=args.seconds,
+        coord_scale=scale,
+        psnr_data_range=1.0,
+        test_clips=test.names,
+    )
+    example = Example(
+        "audio", train, test, make_model, show_reconstructions, show_selection, coord_range=(-scale, scale), notes=notes
+    )
+    return run(example, config)
 
 
 if __name__ == "__main__":

@@ -41,14 +41,23 @@ def build_parser() -> argparse.ArgumentParser:
     data = parser.add_argument_group("data")
     data.add_argument("--resolution", type=int, default=32, help="image side R (signals are R x R x 3)")
     source = data.add_mutually_exclusive_group()
-    source.add_argument("--images", type=Path, default=None,
-                        help="folder of your own images (any Pillow format, searched recursively) instead of the "
-                             "scikit-image photographs; files are split into training and held-out images")
+    source.add_argument(
+        "--images",
+        type=Path,
+        default=None,
+        help="folder of your own images (any Pillow format, searched recursively) instead of the "
+        "scikit-image photographs; files are split into training and held-out images",
+    )
     source.add_argument("--text", action="store_true", help="random-text images rendered with matplotlib's fonts")
-    data.add_argument("--test-images", type=Path, default=None,
-                      help="with --images: a separate folder of held-out images (default: hold out every 10th file)")
-    data.add_argument("--crops-per-image", type=int, default=16,
-                      help="with --images: random crops taken from each training image")
+    data.add_argument(
+        "--test-images",
+        type=Path,
+        default=None,
+        help="with --images: a separate folder of held-out images (default: hold out every 10th file)",
+    )
+    data.add_argument(
+        "--crops-per-image", type=int, default=16, help="with --images: random crops taken from each training image"
+    )
     return add_common_flags(parser)
 
 
@@ -88,7 +97,7 @@ def load_data(args: argparse.Namespace) -> tuple[SignalDataset, SignalDataset, d
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    setup(args)
+    config = setup(args)
     train, test, notes = load_data(args)
     if train.channels is None or test.channels != train.channels:
         raise SystemExit("error: training and held-out images must all have the same number of channels")
@@ -96,27 +105,40 @@ def main(argv: list[str] | None = None) -> dict:
     channels = train.channels
 
     def make_model() -> torch.nn.Module:
-        return Siren(2, channels, args.hidden_features, args.hidden_layers, w0=args.w0, output_offset=0.5)
+        return Siren(2, channels, config.hidden_features, config.hidden_layers, w0=config.w0, output_offset=0.5)
 
     def show_reconstructions(
-        originals: torch.Tensor, recons: dict[str, torch.Tensor], psnr: dict[str, torch.Tensor], names: list[str],
+        originals: torch.Tensor,
+        recons: dict[str, torch.Tensor],
+        psnr: dict[str, torch.Tensor],
+        names: list[str],
         out: Path,
     ) -> list[str]:
-        return [plot_reconstructions(
-            train.to_arrays(originals), {n: train.to_arrays(v) for n, v in recons.items()},
-            out / "reconstructions.png", psnr=psnr, row_labels=names,
-            title=f"held-out images after {args.test_steps} test-time steps",
-        )]
+        return [
+            plot_reconstructions(
+                train.to_arrays(originals),
+                {n: train.to_arrays(v) for n, v in recons.items()},
+                out / "reconstructions.png",
+                psnr=psnr,
+                row_labels=names,
+                title=f"held-out images after {config.test_steps} test-time steps",
+            )
+        ]
 
     def show_selection(values: torch.Tensor, trace: SelectionTrace, out: Path) -> str:
         masks, errors, preds = trace.as_grid((side, side))
         return plot_selection(
-            train.to_arrays(values), trace.steps, masks, errors, preds, out / "selection.png",
-            title=f"ECoP's pruned context (gamma = {args.gamma}) on a held-out image, from the meta-learned init",
+            train.to_arrays(values),
+            trace.steps,
+            masks,
+            errors,
+            preds,
+            out / "selection.png",
+            title=f"ECoP's pruned context (gamma = {config.gamma}) on a held-out image, from the meta-learned init",
         )
 
     example = Example("image", train, test, make_model, show_reconstructions, show_selection, notes=notes)
-    return run(example, args)
+    return run(example, config)
 
 
 if __name__ == "__main__":

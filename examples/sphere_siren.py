@@ -37,18 +37,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         epilog="The defaults (every 4th latitude and longitude: 37 x 48 points, SIREN 3x128 with w0 = 50, batch 4, "
-               "200 outer steps) finish in minutes on a 2-core CPU. ECoP uses the paper's ERA5 setting, gamma = 0.5 "
-               "with K = 8 (the same memory as Learnit's K = 4), and a bootstrap step size equal to the inner one "
-               "(1e-2). With w0 = 50, gamma = 0.25 and K = 16 (the other examples' setting) ECoP's meta-gradient "
-               "exploded after about 100 outer steps at outer lr 3e-4 (40 steps with bootstrap lr 5e-2); if you "
-               "want that setting, lower --outer-lr to 1e-4. The paper uses ERA5 at 181 x 360 and a 5-layer SIREN.",
+        "200 outer steps) finish in minutes on a 2-core CPU. ECoP uses the paper's ERA5 setting, gamma = 0.5 "
+        "with K = 8 (the same memory as Learnit's K = 4), and a bootstrap step size equal to the inner one "
+        "(1e-2). With w0 = 50, gamma = 0.25 and K = 16 (the other examples' setting) ECoP's meta-gradient "
+        "exploded after about 100 outer steps at outer lr 3e-4 (40 steps with bootstrap lr 5e-2); if you "
+        "want that setting, lower --outer-lr to 1e-4. The paper uses ERA5 at 181 x 360 and a 5-layer SIREN.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     data = parser.add_argument_group("data")
-    data.add_argument("--stride", type=int, default=4,
-                      help="keep every n-th latitude and longitude of the 145 x 192 grid (1: full grid)")
-    data.add_argument("--source", choices=("all", "glosea4", "air_temperature"), default="all",
-                      help="which iris-sample-data files to use")
+    data.add_argument(
+        "--stride",
+        type=int,
+        default=4,
+        help="keep every n-th latitude and longitude of the 145 x 192 grid (1: full grid)",
+    )
+    data.add_argument(
+        "--source",
+        choices=("all", "glosea4", "air_temperature"),
+        default="all",
+        help="which iris-sample-data files to use",
+    )
     return add_common_flags(parser, outer_steps=200, test_signals=13, w0=50.0, gamma=0.5, inner_steps=8, boot_lr=1e-2)
 
 
@@ -66,56 +74,84 @@ def load_data(args: argparse.Namespace) -> tuple[LatLonArray, LatLonArray, dict]
         train = _subset(train, range(args.train_signals))
     if len(test) > args.test_signals:
         test = _subset(test, range(args.test_signals))
-    notes = {"source": f"iris-sample-data ({args.source})", "kelvin_range": [train.value_min, train.value_max],
-             "test_fields": test.names}
+    notes = {
+        "source": f"iris-sample-data ({args.source})",
+        "kelvin_range": [train.value_min, train.value_max],
+        "test_fields": test.names,
+    }
     return train, test, notes
 
 
 def _subset(fields: LatLonArray, indices: range) -> LatLonArray:
     """A LatLonArray of some fields, keeping the grid and the normalisation range."""
     kelvin = fields.denormalize(fields.stacked()[list(indices)]).reshape(len(indices), *fields.shape)
-    return LatLonArray(kelvin, fields.lats, fields.lons, value_range=(fields.value_min, fields.value_max),
-                       names=[fields.names[i] for i in indices], metadata=fields.metadata)
+    return LatLonArray(
+        kelvin,
+        fields.lats,
+        fields.lons,
+        value_range=(fields.value_min, fields.value_max),
+        names=[fields.names[i] for i in indices],
+        metadata=fields.metadata,
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    setup(args)
+    config = setup(args)
     train, test, notes = load_data(args)
     span = train.value_max - train.value_min
     step = float(train.lons[1] - train.lons[0]) if len(train.lons) > 1 else 1.0
     extent = (float(train.lons[0]) - step / 2, float(train.lons[-1]) + step / 2, -90.0, 90.0)
 
     def make_model() -> torch.nn.Module:
-        return Siren(3, 1, args.hidden_features, args.hidden_layers, w0=args.w0, output_offset=0.5)
+        return Siren(3, 1, config.hidden_features, config.hidden_layers, w0=config.w0, output_offset=0.5)
 
     def kelvin(values: torch.Tensor) -> torch.Tensor:
         return train.to_arrays(train.denormalize(values))
 
     def show_reconstructions(
-        originals: torch.Tensor, recons: dict[str, torch.Tensor], psnr: dict[str, torch.Tensor], names: list[str],
+        originals: torch.Tensor,
+        recons: dict[str, torch.Tensor],
+        psnr: dict[str, torch.Tensor],
+        names: list[str],
         out: Path,
     ) -> list[str]:
         truth = kelvin(originals)
-        return [plot_reconstructions(
-            truth, {n: kelvin(v) for n, v in recons.items()}, out / "reconstructions.png", psnr=psnr,
-            title=f"held-out temperature fields after {args.test_steps} test-time steps",
-            row_labels=names, cmap="RdYlBu_r", origin="lower", extent=extent,
-            value_range=(float(truth.min()), float(truth.max())), colorbar_label="temperature (K)",
-            error_label="error (K)",
-        )]
+        return [
+            plot_reconstructions(
+                truth,
+                {n: kelvin(v) for n, v in recons.items()},
+                out / "reconstructions.png",
+                psnr=psnr,
+                title=f"held-out temperature fields after {config.test_steps} test-time steps",
+                row_labels=names,
+                cmap="RdYlBu_r",
+                origin="lower",
+                extent=extent,
+                value_range=(float(truth.min()), float(truth.max())),
+                colorbar_label="temperature (K)",
+                error_label="error (K)",
+            )
+        ]
 
     def show_selection(values: torch.Tensor, trace: SelectionTrace, out: Path) -> str:
         masks, errors, preds = trace.as_grid(train.shape)
         return plot_selection(
-            train.to_arrays(values), trace.steps, masks, errors, preds, out / "selection.png",
-            origin="lower", extent=extent, cmap="RdYlBu_r",
-            title=f"ECoP's pruned context (gamma = {args.gamma}) on held-out field {test.names[0]} "
-                  f"(values normalised: 1 = {span:.0f} K)",
+            train.to_arrays(values),
+            trace.steps,
+            masks,
+            errors,
+            preds,
+            out / "selection.png",
+            origin="lower",
+            extent=extent,
+            cmap="RdYlBu_r",
+            title=f"ECoP's pruned context (gamma = {config.gamma}) on held-out field {test.names[0]} "
+            f"(values normalised: 1 = {span:.0f} K)",
         )
 
     example = Example("sphere", train, test, make_model, show_reconstructions, show_selection, notes=notes)
-    return run(example, args)
+    return run(example, config)
 
 
 if __name__ == "__main__":

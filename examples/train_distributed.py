@@ -1,20 +1,32 @@
-"""Data-parallel ECoP meta-learning with torch.distributed, launched by torchrun.
+"""Data-parallel ECoP meta-learning with torch.distributed, launched by torchrun, restartable.
 
-Every rank builds the same global batch for each step, keeps its own shard of it, and calls
-``learner.meta_step``, which averages the meta-gradient over the ranks (weighted by shard size) before the
-optimizer step, so all ranks hold identical parameters after every step. Rank 0 logs and writes checkpoints.
+Every rank builds the same global batch for each step (a function of the step index and the seed), keeps
+its own shard of it, and calls ``learner.meta_step``, which averages the meta-gradient over the ranks
+(weighted by shard size) before the optimizer step, so all ranks hold identical parameters after every
+step. Every ``--checkpoint-every`` steps all ranks call ``learner.save`` (rank 0 writes
+``DIR/step-XXXXXXXX.pt`` atomically, with every rank's pruning RNG state) and rank 0 keeps the newest
+``--keep`` files. On start every rank loads the newest checkpoint in ``--checkpoint-dir``, so a run that
+torchrun restarts after a crash continues exactly where the last checkpoint left it.
 
-CPU, two processes (gloo)::
+CPU, two processes (gloo), restarted up to twice if a process dies (the environment variable gives each
+restart a fresh rendezvous store; see docs/distributed.md)::
 
-    torchrun --nproc_per_node=2 examples/train_distributed.py --steps 20
+    TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 torchrun --nnodes=1 --nproc-per-node=2 --max-restarts=2 \\
+        --rdzv-backend=c10d --rdzv-endpoint=127.0.0.1:29500 --local-addr=127.0.0.1 \\
+        examples/train_distributed.py --steps 20 --checkpoint-dir ckpts --checkpoint-every 5
 
 One node with 8 GPUs (NCCL, one GPU per process)::
 
-    torchrun --nproc_per_node=8 examples/train_distributed.py --steps 20000 --batch-size 64 \\
-        --data skimage --resolution 64 --checkpoint ckpt.pt --resume
+    TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 torchrun --nnodes=1 --nproc-per-node=8 --max-restarts=3 \\
+        --rdzv-backend=c10d --rdzv-endpoint=127.0.0.1:29500 --local-addr=127.0.0.1 \\
+        examples/train_distributed.py --steps 20000 --batch-size 64 --data skimage --resolution 64 \\
+        --checkpoint-dir ckpts --checkpoint-every 500
 
-Several nodes: the same command on each node with ``--nnodes=N --node-rank=i --rdzv-backend=c10d
---rdzv-endpoint=HOST:PORT`` (see docs/distributed.md). Without torchrun it runs as one process.
+Several nodes: the same command on each node with ``--nnodes=N --rdzv-endpoint=HOST:PORT --rdzv-id=RUN``
+(see docs/distributed.md). Without torchrun it runs as one process.
+
+For tests only: ``ECOP_TEST_KILL_AT=RANK:STEP`` makes that rank SIGKILL itself just before step STEP
+(1-based), on torchrun's first attempt only (``TORCHELASTIC_RESTART_COUNT`` 0 or unset).
 """
 
 from __future__ import annotations
@@ -22,7 +34,10 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
+import signal
 import time
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -47,11 +62,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--max-grad-norm", type=float, default=1.0)
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--depth", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--checkpoint", default=None, help="path of the checkpoint written by rank 0")
+    parser.add_argument("--selection", choices=["error", "random", "gradncp"], default="error")
+    parser.add_argument("--seed", type=int, default=0, help="theta_0, data and batch order; rank r prunes with seed+r")
+    parser.add_argument(
+        "--checkpoint-dir", default=None, help="directory of the checkpoints; the run resumes from the newest one in it"
+    )
     parser.add_argument("--checkpoint-every", type=int, default=10)
-    parser.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
+    parser.add_argument("--keep", type=int, default=2, help="checkpoints kept in --checkpoint-dir (newest)")
     parser.add_argument("--log-every", type=int, default=5)
+    parser.add_argument("--no-eval", action="store_true", help="skip the held-out fit at the end")
     return parser.parse_args()
 
 
@@ -69,7 +88,21 @@ def setup() -> tuple[int, int, torch.device]:
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
     dist.init_process_group(backend)
+    warn_if_restarts_share_the_store(dist.get_rank())
     return dist.get_rank(), dist.get_world_size(), device
+
+
+def warn_if_restarts_share_the_store(rank: int) -> None:
+    """torchrun's c10d rendezvous shares one store with the workers across restarts (torch 2.13 at least), so a
+    restarted group can read its peers' addresses from the previous attempt and fail or hang while connecting.
+    ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` on the torchrun command gives every attempt a fresh store."""
+    shared = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    if rank == 0 and shared and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0:
+        print(
+            "warning: torchrun --max-restarts with a shared rendezvous store: restarts may fail to reconnect; "
+            "run torchrun with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (see docs/distributed.md)",
+            flush=True,
+        )
 
 
 def log(rank: int, message: str) -> None:
@@ -120,6 +153,56 @@ def my_shard(indices: torch.Tensor, rank: int, world: int) -> torch.Tensor:
     return torch.tensor_split(indices, world)[rank]
 
 
+# ------------------------------------------------------------------------------------------ checkpoints
+CHECKPOINT_PATTERN = re.compile(r"step-(\d{8})\.pt")
+
+
+def checkpoints(directory: Path) -> list[Path]:
+    """The checkpoints in ``directory``, newest first (temporary files of an interrupted save are ignored)."""
+    found = [(int(m.group(1)), p) for p in directory.glob("step-*.pt") if (m := CHECKPOINT_PATTERN.fullmatch(p.name))]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def resume(learner: ContextPruningMetaLearner, directory: Path, rank: int) -> Path | None:
+    """Load the newest checkpoint that loads (every rank walks the same list, so all pick the same file).
+
+    Saves are atomic, so a damaged file should not occur; if one does, it is reported and the previous one
+    is tried. If none loads (e.g. the run's configuration or number of ranks changed), stop with the reasons
+    rather than silently starting from scratch.
+    """
+    errors = []
+    for path in checkpoints(directory):
+        try:
+            learner.load(path)
+        except ValueError as exc:
+            log(rank, f"cannot resume from {path}: {exc}")
+            errors.append(f"{path.name}: {exc}")
+            continue
+        return path
+    if errors:
+        raise SystemExit(f"no checkpoint in {directory} can be resumed from:\n" + "\n".join(errors))
+    return None
+
+
+def save_checkpoint(learner: ContextPruningMetaLearner, directory: Path, keep: int, rank: int) -> None:
+    """All ranks call this (``save`` is a collective); rank 0 writes the file and prunes old ones."""
+    learner.save(directory / f"step-{learner.step_count:08d}.pt")
+    if rank == 0:
+        for old in checkpoints(directory)[keep:]:
+            old.unlink(missing_ok=True)
+
+
+def kill_if_asked(rank: int, step: int) -> None:
+    """Test hook: SIGKILL this process before ``step`` if ``ECOP_TEST_KILL_AT`` says so (first attempt only)."""
+    spec = os.environ.get("ECOP_TEST_KILL_AT")
+    if not spec or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
+        return
+    kill_rank, kill_step = (int(part) for part in spec.split(":"))
+    if (rank, step) == (kill_rank, kill_step):
+        print(f"rank {rank}: ECOP_TEST_KILL_AT={spec}, killing myself before step {step}", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 # ------------------------------------------------------------------------------------------------- main
 def main() -> None:
     args = parse_args()
@@ -133,34 +216,55 @@ def main() -> None:
     model = Siren(2, values.shape[-1], args.width, args.depth).to(device)
     broadcast_parameters(model)
     learner = ContextPruningMetaLearner(
-        model, args.gamma, args.K, args.L, args.lam, inner_lr=args.inner_lr, outer_lr=args.outer_lr,
-        max_grad_norm=args.max_grad_norm, seed=args.seed + rank,  # random selection: a different stream per rank
+        model,
+        args.gamma,
+        args.K,
+        args.L,
+        args.lam,
+        inner_lr=args.inner_lr,
+        outer_lr=args.outer_lr,
+        max_grad_norm=args.max_grad_norm,
+        selection=args.selection,
+        seed=args.seed + rank,  # random selection: a different stream per rank
     )
-    if args.resume and args.checkpoint and os.path.exists(args.checkpoint):
-        learner.load(args.checkpoint)  # every rank reads the same file (shared filesystem)
-        log(rank, f"resumed from {args.checkpoint} at step {learner.step_count}")
-    log(rank, f"{world} process(es) on {device}, global batch {args.batch_size}, {args.data} data {tuple(values.shape)}")
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    directory = Path(args.checkpoint_dir) if args.checkpoint_dir else None
+    if directory is not None:
+        directory.mkdir(parents=True, exist_ok=True)
+        path = resume(learner, directory, rank)  # every rank reads the same file (a shared filesystem)
+        if path is not None:
+            log(rank, f"attempt {attempt}: resumed from {path} at step {learner.step_count}")
+    log(
+        rank, f"{world} process(es) on {device}, global batch {args.batch_size}, {args.data} data {tuple(values.shape)}"
+    )
 
     start = time.perf_counter()
     while learner.step_count < args.steps:
         step = learner.step_count
+        kill_if_asked(rank, step + 1)
         shard = my_shard(global_indices(step, values.shape[0], args.batch_size, args.seed), rank, world)
         stats = learner.meta_step((coords, values[shard.to(device)]))
         done = learner.step_count
         if done % args.log_every == 0 or done == args.steps:
-            log(rank, f"step {done:5d}  loss {stats['loss']:.5f}  psnr {stats['psnr']:6.2f} dB  "
-                      f"grad_norm {stats['grad_norm']:.3g}  skipped {int(stats['skipped'])}")
-        if args.checkpoint and (done % args.checkpoint_every == 0 or done == args.steps) and rank == 0:
-            learner.save(args.checkpoint)
+            log(
+                rank,
+                f"step {done:5d}  loss {stats['loss']:.5f}  psnr {stats['psnr']:6.2f} dB  "
+                f"grad_norm {stats['grad_norm']:.3g}  skipped {int(stats['skipped'])}",
+            )
+        if directory is not None and (done % args.checkpoint_every == 0 or done == args.steps):
+            save_checkpoint(learner, directory, args.keep, rank)
     elapsed = time.perf_counter() - start
 
     in_sync = parameters_in_sync(model)
     log(rank, f"parameters identical on all {world} ranks: {in_sync}  ({elapsed:.1f} s)")
-    if rank == 0:
+    if rank == 0 and not args.no_eval:
         test_coords, test_values = load_signals(args, "val")
         result = GradScaledAdapter(learner).fit((test_coords.to(device), test_values.to(device)))
-        print(f"held-out PSNR after {learner.K} scaled steps: {float(result.history['psnr'][-1].mean()):.2f} dB "
-              f"(from {float(result.history['psnr'][0].mean()):.2f} dB)", flush=True)
+        print(
+            f"held-out PSNR after {learner.config.K} scaled steps: {float(result.history['psnr'][-1].mean()):.2f} dB "
+            f"(from {float(result.history['psnr'][0].mean()):.2f} dB)",
+            flush=True,
+        )
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()

@@ -11,4 +11,3 @@ torch.set_num_threads(1)  # the tests use small tensors: extra threads cost more
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
-    yield

@@ -7,6 +7,7 @@ gradient as a separate forward on the subset), and torch.autograd.grad throughou
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -18,7 +19,7 @@ class TinySiren(nn.Module):
     def __init__(self, c: int, d: int, width: int = 12, depth: int = 2, w0: float = 30.0) -> None:
         super().__init__()
         dims = [c] + [width] * depth
-        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(dims))
         self.out = nn.Linear(width, d)
         self.w0 = w0
         with torch.no_grad():
@@ -50,33 +51,64 @@ def ref_topk(errors: torch.Tensor, gamma: float) -> torch.Tensor:
     return torch.argsort(errors, descending=True)[:k]
 
 
-def ref_inner(model, params, x, y, gamma, K, lr, first_order=False):
-    for _ in range(K):
+def ref_rate(lr, rates, mode, name, k):
+    """Step size of parameter ``name`` at inner step ``k``: fixed ``lr`` or a learned rate."""
+    if rates is None:
+        return lr
+    if mode == "per_tensor":
+        return rates[name][min(k, rates[name].shape[0] - 1)]
+    return rates[name]
+
+
+def ref_inner(model, params, x, y, gamma, K, lr, first_order=False, rates=None, mode=None):
+    for k in range(K):
         pred = functional_call(model, params, (x,))
         err = ((pred - y) ** 2).sum(-1)
         idx = ref_topk(err.detach(), gamma)
         loss = ((pred[idx] - y[idx]) ** 2).mean()
         grads = torch.autograd.grad(loss, list(params.values()), create_graph=not first_order)
-        params = {n: p - lr * g for (n, p), g in zip(params.items(), grads)}
+        params = {n: p - ref_rate(lr, rates, mode, n, k) * g for (n, p), g in zip(params.items(), grads, strict=True)}
     return params
 
 
-def ref_meta_loss(model, coords, values, *, gamma, K, L, lam, lr, boot_lr=None, first_order=False):
-    """Mean over signals of MSE(theta_K; full) + lam * ||theta_K - stopgrad(theta_boot)||."""
+def ref_meta_loss(
+    model,
+    coords,
+    values,
+    *,
+    gamma,
+    K,
+    L,
+    lam,
+    lr,
+    boot_lr=None,
+    first_order=False,
+    adapted=None,
+    rates=None,
+    mode=None,
+):
+    """Mean over signals of MSE(theta_K; full) + lam * ||theta_K - stopgrad(theta_boot)||.
+
+    ``adapted``: names of the parameters adapted per signal (None: every trainable one); the others are the
+    model's own in every forward. ``rates``/``mode``: learned step sizes (see ``ref_rate``).
+    """
     boot_lr = lr if boot_lr is None else boot_lr
-    theta0 = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    theta0 = {n: p for n, p in model.named_parameters() if p.requires_grad and (adapted is None or n in adapted)}
     total = 0.0
     for b in range(values.shape[0]):
         x = coords if coords.ndim == 2 else coords[b]
         y = values[b]
-        theta_k = ref_inner(model, dict(theta0), x, y, gamma, K, lr, first_order)
+        theta_k = ref_inner(model, dict(theta0), x, y, gamma, K, lr, first_order, rates, mode)
         loss = ((functional_call(model, theta_k, (x,)) - y) ** 2).mean()
         if L > 0 and lam != 0:
             boot = {n: p.detach().requires_grad_(True) for n, p in theta_k.items()}
             for _ in range(L):
                 boot_loss = ((functional_call(model, boot, (x,)) - y) ** 2).mean()
                 grads = torch.autograd.grad(boot_loss, list(boot.values()))
-                boot = {n: (p - boot_lr * g).detach().requires_grad_(True) for (n, p), g in zip(boot.items(), grads)}
+                boot = {
+                    n: (p - boot_lr * g).detach().requires_grad_(True)
+                    for (n, p), g in zip(boot.items(), grads, strict=True)
+                }
             sq = sum(((theta_k[n] - boot[n].detach()) ** 2).sum() for n in theta_k)
             loss = loss + lam * torch.sqrt(sq)
         total = total + loss
@@ -84,14 +116,19 @@ def ref_meta_loss(model, coords, values, *, gamma, K, L, lam, lr, boot_lr=None, 
 
 
 def ref_meta_grads(model, coords, values, **kw):
+    """Loss and its gradient w.r.t. every trainable parameter of the model, then every learned rate."""
     loss = ref_meta_loss(model, coords, values, **kw)
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for p in model.parameters() if p.requires_grad] + list((kw.get("rates") or {}).values())
     return loss.detach(), torch.autograd.grad(loss, params)
 
 
-def ref_fit(model, x, y, *, steps, lr, gamma, scaling, return_scales=False):
+def ref_fit(model, x, y, *, steps, lr, gamma, scaling, return_scales=False, adapted=None, rates=None, mode=None):
     """Per-signal test-time fitting with Eq. 6 scaling; returns (params, mse history[, scale of every step])."""
-    params = {n: p.detach().clone().requires_grad_(True) for n, p in model.named_parameters() if p.requires_grad}
+    params = {
+        n: p.detach().clone().requires_grad_(True)
+        for n, p in model.named_parameters()
+        if p.requires_grad and (adapted is None or n in adapted)
+    }
     history, scales = [], []
     for _ in range(steps + 1):
         pred = functional_call(model, params, (x,))
@@ -112,6 +149,25 @@ def ref_fit(model, x, y, *, steps, lr, gamma, scaling, return_scales=False):
         else:
             scale = torch.tensor(1.0, dtype=full.dtype)
         scales.append(torch.as_tensor(scale).detach())
-        params = {n: (p - lr * scale * g).detach().requires_grad_(True) for (n, p), g in zip(params.items(), g_full)}
+        params = {
+            n: (p - ref_rate(lr, rates, mode, n, len(scales) - 1) * scale * g).detach().requires_grad_(True)
+            for (n, p), g in zip(params.items(), g_full, strict=True)
+        }
     out = {n: p.detach() for n, p in params.items()}, torch.stack(history)
     return (*out, torch.stack(scales) if scales else torch.zeros(0, dtype=full.dtype)) if return_scales else out
+
+
+def ref_pruned_fit(model, x, y, steps, lr, gamma):
+    """Plain SGD on the error-based pruned context (no scaling); returns (final prediction, MSE history)."""
+    params = {n: p.detach().clone().requires_grad_(True) for n, p in model.named_parameters()}
+    history = []
+    for _ in range(steps):
+        err = ((functional_call(model, params, (x,)) - y) ** 2).sum(-1)
+        history.append(err.mean().detach() / y.shape[-1])
+        idx = ref_topk(err.detach(), gamma)
+        grads = torch.autograd.grad(err[idx].mean() / y.shape[-1], list(params.values()))
+        stepped = [p - lr * g for p, g in zip(params.values(), grads, strict=True)]
+        params = {n: p.detach().requires_grad_(True) for n, p in zip(params, stepped, strict=True)}
+    final = functional_call(model, params, (x,))
+    history.append(((final - y) ** 2).mean().detach())
+    return final.detach(), torch.stack(history)

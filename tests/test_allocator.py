@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -178,3 +179,25 @@ def test_release_calls_malloc_trim(monkeypatch):
 @pytest.mark.skipif(memory._load_glibc() is None, reason="needs glibc")
 def test_release_on_real_glibc_returns_a_bool():
     assert isinstance(release_cpu_memory(), bool)
+
+
+def test_memory_benchmark_reports_live_bytes_independent_of_the_allocator(tmp_path):
+    """benchmarks/memory.py at a tiny size (two subprocesses): live bytes depend on shapes only, not the allocator."""
+    import json
+
+    out = tmp_path / "memory.json"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "memory.py"
+    cmd = [sys.executable, str(script), "--sides", "8", "--width", "16", "--layers", "1", "--batch", "2",
+           "--threads", "1", "--modes", "ECoP default", "--allocators", "default,configured",
+           "--json", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "peak RSS" in proc.stdout and "live" in proc.stdout
+    results = json.loads(out.read_text())["results"]
+    rows = {allocator: results["ECoP default"][allocator]["8"] for allocator in ("default", "configured")}
+    assert rows["default"]["saved_bytes"] == rows["configured"]["saved_bytes"] > 0
+    for row in rows.values():
+        assert row["peak_rss_bytes"] >= row["rss_before_bytes"] > 0
+        assert row["step_peak_bytes"] == row["peak_rss_bytes"] - row["rss_before_bytes"]
+    assert rows["default"]["allocator_settings"] == {}
+    assert rows["configured"]["allocator_settings"] == (DEFAULTS if memory._load_glibc() is not None else {})

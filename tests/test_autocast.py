@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import torch
-
 import pytest
+import torch
 
 from ecop_wrap import ContextPruningMetaLearner, GradScaledAdapter, Siren, make_grid
 

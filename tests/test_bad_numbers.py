@@ -21,7 +21,6 @@ MODES = [{}, {"chunk_size": 7}, {"checkpoint": True}, {"first_order": True}, {"b
 MODE_IDS = ["direct", "chunked", "checkpoint", "first-order", "higher"]
 
 
-
 class SqrtSiren(TinySiren):
     """TinySiren scaled by ``sqrt(x_0 + 1.5)``: finite on ``[-1, 1]^2``, NaN where ``x_0 < -1.5``."""
 
@@ -201,7 +200,7 @@ def test_non_contiguous_and_expanded_inputs_give_the_contiguous_result(layout, b
         results.append((stats, [p.detach() for p in model.parameters()], fit.history["mse"]))
     (s1, p1, h1), (s2, p2, h2) = results
     assert s1["loss"] == pytest.approx(s2["loss"], rel=1e-12)
-    for a, b in zip(p1, p2):
+    for a, b in zip(p1, p2, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(h1, h2, rtol=1e-10, atol=1e-14)
 

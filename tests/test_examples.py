@@ -1,4 +1,4 @@
-"""The example scripts, the README quickstart, ecop_wrap.plotting and docs/api.md.
+"""The example scripts, the README quickstart, ecop_wrap.plotting and the docs' links and API page.
 
 End-to-end runs use tiny settings; optional dependencies missing -> skipped with the reason. References for
 the selection trace and the test-time fits are plain per-signal autograd loops written here.
@@ -24,9 +24,33 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 SCRIPTS = ("image_siren", "video_siren", "audio_siren", "sphere_siren")
 # Small enough for seconds per run; K, L and test steps shrunk too.
-TINY = ["--outer-steps", "2", "--batch-size", "2", "--train-signals", "6", "--test-signals", "2", "--show", "2",
-        "--hidden-features", "16", "--hidden-layers", "2", "--inner-steps", "4", "--bootstrap-steps", "2",
-        "--learnit-steps", "2", "--test-steps", "3", "--no-progress", "--seed", "0"]
+TINY = [
+    "--outer-steps",
+    "2",
+    "--batch-size",
+    "2",
+    "--train-signals",
+    "6",
+    "--test-signals",
+    "2",
+    "--show",
+    "2",
+    "--hidden-features",
+    "16",
+    "--hidden-layers",
+    "2",
+    "--inner-steps",
+    "4",
+    "--bootstrap-steps",
+    "2",
+    "--learnit-steps",
+    "2",
+    "--test-steps",
+    "3",
+    "--no-progress",
+    "--seed",
+    "0",
+]
 PICTURES = ("reconstructions.png", "selection.png", "psnr_per_step.png", "meta_training.png")
 
 
@@ -41,7 +65,6 @@ def _load(name: str):  # type: ignore[no-untyped-def]
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)  # type: ignore[union-attr]
     return module
-
 
 
 needs_plots = pytest.mark.skipif(not _has("matplotlib"), reason="matplotlib not installed ('ecop-wrap[examples]')")
@@ -72,6 +95,43 @@ def test_bad_flags_exit_with_a_message():
         module.main(["--outer-steps", "0"])
     with pytest.raises(SystemExit, match="--gamma"):
         module.main(["--gamma", "1.5"])
+
+
+def test_example_config_is_frozen_and_methods_carry_training_and_test_settings():
+    import dataclasses
+
+    module = _load("image_siren")
+    args = module.parse_args(
+        [
+            "--gamma",
+            "0.5",
+            "--inner-steps",
+            "8",
+            "--bootstrap-steps",
+            "3",
+            "--learnit-steps",
+            "2",
+            "--ecop-scaling",
+            "loss",
+            "--max-grad-norm",
+            "0",
+            "--boot-lr",
+            "0.1",
+            "--threads",
+            "1",
+        ]
+    )
+    common = sys.modules["_common"]
+    config = common.setup(args)
+    assert config.flags["resolution"] == 32  # the script's own flags are recorded too (summary.json "args")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.gamma = 0.25
+    ecop, learnit = common.compared_methods(config, (-1.0, 1.0))
+    assert (ecop.name, ecop.test_scaling, ecop.checkpoint) == ("ECoP", "loss", "ecop.pt")
+    assert (ecop.settings.gamma, ecop.settings.K, ecop.settings.L, ecop.settings.boot_lr) == (0.5, 8, 3, 0.1)
+    assert ecop.settings.max_grad_norm is None  # --max-grad-norm 0 disables clipping
+    assert (learnit.name, learnit.test_scaling, learnit.checkpoint) == ("Learnit", "none", "learnit.pt")
+    assert (learnit.settings.gamma, learnit.settings.K, learnit.settings.L, learnit.settings.lam) == (1.0, 2, 0, 0.0)
 
 
 # ------------------------------------------------------------------------------------------- end to end
@@ -107,7 +167,10 @@ def _plain_fit_psnr(model: torch.nn.Module, coords: torch.Tensor, values: torch.
             curve.append(float(10 * torch.log10(1 / mse.detach())))
             if step < steps:
                 grads = torch.autograd.grad(mse, list(params.values()))
-                params = {n: (p - lr * g).detach().requires_grad_(True) for (n, p), g in zip(params.items(), grads)}
+                params = {
+                    n: (p - lr * g).detach().requires_grad_(True)
+                    for (n, p), g in zip(params.items(), grads, strict=True)
+                }
         out.append(curve)
     return torch.tensor(out).T
 
@@ -117,7 +180,7 @@ def test_image_example_end_to_end(tmp_path):
     from ecop_wrap.data import skimage_crops
 
     out = tmp_path / "image"
-    summary = _load("image_siren").main(TINY + ["--resolution", "16", "--out", str(out), "--threads", "1"])
+    summary = _load("image_siren").main([*TINY, "--resolution", "16", "--out", str(out), "--threads", "1"])
     _check_outputs(out, summary)
     assert summary["train_signals"] == 6 and summary["test_signals"] == 2
     common = {"inner_lr": 1e-2, "outer_lr": 3e-4, "max_grad_norm": 1.0}
@@ -136,7 +199,7 @@ def test_image_example_end_to_end(tmp_path):
 @needs_images
 def test_video_example_end_to_end_with_camera_pans(tmp_path):
     out = tmp_path / "video"
-    args = TINY + ["--source", "pans", "--frames", "3", "--resolution", "8", "--out", str(out), "--threads", "1"]
+    args = [*TINY, "--source", "pans", "--frames", "3", "--resolution", "8", "--out", str(out), "--threads", "1"]
     summary = _load("video_siren").main(args)
     _check_outputs(out, summary)
     assert summary["grid"] == [3, 8, 8]
@@ -154,8 +217,21 @@ def test_audio_example_end_to_end_with_a_folder(tmp_path):
         wave = 0.4 * np.sin(2 * np.pi * pitch * time) * np.exp(-3 * time)
         soundfile.write(folder / f"tone_{index}.wav", wave, rate)
     out = tmp_path / "audio"
-    args = TINY + ["--audio", str(folder), "--sample-rate", "2000", "--seconds", "0.1", "--crops-per-file", "2",
-                   "--out", str(out), "--threads", "1"]
+    args = [
+        *TINY,
+        "--audio",
+        str(folder),
+        "--sample-rate",
+        "2000",
+        "--seconds",
+        "0.1",
+        "--crops-per-file",
+        "2",
+        "--out",
+        str(out),
+        "--threads",
+        "1",
+    ]
     summary = _load("audio_siren").main(args)
     _check_outputs(out, summary)
     # every 5th file (tone_0) is held out: the training clips come from the other four, two crops each
@@ -174,7 +250,7 @@ def test_audio_example_without_speech_explains_where_to_get_it(monkeypatch):
 @pytest.mark.skipif(not _has("iris_sample_data", "matplotlib"), reason="needs 'ecop-wrap[sphere,examples]'")
 def test_sphere_example_end_to_end(tmp_path):
     out = tmp_path / "sphere"
-    summary = _load("sphere_siren").main(TINY + ["--stride", "12", "--out", str(out), "--threads", "1"])
+    summary = _load("sphere_siren").main([*TINY, "--stride", "12", "--out", str(out), "--threads", "1"])
     _check_outputs(out, summary)
     assert summary["grid"] == [13, 16] and summary["args"]["w0"] == 50.0
 
@@ -195,7 +271,7 @@ def test_readme_quickstart_is_short():
 def test_readme_quickstart_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
-    exec(compile(_readme_python_block(), "README.md", "exec"), namespace)  # noqa: S102
+    exec(compile(_readme_python_block(), "README.md", "exec"), namespace)
     fit = namespace["fit"]
     assert fit.history["psnr"].shape[0] == 17 and torch.isfinite(fit.history["psnr"]).all()
     assert (tmp_path / "ecop.pt").is_file()
@@ -219,7 +295,9 @@ def _reference_trace(model: torch.nn.Module, coords, values, gamma: float, K: in
         errors.append(error.detach())
         loss = (pred[chosen] - values[chosen]).pow(2).mean()
         grads = torch.autograd.grad(loss, list(params.values()))
-        params = {n: (p - lr * g).detach().requires_grad_(True) for (n, p), g in zip(params.items(), grads)}
+        params = {
+            n: (p - lr * g).detach().requires_grad_(True) for (n, p), g in zip(params.items(), grads, strict=True)
+        }
     return torch.stack(masks), torch.stack(errors)
 
 
@@ -271,7 +349,9 @@ def test_plots_write_pngs_and_reject_mismatched_shapes(tmp_path):
         assert image.format == "PNG"
     images = rng.random((2, 6, 5, 3))
     with pytest.raises(ValueError, match="masks"):
-        plotting.plot_selection(images[0], [0, 1], np.ones((1, 6, 5)), np.ones((1, 6, 5)), images[:1], tmp_path / "x.png")
+        plotting.plot_selection(
+            images[0], [0, 1], np.ones((1, 6, 5)), np.ones((1, 6, 5)), images[:1], tmp_path / "x.png"
+        )
     with pytest.raises(ValueError, match="original"):
         plotting.plot_selection(images, [0], np.ones((1, 6)), np.ones((1, 6)), images[:1], tmp_path / "x.png")
     with pytest.raises(ValueError, match="curves"):
@@ -293,25 +373,36 @@ def test_plotting_without_matplotlib_names_the_extra(monkeypatch, tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------- docs
-def test_api_docs_are_current():
-    spec = importlib.util.spec_from_file_location("gen_api", ROOT / "docs" / "gen_api.py")
-    gen_api = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gen_api)  # type: ignore[union-attr]
-    rendered = gen_api.render()
-    current = (ROOT / "docs" / "api.md").read_text()
-    assert current == rendered, "docs/api.md is stale: run  python docs/gen_api.py"
+def _docs_conf():
+    """docs/conf.py as a module (it holds the list of public modules and where each name is documented)."""
+    pytest.importorskip("sphinx", reason="the docs need 'ecop-wrap[docs]'")
+    pytest.importorskip("myst_parser", reason="the docs need 'ecop-wrap[docs]'")
+    spec = importlib.util.spec_from_file_location("docs_conf", ROOT / "docs" / "conf.py")
+    conf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conf)  # type: ignore[union-attr]
+    return conf
 
 
-def test_api_docs_cover_every_public_name():
+def test_api_page_documents_every_public_module():
+    conf = _docs_conf()
+    listed = re.findall(r"^\.\. public-module:: (\S+)$", (ROOT / "docs" / "api.rst").read_text(), flags=re.M)
+    assert listed == list(conf.PUBLIC_MODULES)
+
+
+def test_each_public_name_is_documented_in_the_module_that_owns_it():
     import ecop_wrap
     import ecop_wrap.data
-    import ecop_wrap.models
-    import ecop_wrap.plotting
 
-    text = (ROOT / "docs" / "api.md").read_text()
-    for module in (ecop_wrap, ecop_wrap.data, ecop_wrap.models, ecop_wrap.plotting):
+    conf = _docs_conf()
+    for module_name in conf.PUBLIC_MODULES:
+        module = importlib.import_module(module_name)
         for name in module.__all__:
-            assert f"### `{name}`" in text, f"{module.__name__}.{name} is missing from docs/api.md"
+            home = conf.home_module(name, getattr(module, name))
+            assert getattr(importlib.import_module(home), name) is getattr(module, name)
+    assert conf.home_module("Siren", ecop_wrap.Siren) == "ecop_wrap.models"
+    assert conf.home_module("psnr", ecop_wrap.psnr) == "ecop_wrap.metrics"
+    assert conf.home_module("ContextPruningMetaLearner", ecop_wrap.ContextPruningMetaLearner) == "ecop_wrap"
+    assert conf.home_module("SKIMAGE_TRAIN", ecop_wrap.data.SKIMAGE_TRAIN) == "ecop_wrap.data"
 
 
 def _slug(heading: str) -> str:
@@ -320,16 +411,32 @@ def _slug(heading: str) -> str:
     return re.sub(r"[^a-z0-9 _-]", "", text).replace(" ", "-")
 
 
+def _api_object(conf, dotted: str) -> object:
+    """The object a ``#ecop_wrap...`` link names, checking it is documented under that name."""
+    module_name = max((m for m in conf.PUBLIC_MODULES if dotted == m or dotted.startswith(m + ".")), key=len)
+    obj: object = importlib.import_module(module_name)
+    rest = dotted[len(module_name) + 1 :].split(".") if dotted != module_name else []
+    if rest:
+        assert rest[0] in obj.__all__, f"{rest[0]} is not in {module_name}.__all__"
+        assert conf.home_module(rest[0], getattr(obj, rest[0])) == module_name, f"{dotted} is documented elsewhere"
+    for part in rest:
+        obj = getattr(obj, part)
+    return obj
+
+
 def test_docs_links_resolve():
-    api = (ROOT / "docs" / "api.md").read_text()
-    anchors = {_slug(line.lstrip("#")) for line in api.splitlines() if line.startswith("#")}
-    pages = [ROOT / "README.md", ROOT / "docs" / "index.md", ROOT / "docs" / "paper_map.md", ROOT / "docs" / "api.md"]
+    conf = _docs_conf()
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
     for page in pages:
-        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+        text = page.read_text()
+        headings = {_slug(line.lstrip("#")) for line in text.splitlines() if line.startswith("#")}
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
             if target.startswith(("http://", "https://")):
                 continue
             path, _, anchor = target.partition("#")
-            file = (page.parent / path).resolve() if path else page
-            assert file.exists(), f"{page.name} links to missing {target}"
-            if anchor and file.name == "api.md":
-                assert anchor in anchors, f"{page.name} links to {target}, which is not a heading of api.md"
+            if path:
+                assert (page.parent / path).exists(), f"{page.name} links to missing {target}"
+            elif anchor.startswith("ecop_wrap"):
+                assert _api_object(conf, anchor) is not None
+            else:
+                assert anchor in headings, f"{page.name} links to #{anchor}, which is not one of its headings"

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from reference import make_problem, ref_fit
+from reference import make_problem, ref_fit, ref_pruned_fit
 
 from ecop_wrap import ContextPruningMetaLearner, FitResult, GradScaledAdapter
-
-
 
 SCALINGS = ["norm", "loss", "none"]
 STEPS, LR, GAMMA = 4, 1e-2, 0.25
@@ -145,8 +143,8 @@ def test_defaults_come_from_the_learner():
     learner = ContextPruningMetaLearner(model, gamma=0.5, K=3, L=0, inner_lr=2e-2, coord_range=None)
     adapter = GradScaledAdapter(learner, coord_range=None)
     assert (adapter.steps, adapter.lr, adapter.gamma) == (3, 2e-2, 0.5)
-    assert adapter.selector.kind == learner.selection
-    assert adapter.backend.name == learner.backend_name
+    assert adapter.selection_rule.name == learner.config.selection
+    assert adapter.backend.name == learner.config.backend
     result = adapter.fit((coords, values[0]))
     want_params, want_mse = ref_fit(model, coords, values[0], steps=3, lr=2e-2, gamma=0.5, scaling="norm")
     _close(result.history["mse"], want_mse)
@@ -210,3 +208,31 @@ def test_gamma_one_norm_scaling_equals_plain_steps():
     for scaling in ("norm", "loss"):
         full = _adapter(model, scaling, gamma=1.0).fit((coords, values))
         _close(full.history["mse"], plain.history["mse"], rtol=1e-12)
+
+
+@pytest.mark.parametrize("pruned_steps", [4, 2])
+def test_pruned_steps_match_reference(pruned_steps):
+    """``pruned_steps`` steps on the pruned context (unscaled), then full-context scaled steps."""
+    model, coords, values = _problem(batch=2, side=5, d=1)
+    adapter = _adapter(model, "none", pruned_steps=pruned_steps)
+    result = adapter.fit((coords, values))
+    assert torch.equal(result.history["scale"], torch.ones(STEPS, 2, dtype=values.dtype))
+    for b in range(2):
+        if pruned_steps == STEPS:
+            ref_pred, ref_hist = ref_pruned_fit(model, coords, values[b], STEPS, LR, GAMMA)
+            _close(result(coords)[b], ref_pred, rtol=1e-9)
+            _close(result.history["mse"][:, b], ref_hist, rtol=1e-9)
+        else:  # the pruned prefix matches the pruned reference up to its length
+            _, ref_hist = ref_pruned_fit(model, coords, values[b], pruned_steps, LR, GAMMA)
+            _close(result.history["mse"][: pruned_steps + 1, b], ref_hist, rtol=1e-9)
+
+
+def test_fit_steps_yields_every_state():
+    model, coords, values = _problem(batch=2)
+    adapter = _adapter(model, "norm")
+    states = list(adapter.fit_steps((coords, values)))
+    assert [s.step for s in states] == list(range(STEPS + 1))
+    assert [s.final for s in states] == [False] * STEPS + [True]
+    whole = adapter.fit((coords, values))
+    torch.testing.assert_close(torch.stack([s.mse for s in states]), whole.history["mse"], rtol=0, atol=0)
+    assert all(s.pruned_idx.shape == (2, max(1, int(GAMMA * 36))) for s in states[:-1])

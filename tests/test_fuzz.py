@@ -27,7 +27,6 @@ FUZZ = settings(
 )
 
 
-
 @st.composite
 def problems(draw) -> dict:
     """A random valid ECoP configuration and batch description."""
@@ -61,16 +60,22 @@ def _batch(p: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _record_selections(learner: ContextPruningMetaLearner) -> list:
-    """Wrap ``learner.selector.select`` to keep every pruned set it returns."""
+    """Record the pruned set of every inner step the learner takes (wraps its evaluators' ``sgd_step``)."""
     seen: list = []
-    select = learner.selector.select
+    make_evaluator = learner.evaluator
 
-    def recording(*args, **kwargs):
-        idx = select(*args, **kwargs)
-        seen.append(idx)
-        return idx
+    def evaluator(*args, **kwargs):
+        ctx = make_evaluator(*args, **kwargs)
+        step = ctx.sgd_step
 
-    learner.selector.select = recording  # type: ignore[method-assign]
+        def recording(params, pruned_idx, rates, **step_kwargs):
+            seen.append(pruned_idx)
+            return step(params, pruned_idx, rates, **step_kwargs)
+
+        ctx.sgd_step = recording  # type: ignore[method-assign]
+        return ctx
+
+    learner.evaluator = evaluator  # type: ignore[method-assign]
     return seen
 
 
@@ -95,8 +100,13 @@ def _run(model: torch.nn.Module, p: dict, backend: str):
     """
     model = copy.deepcopy(model)
     learner = ContextPruningMetaLearner(
-        model, optimizer=torch.optim.SGD(model.parameters(), lr=1e-3), backend=backend, seed=p["seed"],
-        max_grad_norm=1.0, coord_range=None, **p["learner"],
+        model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=1e-3),
+        backend=backend,
+        seed=p["seed"],
+        max_grad_norm=1.0,
+        coord_range=None,
+        **p["learner"],
     )
     seen = _record_selections(learner)
     batch = _batch(p)
@@ -120,10 +130,10 @@ def test_meta_step_and_fit_are_finite_exact_and_backend_independent(p):
         assert int(fit.skipped.sum()) == 0
     (s1, sel1, p1, f1), (s2, sel2, p2, f2) = results["torch.func"], results["higher"]
     assert s1["loss"] == pytest.approx(s2["loss"], rel=1e-6, abs=1e-12)
-    for a, b in zip(sel1, sel2):  # same pruned sets (compared as sets: topk order is unspecified)
+    for a, b in zip(sel1, sel2, strict=True):  # same pruned sets (compared as sets: topk order is unspecified)
         assert (a is None) == (b is None)
         if a is not None:
             assert torch.equal(a.sort(dim=1).values, b.sort(dim=1).values)
-    for a, b in zip(p1, p2):
+    for a, b in zip(p1, p2, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
     torch.testing.assert_close(f1.history["mse"], f2.history["mse"], rtol=1e-6, atol=1e-12)

@@ -55,7 +55,6 @@ def _num_params(model) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-
 @pytest.fixture(scope="module")
 def siren64():
     torch.manual_seed(0)
@@ -132,12 +131,12 @@ def test_meter_does_not_change_meta_gradients():
     coords = make_grid((6, 6), dtype=torch.float64)
     values = torch.rand(2, 36, 3, dtype=torch.float64)
     learner = ContextPruningMetaLearner(model, 0.25, 3, 2, 10.0, coord_range=None)
-    params = [p for p in model.parameters()]
+    params = list(model.parameters())
     want = torch.autograd.grad(learner.meta_loss((coords, values)), params)
     with SavedTensorMeter():
         loss = learner.meta_loss((coords, values))
     got = torch.autograd.grad(loss, params)
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         assert torch.equal(g, w)
 
 

@@ -25,12 +25,12 @@ def _library_grads(model, coords, values, **kw):
 
 
 def _assert_close(got, want, rtol=1e-6):
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, rtol=rtol, atol=1e-10)
 
 
 @pytest.mark.parametrize("backend", ["torch.func", "higher"])
-@pytest.mark.parametrize("gamma,K,L,lam,shared,d", GRID)
+@pytest.mark.parametrize(("gamma", "K", "L", "lam", "shared", "d"), GRID)
 def test_meta_gradients_match_reference(backend, gamma, K, L, lam, shared, d):
     model, coords, values = _problem(shared, d)
     ref_loss, ref_grads = ref_meta_grads(model, coords, values, gamma=gamma, K=K, L=L, lam=lam, lr=1e-2)
@@ -77,7 +77,7 @@ def test_meta_step_applies_the_reference_gradient():
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     learner = ContextPruningMetaLearner(model, 0.25, 3, 2, 10.0, optimizer=opt, coord_range=None)
     stats = learner.meta_step((coords, values))
-    for p, p0, g in zip(model.parameters(), before, ref_grads):
+    for p, p0, g in zip(model.parameters(), before, ref_grads, strict=True):
         torch.testing.assert_close(p.detach(), p0 - 0.1 * g, rtol=1e-9, atol=1e-12)
     assert {"loss", "mse", "psnr", "boot_distance"} <= set(stats)
     assert stats["skipped"] == 0.0
@@ -92,5 +92,5 @@ def test_clipping_scales_the_global_norm():
     learner = ContextPruningMetaLearner(model, 0.25, 2, 0, 0.0, optimizer=opt, max_grad_norm=1e-3, coord_range=None)
     stats = learner.meta_step((coords, values))
     assert stats["grad_norm"] == pytest.approx(float(norm), rel=1e-9)
-    for p, p0, g in zip(model.parameters(), before, ref_grads):
+    for p, p0, g in zip(model.parameters(), before, ref_grads, strict=True):
         torch.testing.assert_close(p.detach(), p0 - g * (1e-3 / (norm + 1e-6)), rtol=1e-9, atol=1e-12)

@@ -18,8 +18,6 @@ from ecop_wrap import (
     make_grid,
 )
 
-
-
 BACKENDS = ["torch.func", "higher"]
 
 
@@ -39,7 +37,11 @@ class ScaledSine(nn.Module):
 
 def _batch(batch: int = 2, side: int = 6, d: int = 3, dtype=torch.float32, shared: bool = True):
     grid = make_grid((side, side), dtype=dtype)
-    coords = grid if shared else 0.95 * grid.unsqueeze(0).repeat(batch, 1, 1) + 0.05 * torch.rand(batch, side * side, 2, dtype=dtype)
+    coords = (
+        grid
+        if shared
+        else 0.95 * grid.unsqueeze(0).repeat(batch, 1, 1) + 0.05 * torch.rand(batch, side * side, 2, dtype=dtype)
+    )
     return coords, torch.rand(batch, side * side, d, dtype=dtype)
 
 
@@ -101,7 +103,7 @@ def test_backends_match_the_reference_on_a_non_linear_model(backend):
     loss = learner.meta_loss((coords, values))
     grads = torch.autograd.grad(loss, list(model.parameters()))
     torch.testing.assert_close(loss.detach(), ref_loss, rtol=1e-9, atol=0)
-    for g, w in zip(grads, ref_grads):
+    for g, w in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(g, w, rtol=1e-8, atol=1e-12)
 
 
@@ -113,7 +115,7 @@ def test_both_backends_agree_on_a_non_linear_model():
     for backend in BACKENDS:
         learner = ContextPruningMetaLearner(model, 0.25, 3, 2, 10.0, backend=backend, coord_range=None)
         grads[backend] = torch.autograd.grad(learner.meta_loss((coords, values)), list(model.parameters()))
-    for a, b in zip(grads["torch.func"], grads["higher"]):
+    for a, b in zip(grads["torch.func"], grads["higher"], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13)
 
 
@@ -152,7 +154,7 @@ def test_frozen_parameters_match_the_reference():
     trainable = [p for p in model.parameters() if p.requires_grad]
     grads = torch.autograd.grad(learner.meta_loss((coords, values)), trainable)
     assert len(grads) == len(ref_grads) == 3
-    for g, w in zip(grads, ref_grads):
+    for g, w in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(g, w, rtol=1e-8, atol=1e-12)
 
 
@@ -233,3 +235,21 @@ def test_meta_step_and_fit_on_cuda(backend):
     assert result.history["mse"].device.type == "cuda"
     with pytest.raises(ValueError, match="cuda"):
         learner.meta_step((coords, values))  # CPU data for a CUDA model
+
+
+class _ListINR(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.weights = torch.nn.ParameterList(
+            [torch.nn.Parameter(torch.randn(2, 3)), torch.nn.Parameter(torch.zeros(3))]
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weights[0] + self.weights[1] + 0.5
+
+
+def test_higher_refuses_parameter_containers_it_cannot_swap():
+    """higher's patched copy leaves ParameterList entries at theta_0: refuse instead of returning wrong numbers."""
+    with pytest.raises(ValueError, match="ParameterList"):
+        ContextPruningMetaLearner(_ListINR(), backend="higher")
+    ContextPruningMetaLearner(_ListINR(), backend="torch.func")  # torch.func swaps them correctly

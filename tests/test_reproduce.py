@@ -11,16 +11,15 @@ import sys
 
 import pytest
 import torch
-from reference import TinySiren, ref_fit, ref_topk
-from torch.func import functional_call
+from reference import TinySiren, ref_fit
 
 from ecop_wrap import make_grid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
-from baselines import Reptile
-from reproduce import METHODS, FitSetting, _fit_pruned
+from baselines import Reptile  # noqa: E402 - benchmarks/ is put on sys.path just above
+from reproduce import METHODS  # noqa: E402
 
 
 def _problem(batch: int = 2, side: int = 5):
@@ -43,37 +42,38 @@ def test_reptile_step_matches_reference():
         torch.testing.assert_close(p.detach(), init[name] + eps * (mean_k - init[name]), rtol=1e-9, atol=1e-12)
 
 
-def _ref_pruned_fit(model, x, y, steps, lr, gamma):
-    params = {n: p.detach().clone().requires_grad_(True) for n, p in model.named_parameters()}
-    history = []
-    for _ in range(steps):
-        err = ((functional_call(model, params, (x,)) - y) ** 2).sum(-1)
-        history.append(err.mean().detach() / y.shape[-1])
-        idx = ref_topk(err.detach(), gamma)
-        grads = torch.autograd.grad(err[idx].mean() / y.shape[-1], list(params.values()))
-        params = {n: (p - lr * g).detach().requires_grad_(True) for (n, p), g in zip(params.items(), grads)}
-    final = functional_call(model, params, (x,))
-    history.append(((final - y) ** 2).mean().detach())
-    return final.detach(), torch.stack(history)
-
-
-def test_pruned_context_fit_matches_reference():
-    model, coords, values = _problem()
-    pred, mses, scales = _fit_pruned(model, coords, values, 4, FitSetting(1e-2, context="pruned", gamma=0.25))
-    assert torch.equal(scales, torch.ones(4, values.shape[0], dtype=values.dtype))  # unscaled SGD
-    for b in range(2):
-        ref_pred, ref_hist = _ref_pruned_fit(model, coords, values[b], 4, 1e-2, 0.25)
-        torch.testing.assert_close(pred[b], ref_pred, rtol=1e-9, atol=1e-12)
-        torch.testing.assert_close(mses[:, b], ref_hist, rtol=1e-9, atol=1e-14)
-
-
 def test_reproduce_end_to_end(tmp_path):
     pytest.importorskip("skimage")
     out = tmp_path / "r.json"
     command = [
-        sys.executable, os.path.join(ROOT, "benchmarks", "reproduce.py"), "--images", "builtin", "--resolution", "16",
-        "--outer-steps", "2", "--seed", "0", "--eval-size", "3", "--train-size", "8", "--batch", "2", "--width", "16",
-        "--depth", "2", "--ecop-steps", "4", "--boot-steps", "2", "--test-steps", "3", "--json", str(out),
+        sys.executable,
+        os.path.join(ROOT, "benchmarks", "reproduce.py"),
+        "--images",
+        "builtin",
+        "--resolution",
+        "16",
+        "--outer-steps",
+        "2",
+        "--seed",
+        "0",
+        "--eval-size",
+        "3",
+        "--train-size",
+        "8",
+        "--batch",
+        "2",
+        "--width",
+        "16",
+        "--depth",
+        "2",
+        "--ecop-steps",
+        "4",
+        "--boot-steps",
+        "2",
+        "--test-steps",
+        "3",
+        "--json",
+        str(out),
     ]
     done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -109,7 +109,7 @@ def test_merge_results_combines_disjoint_methods_and_refuses_duplicates(tmp_path
     first = {"ecop": record, "_meta": {"command": "a", "data": "d"}}
     second = {"learnit": dict(record, psnr=28.0), "_meta": {"command": "b", "data": "d"}}
     paths = [tmp_path / "a.json", tmp_path / "b.json"]
-    for path, content in zip(paths, (first, second)):
+    for path, content in zip(paths, (first, second), strict=True):
         path.write_text(json.dumps(content))
     merged = merge_results(paths)
     assert list(merged) == ["learnit", "ecop", "_meta"]  # METHODS order
@@ -122,8 +122,10 @@ def test_merge_results_combines_disjoint_methods_and_refuses_duplicates(tmp_path
 def test_paired_gaps_are_per_signal_differences_with_their_standard_error():
     from reproduce import paired_gaps
 
-    results = {"ecop": {"psnr_per_signal": [30.0, 32.0, 31.0], "val": {"psnr_per_signal": [1.0, 1.0]}},
-               "learnit": {"psnr_per_signal": [29.0, 29.0, 32.0], "val": {"psnr_per_signal": [2.0, 0.0]}}}
+    results = {
+        "ecop": {"psnr_per_signal": [30.0, 32.0, 31.0], "val": {"psnr_per_signal": [1.0, 1.0]}},
+        "learnit": {"psnr_per_signal": [29.0, 29.0, 32.0], "val": {"psnr_per_signal": [2.0, 0.0]}},
+    }
     gaps = paired_gaps(results)
     assert list(gaps) == ["ecop - learnit"]  # pairs with a missing method are left out
     diff = torch.tensor([1.0, 3.0, -1.0], dtype=torch.float64)
@@ -152,3 +154,89 @@ def test_compare_files_pairs_methods_of_two_result_files(tmp_path):
         compare_files(f"{tmp_path / 'old.json'}:ecop", f"{tmp_path / 'b.json'}:learnit")
     with pytest.raises(ValueError, match="same signals"):
         paired_gap([1.0, 2.0], [1.0])
+
+
+# ------------------------------------------------------------------------------------- config and methods
+def test_run_config_is_parsed_once_frozen_and_adds_the_model_an_evaluation_row_tests():
+    import dataclasses
+
+    from reproduce import RunConfig
+
+    config = RunConfig.from_args(
+        ["--methods", "ecop_test_pruned,learnit", "--outer-lr-for", "ecop=1e-3", "--sphere", "iris", "--w0", "40"]
+    )
+    assert config.methods == ("learnit", "ecop", "ecop_test_pruned")  # ecop added, table order
+    assert config.images is None and config.sphere == "iris"
+    assert config.outer_lr_of("ecop") == 1e-3 and config.outer_lr_of("learnit") == 3e-4
+    assert config.w0_for("sphere") == 40.0
+    assert config.argv[:2] == ("--methods", "ecop_test_pruned,learnit")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.gamma = 0.5  # type: ignore[misc]
+    assert RunConfig.from_args([]).w0_for("sphere") == 50.0 and RunConfig.from_args([]).w0_for("image") == 30.0
+    with pytest.raises(SystemExit):
+        RunConfig.from_args(["--outer-steps", "0"])
+    with pytest.raises(SystemExit):
+        RunConfig.from_args(["--methods", "maml"])
+
+
+def test_method_table_rows_resolve_training_and_test_settings():
+    from reproduce import METHOD_TABLE, FitSetting, RunConfig
+
+    config = RunConfig.from_args(
+        [
+            "--gamma",
+            "0.5",
+            "--ecop-steps",
+            "8",
+            "--boot-steps",
+            "3",
+            "--lam",
+            "10",
+            "--boot-lr",
+            "0.1",
+            "--inner-lr",
+            "0.02",
+            "--learnit-tuned-inner-lr",
+            "0.05",
+            "--outer-lr-for",
+            "reptile=1e-3",
+        ]
+    )
+    boot = {"L": 3, "lam": 10.0, "boot_lr": 0.1}
+
+    def hyper(name: str) -> dict:
+        return METHOD_TABLE[name].training(config).hyper
+
+    assert hyper("fomaml") == {"gamma": 1.0, "K": 8, "L": 0, "lam": 0.0, "first_order": True}
+    assert hyper("learnit") == hyper("learnit_tuned_lr") == {"gamma": 1.0, "K": 4, "L": 0, "lam": 0.0}  # gamma * K
+    assert hyper("random_pruning") == {"gamma": 0.5, "K": 8, "selection": "random", **boot}
+    assert hyper("ecop") == {"gamma": 0.5, "K": 8, **boot}
+    assert hyper("ecop_no_bootstrap") == {"gamma": 0.5, "K": 8, "L": 0, "lam": 0.0}
+    reptile = METHOD_TABLE["reptile"].training(config)
+    assert reptile.reptile and reptile.hyper == {"K": 8} and reptile.outer_lr == 1e-3
+    assert METHOD_TABLE["learnit_tuned_lr"].training(config).inner_lr == 0.05
+    assert METHOD_TABLE["learnit"].training(config).inner_lr == 0.02
+
+    def test(name: str) -> FitSetting:
+        return METHOD_TABLE[name].fit_setting(config)
+
+    assert test("ecop") == test("ecop_no_bootstrap") == FitSetting(0.02, "norm", "full", 0.5, "error")
+    assert test("random_pruning") == FitSetting(0.02, "norm", "full", 0.5, "random")
+    assert test("ecop_test_pruned") == FitSetting(0.02, "none", "pruned", 0.5, "error")
+    assert test("ecop_test_unscaled_tuned") == test("learnit_tuned_lr") == FitSetting(0.05)
+    assert test("random_init") == test("reptile") == test("ecop_test_unscaled") == FitSetting(0.02)
+    for method in METHOD_TABLE.values():
+        if method.train is None:
+            assert method.trained_as is None or METHOD_TABLE[method.trained_as].train is not None
+            with pytest.raises(ValueError, match="not trained"):
+                method.training(config)
+
+
+def test_partition_puts_evaluation_rows_with_the_model_they_test():
+    from reproduce import METHODS, partition
+
+    for workers in (1, 2, 3, 8):
+        groups = partition(METHODS, workers)
+        assert sorted(m for g in groups for m in g) == sorted(METHODS)
+        ecop_group = next(g for g in groups if "ecop" in g)
+        assert {"ecop_test_unscaled", "ecop_test_pruned", "ecop_test_unscaled_tuned"} <= set(ecop_group)

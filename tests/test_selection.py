@@ -13,6 +13,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ecop_wrap import (
+    ContextEvaluator,
     ContextPruningMetaLearner,
     GradScaledAdapter,
     Siren,
@@ -20,9 +21,43 @@ from ecop_wrap import (
     make_grid,
     num_selected,
 )
-from ecop_wrap.inner_loop import adapt, expand_params
-from ecop_wrap.selection import Selector
+from ecop_wrap._src.algorithm import inner_loop, select
+from ecop_wrap._src.numerics import expand_params
+from ecop_wrap._src.rates import InnerRates
+from ecop_wrap._src.rules import make_selection
 
+
+class Selector:
+    """A rule from the registry with the batch passed per call (keeps the tests below short)."""
+
+    def __init__(self, kind, gamma, *, model=None, layer=None):
+        self.rule = make_selection(kind, model, layer=layer)
+        self.gamma = gamma
+        self.layer = getattr(self.rule, "layer", None)
+
+    def scores(self, backend, params, coords, values, generator=None):
+        return self.rule.scores(ContextEvaluator(backend, coords, values), params, generator or torch.Generator())
+
+    def select(self, backend, params, coords, values, generator=None):
+        ctx = ContextEvaluator(backend, coords, values)
+        return select(ctx, params, self.rule, self.gamma, generator or torch.Generator())
+
+
+def adapt(backend, leaves, coords, values, *, steps, lr, selector, on_select, generator=None):
+    """First-order pruned inner steps from ``leaves`` (shared by the batch), reporting each pruned set."""
+    ctx = ContextEvaluator(backend, coords, values)
+    rates = InnerRates(None, leaves, inner_lr=lr, max_inner_lr=1.0, steps=steps)
+    inner_loop(
+        ctx,
+        ctx.expand(leaves),
+        steps=steps,
+        rates=rates,
+        rule=selector.rule,
+        gamma=selector.gamma,
+        generator=generator or torch.Generator(),
+        create_graph=False,
+        on_select=lambda k, _params, idx: on_select(k, idx),
+    )
 
 
 def _problem(batch: int = 2, side: int = 6, d: int = 3, shared: bool = False):
@@ -70,7 +105,7 @@ def test_error_selection_is_exactly_the_top_k(gamma, shared):
 
 
 @pytest.mark.parametrize(
-    "num_points,gamma",
+    ("num_points", "gamma"),
     [(1, 0.25), (2, 0.25), (3, 0.3), (4, 0.25), (7, 0.5), (10, 0.25), (10, 0.99), (64, 0.25), (100, 0.29), (33, 0.01)],
 )
 def test_selection_size(num_points, gamma):
@@ -82,7 +117,9 @@ def test_selection_size(num_points, gamma):
     values = torch.rand(2, num_points, 1, dtype=torch.float64)
     params = expand_params(_model_params(model), 2)
     for kind in ("error", "random", "gradncp"):
-        idx = Selector(kind, gamma, model=model).select(backend, params, coords, values, torch.Generator().manual_seed(0))
+        idx = Selector(kind, gamma, model=model).select(
+            backend, params, coords, values, torch.Generator().manual_seed(0)
+        )
         if k >= num_points:
             assert idx is None  # the pruned set is the whole context
         else:
@@ -108,8 +145,14 @@ def test_every_inner_step_reranks_from_the_current_parameters(shared):
     backend = make_backend("torch.func", model)
     record, on_select = _recorder()
     adapt(
-        backend, expand_params(_leaf_params(model), 2), coords, values, steps=steps, lr=lr,
-        selector=Selector("error", gamma), create_graph=False, on_select=on_select, identical_init=True,
+        backend,
+        _leaf_params(model),
+        coords,
+        values,
+        steps=steps,
+        lr=lr,
+        selector=Selector("error", gamma),
+        on_select=on_select,
     )
     assert [s for s, _ in record] == list(range(steps))
     k = max(1, int(gamma * 64))
@@ -125,7 +168,9 @@ def test_every_inner_step_reranks_from_the_current_parameters(shared):
             idx = torch.tensor(sorted(want))
             loss = ((functional_call(model, params, (x[idx],)) - y[idx]) ** 2).mean()
             grads = torch.autograd.grad(loss, list(params.values()))
-            params = {n: (p - lr * g).detach().requires_grad_(True) for (n, p), g in zip(params.items(), grads)}
+            params = {
+                n: (p - lr * g).detach().requires_grad_(True) for (n, p), g in zip(params.items(), grads, strict=True)
+            }
         # the test is only meaningful if the ranking really changes between steps
         assert len({frozenset(s) for s in sets}) > 1
 
@@ -134,17 +179,18 @@ def test_learner_ranks_once_per_inner_step():
     model, coords, values = _problem(batch=2)
     learner = ContextPruningMetaLearner(model, gamma=0.25, K=4, L=1, coord_range=None)
     calls = []
-    original = learner.selector.select
+    make_evaluator = learner.evaluator
 
-    def recording_select(*args, **kwargs):
-        idx = original(*args, **kwargs)
-        calls.append(idx)
-        return idx
+    def recording_evaluator(*args, **kwargs):
+        ctx = make_evaluator(*args, **kwargs)
+        scores = ctx.errors
+        ctx.errors = lambda params: calls.append(scores(params)) or calls[-1]  # type: ignore[method-assign]
+        return ctx
 
-    learner.selector.select = recording_select  # type: ignore[method-assign]
+    learner.evaluator = recording_evaluator  # type: ignore[method-assign]
     learner.meta_loss((coords, values))
-    assert len(calls) == 4
-    assert all(idx.shape == (2, 9) for idx in calls)
+    assert len(calls) == 4  # one graph-free ranking pass per inner step
+    assert all(errors.shape == (2, 36) for errors in calls)
 
 
 def _random_record(seed: int, steps: int = 5, gamma: float = 0.25):
@@ -152,8 +198,14 @@ def _random_record(seed: int, steps: int = 5, gamma: float = 0.25):
     backend = make_backend("torch.func", model)
     record, on_select = _recorder()
     adapt(
-        backend, expand_params(_leaf_params(model), 2), coords, values, steps=steps, lr=1e-2,
-        selector=Selector("random", gamma), create_graph=False, on_select=on_select,
+        backend,
+        _leaf_params(model),
+        coords,
+        values,
+        steps=steps,
+        lr=1e-2,
+        selector=Selector("random", gamma),
+        on_select=on_select,
         generator=torch.Generator().manual_seed(seed),
     )
     return [idx for _, idx in record]
@@ -167,12 +219,12 @@ def test_random_selection_size_uniqueness_and_reproducibility():
     for idx in first:
         assert idx.shape == (2, k)
         for row in idx:
-            assert len(set(row.tolist())) == k and 0 <= int(row.min()) and int(row.max()) < 36
+            assert len(set(row.tolist())) == k and int(row.min()) >= 0 and int(row.max()) < 36
     sets = [frozenset(idx[0].tolist()) for idx in first]
     assert len(set(sets)) > 1, "random subsets must differ between steps"
     assert frozenset(first[0][0].tolist()) != frozenset(first[0][1].tolist()), "and between signals"
-    assert all(torch.equal(a.sort(1).values, b.sort(1).values) for a, b in zip(first, again))
-    assert any(not torch.equal(a.sort(1).values, b.sort(1).values) for a, b in zip(first, other))
+    assert all(torch.equal(a.sort(1).values, b.sort(1).values) for a, b in zip(first, again, strict=True))
+    assert any(not torch.equal(a.sort(1).values, b.sort(1).values) for a, b in zip(first, other, strict=True))
 
 
 def test_random_selection_is_uniform():
@@ -193,7 +245,9 @@ def test_learner_random_selection_is_reproducible_with_seed():
     model, coords, values = _problem(batch=2)
     losses = []
     for seed in (7, 7, 8):
-        learner = ContextPruningMetaLearner(model, gamma=0.25, K=3, L=0, selection="random", seed=seed, coord_range=None)
+        learner = ContextPruningMetaLearner(
+            model, gamma=0.25, K=3, L=0, selection="random", seed=seed, coord_range=None
+        )
         losses.append(learner.meta_loss((coords, values)).item())
     assert losses[0] == losses[1]
     assert losses[0] != losses[2]
@@ -229,7 +283,10 @@ def test_gradncp_scores_are_per_point_gradient_norms(backend_name):
         assert set(idx[b].tolist()) == _top_set(want, k)
     # the ranking really differs from the plain error ranking on this problem
     errors = torch.stack(
-        [_ref_errors(model, {n: p[b] for n, p in params.items()}, _signal_coords(coords, b), values[b]) for b in range(2)]
+        [
+            _ref_errors(model, {n: p[b] for n, p in params.items()}, _signal_coords(coords, b), values[b])
+            for b in range(2)
+        ]
     )
     assert any(set(idx[b].tolist()) != _top_set(errors[b], k) for b in range(2))
 
@@ -259,8 +316,8 @@ def test_gradncp_custom_layer():
     want = _ref_gradncp_norms(model, model.head, {n: p[0] for n, p in params.items()}, coords, values[0])
     torch.testing.assert_close(scores[0].sqrt(), want, rtol=1e-10, atol=1e-12)
     learner = ContextPruningMetaLearner(model, selection="gradncp", gradncp_layer=model.head, K=2, coord_range=None)
-    assert learner.selector.layer is model.head
-    assert GradScaledAdapter(learner).selector.layer is model.head
+    assert learner.selection_rule.layer is model.head
+    assert GradScaledAdapter(learner).selection_rule.layer is model.head
     assert torch.isfinite(learner.meta_loss((coords, values)))
 
 
@@ -274,9 +331,9 @@ class _NoLinear(nn.Module):
 
 
 def test_gradncp_without_linear_is_a_clear_error():
-    with pytest.raises(ValueError, match="nn.Linear"):
+    with pytest.raises(ValueError, match=r"nn\.Linear"):
         ContextPruningMetaLearner(_NoLinear(), selection="gradncp")
-    with pytest.raises(ValueError, match="nn.Linear"):
+    with pytest.raises(ValueError, match=r"nn\.Linear"):
         GradScaledAdapter(_NoLinear(), selection="gradncp")
     # the other rules need no linear layer
     ContextPruningMetaLearner(_NoLinear(), selection="error")

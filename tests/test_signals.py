@@ -19,8 +19,6 @@ from ecop_wrap import (
     signal_to_image,
 )
 
-
-
 # ----------------------------------------------------------------------------------------------- grids
 
 
@@ -164,7 +162,12 @@ def test_psnr_convention_data_range_one():
     pred = torch.zeros(1, 10, 3, dtype=torch.float64)
     target = torch.full((1, 10, 3), 0.1, dtype=torch.float64)  # MSE 0.01 -> 20 dB
     torch.testing.assert_close(psnr(pred, target), torch.tensor([20.0], dtype=torch.float64), rtol=1e-12, atol=0)
-    torch.testing.assert_close(psnr(pred, target, data_range=2.0), torch.tensor([20.0 + 20 * math.log10(2.0)], dtype=torch.float64), rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        psnr(pred, target, data_range=2.0),
+        torch.tensor([20.0 + 20 * math.log10(2.0)], dtype=torch.float64),
+        rtol=1e-12,
+        atol=0,
+    )
     assert mse_to_psnr(1e-3) == pytest.approx(30.0, rel=1e-12)
     assert mse_to_psnr(0.0) == math.inf
     assert float(mse_to_psnr(torch.tensor(0.0))) == math.inf
@@ -173,5 +176,7 @@ def test_psnr_convention_data_range_one():
 
 def test_psnr_is_per_signal_not_of_the_batch_mean():
     pred = torch.zeros(2, 5, 1, dtype=torch.float64)
-    target = torch.cat([torch.full((1, 5, 1), 0.1, dtype=torch.float64), torch.full((1, 5, 1), 0.01, dtype=torch.float64)])
+    target = torch.cat(
+        [torch.full((1, 5, 1), 0.1, dtype=torch.float64), torch.full((1, 5, 1), 0.01, dtype=torch.float64)]
+    )
     torch.testing.assert_close(psnr(pred, target), torch.tensor([20.0, 40.0], dtype=torch.float64), rtol=1e-12, atol=0)

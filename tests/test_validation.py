@@ -14,8 +14,6 @@ from torch import nn
 
 from ecop_wrap import ContextPruningMetaLearner, GradScaledAdapter, Siren, make_grid
 
-
-
 SIDE, BATCH = 6, 2
 M = SIDE * SIDE
 
@@ -59,7 +57,7 @@ def _same(a, b) -> bool:
     if isinstance(a, dict):
         return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
     return a == b
 
 
@@ -106,8 +104,12 @@ def test_model_output_size_differs_from_values():
 
 
 @pytest.mark.parametrize(
-    "coords_shape,values_shape,match",
-    [((M,), (BATCH, M, 3), "coords must be"), ((M, 2), (M * BATCH * 3,), "values must be"), ((1, 1, M, 2), (BATCH, M, 3), "coords must be")],
+    ("coords_shape", "values_shape", "match"),
+    [
+        ((M,), (BATCH, M, 3), "coords must be"),
+        ((M, 2), (M * BATCH * 3,), "values must be"),
+        ((1, 1, M, 2), (BATCH, M, 3), "coords must be"),
+    ],
 )
 def test_wrong_ranks(coords_shape, values_shape, match):
     coords, values = torch.zeros(coords_shape), torch.rand(values_shape)
@@ -151,7 +153,7 @@ def test_dtype_differs_from_model():
 
 
 @pytest.mark.parametrize(
-    "batch,match",
+    ("batch", "match"),
     [
         ("not a batch", "pair"),
         ((make_grid((SIDE, SIDE)),), "pair"),
@@ -215,7 +217,9 @@ def test_l_negative():
         ContextPruningMetaLearner(_model(), L=-1)
 
 
-@pytest.mark.parametrize("name,value", [("inner_lr", 0.0), ("inner_lr", -1e-2), ("outer_lr", float("inf")), ("lam", -1.0)])
+@pytest.mark.parametrize(
+    ("name", "value"), [("inner_lr", 0.0), ("inner_lr", -1e-2), ("outer_lr", float("inf")), ("lam", -1.0)]
+)
 def test_bad_rates(name, value):
     with pytest.raises(ValueError, match=name):
         ContextPruningMetaLearner(_model(), **{name: value})
@@ -281,9 +285,9 @@ def test_model_without_trainable_parameters():
 
 @pytest.mark.parametrize("model", ["siren", None, lambda x: x])
 def test_not_a_module(model):
-    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+    with pytest.raises(TypeError, match=r"model must be a torch\.nn\.Module"):
         ContextPruningMetaLearner(model)
-    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+    with pytest.raises(TypeError, match=r"model must be a torch\.nn\.Module"):
         GradScaledAdapter(model)
 
 
@@ -301,7 +305,7 @@ def _non_contiguous(coords: torch.Tensor, values: torch.Tensor):
 
 def _loss_and_grads(learner, batch):
     loss = learner.meta_loss(batch)
-    return loss.detach(), torch.autograd.grad(loss, [p for p in learner.model.parameters()])
+    return loss.detach(), torch.autograd.grad(loss, list(learner.model.parameters()))
 
 
 def test_non_contiguous_inputs_give_the_contiguous_result():
@@ -313,7 +317,7 @@ def test_non_contiguous_inputs_give_the_contiguous_result():
     for batch in _non_contiguous(coords, values):
         loss, grads = _loss_and_grads(learner, batch)
         torch.testing.assert_close(loss, want_loss, rtol=1e-6, atol=0)
-        for g, w in zip(grads, want_grads):
+        for g, w in zip(grads, want_grads, strict=True):
             torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-7)
         fit = adapter.fit(batch)
         torch.testing.assert_close(fit.history["mse"], want_fit.history["mse"], rtol=1e-6, atol=0)
@@ -328,7 +332,7 @@ def test_expanded_inputs_give_the_contiguous_result():
     want_loss, want_grads = _loss_and_grads(learner, dense)
     loss, grads = _loss_and_grads(learner, expanded)
     torch.testing.assert_close(loss, want_loss, rtol=1e-6, atol=0)
-    for g, w in zip(grads, want_grads):
+    for g, w in zip(grads, want_grads, strict=True):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-7)
     adapter = GradScaledAdapter(learner, steps=3)
     want_fit, fit = adapter.fit(dense), adapter.fit(expanded)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._validation import check_int, check_positive
+from .._src.validation import check_int, check_positive
 from ..signals import make_grid
 from .base import SignalDataset, as_generator, import_optional
 
@@ -39,7 +39,8 @@ def _filter_table(
     """Windowed-sinc weights ``[P, taps]`` for fractional offsets ``phase / up`` (all ``up`` phases by default)."""
     phases = np.arange(up) if phases is None else phases
     delta = phases[:, None] / up - taps  # input time minus tap position
-    return cutoff * np.sinc(cutoff * delta) * _kaiser(delta / width, beta)
+    weights: np.ndarray = cutoff * np.sinc(cutoff * delta) * _kaiser(delta / width, beta)
+    return weights
 
 
 def resample(
@@ -75,24 +76,21 @@ def resample(
     if signal.ndim == 0:
         raise ValueError("waveform must have at least one axis [..., L]")
     if orig_rate == target_rate:
-        return signal.copy()
+        return np.copy(signal)
     step = math.gcd(orig_rate, target_rate)
     up, down = target_rate // step, orig_rate // step  # output n sits at input time n * down / up
     length = signal.shape[-1]
     out_length = -(-length * up // down)
     cutoff = rolloff * min(1.0, up / down)  # fraction of the input Nyquist frequency
-    width = int(math.ceil(zero_crossings / cutoff))
+    width = math.ceil(zero_crossings / cutoff)
     taps = np.arange(-width + 1, width + 1)
     table = _filter_table(up, taps, cutoff, width, beta) if up <= max(out_length, 1) else None
-    out = np.empty(signal.shape[:-1] + (out_length,))
+    out = np.empty((*signal.shape[:-1], out_length))
     for first in range(0, out_length, _CHUNK):
         steps = np.arange(first, min(first + _CHUNK, out_length), dtype=np.int64) * down
         phase = steps % up
         index = (steps // up)[:, None] + taps
-        if table is not None:
-            weights = table[phase]
-        else:
-            weights = _filter_table(up, taps, cutoff, width, beta, phase)
+        weights = table[phase] if table is not None else _filter_table(up, taps, cutoff, width, beta, phase)
         weights = weights * ((index >= 0) & (index < length))
         out[..., first : first + len(steps)] = (signal[..., np.clip(index, 0, length - 1)] * weights).sum(-1)
     return out
@@ -155,8 +153,8 @@ class AudioFolder(SignalDataset):
         dtype: of coords and values.
 
     Attributes:
-        files: the sound files in sorted order. ``metadata`` holds ``sample_rate``, ``coord_scale`` and each
-        file's original duration in seconds.
+        files: the sound files in sorted order.
+        metadata: ``sample_rate``, ``coord_scale`` and each file's original duration in seconds.
 
     Shapes: ``shape = (L,)``, coords ``[L, 1]``, values ``[N, L, 1]`` in ``[-1, 1]``.
     """

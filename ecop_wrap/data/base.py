@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .._validation import check_int
+from .._src.validation import check_int
 from ..signals import make_grid, signal_to_array
 
-__all__ = ["SignalDataset", "import_optional", "resize_images", "crop_square", "as_generator"]
+__all__ = ["SignalDataset", "as_generator", "crop_square", "import_optional", "resize_images"]
 
 
 def import_optional(module: str, extra: str) -> ModuleType:
@@ -91,7 +91,7 @@ def _as_values(values: torch.Tensor | Sequence[torch.Tensor], dtype: torch.dtype
     return items
 
 
-class SignalDataset(Dataset):
+class SignalDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     """``N`` signals on one shared coordinate grid.
 
     Args:
@@ -105,8 +105,11 @@ class SignalDataset(Dataset):
         dtype: of coords and values (default float32).
 
     Attributes:
-        coords: ``[M, C]``. values: ``[N, M, D]`` tensor or list. shape: grid shape. names: list of str.
-        metadata: dict.
+        coords: ``[M, C]``.
+        values: ``[N, M, D]`` tensor, or a list of ``[M, D]`` tensors.
+        shape: the grid shape.
+        names: one label per signal.
+        metadata: free-form information about the source.
     """
 
     def __init__(

@@ -13,17 +13,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._validation import check_fraction, check_int
+from .._src.validation import check_fraction, check_int
 from .base import SignalDataset, as_generator, import_optional, resize_images
 
 __all__ = [
+    "SKIMAGE_SPLITS",
+    "SKIMAGE_TEST",
+    "SKIMAGE_TRAIN",
+    "SKIMAGE_VAL",
     "ImageFolder",
     "skimage_crops",
     "skimage_photo",
-    "SKIMAGE_TRAIN",
-    "SKIMAGE_VAL",
-    "SKIMAGE_TEST",
-    "SKIMAGE_SPLITS",
 ]
 
 #: scikit-image photographs (``skimage.data`` function names) used for training crops.
@@ -63,10 +63,7 @@ def _to_channels(image: np.ndarray, gray_to_rgb: bool) -> np.ndarray:
 @functools.cache
 def _load_photo(name: str) -> np.ndarray:
     data = import_optional("skimage.data", "images")
-    if name == "motorcycle":
-        image = data.stereo_motorcycle()[0]
-    else:
-        image = getattr(data, name)()
+    image = data.stereo_motorcycle()[0] if name == "motorcycle" else getattr(data, name)()
     image = np.asarray(image)
     return (image.astype(np.float32) / 255.0) if image.dtype == np.uint8 else image.astype(np.float32)
 
@@ -99,7 +96,7 @@ def _random_window(
     """Top, left and side of a random square window covering at least ``min_fraction`` of the short side."""
     short = min(height, width)
     low = max(min_fraction * short, float(resolution))
-    side = int(round(rng.uniform(min(low, short), short)))
+    side = round(rng.uniform(min(low, short), short))
     top = int(rng.integers(0, height - side + 1))
     left = int(rng.integers(0, width - side + 1))
     return top, left, side

@@ -20,21 +20,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._validation import check_int
+from .._src.validation import check_int
 from .base import SignalDataset
 
 __all__ = [
-    "pp_fields",
-    "pp_latlon",
-    "latlon_to_sphere",
-    "LatLonArray",
-    "temperature_grids",
-    "iris_sample_path",
+    "AIR_TEMPERATURE_1P5M",
+    "GLOSEA4_TEST",
+    "GLOSEA4_TRAIN",
     "PP_INT_NAMES",
     "PP_REAL_NAMES",
-    "GLOSEA4_TRAIN",
-    "GLOSEA4_TEST",
-    "AIR_TEMPERATURE_1P5M",
+    "LatLonArray",
+    "iris_sample_path",
+    "latlon_to_sphere",
+    "pp_fields",
+    "pp_latlon",
+    "temperature_grids",
 ]
 
 #: names of the 45 integer header words (UM documentation paper F3).
@@ -117,7 +117,8 @@ def pp_fields(path: str | Path) -> list[tuple[dict[str, Any], np.ndarray]]:
         the file's order (see :func:`pp_latlon`).
 
     Raises:
-        ValueError: not a PP file. NotImplementedError: a packed field.
+        ValueError: not a PP file.
+        NotImplementedError: a packed field.
     """
     path = Path(path)
     if not path.is_file():
@@ -182,7 +183,10 @@ class LatLonArray(SignalDataset):
         dtype: of coords and values.
 
     Attributes:
-        lats, lons: the grid axes (float64 numpy). value_min, value_max: the normalisation range.
+        lats: the latitude axis ``[n_lat]`` in degrees (float64 numpy).
+        lons: the longitude axis ``[n_lon]`` in degrees (float64 numpy).
+        value_min: the lower end of the normalisation range (maps to 0).
+        value_max: the upper end of the normalisation range (maps to 1).
 
     Shapes: ``shape = (n_lat, n_lon)``, coords ``[n_lat*n_lon, 3]`` (row-major: latitude outer), values
     ``[N, n_lat*n_lon, 1]`` in ``[0, 1]`` when ``value_range`` is the data's range.

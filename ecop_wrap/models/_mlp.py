@@ -6,12 +6,13 @@ batch of signals with one batched matmul per layer.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
 from torch import nn
 
-__all__ = ["Siren", "SineLayer", "FourierFeatureMLP"]
+__all__ = ["FourierFeatureMLP", "SineLayer", "Siren"]
 
 
 class SineLayer(nn.Module):
@@ -32,6 +33,16 @@ class SineLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.sin(self.w0 * self.linear(x))
+
+
+def siren_output_layer(hidden_features: int, out_features: int, w0: float) -> nn.Linear:
+    """SIREN's linear output layer: weights ``U(-sqrt(6/in)/w0, sqrt(6/in)/w0)``, zero bias."""
+    layer = nn.Linear(hidden_features, out_features)
+    bound = math.sqrt(6.0 / hidden_features) / w0
+    with torch.no_grad():
+        layer.weight.uniform_(-bound, bound)
+        layer.bias.zero_()
+    return layer
 
 
 class Siren(nn.Module):
@@ -61,17 +72,14 @@ class Siren(nn.Module):
             raise ValueError("in_features, out_features, hidden_features and hidden_layers must all be >= 1")
         widths = [in_features] + [hidden_features] * hidden_layers
         self.layers = nn.Sequential(
-            *[SineLayer(a, b, w0=w0, is_first=(i == 0)) for i, (a, b) in enumerate(zip(widths[:-1], widths[1:]))]
+            *[SineLayer(a, b, w0=w0, is_first=(i == 0)) for i, (a, b) in enumerate(itertools.pairwise(widths))]
         )
-        self.output = nn.Linear(hidden_features, out_features)
-        bound = math.sqrt(6.0 / hidden_features) / w0
-        with torch.no_grad():
-            self.output.weight.uniform_(-bound, bound)
-            self.output.bias.zero_()
+        self.output = siren_output_layer(hidden_features, out_features, w0)
         self.output_offset = float(output_offset)
 
     def forward(self, coords: torch.Tensor) -> torch.Tensor:
-        return self.output(self.layers(coords)) + self.output_offset
+        out: torch.Tensor = self.output(self.layers(coords))
+        return out + self.output_offset
 
 
 class FourierFeatureMLP(nn.Module):
@@ -80,12 +88,18 @@ class FourierFeatureMLP(nn.Module):
     The frequency matrix ``B ~ N(0, scale^2)`` is a buffer (fixed, saved in the state dict, not adapted).
 
     Args:
-        in_features: coordinate dimension C. out_features: value dimension D.
+        in_features: coordinate dimension C.
+        out_features: value dimension D.
         num_frequencies: rows of B (the encoding has twice as many features).
         scale: standard deviation of B.
-        hidden_features, hidden_layers: MLP width and number of hidden ReLU layers.
+        hidden_features: MLP width.
+        hidden_layers: number of hidden ReLU layers.
         output_offset: constant added to the output.
+        generator: random generator for B (None: torch's global one).
     """
+
+    #: the frequency matrix B ``[num_frequencies, C]`` (a buffer).
+    frequencies: torch.Tensor
 
     def __init__(
         self,
@@ -103,7 +117,7 @@ class FourierFeatureMLP(nn.Module):
         self.register_buffer("frequencies", torch.randn(num_frequencies, in_features, generator=generator) * scale)
         widths = [2 * num_frequencies] + [hidden_features] * hidden_layers
         layers: list[nn.Module] = []
-        for a, b in zip(widths[:-1], widths[1:]):
+        for a, b in itertools.pairwise(widths):
             layers += [nn.Linear(a, b), nn.ReLU()]
         self.mlp = nn.Sequential(*layers, nn.Linear(widths[-1], out_features))
         self.output_offset = float(output_offset)
@@ -111,4 +125,5 @@ class FourierFeatureMLP(nn.Module):
     def forward(self, coords: torch.Tensor) -> torch.Tensor:
         projected = 2 * math.pi * coords @ self.frequencies.T
         features = torch.cat([torch.cos(projected), torch.sin(projected)], dim=-1)
-        return self.mlp(features) + self.output_offset
+        out: torch.Tensor = self.mlp(features)
+        return out + self.output_offset

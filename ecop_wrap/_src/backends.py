@@ -2,7 +2,7 @@
 
 Everything else in the library (selection, inner loop, bootstrap, outer step, test-time fitting) works on a
 dict ``params`` of trainable parameter name -> tensor with a leading batch dimension ``B`` and calls
-``backend.forward(params, coords)``. A backend only decides how those B parameter sets meet the model:
+``backend(params, coords)``. A backend only decides how those B parameter sets meet the model:
 
 * ``"torch.func"`` evaluates the user's module statelessly with :func:`torch.func.functional_call`, in one of
   three batching modes: ``"bmm"`` (one batched matmul per ``nn.Linear``, for stacks of Linear layers and
@@ -17,18 +17,22 @@ and both work under non-reentrant activation checkpointing.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
-from typing import Literal
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 from torch.overrides import TorchFunctionMode
+from torch.utils.hooks import RemovableHandle
 
-__all__ = ["Backend", "TorchFuncBackend", "HigherBackend", "make_backend", "BACKENDS", "BATCHING_MODES"]
+from ..typing import Params
 
-Params = dict[str, torch.Tensor]
+__all__ = ["BACKENDS", "BATCHING_MODES", "Backend", "HigherBackend", "TorchFuncBackend", "make_backend"]
+
+
 BACKENDS = ("torch.func", "higher")
 BATCHING_MODES = ("auto", "bmm", "vmap", "loop")
 
@@ -42,35 +46,75 @@ class Backend:
 
     name: str = "base"
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, adapted: list[str] | None = None) -> None:
         self.model = model
-        self.param_names = [n for n, p in model.named_parameters() if p.requires_grad]
+        self.param_names = (
+            adapted if adapted is not None else [n for n, p in model.named_parameters() if p.requires_grad]
+        )
         self.autocast_dtype: torch.dtype | None = None
+        self.graph_free_dtype: torch.dtype | None = None
+        self.compile = False
+        self._compiled: Callable[[Params, torch.Tensor], torch.Tensor] | None = None
+        self._compile_failed = False
 
-    def __call__(self, params: Params, coords: torch.Tensor, capture: nn.Module | None = None):  # type: ignore[no-untyped-def]
+    def __call__(self, params: Params, coords: torch.Tensor) -> torch.Tensor:
         """Evaluate every signal's INR on its coordinates.
 
         Args:
-            params: name -> ``[B, *param_shape]`` per-signal parameters.
+            params: name -> ``[B, *param_shape]`` per-signal parameters (a subset of the model's parameters
+                is fine: the others are the model's own, shared by every signal).
             coords: ``[B, M, C]`` per-signal or ``[M, C]`` shared coordinates.
-            capture: optional submodule whose input is returned too.
 
         Returns:
-            ``[B, M, D]`` predictions, or ``(predictions, [B, M, F] input of capture)`` when ``capture`` is set.
-            Under ``autocast_dtype`` the forward runs in that dtype and predictions come back in ``coords``'s.
+            ``[B, M, D]`` predictions; under ``autocast_dtype`` computed in that dtype, returned in ``coords``'s.
         """
-        if self.autocast_dtype is None:
-            out, cap = self.forward_capture(params, coords, capture)
-        else:
-            with torch.autocast(coords.device.type, dtype=self.autocast_dtype):
-                out, cap = self.forward_capture(params, coords, capture)
-            out = out.to(coords.dtype)
-            cap = cap.to(coords.dtype) if cap is not None else None
-        return out if capture is None else (out, cap)
+        return self.capture(params, coords, None)[0]
 
-    def forward(self, params: Params, coords: torch.Tensor) -> torch.Tensor:
-        """``[B, M, D]`` predictions of every signal's INR (see :meth:`__call__`)."""
-        return self(params, coords)
+    def capture(
+        self, params: Params, coords: torch.Tensor, layer: nn.Module | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Like :meth:`__call__`, also returning the ``[B, M, F]`` input of submodule ``layer`` (if not None)."""
+        if self.autocast_dtype is None:
+            return self.forward_capture(params, coords, layer)
+        with torch.autocast(coords.device.type, dtype=self.autocast_dtype):
+            out, cap = self.forward_capture(params, coords, layer)
+        return out.to(coords.dtype), (cap.to(coords.dtype) if cap is not None else None)
+
+    def graph_free(
+        self, params: Params, coords: torch.Tensor, layer: nn.Module | None = None, *, low_precision: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`capture` for a pass whose graph never reaches theta_0 (ranking, bootstrap, test-time steps).
+
+        With ``compile`` the forward runs through :func:`torch.compile` (falling back to eager, with one
+        warning, where compilation fails); with ``low_precision`` and ``graph_free_dtype`` set it runs under
+        ``torch.autocast`` in that dtype. Results come back in ``coords``'s dtype.
+        """
+        dtype = self.graph_free_dtype if low_precision else None
+        if dtype is None:
+            return self._maybe_compiled(params, coords, layer)
+        with torch.autocast(coords.device.type, dtype=dtype):
+            out, cap = self._maybe_compiled(params, coords, layer)
+        return out.to(coords.dtype), (cap.to(coords.dtype) if cap is not None else None)
+
+    def _maybe_compiled(
+        self, params: Params, coords: torch.Tensor, layer: nn.Module | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if not self.compile or layer is not None or self._compile_failed:
+            return self.capture(params, coords, layer)
+        if self._compiled is None:
+            self.capture(params, coords, None)  # settles batching="auto" eagerly, outside the compiled code
+            self._compiled = torch.compile(lambda p, x: self.capture(p, x, None)[0], dynamic=False)
+        try:
+            return self._compiled(params, coords), None
+        except Exception as exc:  # noqa: BLE001 - any compiler failure: warn once, run eagerly from now on
+            self._compile_failed = True
+            warnings.warn(
+                f"compile=True: torch.compile failed for this model ({type(exc).__name__}: {str(exc)[:200]}); "
+                "the graph-free passes run eagerly instead",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return self.capture(params, coords, layer)
 
     def forward_capture(
         self, params: Params, coords: torch.Tensor, capture: nn.Module | None
@@ -83,7 +127,7 @@ def _signal_coords(coords: torch.Tensor, b: int) -> torch.Tensor:
     return coords if coords.ndim == 2 else coords[b]
 
 
-def _capture_hook(module: nn.Module | None, store: list[torch.Tensor]):
+def _capture_hook(module: nn.Module | None, store: list[torch.Tensor]) -> RemovableHandle | None:
     if module is None:
         return None
     return module.register_forward_hook(lambda _m, inputs, _out: store.append(inputs[0]))
@@ -111,9 +155,8 @@ def _loop_forward(
     outs, caps = [], []
     for b in range(batch):
         signal_params = {n: p[b] for n, p in params.items()}
-        out, cap = _call_with_capture(
-            lambda: functional_call(model, signal_params, (_signal_coords(coords, b),)), capture
-        )
+        signal_coords = _signal_coords(coords, b)
+        out, cap = _call_with_capture(partial(functional_call, model, signal_params, (signal_coords,)), capture)
         outs.append(out)
         caps.append(cap)
     return torch.stack(outs), (torch.stack(caps) if capture is not None else None)  # type: ignore[arg-type]
@@ -153,8 +196,8 @@ class TorchFuncBackend(Backend):
 
     name = "torch.func"
 
-    def __init__(self, model: nn.Module, batching: str = "auto") -> None:
-        super().__init__(model)
+    def __init__(self, model: nn.Module, batching: str = "auto", adapted: list[str] | None = None) -> None:
+        super().__init__(model, adapted)
         if batching not in BATCHING_MODES:
             raise ValueError(f"batching must be one of {BATCHING_MODES}, got {batching!r}")
         if batching == "bmm" and not self._linear_only():
@@ -182,9 +225,7 @@ class TorchFuncBackend(Backend):
         self, params: Params, coords: torch.Tensor, capture: nn.Module | None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         def one(signal_params: Params, signal_coords: torch.Tensor):  # type: ignore[no-untyped-def]
-            out, cap = _call_with_capture(
-                lambda: functional_call(self.model, signal_params, (signal_coords,)), capture
-            )
+            out, cap = _call_with_capture(lambda: functional_call(self.model, signal_params, (signal_coords,)), capture)
             return (out, cap) if cap is not None else (out,)
 
         results = vmap(one, in_dims=(0, 0 if coords.ndim == 3 else None))(params, coords)
@@ -221,8 +262,19 @@ class HigherBackend(Backend):
 
     name = "higher"
 
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__(model)
+    def __init__(self, model: nn.Module, adapted: list[str] | None = None) -> None:
+        super().__init__(model, adapted)
+        containers = [
+            name or "<root>"
+            for name, module in model.named_modules()
+            if isinstance(module, (nn.ParameterList, nn.ParameterDict))
+        ]
+        if containers:  # higher's patched copy never swaps these for the per-signal parameters: wrong numbers
+            raise ValueError(
+                f"backend='higher' cannot adapt parameters held in nn.ParameterList/nn.ParameterDict "
+                f"(model.{', model.'.join(containers)}); use backend='torch.func', or register them as "
+                "plain nn.Parameter attributes"
+            )
         import higher  # runtime dependency, imported here to keep `import ecop_wrap` light
 
         self._fmodel = higher.monkeypatch(model, copy_initial_weights=False, track_higher_grads=True)
@@ -242,14 +294,19 @@ class HigherBackend(Backend):
         return torch.stack(outs), None
 
 
-def make_backend(
-    name: Literal["torch.func", "higher"] | str, model: nn.Module, batching: str = "auto"
-) -> Backend:
-    """Build the backend called ``name`` (one of :data:`BACKENDS`) for ``model``."""
+def make_backend(name: str, model: nn.Module, batching: str = "auto", adapted: list[str] | None = None) -> Backend:
+    """Build the backend called ``name`` (one of :data:`BACKENDS`) for ``model``.
+
+    Args:
+        name: ``"torch.func"`` or ``"higher"``.
+        model: the INR.
+        batching: the torch.func batching mode (``"auto"``, ``"bmm"``, ``"vmap"``, ``"loop"``).
+        adapted: names of the parameters that will be passed per signal (default: every trainable one).
+    """
     if name == "torch.func":
-        return TorchFuncBackend(model, batching)
+        return TorchFuncBackend(model, batching, adapted)
     if name == "higher":
         if batching not in ("auto", "loop"):
             raise ValueError(f"the higher backend runs one signal at a time; batching={batching!r} is not supported")
-        return HigherBackend(model)
+        return HigherBackend(model, adapted)
     raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")

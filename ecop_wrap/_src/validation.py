@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 import weakref
@@ -10,7 +11,15 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["check_autocast_dtype", "check_fraction", "check_int", "check_model", "check_positive", "check_signal", "check_signal_batch"]
+__all__ = [
+    "check_autocast_dtype",
+    "check_fraction",
+    "check_int",
+    "check_model",
+    "check_positive",
+    "check_signal",
+    "check_signal_batch",
+]
 
 
 def check_model(model: Any) -> None:
@@ -54,10 +63,10 @@ def check_positive(name: str, value: Any, *, allow_zero: bool = False) -> float:
     return float(value)
 
 
-def check_autocast_dtype(value: Any) -> torch.dtype | None:
+def check_autocast_dtype(value: Any, name: str = "autocast_dtype") -> torch.dtype | None:
     """``None`` or a ``torch.dtype`` for ``torch.autocast``."""
     if value is not None and not isinstance(value, torch.dtype):
-        raise TypeError(f"autocast_dtype must be a torch.dtype or None, got {value!r}")
+        raise TypeError(f"{name} must be a torch.dtype or None, got {value!r}")
     return value
 
 
@@ -70,7 +79,9 @@ def _check_tensor(name: str, tensor: Any, dtype: torch.dtype, device: torch.devi
             f"(convert with {name}.to({dtype}); images in uint8 can go through ecop_wrap.image_to_signal)"
         )
     if tensor.dtype != dtype:
-        raise TypeError(f"{name} has dtype {tensor.dtype} but the model's parameters are {dtype}; use {name}.to({dtype})")
+        raise TypeError(
+            f"{name} has dtype {tensor.dtype} but the model's parameters are {dtype}; use {name}.to({dtype})"
+        )
     if tensor.device != device:
         raise ValueError(f"{name} is on {tensor.device} but the model is on {device}; use {name}.to('{device}')")
 
@@ -92,10 +103,8 @@ def _has_warned(owner: object) -> bool:
 
 
 def _remember_warning(owner: object) -> None:
-    try:
+    with contextlib.suppress(TypeError):
         _warned_range.add(owner)
-    except TypeError:
-        pass
 
 
 def _warn_coord_range(owner: object, coords: torch.Tensor, coord_range: tuple[float, float] | None) -> None:
@@ -161,7 +170,9 @@ def check_signal(
     coords, values = signal
     if isinstance(values, torch.Tensor) and values.ndim == 2:
         if isinstance(coords, torch.Tensor) and coords.ndim != 2:
-            raise ValueError(f"a single signal needs coords [M, C] with values [M, D]; got coords {tuple(coords.shape)}")
+            raise ValueError(
+                f"a single signal needs coords [M, C] with values [M, D]; got coords {tuple(coords.shape)}"
+            )
         coords, values = check_signal_batch(
             (coords, values.unsqueeze(0)), dtype=dtype, device=device, owner=owner, coord_range=coord_range
         )

@@ -1,0 +1,219 @@
+"""One frozen, validated configuration object shared by the learner, its checkpoints and the adapter."""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..typing import AdaptSpec
+from .backends import BACKENDS, BATCHING_MODES, Backend
+from .rates import LEARN_INNER_LR_MODES
+from .rules import SELECTION_RULES, check_rule_name
+from .validation import check_autocast_dtype, check_fraction, check_int, check_positive
+
+__all__ = ["ALGORITHM_KEYS", "ECoPConfig", "configure_backend", "resolve_adapted"]
+
+ALGORITHM_KEYS = (
+    "gamma",
+    "K",
+    "L",
+    "lam",
+    "inner_lr",
+    "boot_lr",
+    "selection",
+    "first_order",
+    "max_grad_norm",
+    "learn_inner_lr",
+    "max_inner_lr",
+)
+"""Settings that change what is learned: a checkpoint must agree on them to be resumed."""
+
+_DTYPES = {str(d): d for d in (torch.float16, torch.bfloat16, torch.float32, torch.float64)}
+
+
+@dataclass(frozen=True)
+class ECoPConfig:
+    """Hyper-parameters of ECoP meta-learning and of test-time fitting (validated on construction).
+
+    Attributes:
+        gamma: fraction of the context kept at each inner step, in (0, 1]; ``1.0`` is full-context MAML.
+        K: inner steps (>= 1).
+        L: bootstrap steps on the full context after the inner loop (>= 0; 0 disables the bootstrap).
+        lam: weight lambda of the bootstrap distance (0 disables the bootstrap).
+        inner_lr: inner step size alpha (and the learned rates' initial value).
+        boot_lr: bootstrap step size (None: ``inner_lr``; resolved on construction).
+        selection: name of a registered selection rule (``"error"``, ``"random"``, ``"gradncp"``, ...).
+        first_order: drop the second-order terms of the inner steps.
+        max_grad_norm: clip the meta-gradient's global norm (None: no clipping).
+        learn_inner_lr: None (fixed ``inner_lr``), ``"per_tensor"`` or ``"per_element"``.
+        max_inner_lr: upper bound of learned inner rates (they are kept in ``[0, max_inner_lr]``).
+        chunk_size: points per chunk of every full-context pass that needs no graph back to theta_0, and of
+            the outer loss (chunked surrogate). None: graph-free passes run in pieces of the pruned-set size
+            and the outer loss keeps one full-context graph.
+        checkpoint: recompute each inner step's graph in the backward pass instead of keeping all K.
+        backend: ``"torch.func"`` or ``"higher"``.
+        batching: torch.func batching: ``"auto"``, ``"bmm"``, ``"vmap"`` or ``"loop"``.
+        autocast_dtype: run forward passes under ``torch.autocast`` with this dtype.
+        graph_free_dtype: run the passes that need no graph back to theta_0 and set no gradient (ranking,
+            bootstrap, test-time scale) under ``torch.autocast`` in this dtype (e.g. ``torch.bfloat16``); the
+            graph-carrying steps keep the model's dtype. None: the model's dtype everywhere.
+        compile: run every graph-free forward through :func:`torch.compile` (double backward through compiled
+            graphs is not supported, so the inner steps stay eager); falls back with one warning.
+        max_consecutive_skips: raise after this many consecutive non-finite steps.
+        coord_range: expected coordinate range; coordinates outside it warn once (None: no check).
+    """
+
+    gamma: float = 0.25
+    K: int = 16
+    L: int = 5
+    lam: float = 100.0
+    inner_lr: float = 1e-2
+    boot_lr: float | None = None
+    selection: str = "error"
+    first_order: bool = False
+    max_grad_norm: float | None = None
+    learn_inner_lr: str | None = None
+    max_inner_lr: float = 1.0
+    chunk_size: int | None = None
+    checkpoint: bool = False
+    backend: str = "torch.func"
+    batching: str = "auto"
+    autocast_dtype: torch.dtype | None = None
+    graph_free_dtype: torch.dtype | None = None
+    compile: bool = False
+    max_consecutive_skips: int = 10
+    coord_range: tuple[float, float] | None = field(default=(-1.0, 1.0))
+
+    def __post_init__(self) -> None:
+        check: dict[str, Any] = {
+            "gamma": check_fraction("gamma", self.gamma),
+            "K": check_int("K", self.K, 1),
+            "L": check_int("L", self.L, 0),
+            "lam": check_positive("lam", self.lam, allow_zero=True),
+            "inner_lr": check_positive("inner_lr", self.inner_lr),
+            "max_inner_lr": check_positive("max_inner_lr", self.max_inner_lr),
+            "max_consecutive_skips": check_int("max_consecutive_skips", self.max_consecutive_skips, 1),
+            "first_order": bool(self.first_order),
+            "checkpoint": bool(self.checkpoint),
+            "compile": bool(self.compile),
+        }
+        check["boot_lr"] = check["inner_lr"] if self.boot_lr is None else check_positive("boot_lr", self.boot_lr)
+        if self.max_grad_norm is not None:
+            check["max_grad_norm"] = check_positive("max_grad_norm", self.max_grad_norm)
+        if self.chunk_size is not None:
+            check["chunk_size"] = check_int("chunk_size", self.chunk_size, 1)
+        check_rule_name("selection", self.selection, SELECTION_RULES)
+        _check_choice("backend", self.backend, BACKENDS)
+        _check_choice("batching", self.batching, BATCHING_MODES)
+        if self.learn_inner_lr is not None:
+            _check_choice("learn_inner_lr", self.learn_inner_lr, LEARN_INNER_LR_MODES)
+            if check["max_inner_lr"] < check["inner_lr"]:
+                raise ValueError(
+                    f"max_inner_lr ({self.max_inner_lr}) must be >= inner_lr ({self.inner_lr}), the learned "
+                    "rates' initial value"
+                )
+        check_autocast_dtype(self.autocast_dtype)
+        check_autocast_dtype(self.graph_free_dtype, "graph_free_dtype")
+        if self.coord_range is not None:
+            check["coord_range"] = _check_range(self.coord_range)
+        for name, value in check.items():
+            object.__setattr__(self, name, value)
+
+    @property
+    def uses_bootstrap(self) -> bool:
+        """Whether the meta-loss has the bootstrap term (``L > 0`` and ``lam != 0``)."""
+        return self.L > 0 and self.lam != 0
+
+    def replace(self, **changes: Any) -> ECoPConfig:
+        """A validated copy with ``changes`` applied (``boot_lr`` follows a changed ``inner_lr`` if it did)."""
+        if "inner_lr" in changes and "boot_lr" not in changes and self.boot_lr == self.inner_lr:
+            changes["boot_lr"] = None
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values (dtype as its name), as stored in checkpoints."""
+        out = dataclasses.asdict(self)
+        for key in ("autocast_dtype", "graph_free_dtype"):
+            out[key] = None if out[key] is None else str(out[key])
+        out["coord_range"] = None if self.coord_range is None else list(self.coord_range)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ECoPConfig:
+        """Inverse of :meth:`to_dict`; keys a checkpoint from before a field existed take its default."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in known}
+        for key in ("autocast_dtype", "graph_free_dtype"):
+            if kwargs.get(key) is not None:
+                kwargs[key] = _DTYPES[kwargs[key]]
+        if kwargs.get("coord_range") is not None:
+            kwargs["coord_range"] = tuple(kwargs["coord_range"])
+        return cls(**kwargs)
+
+
+def _check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+
+
+def _check_range(value: Any) -> tuple[float, float]:
+    if not isinstance(value, (tuple, list)) or len(value) != 2 or not float(value[0]) < float(value[1]):
+        raise ValueError(f"coord_range must be a pair (low, high) with low < high, or None; got {value!r}")
+    return float(value[0]), float(value[1])
+
+
+def resolve_adapted(model: nn.Module, spec: AdaptSpec) -> list[str]:
+    """Names of the parameters adapted per signal, in the model's order.
+
+    Args:
+        model: the INR.
+        spec: None (every trainable parameter), a name or glob pattern, a sequence of them (``["output.*"]``),
+            or a predicate ``(name, param) -> bool``.
+
+    Raises:
+        ValueError: a pattern matches no parameter, a matched parameter is frozen, or nothing is selected.
+        TypeError: ``spec`` is none of the above.
+    """
+    named = dict(model.named_parameters())
+    trainable = [n for n, p in named.items() if p.requires_grad]
+    if spec is None:
+        return trainable
+    if isinstance(spec, str):
+        spec = [spec]
+    if callable(spec):
+        predicate: Callable[[str, nn.Parameter], bool] = spec
+        chosen = [n for n, p in named.items() if predicate(n, p)]
+    elif isinstance(spec, Sequence) and all(isinstance(s, str) for s in spec):
+        chosen = []
+        for pattern in spec:
+            matches = [n for n in named if fnmatch.fnmatchcase(n, pattern)]
+            if not matches:
+                raise ValueError(
+                    f"adapt pattern {pattern!r} matches no parameter of the model; its parameters: {list(named)}"
+                )
+            chosen += [n for n in matches if n not in chosen]
+        chosen = [n for n in named if n in chosen]
+    else:
+        raise TypeError(
+            "adapt must be None, a list of parameter names or glob patterns, or a predicate (name, param) -> bool; "
+            f"got {type(spec).__name__}"
+        )
+    frozen = [n for n in chosen if not named[n].requires_grad]
+    if frozen:
+        raise ValueError(f"adapt selects parameters with requires_grad=False, which cannot be adapted: {frozen}")
+    if not chosen:
+        raise ValueError("adapt selects no parameter: at least one trainable parameter must be adapted per signal")
+    return chosen
+
+
+def configure_backend(backend: Backend, config: ECoPConfig) -> None:
+    """Apply the configuration's precision and compilation settings to ``backend``."""
+    backend.autocast_dtype = config.autocast_dtype
+    backend.graph_free_dtype = config.graph_free_dtype
+    backend.compile = config.compile

@@ -1,0 +1,265 @@
+"""The model evaluated on one batch's context: every forward and gradient pass, and the memory tricks behind them.
+
+The algorithm (:mod:`ecop_wrap._src.algorithm`) asks only four things of a :class:`ContextEvaluator`:
+``errors(params)`` (graph-free ranking), ``sgd_step(params, pruned_idx, rates)`` (an inner step on a pruned
+context, with a graph), ``full_grad(params)`` (graph-free full-context gradient, for the bootstrap and
+test-time fitting) and ``full_mse(params)`` (the outer loss at theta_K). How much memory these hold is
+decided here:
+
+* graph-free passes run in chunks of ``free_chunk`` points (by default the pruned-set size, so their
+  transient memory stays within what one pruned step holds: the paper's equal-memory budget);
+* ``chunk_size`` also bounds the outer loss: the full-context MSE is replaced by a surrogate whose value is
+  the MSE and whose gradient w.r.t. theta_K is the MSE's, accumulated chunk by chunk with no graph, so the
+  backward pushes it through the inner-loop graph without ever holding a full-context graph. The same
+  graph-free pass at theta_K serves as the bootstrap's first step;
+* ``checkpoint`` recomputes each inner step's graph in the backward pass instead of keeping all K;
+* while every signal still has the shared initialization (the first ranking), a shared grid needs one forward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.profiler import record_function
+from torch.utils.checkpoint import checkpoint as activation_checkpoint
+
+from ..typing import Params
+from .backends import Backend
+from .numerics import coords_chunk, expand_params, gather_points, point_chunks, squared_errors
+
+__all__ = ["ContextEvaluator", "FullGrad", "Rates"]
+
+Rates = dict[str, "float | torch.Tensor"]
+"""Step size per adapted parameter name: a float, a scalar tensor or a tensor of the parameter's shape."""
+
+PointFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+
+
+@dataclass
+class FullGrad:
+    """A graph-free full-context pass (all detached).
+
+    Attributes:
+        mse: ``[B]`` per-signal MSE over points and channels.
+        grads: name -> ``[B, *shape]`` gradient of each signal's MSE.
+        errors: ``[B, M]`` squared per-point errors.
+        shared_grads: name -> ``[B, *shape]`` gradient w.r.t. each shared (not adapted) trainable parameter,
+            per signal (only when asked for).
+    """
+
+    mse: torch.Tensor
+    grads: Params
+    errors: torch.Tensor
+    shared_grads: Params
+
+
+class ContextEvaluator:
+    """The model on one batch's context ``(coords, values)``, with the memory modes built in.
+
+    Args:
+        backend: evaluates the model with per-signal parameters.
+        coords: ``[M, C]`` shared or ``[B, M, C]`` coordinates. values: ``[B, M, D]``.
+        free_chunk: points per piece of every graph-free pass (None: all at once).
+        chunk_size: when set, :meth:`full_mse` is the chunked surrogate (see the module docstring).
+        checkpoint: recompute inner steps' graphs during the backward pass.
+        shared: the trainable parameters that are not adapted per signal (name -> the model's tensor); the
+            chunked surrogate needs their gradient too.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        coords: torch.Tensor,
+        values: torch.Tensor,
+        *,
+        free_chunk: int | None = None,
+        chunk_size: int | None = None,
+        checkpoint: bool = False,
+        shared: dict[str, torch.Tensor] | None = None,
+    ) -> None:
+        self.backend = backend
+        self.coords = coords
+        self.values = values
+        self.free_chunk = free_chunk
+        self.chunk_size = chunk_size
+        self.checkpoint = checkpoint
+        self.shared = shared or {}
+        self._identical: Params | None = None
+        self._errors_memo: tuple[Params, torch.Tensor] | None = None
+        self._full_memo: tuple[Params, FullGrad, bool] | None = None
+
+    @property
+    def batch(self) -> int:
+        return self.values.shape[0]
+
+    @property
+    def num_points(self) -> int:
+        return self.values.shape[1]
+
+    @property
+    def channels(self) -> int:
+        return self.values.shape[2]
+
+    def expand(self, init: dict[str, torch.Tensor]) -> Params:
+        """theta_0 as per-signal parameters ``[B, *shape]`` (views attached to ``init``'s graph).
+
+        Until a step replaces them, every signal has the same parameters, so graph-free passes on a shared
+        grid evaluate the model once.
+        """
+        self._identical = expand_params(init, self.batch)
+        return self._identical
+
+    # ------------------------------------------------------------------------------------ graph-free
+    @torch.no_grad()
+    def map_points(self, fn: PointFn, params: Params, capture: nn.Module | None = None) -> torch.Tensor:
+        """``fn(pred [B, m, D], values [B, m, D], captured input of `capture` [B, m, F] or None) -> [B, m]``
+        over the whole context in chunks, without a graph: ``[B, M]``."""
+        with record_function("ecop.ranking"):
+            return self._map_points(fn, params, capture)
+
+    def _map_points(self, fn: PointFn, params: Params, capture: nn.Module | None) -> torch.Tensor:
+        identical = params is self._identical and self.coords.ndim == 2
+        if identical:
+            params = {n: p[:1] for n, p in params.items()}
+        out = []
+        for chunk in point_chunks(self.num_points, self.free_chunk):
+            pred, hidden = self.backend.graph_free(
+                params, coords_chunk(self.coords, chunk), capture, low_precision=True
+            )
+            if identical:
+                pred = pred.expand(self.batch, *pred.shape[1:])
+                hidden = hidden.expand(self.batch, *hidden.shape[1:]) if hidden is not None else None
+            out.append(fn(pred, self.values[:, chunk], hidden))
+        return torch.cat(out, dim=1)
+
+    def errors(self, params: Params) -> torch.Tensor:
+        """Squared per-point errors ``||f(x) - y||^2``, ``[B, M]``, without a graph."""
+        if self._errors_memo is None or self._errors_memo[0] is not params:
+            self._errors_memo = (params, self.map_points(lambda pred, values, _: squared_errors(pred, values), params))
+        return self._errors_memo[1]
+
+    def full_grad(self, params: Params, *, with_shared: bool = False, low_precision: bool = False) -> FullGrad:
+        """Per-signal full-context MSE and its gradient, chunked, leaving no graph (params are detached).
+
+        Args:
+            params: name -> ``[B, *shape]``.
+            with_shared: also the per-signal gradient w.r.t. the shared trainable parameters.
+            low_precision: the forward may run in the backend's ``graph_free_dtype`` (bootstrap passes).
+        """
+        low_precision = low_precision and self.backend.graph_free_dtype is not None
+        if self._full_memo is not None and self._full_memo[0] is params and self._full_memo[2] == low_precision:
+            return self._full_memo[1]
+        # With the chunked outer loss the first full pass is at theta_K (the bootstrap's first step, or the
+        # outer loss itself), and the outer loss needs it again: keep it, with the shared parameters' gradients.
+        keep = self.chunk_size is not None and self._full_memo is None
+        with_shared = with_shared or (keep and bool(self.shared))
+        leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
+        if with_shared:  # per-signal copies, so that each signal's gradient w.r.t. them comes out separately
+            for n, p in self.shared.items():
+                leaves[n] = p.detach().expand(self.batch, *p.shape).clone().requires_grad_(True)
+        grads = {n: torch.zeros_like(p) for n, p in leaves.items()}
+        scale = self.num_points * self.channels
+        chunk_errors = []
+        with torch.enable_grad():
+            for chunk in point_chunks(self.num_points, self.free_chunk):
+                pred = self.backend.graph_free(leaves, coords_chunk(self.coords, chunk), low_precision=low_precision)[0]
+                errors = squared_errors(pred, self.values[:, chunk])
+                chunk_grads = torch.autograd.grad(
+                    errors.sum() / scale, list(leaves.values()), allow_unused=True, materialize_grads=True
+                )
+                for n, g in zip(leaves, chunk_grads, strict=True):
+                    grads[n] += g
+                chunk_errors.append(errors.detach())
+        errors = torch.cat(chunk_errors, dim=1)
+        result = FullGrad(
+            mse=errors.sum(dim=1) / scale,
+            grads={n: g for n, g in grads.items() if n in params},
+            errors=errors,
+            shared_grads={n: g for n, g in grads.items() if n not in params},
+        )
+        self._errors_memo = (params, errors)
+        if keep:
+            self._full_memo = (params, result, low_precision)
+        return result
+
+    # --------------------------------------------------------------------------------------- with graph
+    def loss(self, params: Params, pruned_idx: torch.Tensor | None, *, graph_free: bool = False) -> torch.Tensor:
+        """Sum over signals of each signal's MSE on its pruned context ``[B, k]`` (None: the full context).
+
+        Summing per-signal means makes the gradient w.r.t. the batched ``params`` the per-signal gradients.
+        ``graph_free``: the caller's graph will not reach theta_0, so the backend's fast path may be used.
+        """
+        coords, values = self.coords, self.values
+        if pruned_idx is not None:
+            coords, values = gather_points(coords, pruned_idx), gather_points(values, pruned_idx)
+        if graph_free:
+            pred = self.backend.graph_free(params, coords, low_precision=True)[0]
+        else:
+            pred = self.backend(params, coords)
+        return squared_errors(pred, values).mean(dim=1).sum() / self.channels
+
+    def grad(self, params: Params, pruned_idx: torch.Tensor | None) -> Params:
+        """Graph-free per-signal gradient of the pruned-context MSE at ``params``."""
+        leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
+        with torch.enable_grad():
+            grads = torch.autograd.grad(
+                self.loss(leaves, pruned_idx, graph_free=True),
+                list(leaves.values()),
+                allow_unused=True,
+                materialize_grads=True,
+            )
+        return dict(zip(leaves, grads, strict=True))
+
+    def sgd_step(
+        self, params: Params, pruned_idx: torch.Tensor | None, rates: Rates, *, create_graph: bool = True
+    ) -> Params:
+        """``theta - rate * grad MSE(theta; pruned)`` for every adapted parameter (paper Eq. 4).
+
+        With ``create_graph`` the step is differentiable (second-order MAML); without it the gradient is a
+        constant (first order). With ``checkpoint`` the step's graph is recomputed in the backward pass.
+        """
+        if not (self.checkpoint and create_graph):
+            return _sgd_step(self, params, pruned_idx, rates, create_graph)
+        names = list(params)
+
+        def step(*flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return tuple(_sgd_step(self, dict(zip(names, flat, strict=True)), pruned_idx, rates, True).values())
+
+        return dict(zip(names, activation_checkpoint(step, *params.values(), use_reentrant=False), strict=True))
+
+    def full_mse(self, params: Params) -> torch.Tensor:
+        """``[B]`` full-context MSE at ``params`` (theta_K), differentiable back to theta_0.
+
+        Without ``chunk_size`` it is a forward with a graph over the whole context. With it, a surrogate
+        ``mse + <theta_K, g> - stopgrad(<theta_K, g>)`` per signal (g: the MSE's gradient, from one chunked
+        graph-free pass, including the shared parameters'): same value, same gradient, no full-context graph.
+        """
+        with record_function("ecop.outer_loss"):
+            return self._full_mse(params)
+
+    def _full_mse(self, params: Params) -> torch.Tensor:
+        if self.chunk_size is None:
+            return squared_errors(self.backend(params, self.coords), self.values).mean(dim=1) / self.channels
+        full = self.full_grad(params, with_shared=bool(self.shared))
+        inner = sum(
+            ((p * full.grads[n]).flatten(1).sum(1) for n, p in params.items()),
+            start=full.mse.new_zeros(self.batch),
+        )
+        for n, p in self.shared.items():
+            inner = inner + (p.unsqueeze(0) * full.shared_grads[n]).flatten(1).sum(1)
+        return full.mse + inner - inner.detach()
+
+
+def _sgd_step(
+    ctx: ContextEvaluator, params: Params, pruned_idx: torch.Tensor | None, rates: Rates, create_graph: bool
+) -> Params:
+    with record_function("ecop.pruned_forward"):
+        loss = ctx.loss(params, pruned_idx)
+    with record_function("ecop.inner_gradient"):
+        grads = torch.autograd.grad(
+            loss, list(params.values()), create_graph=create_graph, allow_unused=True, materialize_grads=True
+        )
+    return {n: p - rates[n] * g for (n, p), g in zip(params.items(), grads, strict=True)}

@@ -1,0 +1,76 @@
+"""The numerics every part of the algorithm shares: per-point errors, per-signal MSE and norms, gathers, chunks.
+
+All functions work on a batch of signals: ``B`` signals of ``M`` points with ``D`` value channels.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..typing import Params
+
+__all__ = [
+    "coords_chunk",
+    "expand_params",
+    "gather_points",
+    "global_norm",
+    "num_selected",
+    "per_signal",
+    "point_chunks",
+    "squared_errors",
+    "topk_indices",
+]
+
+
+def num_selected(num_points: int, gamma: float) -> int:
+    """Size of the pruned context: ``max(1, int(gamma * num_points))``."""
+    return max(1, int(gamma * num_points))
+
+
+def point_chunks(num_points: int, chunk_size: int | None) -> list[slice]:
+    """Slices covering ``range(num_points)`` in pieces of at most ``chunk_size`` (one piece if None)."""
+    step = num_points if chunk_size is None else chunk_size
+    return [slice(start, min(start + step, num_points)) for start in range(0, num_points, step)]
+
+
+def coords_chunk(coords: torch.Tensor, chunk: slice) -> torch.Tensor:
+    """The points ``chunk`` of shared ``[M, C]`` or per-signal ``[B, M, C]`` coordinates."""
+    return coords[chunk] if coords.ndim == 2 else coords[:, chunk]
+
+
+def squared_errors(pred: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Per-point squared L2 error over channels, ``[B, M, D]`` x2 -> ``[B, M]``; shapes must match exactly."""
+    if pred.shape != values.shape:
+        raise ValueError(
+            f"the model predicts {tuple(pred.shape)} ([B, M, D]) but values are {tuple(values.shape)}; "
+            "the model's output size D must equal the values' last dimension"
+        )
+    return (pred - values).pow(2).sum(dim=-1)
+
+
+def topk_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices ``[B, k]`` of the ``k`` highest scores of each row of ``scores [B, M]``."""
+    return scores.topk(k, dim=1, sorted=False).indices
+
+
+def gather_points(tensor: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Pick points ``idx [B, k]`` from ``[B, M, X]`` (or shared ``[M, X]``), giving ``[B, k, X]``."""
+    if tensor.ndim == 2:
+        return tensor[idx]
+    return torch.gather(tensor, 1, idx.unsqueeze(-1).expand(-1, -1, tensor.shape[-1]))
+
+
+def global_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Per-signal L2 norm over all tensors together: list of ``[B, ...]`` -> ``[B]``."""
+    norms: torch.Tensor = torch.linalg.vector_norm(torch.cat([t.flatten(1) for t in tensors], dim=1), dim=1)
+    return norms
+
+
+def per_signal(vector: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``vector [B]`` viewed as ``[B, 1, ..., 1]`` to broadcast against ``like [B, ...]``."""
+    return vector.view(-1, *[1] * (like.ndim - 1))
+
+
+def expand_params(named: dict[str, torch.Tensor], batch: int) -> Params:
+    """Shared parameters as per-signal ``[B, *shape]`` views, still attached to ``named``'s graph."""
+    return {n: p.unsqueeze(0).expand(batch, *p.shape) for n, p in named.items()}

@@ -1,0 +1,139 @@
+"""benchmarks/speed.py's measurement modes (--phases, --compare, --fit) at tiny sizes: the tables have their rows,
+the JSON its fields, and the phase accounting adds up. No timing is asserted."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ecop_wrap import ContextPruningMetaLearner, Siren, make_grid, num_selected
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "benchmarks", "speed.py")
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+import speed  # noqa: E402
+
+TINY = ["--side", "8", "--width", "16", "--layers", "2", "--batch", "2", "--K", "2", "--L", "1", "--repeats", "1"]
+TINY_FIT = [
+    "--fit-resolution",
+    "8",
+    "--fit-n",
+    "3",
+    "--fit-train-steps",
+    "1",
+    "--fit-train-crops",
+    "4",
+    "--fit-width",
+    "16",
+    "--fit-layers",
+    "2",
+    "--fit-ref-steps",
+    "3",
+    "--fit-pruned",
+    "1,3",
+    "--fit-max-steps",
+    "5",
+    "--fit-sampled",
+]
+
+
+def _run(args: list[str], tmp_path) -> tuple[str, dict]:
+    out = tmp_path / "speed.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run(
+        [sys.executable, SCRIPT, *args, "--threads", "1", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout, json.loads(out.read_text())
+
+
+def test_phases_compare_and_fit_print_their_rows(tmp_path):
+    pytest.importorskip("skimage")
+    stdout, result = _run(
+        ["--phases", "--compare", "--compare-configs", "default,bf16", "--fit", *TINY, *TINY_FIT], tmp_path
+    )
+
+    # --phases: every library range, the remainder and the step; top-level shares and the remainder add to 1
+    for row in (*speed.PHASES, speed.OUTSIDE, "step total (profiled)", "ECoP / Learnit profiled step"):
+        assert row in stdout, row
+    phases = result["phases"]["table"]
+    for name in ("ECoP", "Learnit"):
+        top = [k for k in phases[name] if k.startswith("ecop.") and " in " not in k]
+        assert math.isclose(sum(phases[name][k]["share"] for k in top) + phases[name][speed.OUTSIDE]["share"], 1.0)
+    assert phases["Learnit"]["ecop.ranking"]["median_ms"] == 0.0  # gamma = 1: nothing to rank
+    assert phases["Learnit"]["ecop.bootstrap"]["median_ms"] == 0.0  # L = 0
+    assert phases["ECoP"]["ecop.ranking"]["median_ms"] > 0.0 and phases["ECoP"]["ecop.bootstrap"]["median_ms"] > 0.0
+
+    # --compare: Learnit and the chosen modes, ratios to Learnit, the bf16 ranking check over K + 1 states
+    rows = result["compare"]["rows"]
+    assert list(rows) == ["Learnit", "ECoP default", "ECoP bf16"]
+    assert rows["Learnit"]["ratio_to_learnit"] == 1.0
+    assert all(len(r["times_s"]) == 1 and not r["fell_back_to_eager"] for r in rows.values())
+    for name in rows:
+        assert any(line.startswith(name) for line in stdout.splitlines()), name
+    check = result["compare"]["ranking_disagreement"]
+    assert len(check["per_step"]) == 3 and check["k"] == num_selected(64, 0.25)
+    assert all(0.0 <= f <= 1.0 for f in check["per_step"])
+    assert "bf16 vs float32 ranking" in stdout
+
+    # --fit: the reference sets the bar and takes its own full time; every schedule has a PSNR per state
+    fit = result["fit"]
+    schedules = fit["schedules"]
+    assert list(schedules) == ["reference", "pruned 1", "pruned 3", "sampled"]
+    ref = schedules["reference"]
+    assert len(ref["psnr"]) == 4 and len(ref["step_median_s"]) == 3 and len(ref["cumulative_s"]) == 4
+    assert fit["summary"]["bar_psnr"] == ref["psnr"][-1] and ref["steps_to_bar"] <= 3
+    assert ref["fraction_of_reference_time"] <= 1.0
+    for name in ("pruned 1", "pruned 3", "sampled"):
+        assert len(schedules[name]["psnr"]) == 6
+        assert schedules[name]["cumulative_s"] == sorted(schedules[name]["cumulative_s"])
+    assert math.isclose(schedules["pruned 1"]["psnr"][0], ref["psnr"][0], rel_tol=1e-5)  # the same initialization
+    assert schedules["sampled"]["pruned_steps"] == 5
+    assert "meta-trained here: 1 ECoP steps" in fit["initialization"]
+    for line in ("PSNR (dB) after each step", "bar: the reference's PSNR after 3 steps", "time to bar s"):
+        assert line in stdout, line
+
+
+def test_phase_times_split_nested_ranges():
+    """Under checkpoint=True the recomputed inner steps run inside other ranges: reported apart, counted once."""
+    torch.manual_seed(0)
+    learner = ContextPruningMetaLearner(Siren(2, 3, 16, 2), K=2, L=1, checkpoint=True, coord_range=None)
+    batch = (make_grid((8, 8)), torch.rand(2, 64, 3))
+    learner.meta_step(batch)
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    with torch.profiler.profile(activities=activities) as prof, torch.profiler.record_function(speed.STEP_RANGE):
+        learner.meta_step(batch)
+    rows = speed.phase_times(prof)
+    assert any(k.startswith("ecop.pruned_forward in ecop.outer_backward") for k in rows), sorted(rows)
+    totals = {e.key: e.cpu_time_total / 1e3 for e in prof.key_averages() if e.key.startswith("ecop.")}
+    for name, total in totals.items():  # each call is on exactly one row
+        parts = rows[name] + sum(ms for k, ms in rows.items() if k.startswith(name + " in "))
+        assert math.isclose(parts, total, rel_tol=1e-9, abs_tol=1e-6), name
+    top = sum(ms for k, ms in rows.items() if k.startswith("ecop.") and " in " not in k)
+    assert math.isclose(top + rows[speed.OUTSIDE], rows["step"], rel_tol=1e-9)
+
+
+def test_thread_list_is_passed_on_without_the_parent_options():
+    argv = ["--compare", "--threads", "1,2", "--json=out.json", "--side", "8"]
+    assert speed._strip_option(speed._strip_option(argv, "--threads"), "--json") == ["--compare", "--side", "8"]
+
+
+@pytest.mark.slow
+def test_compare_with_compile(tmp_path):
+    """torch.compile takes a minute or more to warm up on a loaded CPU, hence slow."""
+    stdout, result = _run(["--compare", "--compare-configs", "compile,bf16+compile", *TINY], tmp_path)
+    rows = result["compare"]["rows"]
+    assert list(rows) == ["Learnit", "ECoP compile", "ECoP bf16+compile"]
+    assert all(r["warmup_s"] > 0 for r in rows.values())
+    assert "ECoP bf16+compile" in stdout

@@ -1,0 +1,193 @@
+"""HashGridINR: the encoding against hand-computed values, shapes and argument checks, and meta-gradients and
+fits against the independent float64 references (tables and MLP adapted per signal, under vmap or a loop)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from reference import ref_fit, ref_meta_grads
+
+from ecop_wrap import ContextPruningMetaLearner, GradScaledAdapter, make_grid
+from ecop_wrap.models import HashGridINR
+
+# Resolutions 2, 4, 8 in 2-D: 9 and 25 vertices fit the 32-entry table (dense), 81 do not (hashed).
+TINY = {
+    "levels": 3,
+    "features_per_level": 2,
+    "log2_table_size": 5,
+    "base_resolution": 2,
+    "max_resolution": 8,
+    "hidden_features": 8,
+    "hidden_layers": 1,
+    "init_scale": 0.1,
+}
+INNER_LR = 1e-2
+
+
+def _tiny_grid_inr(out_features: int = 3) -> HashGridINR:
+    return HashGridINR(2, out_features, **TINY).double()
+
+
+def _images(batch: int = 2, side: int = 5, shared: bool = True, d: int = 3):
+    coords = make_grid((side, side), dtype=torch.float64)
+    if not shared:
+        coords = (coords + 0.05 * torch.randn(batch, side * side, 2, dtype=torch.float64)).clamp(-1.0, 1.0)
+    return coords, torch.rand(batch, side * side, d, dtype=torch.float64)
+
+
+def _library_grads(model, coords, values, **config):
+    learner = ContextPruningMetaLearner(model, inner_lr=INNER_LR, outer_lr=1e-4, **config)
+    loss = learner.meta_loss((coords, values))
+    return learner, loss.detach(), torch.autograd.grad(loss, list(model.parameters()))
+
+
+def _assert_grads_close(got, want, rtol=1e-7):
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=rtol, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------- encoding
+def test_levels_and_table_sizes():
+    model = _tiny_grid_inr()
+    assert model.resolutions == [2, 4, 8]
+    assert model.hashed == [False, False, True]
+    assert [model.table(level).shape for level in range(3)] == [(9, 2), (25, 2), (32, 2)]
+    assert model.encode(torch.zeros(7, 2, dtype=torch.float64)).shape == (7, 6)
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_dense_levels_interpolate_affine_tables_exactly(dims):
+    """Multilinear interpolation reproduces any affine function of the vertex position."""
+    model = HashGridINR(
+        dims, 1, levels=1, features_per_level=1, log2_table_size=12, base_resolution=4, max_resolution=4
+    ).double()
+    assert model.hashed == [False]
+    weights = torch.tensor([0.7, -1.3, 0.4][:dims], dtype=torch.float64)
+    # the dense row of vertex (v_0, ..., v_{C-1}) on a 5^C grid is sum_i v_i * 5^i
+    rows = torch.arange(5**dims)
+    vertices = torch.stack([(rows // 5**i) % 5 for i in range(dims)], dim=-1).to(torch.float64)
+    with torch.no_grad():
+        model.table_0.copy_((vertices @ weights + 0.25).unsqueeze(-1))
+    points = torch.rand(50, dims, dtype=torch.float64) * 2 - 1
+    expected = ((points + 1) / 2 * 4) @ weights + 0.25
+    torch.testing.assert_close(model.encode(points)[:, 0], expected, rtol=1e-12, atol=1e-12)
+
+
+def test_hashed_level_reads_the_spatial_hash_row():
+    """On a vertex the encoding is that vertex's row: (x * 1) xor (y * 2654435761) mod 2^log2_table_size."""
+    model = HashGridINR(
+        2, 1, levels=1, features_per_level=1, log2_table_size=6, base_resolution=16, max_resolution=16
+    ).double()
+    assert model.hashed == [True]
+    with torch.no_grad():
+        model.table_0.copy_(torch.arange(64, dtype=torch.float64).unsqueeze(-1))
+    for x, y in [(0, 0), (3, 5), (16, 1), (7, 16), (16, 16)]:
+        row = ((x * 1) ^ (y * 2654435761)) % 64
+        point = torch.tensor([[x / 16, y / 16]], dtype=torch.float64) * 2 - 1
+        with torch.no_grad():
+            assert float(model.encode(point)) == pytest.approx(row, abs=1e-9), (x, y)
+
+
+def test_shapes_clamping_and_offset():
+    model = HashGridINR(
+        3,
+        2,
+        levels=4,
+        log2_table_size=8,
+        base_resolution=2,
+        max_resolution=16,
+        hidden_features=16,
+        hidden_layers=2,
+        init_scale=0.0,
+    )
+    with torch.no_grad():
+        assert model(torch.rand(10, 3)).shape == (10, 2)
+        assert model(torch.rand(2, 5, 3)).shape == (2, 5, 2)
+        assert model(torch.zeros(3)).shape == (2,)
+        inside, outside = model(torch.ones(1, 3)), model(torch.full((1, 3), 3.0))
+    torch.testing.assert_close(inside, outside)  # coordinates are clamped to [-1, 1]
+    assert HashGridINR(1, 1).mlp[-1].out_features == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"in_features": 0}, ValueError, "in_features"),
+        ({"in_features": 8}, ValueError, "in_features"),
+        ({"out_features": 2.0}, TypeError, "out_features"),
+        ({"levels": 0}, ValueError, "levels"),
+        ({"log2_table_size": 31}, ValueError, "log2_table_size"),
+        ({"base_resolution": 8, "max_resolution": 4}, ValueError, "max_resolution"),
+        ({"hidden_layers": -1}, ValueError, "hidden_layers"),
+        ({"init_scale": -1.0}, ValueError, "init_scale"),
+    ],
+)
+def test_bad_arguments_are_named(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        HashGridINR(**{"in_features": 2, "out_features": 3, **kwargs})
+
+
+def test_bad_coords_name_the_expected_shape():
+    with pytest.raises(ValueError, match=r"\[\.\.\., C=2\]"):
+        HashGridINR(2, 3)(torch.rand(4, 3))
+
+
+# -------------------------------------------------------------------------------------- meta-gradients
+SETTINGS = {
+    "ecop": {"gamma": 0.25, "K": 3, "L": 2, "lam": 10.0},  # error selection, bootstrap L > 0, lam > 0
+    "learnit": {"gamma": 1.0, "K": 2, "L": 0, "lam": 0.0},
+}
+
+
+@pytest.mark.parametrize("backend", ["torch.func", "higher"])
+@pytest.mark.parametrize("shared", [True, False], ids=["shared", "per-signal"])
+@pytest.mark.parametrize("setting", list(SETTINGS))
+def test_meta_gradients_match_reference(backend, shared, setting):
+    model = _tiny_grid_inr()
+    coords, values = _images(shared=shared)
+    config = SETTINGS[setting]
+    ref_loss, ref_grads = ref_meta_grads(model, coords, values, lr=INNER_LR, **config)
+    _, loss, grads = _library_grads(model, coords, values, backend=backend, **config)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-9, atol=0)
+    _assert_grads_close(grads, ref_grads)
+    assert all(float(g.abs().sum()) > 0 for g in grads[:3]), "every level's table gets a meta-gradient"
+
+
+@pytest.mark.parametrize(
+    "mode",
+    [{"chunk_size": 7}, {"checkpoint": True}, {"chunk_size": 5, "checkpoint": True}, {"batching": "loop"}],
+    ids=lambda m: ",".join(f"{k}={v}" for k, v in m.items()),
+)
+@pytest.mark.parametrize("shared", [True, False], ids=["shared", "per-signal"])
+def test_every_memory_mode_matches_reference(mode, shared):
+    model = _tiny_grid_inr()
+    coords, values = _images(shared=shared)
+    config = SETTINGS["ecop"]
+    ref_loss, ref_grads = ref_meta_grads(model, coords, values, lr=INNER_LR, **config)
+    _, loss, grads = _library_grads(model, coords, values, **config, **mode)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-9, atol=0)
+    _assert_grads_close(grads, ref_grads)
+
+
+def test_auto_batching_settles_on_vmap():
+    """Per-signal tables are indexed with index_select, which vmap batches: auto picks vmap, not the loop."""
+    model = _tiny_grid_inr()
+    coords, values = _images(shared=False)
+    learner = ContextPruningMetaLearner(model, inner_lr=INNER_LR, **SETTINGS["ecop"])
+    learner.meta_loss((coords, values))
+    assert learner.backend.batching == "vmap"
+
+
+# -------------------------------------------------------------------------------------------- fitting
+@pytest.mark.parametrize("shared", [True, False], ids=["shared", "per-signal"])
+def test_gradient_scaled_fit_matches_reference(shared):
+    model = _tiny_grid_inr()
+    coords, values = _images(shared=shared)
+    fit = GradScaledAdapter(model, steps=3, lr=0.5, gamma=0.25, scaling="norm").fit((coords, values))
+    for b in range(values.shape[0]):
+        x = coords if shared else coords[b]
+        ref_params, ref_mse = ref_fit(model, x, values[b], steps=3, lr=0.5, gamma=0.25, scaling="norm")
+        torch.testing.assert_close(fit.history["mse"][:, b], ref_mse, rtol=1e-9, atol=1e-14)
+        for name, param in ref_params.items():
+            torch.testing.assert_close(fit.params[name][b], param, rtol=1e-9, atol=1e-12)
+    assert bool((fit.history["mse"][-1] < fit.history["mse"][0]).all())

@@ -1,0 +1,121 @@
+"""Opt-in speed modes (``graph_free_dtype``, ``compile``) and the profiler ranges around each phase."""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+
+import pytest
+import torch
+from reference import TinySiren
+
+from ecop_wrap import ContextPruningMetaLearner, GradScaledAdapter, Siren, make_grid
+
+PHASES = (
+    "ecop.ranking",
+    "ecop.pruned_forward",
+    "ecop.inner_gradient",
+    "ecop.bootstrap",
+    "ecop.outer_loss",
+    "ecop.outer_backward",
+    "ecop.all_reduce",
+    "ecop.optimizer",
+)
+
+
+def _batch(side: int = 8, batch: int = 2, dtype: torch.dtype = torch.float32):
+    gen = torch.Generator().manual_seed(0)
+    return make_grid((side, side), dtype=dtype), torch.rand(batch, side * side, 3, generator=gen, dtype=dtype)
+
+
+def _grads(learner, batch):
+    loss = learner.meta_loss(batch)
+    return loss.detach(), torch.autograd.grad(loss, list(learner.model.parameters()))
+
+
+def test_profiler_sees_every_phase():
+    learner = ContextPruningMetaLearner(Siren(2, 3, 16, 2), K=2, L=1, coord_range=None)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        learner.meta_step(_batch())
+    names = {event.name for event in prof.events()}
+    assert set(PHASES) <= names, set(PHASES) - names
+
+
+def test_bf16_graph_free_passes_keep_graph_steps_in_the_model_dtype():
+    """Without graph-free passes (gamma = 1, no bootstrap) the option changes nothing, bit for bit."""
+    torch.manual_seed(0)
+    model = Siren(2, 3, 16, 2)
+    batch = _batch()
+    plain = _grads(ContextPruningMetaLearner(model, gamma=1.0, K=2, L=0, lam=0.0, coord_range=None), batch)
+    bf16 = _grads(
+        ContextPruningMetaLearner(
+            model, gamma=1.0, K=2, L=0, lam=0.0, graph_free_dtype=torch.bfloat16, coord_range=None
+        ),
+        batch,
+    )
+    assert torch.equal(plain[0], bf16[0]) and all(torch.equal(a, b) for a, b in zip(plain[1], bf16[1], strict=True))
+
+
+def test_bf16_ranking_and_bootstrap_run_in_bf16_and_stay_close():
+    torch.manual_seed(0)
+    model = Siren(2, 3, 32, 2)
+    batch = _batch(side=12)
+    learner = ContextPruningMetaLearner(model, K=2, L=2, graph_free_dtype=torch.bfloat16, coord_range=None)
+    seen = []
+    original = learner.backend.forward_capture
+
+    def spy(params, coords, capture):
+        out = original(params, coords, capture)
+        seen.append((torch.is_grad_enabled(), out[0].dtype))
+        return out
+
+    learner.backend.forward_capture = spy
+    loss, _ = _grads(learner, batch)
+    assert (False, torch.bfloat16) in seen  # ranking passes
+    assert (True, torch.float32) in seen  # pruned steps with a graph
+    assert (True, torch.bfloat16) in seen  # bootstrap passes (graph-free w.r.t. theta_0, local backward)
+    want_loss, _ = _grads(ContextPruningMetaLearner(model, K=2, L=2, coord_range=None), batch)
+    torch.testing.assert_close(loss, want_loss, rtol=0.05, atol=0)
+    fit = GradScaledAdapter(learner, steps=2).fit(batch)
+    want_fit = GradScaledAdapter(model, steps=2, gamma=0.25, coord_range=None).fit(batch)
+    torch.testing.assert_close(fit.history["psnr"], want_fit.history["psnr"], rtol=0.02, atol=0)
+
+
+def test_compile_falls_back_to_eager_with_one_warning(monkeypatch):
+    def broken_compile(fn, **kwargs):
+        def run(*args):
+            raise RuntimeError("no compiler here")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    model = TinySiren(2, 3).double()
+    batch = _batch(dtype=torch.float64)
+    eager = _grads(ContextPruningMetaLearner(model, K=2, L=1, coord_range=None), batch)
+    learner = ContextPruningMetaLearner(model, K=2, L=1, compile=True, coord_range=None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        compiled = _grads(learner, batch)
+        _grads(learner, batch)
+    messages = [str(w.message) for w in caught if "torch.compile failed" in str(w.message)]
+    assert len(messages) == 1
+    assert torch.equal(eager[0], compiled[0]) and all(
+        torch.equal(a, b) for a, b in zip(eager[1], compiled[1], strict=True)
+    )
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None and shutil.which("cc") is None, reason="inductor needs a C++ compiler")
+def test_compiled_graph_free_passes_match_eager():
+    """Inductor on CPU: the compiled ranking/bootstrap forwards give the same meta-gradient up to rounding."""
+    torch.manual_seed(0)
+    model = Siren(2, 3, 16, 1)
+    batch = _batch()
+    eager = _grads(ContextPruningMetaLearner(model, K=1, L=1, coord_range=None), batch)
+    learner = ContextPruningMetaLearner(model, K=1, L=1, compile=True, coord_range=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a fallback would hide that nothing was compiled
+        compiled = _grads(learner, batch)
+    assert learner.backend._compiled is not None and not learner.backend._compile_failed
+    torch.testing.assert_close(compiled[0], eager[0], rtol=1e-5, atol=0)
+    for a, b in zip(compiled[1], eager[1], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
