@@ -85,8 +85,8 @@ _ENVIRONMENT = {
     "M_MMAP_THRESHOLD": ("MALLOC_MMAP_THRESHOLD_", "glibc.malloc.mmap_threshold"),
     "M_ARENA_MAX": ("MALLOC_ARENA_MAX", "glibc.malloc.arena_max"),
 }
-DEFAULT_MMAP_THRESHOLD = 1 << 20  # 1 MiB
-DEFAULT_TRIM_THRESHOLD = 2 << 20  # 2 MiB
+DEFAULT_MMAP_THRESHOLD = 128 << 10  # 128 KiB: glibc's initial value, kept fixed
+DEFAULT_TRIM_THRESHOLD = 128 << 10  # 128 KiB: glibc's initial value, kept fixed
 _INT_MAX = 2**31 - 1  # mallopt takes a C int
 
 
@@ -169,7 +169,7 @@ def configure_cpu_allocator(
             with many threads; None (default) leaves glibc's (8 per core).
 
     Returns:
-        The parameters set, e.g. ``{"M_MMAP_THRESHOLD": 1048576, "M_TRIM_THRESHOLD": 2097152}``: empty where
+        The parameters set, e.g. ``{"M_MMAP_THRESHOLD": 131072, "M_TRIM_THRESHOLD": 131072}``: empty where
         the C library is not glibc, and without those the environment had already set.
 
     Raises:

@@ -44,7 +44,7 @@ def libc(monkeypatch):
 
 
 def test_sets_the_documented_defaults(libc):
-    assert configure_cpu_allocator() == DEFAULTS == {"M_MMAP_THRESHOLD": 1 << 20, "M_TRIM_THRESHOLD": 2 << 20}
+    assert configure_cpu_allocator() == DEFAULTS == {"M_MMAP_THRESHOLD": 131072, "M_TRIM_THRESHOLD": 131072}
     assert libc.calls == list(DEFAULTS.items())
 
 
@@ -56,9 +56,9 @@ def test_idempotent(libc):
 
 
 def test_explicit_values_and_none(libc):
-    got = configure_cpu_allocator(mmap_threshold=131072, trim_threshold=None, arena_max=2)
-    assert got == {"M_MMAP_THRESHOLD": 131072, "M_ARENA_MAX": 2}
-    assert libc.calls == [("M_MMAP_THRESHOLD", 131072), ("M_ARENA_MAX", 2)]
+    got = configure_cpu_allocator(mmap_threshold=1 << 20, trim_threshold=None, arena_max=2)
+    assert got == {"M_MMAP_THRESHOLD": 1 << 20, "M_ARENA_MAX": 2}
+    assert libc.calls == [("M_MMAP_THRESHOLD", 1 << 20), ("M_ARENA_MAX", 2)]
     assert configure_cpu_allocator(mmap_threshold=None, trim_threshold=None) == {}
 
 
@@ -155,7 +155,7 @@ def test_real_glibc_fixes_the_threshold():
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["first"] == out["second"] == DEFAULTS
     assert out["before"] is False  # dynamic threshold (30 MiB): the 4 MiB block went to the heap
-    assert out["after"] is True  # fixed at 1 MiB: 16 MiB gets its own mapping, returned to the system when freed
+    assert out["after"] is True  # fixed at 128 KiB: 16 MiB gets its own mapping, returned to the system when freed
 
 
 def test_release_is_a_no_op_without_glibc(monkeypatch):
