@@ -1,22 +1,40 @@
-"""Memory of one meta-training step for Learnit and ECoP in each memory mode, against image side.
+"""Memory of one meta-training step for Learnit and ECoP, per memory mode, image side and CPU allocator setting.
 
 Usage:
-    python benchmarks/memory.py --sides 64,128,256 --width 256 --layers 4 --batch 2 \
-        --budget-gb 8 --json benchmarks/results/memory.json --plot benchmarks/results/memory.png
+    # the user's view: live bytes and peak RSS under glibc's default malloc, the pinned thresholds and the opt-in
+    python benchmarks/memory.py --sides 128 --width 256 --layers 4 --batch 2 --threads 1 \
+        --modes "Learnit (gamma=1, K=4);ECoP default" --allocators default,pinned,configured \
+        --json benchmarks/results/memory_allocators_128_b2.json
+    # a quick version of the same comparison (64x64, about a minute)
+    python benchmarks/memory.py --quick
+    # memory against signal size (pinned thresholds, as in docs/benchmarks.md)
+    python benchmarks/memory.py --sides 64,128,256 --batch 1 --allocators pinned --budget-gb 8 --plot memory.png
 
-For every (mode, side) a fresh subprocess builds a SIREN and a random signal batch, then runs one full
-meta-step (meta-loss, backward, optimizer step) and reports:
+Every (mode, allocator, side) runs in a fresh subprocess, so the numbers are independent of each other: it
+builds a SIREN and a random signal batch, then runs ``--steps`` full meta-steps (meta-loss, backward, optimizer
+step) and reports two different quantities:
 
-* ``saved_bytes``: bytes of tensors the autograd graph still holds when the backward starts
-  (:class:`ecop_wrap.SavedTensorMeter`; deterministic for a given configuration);
-* ``peak_bytes``: on CUDA ``torch.cuda.max_memory_allocated`` for the step; on CPU the peak resident set
-  size of the subprocess during the step minus its peak before the step (``ru_maxrss``). The subprocess
-  runs with glibc's ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` fixed at 128 KiB: otherwise
-  glibc raises its mmap threshold as large blocks are freed and keeps later freed memory resident, so RSS
-  would measure the allocator's caching rather than the algorithm's memory.
+* **live memory** (``saved_bytes``): bytes of tensors the autograd graph still holds when the first backward
+  starts (:class:`ecop_wrap.SavedTensorMeter`). It is a function of the shapes only: deterministic, the same
+  under every allocator, and what the paper's equal-memory pairing is about.
+* **peak RSS** (``peak_rss_bytes``): the subprocess's peak resident set size (``ru_maxrss``), what the operating
+  system, a job scheduler or ``top`` sees. ``step_peak_bytes`` is that peak minus the peak before the first
+  step (interpreter, torch, model and data: ``rss_before_bytes``), i.e. what the steps added. On CUDA the
+  step peak is ``torch.cuda.max_memory_allocated`` instead. Peak RSS depends on the allocator as well as on
+  the algorithm, hence ``--allocators``:
 
-The largest side under ``--budget-gb`` is read off a straight-line fit of peak memory against the number
-of points for each mode (memory is affine in M here), marked ``extrapolated`` when beyond the measured sides.
+  - ``default``: glibc's malloc as users run it (no ``MALLOC_*`` variables): it raises its mmap threshold
+    up to 32 MiB as large blocks are freed and then keeps freed heap memory between live blocks resident;
+  - ``pinned``: ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` fixed at 128 KiB, which this
+    benchmark used before so that RSS follows live memory;
+  - ``configured``: the child calls the opt-in :func:`ecop_wrap.memory.configure_cpu_allocator` first.
+
+Each row also reports the step's CPU seconds (user and system; system time grows with the page faults that
+returning memory to the kernel costs) and its minor page faults. Wall time on a shared machine says little;
+CPU time says more, but other processes on the same cores still affect it.
+
+The largest side under ``--budget-gb`` is read off a straight-line fit of the step peak against the number of
+points for each mode and allocator (memory is affine in M here), marked ``extrapolated`` beyond the measured sides.
 """
 
 from __future__ import annotations
@@ -28,17 +46,56 @@ import platform
 import resource
 import subprocess
 import sys
+import time
+from typing import Any
 
-MODES = {
-    "Learnit (gamma=1, K=4)": dict(gamma=1.0, K=4, L=0, lam=0.0),
-    "ECoP default": dict(gamma=0.25, K=16, L=5, lam=100.0),
-    "ECoP chunk_size": dict(gamma=0.25, K=16, L=5, lam=100.0, chunk_size=4096),
-    "ECoP checkpoint": dict(gamma=0.25, K=16, L=5, lam=100.0, checkpoint=True),
-    "ECoP checkpoint + chunk_size": dict(gamma=0.25, K=16, L=5, lam=100.0, checkpoint=True, chunk_size=4096),
+MODES: dict[str, dict[str, Any]] = {
+    "Learnit (gamma=1, K=4)": {"gamma": 1.0, "K": 4, "L": 0, "lam": 0.0},
+    "ECoP default": {"gamma": 0.25, "K": 16, "L": 5, "lam": 100.0},
+    "ECoP chunk_size": {"gamma": 0.25, "K": 16, "L": 5, "lam": 100.0, "chunk_size": 4096},
+    "ECoP checkpoint": {"gamma": 0.25, "K": 16, "L": 5, "lam": 100.0, "checkpoint": True},
+    "ECoP checkpoint + chunk_size": {
+        "gamma": 0.25,
+        "K": 16,
+        "L": 5,
+        "lam": 100.0,
+        "checkpoint": True,
+        "chunk_size": 4096,
+    },
 }
+LEARNIT = "Learnit (gamma=1, K=4)"
+ALLOCATORS = {
+    "default": "glibc malloc as it comes (dynamic mmap threshold)",
+    "pinned": "MALLOC_MMAP_THRESHOLD_=MALLOC_TRIM_THRESHOLD_=131072",
+    "configured": "ecop_wrap.memory.configure_cpu_allocator()",
+}
+_MALLOC_VARIABLES = (
+    "MALLOC_MMAP_THRESHOLD_",
+    "MALLOC_TRIM_THRESHOLD_",
+    "MALLOC_ARENA_MAX",
+    "MALLOC_TOP_PAD_",
+    "MALLOC_MMAP_MAX_",
+    "GLIBC_TUNABLES",
+)
+QUICK = {
+    "sides": "64",
+    "width": 256,
+    "layers": 4,
+    "batch": 2,
+    "threads": 1,
+    "modes": f"{LEARNIT};ECoP default",
+    "allocators": "default,pinned,configured",
+}
+MIB = 2**20
 
 
+# ------------------------------------------------------------------------------------------------ child
 def _child(args: argparse.Namespace) -> None:
+    configured: dict[str, int] = {}
+    if args.allocator == "configured":
+        from ecop_wrap.memory import configure_cpu_allocator
+
+        configured = configure_cpu_allocator()
     import torch
 
     from ecop_wrap import ContextPruningMetaLearner, SavedTensorMeter, Siren, make_grid
@@ -55,29 +112,56 @@ def _child(args: argparse.Namespace) -> None:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.max_memory_allocated()
-    else:
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    with SavedTensorMeter() as meter:
-        loss = learner.meta_loss((coords, values))
-        saved = meter.live_bytes()
-    learner.optimizer.zero_grad()
-    loss.backward()
-    learner.optimizer.step()
+    usage_before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    saved = 0
+    for step in range(args.steps):
+        with SavedTensorMeter() as meter:
+            loss = learner.meta_loss((coords, values))
+            if step == 0:
+                saved = meter.live_bytes()
+        learner.optimizer.zero_grad()
+        loss.backward()
+        learner.optimizer.step()
+        del loss
     if device.type == "cuda":
         torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() - before
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
-    print(json.dumps({"saved_bytes": saved, "peak_bytes": peak}))
+    wall = time.perf_counter() - start
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    rss_before, rss_peak = usage_before.ru_maxrss * 1024, usage.ru_maxrss * 1024  # Linux reports KiB
+    result = {
+        "saved_bytes": saved,
+        "rss_before_bytes": rss_before,
+        "peak_rss_bytes": rss_peak,
+        "step_peak_bytes": rss_peak - rss_before,
+        "user_s": usage.ru_utime - usage_before.ru_utime,
+        "sys_s": usage.ru_stime - usage_before.ru_stime,
+        "minor_faults": usage.ru_minflt - usage_before.ru_minflt,
+        "wall_s": wall,
+        "allocator_settings": configured,
+    }
+    if device.type == "cuda":
+        result["step_peak_bytes"] = torch.cuda.max_memory_allocated() - before
+    result["peak_bytes"] = result["step_peak_bytes"]  # the name earlier result files use
+    print(json.dumps(result))
 
 
-def _measure(args: argparse.Namespace, mode: str, side: int) -> dict:
+# ----------------------------------------------------------------------------------------------- parent
+def _child_environment(allocator: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _MALLOC_VARIABLES}
+    if allocator == "pinned":
+        env.update(MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
+    return env
+
+
+def _measure(args: argparse.Namespace, mode: str, allocator: str, side: int) -> dict[str, Any]:
     cmd = [
         sys.executable,
         __file__,
         "--child",
         "--mode",
         mode,
+        "--allocator",
+        allocator,
         "--side",
         str(side),
         "--width",
@@ -90,15 +174,16 @@ def _measure(args: argparse.Namespace, mode: str, side: int) -> dict:
         str(args.threads),
         "--device",
         args.device,
+        "--steps",
+        str(args.steps),
     ]
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_child_environment(allocator), check=False)
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _largest_side(points: list[tuple[int, int]], budget: float) -> dict:
+def _largest_side(points: list[tuple[int, int]], budget: float) -> dict[str, Any]:
     """Largest square side whose affine-fit peak memory stays under ``budget`` bytes."""
     if len(points) < 2:
         return {"side": None}
@@ -113,46 +198,78 @@ def _largest_side(points: list[tuple[int, int]], budget: float) -> dict:
     return {"side": side, "extrapolated": side**2 > max(m for m, _ in points), "bytes_per_point": slope}
 
 
-def main() -> None:
+def _parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sides", default="64,128,256", help="comma-separated image sides")
     ap.add_argument("--width", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4, help="sine layers (4 = the paper's 5-layer SIREN)")
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=1, help="meta-steps per subprocess (peak RSS over all of them)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--modes", default=";".join(MODES), help="semicolon-separated subset of: " + "; ".join(MODES))
+    ap.add_argument(
+        "--allocators",
+        default="default,pinned,configured",
+        help="comma-separated subset of: " + "; ".join(f"{k} ({v})" for k, v in ALLOCATORS.items()),
+    )
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="Learnit vs ECoP default at 64x64, SIREN 5x256, B=2, 1 thread, all allocators",
+    )
     ap.add_argument("--budget-gb", type=float, default=8.0)
     ap.add_argument("--json", default=None)
     ap.add_argument("--plot", default=None, help="PNG of peak memory against number of points (needs matplotlib)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--mode", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--allocator", default="default", help=argparse.SUPPRESS)
     ap.add_argument("--side", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.quick:
+        for key, value in QUICK.items():
+            setattr(args, key, value)
+    return args
+
+
+def main() -> None:
+    args = _parse_args()
     if args.child:
         _child(args)
         return
     sides = [int(s) for s in args.sides.split(",")]
     modes = [m.strip() for m in args.modes.split(";") if m.strip()]
-    results: dict[str, dict] = {}
-    for mode in modes:
-        results[mode] = {}
+    allocators = [a.strip() for a in args.allocators.split(",") if a.strip()]
+    unknown = [m for m in modes if m not in MODES] + [a for a in allocators if a not in ALLOCATORS]
+    if unknown:
+        raise SystemExit(f"unknown modes or allocators: {unknown}")
+    if args.device != "cpu":
+        allocators = allocators[:1]  # the CPU allocator does not change CUDA memory
+    results: dict[str, dict[str, dict[str, Any]]] = {}
+    for allocator in allocators:  # one allocator's rows together, so that load changes hit them alike
         for side in sides:
-            r = _measure(args, mode, side)
-            results[mode][str(side)] = r
-            print(f"{mode:32s} side {side:5d}: {r}", flush=True)
+            for mode in modes:
+                r = _measure(args, mode, allocator, side)
+                results.setdefault(mode, {}).setdefault(allocator, {})[str(side)] = r
+                print(f"{mode:30s} {allocator:10s} side {side:5d}: {_short(r)}", flush=True)
     budget = args.budget_gb * 2**30
     largest = {
-        mode: _largest_side([(int(s) ** 2, r["peak_bytes"]) for s, r in rows.items() if "peak_bytes" in r], budget)
-        for mode, rows in results.items()
+        f"{mode} | {allocator}": _largest_side(
+            [(int(s) ** 2, r["step_peak_bytes"]) for s, r in rows.items() if "step_peak_bytes" in r], budget
+        )
+        for mode, by_allocator in results.items()
+        for allocator, rows in by_allocator.items()
     }
-    _print_table(results, sides, largest, args)
+    _print_tables(results, sides, allocators, largest, args)
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         meta = {
-            "args": {k: v for k, v in vars(args).items() if k not in ("child", "mode", "side")},
+            "args": {k: v for k, v in vars(args).items() if k not in ("child", "mode", "side", "allocator")},
+            "allocators": {a: ALLOCATORS[a] for a in allocators},
             "machine": platform.platform(),
             "cpu_count": os.cpu_count(),
+            "python": platform.python_version(),
+            "torch": _torch_version(),
         }
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "results": results, "largest_side_under_budget": largest}, f, indent=2)
@@ -160,27 +277,63 @@ def main() -> None:
         _plot(results, args.plot, args)
 
 
-def _print_table(results: dict, sides: list[int], largest: dict, args: argparse.Namespace) -> None:
-    print(
-        f"\nSIREN {args.layers + 1}x{args.width}, B={args.batch}, device {args.device}; "
-        "MiB saved by autograd / MiB peak"
+def _torch_version() -> str:
+    import torch
+
+    return str(torch.__version__)
+
+
+def _short(r: dict[str, Any]) -> str:
+    if "error" in r:
+        return f"failed: {r['error']}"
+    return (
+        f"live {r['saved_bytes'] / MIB:.1f} MiB, step peak RSS {r['step_peak_bytes'] / MIB:.1f} MiB "
+        f"(process {r['peak_rss_bytes'] / MIB:.1f}), CPU {r['user_s']:.1f}+{r['sys_s']:.1f} s, "
+        f"{r['minor_faults']} faults"
     )
-    print(f"{'mode':32s}" + "".join(f"{s:>20d}" for s in sides) + f"  largest side <= {args.budget_gb:g} GB")
-    for mode, rows in results.items():
-        cells = []
-        for s in sides:
-            r = rows[str(s)]
-            cells.append(
-                f"{r['saved_bytes'] / 2**20:9.1f}/{r['peak_bytes'] / 2**20:<9.1f}"
-                if "peak_bytes" in r
-                else f"{'failed':>19s}"
-            )
-        big = largest[mode]
-        tag = "" if big.get("side") is None else (f"{big['side']}" + (" (extrapolated)" if big["extrapolated"] else ""))
-        print(f"{mode:32s}" + " ".join(cells) + f"  {tag}")
 
 
-def _plot(results: dict, path: str, args: argparse.Namespace) -> None:
+def _print_tables(
+    results: dict[str, Any],
+    sides: list[int],
+    allocators: list[str],
+    largest: dict[str, Any],
+    args: argparse.Namespace,
+) -> None:
+    print(
+        f"\nSIREN {args.layers + 1}x{args.width}, B={args.batch}, {args.steps} meta-step(s), device {args.device}, "
+        f"{args.threads} thread(s).\nlive = bytes autograd holds at the backward (allocator-independent); "
+        "step peak RSS = peak resident set size minus the peak before the step; x Learnit = ratio to Learnit's "
+        "row with the same allocator."
+    )
+    for side in sides:
+        print(f"\n{side}x{side}")
+        print(
+            f"{'mode':30s} {'allocator':10s} {'live MiB':>9s} {'x Learnit':>9s} {'step peak RSS MiB':>18s} "
+            f"{'x Learnit':>9s} {'process peak MiB':>16s} {'CPU user+sys s':>15s} {'faults':>9s}"
+        )
+        for mode, by_allocator in results.items():
+            for allocator in allocators:
+                r = by_allocator.get(allocator, {}).get(str(side), {})
+                if "step_peak_bytes" not in r:
+                    print(f"{mode:30s} {allocator:10s} failed: {r.get('error')}")
+                    continue
+                ref = results.get(LEARNIT, {}).get(allocator, {}).get(str(side), {})
+                live_x = r["saved_bytes"] / ref["saved_bytes"] if ref.get("saved_bytes") else float("nan")
+                peak_x = r["step_peak_bytes"] / ref["step_peak_bytes"] if ref.get("step_peak_bytes") else float("nan")
+                print(
+                    f"{mode:30s} {allocator:10s} {r['saved_bytes'] / MIB:9.1f} {live_x:9.3f} "
+                    f"{r['step_peak_bytes'] / MIB:18.1f} {peak_x:9.3f} {r['peak_rss_bytes'] / MIB:16.1f} "
+                    f"{r['user_s']:7.1f}+{r['sys_s']:<7.1f} {r['minor_faults']:9d}"
+                )
+    if len(sides) > 1:
+        print(f"\nlargest side whose step peak stays under {args.budget_gb:g} GB (affine fit over the measured sides)")
+        for key, big in largest.items():
+            if big.get("side") is not None:
+                print(f"  {key:45s} {big['side']}" + (" (extrapolated)" if big["extrapolated"] else ""))
+
+
+def _plot(results: dict[str, Any], path: str, args: argparse.Namespace) -> None:
     try:
         import matplotlib
 
@@ -190,10 +343,12 @@ def _plot(results: dict, path: str, args: argparse.Namespace) -> None:
         print("matplotlib is not installed (pip install 'ecop-wrap[examples]'); skipping the plot")
         return
     fig, ax = plt.subplots(figsize=(6, 4))
-    for mode, rows in results.items():
-        pts = sorted((int(s) ** 2, r["peak_bytes"] / 2**30) for s, r in rows.items() if "peak_bytes" in r)
-        if pts:
-            ax.plot(*zip(*pts, strict=True), marker="o", label=mode)
+    for mode, by_allocator in results.items():
+        for allocator, rows in by_allocator.items():
+            pts = sorted((int(s) ** 2, r["step_peak_bytes"] / 2**30) for s, r in rows.items() if "step_peak_bytes" in r)
+            if pts:
+                label = mode if len(by_allocator) == 1 else f"{mode} ({allocator})"
+                ax.plot(*zip(*pts, strict=True), marker="o", label=label)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("number of points M (side^2)")

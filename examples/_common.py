@@ -30,6 +30,7 @@ from torch import nn
 
 from ecop_wrap import ContextPruningMetaLearner, ECoPConfig, GradScaledAdapter
 from ecop_wrap.data import SignalDataset
+from ecop_wrap.memory import configure_cpu_allocator
 from ecop_wrap.plotting import SelectionTrace, plot_psnr_curves, trace_selection
 
 __all__ = [
@@ -188,6 +189,12 @@ def add_common_flags(parser: argparse.ArgumentParser, **defaults: Any) -> argpar
     group.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: PyTorch's choice)")
     group.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     group.add_argument("--no-progress", action="store_true", help="plain log lines instead of a tqdm progress bar")
+    group.add_argument(
+        "--pin-malloc",
+        action="store_true",
+        help="on CPU, call ecop_wrap.memory.configure_cpu_allocator() first: resident memory then follows live "
+        "memory, for more CPU time (docs/benchmarks.md)",
+    )
     return parser
 
 
@@ -224,6 +231,7 @@ class ExampleConfig:
     threads: int | None
     device: str
     no_progress: bool
+    pin_malloc: bool
     flags: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @classmethod
@@ -515,8 +523,11 @@ def _running_mean(values: list[float], window: int = 20) -> list[float]:
 
 
 def setup(args: argparse.Namespace) -> ExampleConfig:
-    """The run's :class:`ExampleConfig`; sets the threads and exits clearly for a device that is not there."""
+    """The run's :class:`ExampleConfig`; sets the threads (and with ``--pin-malloc`` the CPU allocator's
+    thresholds) and exits clearly for a device that is not there."""
     config = ExampleConfig.from_namespace(args)
+    if config.pin_malloc and torch.device(config.device).type == "cpu":
+        configure_cpu_allocator()  # a no-op where the C library is not glibc
     if config.threads is not None:
         torch.set_num_threads(max(1, config.threads))
     if str(config.device).startswith("cuda") and not torch.cuda.is_available():
