@@ -63,6 +63,17 @@ MODES: dict[str, dict[str, Any]] = {
         "chunk_size": 4096,
     },
 }
+# Latent-only adaptation of a ModulatedSiren (same width and depth, --latent-dim): only the code is per signal.
+_LATENT = {"model": "modulated", "adapt": ["latent"]}
+MODES.update(
+    {
+        "Learnit latent-only (gamma=1, K=4)": {**MODES["Learnit (gamma=1, K=4)"], **_LATENT},
+        "ECoP latent-only": {**MODES["ECoP default"], **_LATENT},
+        "ECoP latent-only chunk_size": {**MODES["ECoP chunk_size"], **_LATENT},
+        "ECoP latent-only checkpoint": {**MODES["ECoP checkpoint"], **_LATENT},
+        "ECoP latent-only checkpoint + chunk_size": {**MODES["ECoP checkpoint + chunk_size"], **_LATENT},
+    }
+)
 LEARNIT = "Learnit (gamma=1, K=4)"
 ALLOCATORS = {
     "default": "glibc malloc as it comes (dynamic mmap threshold)",
@@ -98,16 +109,22 @@ def _child(args: argparse.Namespace) -> None:
         configured = configure_cpu_allocator()
     import torch
 
-    from ecop_wrap import ContextPruningMetaLearner, SavedTensorMeter, Siren, make_grid
+    from ecop_wrap import ContextPruningMetaLearner, ModulatedSiren, SavedTensorMeter, Siren, make_grid
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
-    model = Siren(2, 3, args.width, args.layers).to(device)
+    settings = dict(MODES[args.mode])
+    if settings.pop("model", "siren") == "modulated":
+        model = ModulatedSiren(2, 3, args.width, args.layers, latent_dim=args.latent_dim).to(device)
+        batching = "auto"  # the per-signal latent is no nn.Linear weight: vmap
+    else:
+        model = Siren(2, 3, args.width, args.layers).to(device)
+        batching = "bmm"
     coords = make_grid((args.side, args.side), device=device)
     values = torch.rand(args.batch, args.side**2, 3, device=device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-    learner = ContextPruningMetaLearner(model, optimizer=optimizer, batching="bmm", **MODES[args.mode])
+    learner = ContextPruningMetaLearner(model, optimizer=optimizer, batching=batching, **settings)
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -168,6 +185,8 @@ def _measure(args: argparse.Namespace, mode: str, allocator: str, side: int) -> 
         str(args.width),
         "--layers",
         str(args.layers),
+        "--latent-dim",
+        str(args.latent_dim),
         "--batch",
         str(args.batch),
         "--threads",
@@ -203,6 +222,7 @@ def _parse_args() -> argparse.Namespace:
     ap.add_argument("--sides", default="64,128,256", help="comma-separated image sides")
     ap.add_argument("--width", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4, help="sine layers (4 = the paper's 5-layer SIREN)")
+    ap.add_argument("--latent-dim", type=int, default=128, help="latent size of the latent-only modes' ModulatedSiren")
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=1, help="meta-steps per subprocess (peak RSS over all of them)")
