@@ -141,18 +141,18 @@ def configure_cpu_allocator(
     (initially 128 KiB) with their own ``mmap`` and returns them to the system when freed, but it raises that
     threshold (up to 32 MiB) to the size of every such block freed. Medium-sized tensors (an ECoP inner step's
     activations on the pruned context: 8 MiB at 128x128, SIREN 5x256, B=2) then land on the heap, where the
-    freed memory between long-lived tensors stays resident: one ECoP meta-step there peaked at 1.42x
+    freed memory between long-lived tensors stays resident: one ECoP meta-step there peaked at 1.39x
     Learnit's resident memory although both held the same live bytes (see ``docs/benchmarks.md``). Fixing the
     thresholds turns that dynamic adjustment off: tensors of ``mmap_threshold`` bytes or more get their own
     mapping and are returned as soon as they are freed.
 
     Trade-off: every large tensor then costs fresh page faults (the kernel zeroes its pages), so system CPU
-    time rises. Measured at 128x128, SIREN 5x256, B=2, 1 thread: ECoP's peak RSS went from 1.42x to 1.01x
-    Learnit's, and its CPU time per meta-step from 36 s to 49 s (+39%; Learnit's about the same), see
+    time rises. Measured at 128x128, SIREN 5x256, B=2, 1 thread: ECoP's peak RSS went from 1.39x to 1.01x
+    Learnit's, and its CPU time per meta-step by 40-60% (33 s -> 53 s in one run; Learnit's by up to 17%), see
     ``docs/benchmarks.md``. Use it when resident memory is the limit, not speed. Where the kernel offers
     transparent huge pages, PyTorch's ``THP_MEM_ALLOC_ENABLE=1`` environment variable (read at start-up) takes
-    a good part of that cost back (56 s -> 44 s in the same measurement). Memory held by tensors is unchanged, only what
-    the allocator keeps resident after they are freed. The setting is process-wide, affects every later
+    a good part of that cost back (53 s -> 42 s in the same measurement). Memory held by tensors is unchanged,
+    only what the allocator keeps resident after they are freed. The setting is process-wide, affects every later
     ``malloc`` (not only PyTorch's) and does not move memory already allocated, so call it early, once, before
     building models and data. Calling it again with the same arguments changes nothing.
 
