@@ -246,8 +246,8 @@ def _ink_box_side(image: torch.Tensor, threshold: float = 0.02) -> int:
 def test_glyph_images_are_labelled_sized_and_reproducible() -> None:
     _needs("PIL")
     _needs("matplotlib")
-    ds, labels = glyph_images(2, resolution=20, seed=3, families=["DejaVu Sans", "Computer Modern Roman"],
-                              size_range=(0.5, 0.8))
+    families = ["DejaVu Sans", "Computer Modern Roman"]
+    ds, labels = glyph_images(2, resolution=20, seed=3, families=families, size_range=(0.5, 0.8))
     values = ds.stacked()
     assert values.shape == (72, 400, 1) and 0.0 <= values.min() and values.max() <= 1.0
     assert torch.equal(ds.coords, make_grid((20, 20), dtype=torch.float32))
@@ -259,11 +259,10 @@ def test_glyph_images_are_labelled_sized_and_reproducible() -> None:
         assert image.max() > 0.9 and image[0].max() < 1.0  # white ink on a black background
         # the glyph's longer side is a fraction in size_range of R (plus one pixel of antialiasing either side)
         assert 0.5 * 20 - 1 <= _ink_box_side(image) <= 0.8 * 20 + 2
-    again, again_labels = glyph_images(2, resolution=20, seed=3, families=["DejaVu Sans", "Computer Modern Roman"],
-                                       size_range=(0.5, 0.8))
+    again, again_labels = glyph_images(2, resolution=20, seed=3, families=families, size_range=(0.5, 0.8))
     assert torch.equal(values, again.stacked()) and torch.equal(labels, again_labels)
-    assert not torch.equal(values, glyph_images(2, resolution=20, seed=4, families=["DejaVu Sans", "Computer Modern Roman"],
-                                                size_range=(0.5, 0.8))[0].stacked())
+    other_seed = glyph_images(2, resolution=20, seed=4, families=families, size_range=(0.5, 0.8))[0]
+    assert not torch.equal(values, other_seed.stacked())
 
 
 def test_glyph_images_split_by_family_and_subset_of_classes() -> None:

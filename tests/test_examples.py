@@ -224,19 +224,21 @@ def test_latent_classification_end_to_end_and_resume(tmp_path):
         with Image.open(out / picture) as image:
             assert image.format == "PNG" and min(image.size) > 100, picture
     assert json.loads((out / "summary.json").read_text())["accuracy"] == summary["accuracy"]
-    assert summary["train_images"] == 9 and summary["test_images"] == 6 and summary["outer_steps"] == {"ECoP": 2, "Learnit": 2}
+    assert summary["train_images"] == 9 and summary["test_images"] == 6
+    assert summary["outer_steps"] == {"ECoP": 2, "Learnit": 2}
     assert set(summary["accuracy"]) == {"ECoP", "Learnit", "pixels"}
     assert summary["accuracy"]["pixels"]["features"] == 144 and summary["accuracy"]["ECoP"]["features"] == 8
-    for result in summary["accuracy"].values():
-        assert all(0.0 <= a <= 1.0 and a * 6 == pytest.approx(round(a * 6), abs=1e-3) for a in result["test_accuracy_per_seed"])
+    for result in summary["accuracy"].values():  # fractions of the 6 held-out images
+        assert all(a * 6 == pytest.approx(round(a * 6), abs=1e-3) for a in result["test_accuracy_per_seed"])
+        assert all(0.0 <= a <= 1.0 for a in result["test_accuracy_per_seed"])
     # Independent check of the saved artefacts: rebuild the held-out glyphs, load the ECoP checkpoint into a fresh
     # model, and evaluate it with plain calls at the zero latent (step 0) and at the saved codes (last step).
     test, labels = glyph_images(2, resolution=12, seed=1, families=["DejaVu Sans Mono", "STIX General"], classes="ABC")
     saved = torch.load(out / "latents.pt")
     assert torch.equal(saved["labels"]["test"], labels) and saved["ECoP"]["test"].shape == (6, 8)
-    learner = ContextPruningMetaLearner(ModulatedSiren(2, 1, 16, 2, latent_dim=8), gamma=0.25, K=3, L=2, lam=10.0,
-                                        adapt=["latent"], learn_inner_lr="per_element", inner_lr=0.1,
-                                        max_grad_norm=1.0)
+    learner = ContextPruningMetaLearner(ModulatedSiren(2, 1, 16, 2, latent_dim=8), gamma=0.25, K=3, L=2, lam=0.1,
+                                        adapt=["latent"], learn_inner_lr="per_element", inner_lr=0.03,
+                                        rates_lr=3e-5, max_grad_norm=1.0)
     learner.load(out / "ecop.pt")
     model, values = learner.model, test.stacked()
     with torch.no_grad():
@@ -247,7 +249,8 @@ def test_latent_classification_end_to_end_and_resume(tmp_path):
     assert curve[0] == pytest.approx(float(start.mean()), abs=2e-3)
     assert curve[-1] == pytest.approx(float(end.mean()), abs=2e-3)
     # --resume continues from the checkpoints instead of starting again
-    resumed = module.main(LATENT_TINY + ["--out", str(out), "--resume", "--outer-steps", "3", "--classifier-seeds", "1"])
+    resumed = module.main(LATENT_TINY + ["--out", str(out), "--resume", "--outer-steps", "3", 
+                          "--classifier-seeds", "1"])
     assert resumed["outer_steps"] == {"ECoP": 3, "Learnit": 3}
 
 

@@ -202,7 +202,8 @@ def _render_glyph(
     top = int(rng.integers(0, canvas.size[1] - height + 1))
     canvas.paste(glyph, (left, top))
     small = canvas.resize((resolution, resolution), resample=image_module.Resampling.BOX)
-    return np.asarray(small, dtype=np.float32) / 255.0, f"{char}|{font_path.name}|{side / supersample:.1f}px|{angle:+.0f}deg|w{stroke}"
+    name = f"{char}|{font_path.name}|{side / supersample:.1f}px|{angle:+.0f}deg|w{stroke}"
+    return np.asarray(small, dtype=np.float32) / 255.0, name
 
 
 def glyph_images(
@@ -248,7 +249,9 @@ def glyph_images(
     if not 0.0 < low <= high <= 1.0:
         raise ValueError(f"size_range must be (low, high) with 0 < low <= high <= 1, got {size_range}")
     if not 0.0 <= float(max_rotation) <= 90.0 or not 0.0 <= float(max_weight) <= 0.2:
-        raise ValueError(f"max_rotation must be in [0, 90] and max_weight in [0, 0.2], got {max_rotation}, {max_weight}")
+        raise ValueError(
+            f"max_rotation must be in [0, 90] and max_weight in [0, 0.2], got {max_rotation}, {max_weight}"
+        )
     fonts = [path for files in glyph_fonts(families).values() for path in files]
     rng = as_generator(seed)
     images, names, labels = [], [], []
