@@ -11,6 +11,8 @@ import pytest
 import torch
 
 from ecop_wrap.data import (
+    FONT_FAMILIES,
+    GLYPH_CLASSES,
     SKIMAGE_SPLITS,
     SKIMAGE_TEST,
     SKIMAGE_TRAIN,
@@ -20,6 +22,8 @@ from ecop_wrap.data import (
     LatLonArray,
     SignalDataset,
     camera_pans,
+    glyph_fonts,
+    glyph_images,
     latlon_to_sphere,
     load_audio,
     pp_fields,
@@ -230,6 +234,63 @@ def test_text_images() -> None:
         text_images(0)
     with pytest.raises(ValueError, match="max_length"):
         text_images(1, min_length=5, max_length=2)
+
+
+def _ink_box_side(image: torch.Tensor, threshold: float = 0.02) -> int:
+    """Longer side (pixels) of the box around every pixel brighter than ``threshold`` in an ``[R, R]`` image."""
+    rows = torch.nonzero(image.amax(dim=1) > threshold).flatten()
+    cols = torch.nonzero(image.amax(dim=0) > threshold).flatten()
+    return int(max(rows[-1] - rows[0], cols[-1] - cols[0])) + 1
+
+
+def test_glyph_images_are_labelled_sized_and_reproducible() -> None:
+    _needs("PIL")
+    _needs("matplotlib")
+    families = ["DejaVu Sans", "Computer Modern Roman"]
+    ds, labels = glyph_images(2, resolution=20, seed=3, families=families, size_range=(0.5, 0.8))
+    values = ds.stacked()
+    assert values.shape == (72, 400, 1) and values.min() >= 0.0 and values.max() <= 1.0
+    assert torch.equal(ds.coords, make_grid((20, 20), dtype=torch.float32))
+    assert labels.dtype == torch.int64 and labels.tolist() == [i // 2 for i in range(72)]  # class by class
+    allowed = set(FONT_FAMILIES["DejaVu Sans"] + FONT_FAMILIES["Computer Modern Roman"])
+    for name, label, image in zip(ds.names, labels.tolist(), values.reshape(72, 20, 20), strict=False):
+        char, font = name.split("|")[:2]
+        assert char == GLYPH_CLASSES[label] and font in allowed
+        assert image.max() > 0.9 and image[0].max() < 1.0  # white ink on a black background
+        # the glyph's longer side is a fraction in size_range of R (plus one pixel of antialiasing either side)
+        assert 0.5 * 20 - 1 <= _ink_box_side(image) <= 0.8 * 20 + 2
+    again, again_labels = glyph_images(2, resolution=20, seed=3, families=families, size_range=(0.5, 0.8))
+    assert torch.equal(values, again.stacked()) and torch.equal(labels, again_labels)
+    other_seed = glyph_images(2, resolution=20, seed=4, families=families, size_range=(0.5, 0.8))[0]
+    assert not torch.equal(values, other_seed.stacked())
+
+
+def test_glyph_images_split_by_family_and_subset_of_classes() -> None:
+    _needs("PIL")
+    _needs("matplotlib")
+    fonts = glyph_fonts()
+    assert set(fonts) == set(FONT_FAMILIES) and all(fonts.values())
+    train, _ = glyph_images(3, resolution=12, families=["DejaVu Serif"], classes="AB")
+    test, test_labels = glyph_images(3, resolution=12, families=["STIX General"], classes="AB")
+    assert {n.split("|")[1] for n in train.names} <= set(FONT_FAMILIES["DejaVu Serif"])
+    assert {n.split("|")[1] for n in test.names} <= set(FONT_FAMILIES["STIX General"])
+    assert test_labels.tolist() == [0, 0, 0, 1, 1, 1] and [n[0] for n in test.names] == list("AAABBB")
+
+
+def test_glyph_images_reject_bad_arguments() -> None:
+    _needs("matplotlib")
+    with pytest.raises(ValueError, match="families"):
+        glyph_images(1, families=["Comic Sans"])
+    with pytest.raises(ValueError, match="families"):
+        glyph_images(1, families=[])
+    with pytest.raises(ValueError, match="n_per_class"):
+        glyph_images(0)
+    with pytest.raises(ValueError, match="classes"):
+        glyph_images(1, classes="AA")
+    with pytest.raises(ValueError, match="size_range"):
+        glyph_images(1, size_range=(0.9, 0.5))
+    with pytest.raises(ValueError, match="max_rotation"):
+        glyph_images(1, max_rotation=-1.0)
 
 
 # ---------------------------------------------------------------------------------------------- video

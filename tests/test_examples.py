@@ -255,6 +255,127 @@ def test_sphere_example_end_to_end(tmp_path):
     assert summary["grid"] == [13, 16] and summary["args"]["w0"] == 50.0
 
 
+# ------------------------------------------------------------------------------- latents as classifier data
+LATENT_TINY = [
+    "--resolution",
+    "12",
+    "--train-per-class",
+    "3",
+    "--test-per-class",
+    "2",
+    "--classes",
+    "ABC",
+    "--hidden-features",
+    "16",
+    "--hidden-layers",
+    "2",
+    "--latent-dim",
+    "8",
+    "--outer-steps",
+    "2",
+    "--batch-size",
+    "3",
+    "--inner-steps",
+    "3",
+    "--bootstrap-steps",
+    "2",
+    "--learnit-steps",
+    "2",
+    "--fit-steps",
+    "3",
+    "--fit-batch",
+    "4",
+    "--classifier-hidden",
+    "16",
+    "--classifier-epochs",
+    "3",
+    "--classifier-seeds",
+    "2",
+    "--show",
+    "3",
+    "--no-progress",
+    "--threads",
+    "1",
+]
+
+
+def test_latent_classification_help_explains_every_flag(capsys, monkeypatch):
+    name = "latent_classification"
+    monkeypatch.setattr(sys, "argv", [f"{name}.py", "--help"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(EXAMPLES / f"{name}.py"), run_name="__main__")
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for action in _load(name).build_parser()._actions:
+        if not isinstance(action, argparse._HelpAction):
+            assert action.help and action.help.strip(), f"flag {action.option_strings} has no help text"
+            assert action.option_strings[0] in text
+    module = _load(name)
+    with pytest.raises(SystemExit, match="--test-families"):
+        module.main(["--test-families", "Comic Sans"])
+    with pytest.raises(SystemExit, match="--classes"):
+        module.main(["--classes", "AA"])
+
+
+def _psnr_db(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR (data range 1) over the last two dims, written here rather than taken from the library."""
+    return -10 * torch.log10((prediction - target).pow(2).mean(dim=(-2, -1)))
+
+
+@pytest.mark.skipif(not _has("matplotlib", "PIL"), reason="needs 'ecop-wrap[examples]'")
+def test_latent_classification_end_to_end_and_resume(tmp_path):
+    from PIL import Image
+
+    from ecop_wrap import ModulatedSiren
+    from ecop_wrap.data import glyph_images
+
+    out = tmp_path / "latents"
+    module = _load("latent_classification")
+    summary = module.main([*LATENT_TINY, "--out", str(out)])
+    for picture in ("reconstructions.png", "latents_pca.png", "meta_training.png"):
+        with Image.open(out / picture) as image:
+            assert image.format == "PNG" and min(image.size) > 100, picture
+    assert json.loads((out / "summary.json").read_text())["accuracy"] == summary["accuracy"]
+    assert summary["train_images"] == 9 and summary["test_images"] == 6
+    assert summary["outer_steps"] == {"ECoP": 2, "Learnit": 2}
+    assert set(summary["accuracy"]) == {"ECoP", "Learnit", "pixels"}
+    assert summary["accuracy"]["pixels"]["features"] == 144 and summary["accuracy"]["ECoP"]["features"] == 8
+    for result in summary["accuracy"].values():  # fractions of the 6 held-out images
+        assert all(a * 6 == pytest.approx(round(a * 6), abs=1e-3) for a in result["test_accuracy_per_seed"])
+        assert all(0.0 <= a <= 1.0 for a in result["test_accuracy_per_seed"])
+    # Independent check of the saved artefacts: rebuild the held-out glyphs, load the ECoP checkpoint into a fresh
+    # model, and evaluate it with plain calls at the zero latent (step 0) and at the saved codes (last step).
+    test, labels = glyph_images(2, resolution=12, seed=1, families=["DejaVu Sans Mono", "STIX General"], classes="ABC")
+    saved = torch.load(out / "latents.pt")
+    assert torch.equal(saved["labels"]["test"], labels) and saved["ECoP"]["test"].shape == (6, 8)
+    learner = ContextPruningMetaLearner(
+        ModulatedSiren(2, 1, 16, 2, latent_dim=8),
+        gamma=0.25,
+        K=3,
+        L=2,
+        lam=0.1,
+        adapt=["latent"],
+        learn_inner_lr="per_element",
+        inner_lr=0.03,
+        rates_lr=3e-5,
+        max_grad_norm=1.0,
+    )
+    learner.load(out / "ecop.pt")
+    model, values = learner.model, test.stacked()
+    with torch.no_grad():
+        start = _psnr_db(model(test.coords).expand_as(values), values)
+        params = {**dict(model.named_parameters()), "latent": saved["ECoP"]["test"]}
+        end = _psnr_db(torch.func.functional_call(model, params, (test.coords,)), values)
+    curve = summary["test_psnr"]["ECoP"]["mean_per_step"]
+    assert curve[0] == pytest.approx(float(start.mean()), abs=2e-3)
+    assert curve[-1] == pytest.approx(float(end.mean()), abs=2e-3)
+    # --resume continues from the checkpoints instead of starting again
+    resumed = module.main(
+        [*LATENT_TINY, "--out", str(out), "--resume", "--outer-steps", "3", "--classifier-seeds", "1"]
+    )
+    assert resumed["outer_steps"] == {"ECoP": 3, "Learnit": 3}
+
+
 # -------------------------------------------------------------------------------------------- README
 def _readme_python_block() -> str:
     text = (ROOT / "README.md").read_text()

