@@ -142,7 +142,7 @@ def _check_resolution(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    setup(args)
+    config = setup(args)
     _check_resolution(args)
 
     def make_model() -> NeRV:
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return plot_frame_selection(clip, trace, predictions, out / "selection.png", gamma=args.gamma)
 
     example = Example("video_nerv", train, test, make_model, show_reconstructions, show_selection, notes=notes)
-    return run(example, args)
+    return run(example, config)
 
 
 def plot_frame_selection(
