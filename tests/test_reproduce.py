@@ -3,6 +3,7 @@ independent float64 per-signal references."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -78,9 +79,10 @@ def test_reproduce_end_to_end(tmp_path):
     done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
     results = json.loads(out.read_text())
-    assert set(results) == set(METHODS) | {"_meta", "_paired_gaps"}
+    image_methods = [m for m in METHODS if not m.startswith("nerv_")]  # NeRV decodes video only
+    assert set(results) == set(image_methods) | {"_meta", "_paired_gaps"}
     assert results["_paired_gaps"]["ecop - learnit"]["signals"] == 3
-    for method in METHODS:
+    for method in image_methods:
         record = results[method]
         for key in ("psnr", "ssim", "seconds_per_step", "peak_memory_bytes"):
             assert isinstance(record[key], (int, float)) and math.isfinite(record[key]), (method, key)
@@ -100,6 +102,54 @@ def test_reproduce_end_to_end(tmp_path):
     assert results["ecop_test_unscaled"]["trained_as"] == "ecop"
     assert results["_meta"]["lpips"].startswith(("computed", "absent"))
     assert "method" in done.stdout and "ecop" in done.stdout
+
+
+def test_reproduce_video_rows_nerv_on_frames_and_siren_on_pixels(tmp_path):
+    pytest.importorskip("skimage")
+    out = tmp_path / "v.json"
+    # fmt: off
+    command = [
+        sys.executable, os.path.join(ROOT, "benchmarks", "reproduce.py"), "--video", "pans", "--resolution", "8",
+        "--frames", "4", "--outer-steps", "2", "--eval-size", "3", "--eval-split", "both", "--train-size", "6",
+        "--batch", "2", "--width", "16", "--depth", "2", "--gamma", "0.5", "--ecop-steps", "4", "--boot-steps", "2",
+        "--test-steps", "2", "--nerv-channels", "4", "--nerv-width", "8", "--methods", "nerv_ecop,nerv_learnit,learnit",
+        "--inner-lr-for", "nerv_ecop=0.5", "--inner-lr-for", "nerv_learnit=0.5", "--boot-lr-for", "nerv_ecop=0.25",
+        "--json", str(out),
+    ]
+    # fmt: on
+    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads(out.read_text())
+    assert results["nerv_ecop"]["model"]["class"] == "NeRV" and results["learnit"]["model"]["class"] == "Siren"
+    assert results["nerv_ecop"]["train"]["inner_lr"] == 0.5 and results["nerv_ecop"]["train"]["boot_lr"] == 0.25
+    assert results["learnit"]["train"]["inner_lr"] == 1e-2
+    for method in ("nerv_ecop", "nerv_learnit", "learnit"):
+        record = results[method]
+        assert len(record["psnr_per_signal"]) == 3 and len(record["val"]["psnr_per_signal"]) == 3
+        assert math.isfinite(record["psnr"]) and record["fit_seconds_per_signal"] > 0
+    assert results["_paired_gaps"]["nerv_ecop - nerv_learnit"]["signals"] == 3
+    assert results["_meta"]["modality"] == "video"
+
+
+def test_frame_view_keeps_every_clip_and_its_mean_squared_error():
+    pytest.importorskip("skimage")
+    from reproduce import RunConfig, build_model, frame_view, load_splits
+
+    config = RunConfig.from_args(["--video", "pans", "--resolution", "8", "--frames", "3", "--train-size", "4"])
+    config = dataclasses.replace(config, eval_size=2)
+    pixels = load_splits(config)
+    model = build_model(config, pixels, "nerv")
+    frames = frame_view(pixels, model)
+    assert frames.coords.shape == (3, 1) and frames.test.shape == (2, 3, 3 * 8 * 8)
+    clips = model.values_to_frames(frames.test)  # [N, T, H, W, C]
+    torch.testing.assert_close(clips.reshape(2, -1, 3), pixels.test, rtol=0, atol=0)
+    other = torch.rand_like(pixels.test)
+    other_frames = model.frames_to_values(other.reshape(2, 3, 8, 8, 3))
+    mse_pixels = (other - pixels.test).pow(2).mean(dim=(1, 2))
+    mse_frames = (other_frames - frames.test).pow(2).mean(dim=(1, 2))
+    torch.testing.assert_close(mse_frames, mse_pixels)
+    with pytest.raises(SystemExit):
+        RunConfig.from_args(["--methods", "nerv_ecop"])  # NeRV without --video
 
 
 def test_merge_results_combines_disjoint_methods_and_refuses_duplicates(tmp_path):
