@@ -146,6 +146,7 @@ class RunConfig:
     inner_lr_for: tuple[tuple[str, float], ...]
     boot_lr_for: tuple[tuple[str, float], ...]
     max_grad_norm: float | None
+    graph_free_dtype: str
     methods: tuple[str, ...]
     threads: int
     workers: int
@@ -609,8 +610,13 @@ def make_trainer(training: Training, model: Siren, config: RunConfig) -> Context
     """The meta-learner of a trained method (the library's learner for all but Reptile)."""
     if training.reptile:
         return Reptile(model, training.hyper["K"], inner_lr=training.inner_lr, outer_lr=training.outer_lr)
+    graph_free = None if config.graph_free_dtype == "float32" else getattr(torch, config.graph_free_dtype)
     settings = ECoPConfig(
-        inner_lr=training.inner_lr, max_grad_norm=config.max_grad_norm, coord_range=None, **training.hyper
+        inner_lr=training.inner_lr,
+        max_grad_norm=config.max_grad_norm,
+        coord_range=None,
+        graph_free_dtype=graph_free,
+        **training.hyper,
     )
     adapt = list(training.adapt) if training.adapt is not None else None
     return ContextPruningMetaLearner.from_config(
@@ -890,6 +896,7 @@ def _meta(config: RunConfig, splits: Splits, device: torch.device) -> dict[str, 
         "data": splits.description,
         "modality": splits.modality,
         "eval_split": config.eval_split,
+        "graph_free_dtype": config.graph_free_dtype,
         "eval_signals": int(held_out_count(splits, config.eval_split)),
         "train_signals": len(splits.train),
         "psnr_data_range": splits.data_range,
@@ -1107,6 +1114,12 @@ def _parser() -> argparse.ArgumentParser:
         "--boot-lr-for", type=_lr_pair, action="append", default=[], metavar="METHOD=LR", help="bootstrap step size"
     )
     p.add_argument("--max-grad-norm", type=float, default=None)
+    p.add_argument(
+        "--graph-free-dtype",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="dtype of the graph-free ranking and bootstrap passes in training and test-time fitting",
+    )
     p.add_argument(
         "--methods", type=_methods, default=None, help="comma-separated subset (default: all that apply to the data)"
     )
