@@ -169,6 +169,26 @@ def test_every_memory_mode_matches_reference(mode, shared):
     _assert_grads_close(grads, ref_grads)
 
 
+@pytest.mark.parametrize("backend", ["torch.func", "higher"])
+@pytest.mark.parametrize("part", [["table_*"], ["mlp.*"]], ids=["tables-only", "mlp-only"])
+def test_adapting_only_the_tables_or_only_the_mlp_matches_reference(backend, part):
+    """adapt= picks the per-signal part; the rest is meta-learned and shared (its meta-gradient included)."""
+    model = _tiny_grid_inr()
+    coords, values = _images(shared=False)
+    config = SETTINGS["ecop"]
+    learner = ContextPruningMetaLearner(model, inner_lr=INNER_LR, outer_lr=1e-4, adapt=part, backend=backend, **config)
+    adapted = list(learner.adapted)
+    prefix = part[0].rstrip("*")
+    assert adapted and all(n.startswith(prefix) for n in adapted)
+    ref_loss, ref_grads = ref_meta_grads(model, coords, values, lr=INNER_LR, adapted=adapted, **config)
+    loss = learner.meta_loss((coords, values))
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    torch.testing.assert_close(loss.detach(), ref_loss, rtol=1e-9, atol=0)
+    _assert_grads_close(grads, ref_grads)
+    shared = [g for (n, _), g in zip(model.named_parameters(), grads, strict=True) if n not in adapted]
+    assert shared and all(float(g.abs().sum()) > 0 for g in shared), "the shared part is meta-learned too"
+
+
 def test_auto_batching_settles_on_vmap():
     """Per-signal tables are indexed with index_select, which vmap batches: auto picks vmap, not the loop."""
     model = _tiny_grid_inr()
