@@ -145,6 +145,7 @@ class RunConfig:
     outer_lr_for: tuple[tuple[str, float], ...]
     inner_lr_for: tuple[tuple[str, float], ...]
     boot_lr_for: tuple[tuple[str, float], ...]
+    lam_for: tuple[tuple[str, float], ...]
     max_grad_norm: float | None
     graph_free_dtype: str
     methods: tuple[str, ...]
@@ -178,6 +179,7 @@ class RunConfig:
             "outer_lr_for": tuple(args.outer_lr_for),
             "inner_lr_for": tuple(args.inner_lr_for),
             "boot_lr_for": tuple(args.boot_lr_for),
+            "lam_for": tuple(args.lam_for),
             "methods": tuple(m for m in METHODS if m in requested),
             "paired": tuple(args.paired) if args.paired else None,
             "merge": tuple(args.merge) if args.merge else None,
@@ -294,6 +296,9 @@ class Method:
         hyper = self.train(config)
         if "boot_lr" in hyper:
             hyper = {**hyper, "boot_lr": config.boot_lr_of(self.name)}
+        own_lam = dict(config.lam_for)
+        if self.name in own_lam and hyper.get("L", 0) > 0:
+            hyper = {**hyper, "lam": own_lam[self.name]}
         return Training(hyper, self.inner_lr(config), config.outer_lr_of(self.name), self.reptile, self.adapt)
 
     def fit_setting(self, config: RunConfig) -> FitSetting:
@@ -1112,6 +1117,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--boot-lr-for", type=_lr_pair, action="append", default=[], metavar="METHOD=LR", help="bootstrap step size"
+    )
+    p.add_argument(
+        "--lam-for", type=_lr_pair, action="append", default=[], metavar="METHOD=LAM", help="bootstrap weight lambda"
     )
     p.add_argument("--max-grad-norm", type=float, default=None)
     p.add_argument(

@@ -250,6 +250,14 @@ def test_method_table_rows_resolve_training_and_test_settings():
             "0.05",
             "--outer-lr-for",
             "reptile=1e-3",
+            "--inner-lr-for",
+            "hashgrid_ecop=0.7",
+            "--boot-lr-for",
+            "hashgrid_ecop=0.9",
+            "--lam-for",
+            "ecop_latent=0.5",
+            "--lam-for",
+            "learnit_latent=0.5",
         ]
     )
     boot = {"L": 3, "lam": 10.0, "boot_lr": 0.1}
@@ -266,6 +274,11 @@ def test_method_table_rows_resolve_training_and_test_settings():
     assert reptile.reptile and reptile.hyper == {"K": 8} and reptile.outer_lr == 1e-3
     assert METHOD_TABLE["learnit_tuned_lr"].training(config).inner_lr == 0.05
     assert METHOD_TABLE["learnit"].training(config).inner_lr == 0.02
+    # per-method overrides: inner and bootstrap step sizes, and lambda (only where the bootstrap runs)
+    hashgrid = METHOD_TABLE["hashgrid_ecop"].training(config)
+    assert hashgrid.inner_lr == 0.7 and hashgrid.hyper == {"gamma": 0.5, "K": 8, **boot, "boot_lr": 0.9}
+    assert hyper("ecop_latent")["lam"] == 0.5 and hyper("learnit_latent")["lam"] == 0.0
+    assert hyper("ecop")["lam"] == 10.0
 
     def test(name: str) -> FitSetting:
         return METHOD_TABLE[name].fit_setting(config)
