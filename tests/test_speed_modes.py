@@ -119,3 +119,18 @@ def test_compiled_graph_free_passes_match_eager():
     torch.testing.assert_close(compiled[0], eager[0], rtol=1e-5, atol=0)
     for a, b in zip(compiled[1], eager[1], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("native", [False, True], ids=["emulated-bf16", "native-bf16"])
+def test_bf16_on_a_cpu_without_native_bf16_warns_once_it_is_requested(monkeypatch, native):
+    """Without AVX512-BF16/AMX the bf16 passes are emulated and slower than float32: the user is told."""
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
+    model = Siren(2, 3, 16, 2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ContextPruningMetaLearner(model, K=2, L=1, coord_range=None)  # float32: never a warning
+        ContextPruningMetaLearner(model, K=2, L=1, coord_range=None, graph_free_dtype=torch.bfloat16)
+    messages = [str(w.message) for w in caught if "native bf16" in str(w.message)]
+    assert len(messages) == (0 if native else 1)
+    if messages:
+        assert "graph_free_dtype" in messages[0] and "slower than float32" in messages[0]
