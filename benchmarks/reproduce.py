@@ -541,6 +541,13 @@ def load_splits(config: RunConfig) -> Splits:
     return _image_splits(config)
 
 
+def _on_device(splits: Splits, device: torch.device) -> Splits:
+    """``splits`` with the coords and the held-out signals on ``device`` (training batches move per step)."""
+    return dataclasses.replace(
+        splits, coords=splits.coords.to(device), val=splits.val.to(device), test=splits.test.to(device)
+    )
+
+
 def frame_view(splits: Splits, model: NeRV) -> Splits:
     """The same clips as whole frames: coords ``[T, 1]`` (time), values ``[N, T, C*H*W]`` in ``model``'s layout.
 
@@ -789,39 +796,36 @@ def run(config: RunConfig, log: Callable[[str], None] = print) -> dict[str, Any]
     device = torch.device(config.device)
     splits = load_splits(config)
     log(f"data: {splits.description}; train {len(splits.train)}, val {len(splits.val)}, test {len(splits.test)}")
-    held_out = (splits.val if config.eval_split == "val" else splits.test).to(device)
-    val = splits.val.to(device) if config.eval_split == "both" else None
+    splits = _on_device(splits, device)
 
-    def score(model: nn.Module | ContextPruningMetaLearner, method: Method) -> dict[str, Any]:
+    def score(model: nn.Module | ContextPruningMetaLearner, method: Method, data: Splits) -> dict[str, Any]:
         setting = method.fit_setting(config)
-        out = evaluate(model, splits, held_out, config.test_steps, setting)
-        if val is not None:
-            on_val = evaluate(model, splits, val, config.test_steps, setting)
+        held_out = data.val if config.eval_split == "val" else data.test
+        out = evaluate(model, data, held_out, config.test_steps, setting)
+        if config.eval_split == "both":
+            on_val = evaluate(model, data, data.val, config.test_steps, setting)
             out["val"] = {k: on_val[k] for k in ("psnr", "psnr_std", "psnr_per_signal", "ssim")}
         return out
 
-    splits.coords = splits.coords.to(device)
     results: dict[str, Any] = {}
-    # a trained method's learner (its test-time fit uses its adapted parameters and learned rates, if any)
+    # a trained method's learner (its test-time fit uses its adapted parameters and learned rates, if any) and
+    # the layout of the data it was trained on (a NeRV's context point is a frame: frame_view)
     trained_models: dict[str, nn.Module | ContextPruningMetaLearner] = {}
-    pixel_splits, pixel_held_out, pixel_val = splits, held_out, val
+    trained_data: dict[str, Splits] = {}
     for name in config.methods:
         method = METHOD_TABLE[name]
-        splits, held_out, val = pixel_splits, pixel_held_out, pixel_val
         if method.train is not None:
-            model = build_model(config, pixel_splits, method.model).to(device)
-            if isinstance(model, NeRV):  # a NeRV's context point is a frame
-                splits = frame_view(pixel_splits, model)
-                held_out = splits.val if config.eval_split == "val" else splits.test
-                val = splits.val if config.eval_split == "both" else None
-            training, trainer = train_method(method, model, splits, config, device, log)
+            model = build_model(config, splits, method.model).to(device)
+            data = _on_device(frame_view(splits, model), device) if isinstance(model, NeRV) else splits
+            training, trainer = train_method(method, model, data, config, device, log)
             trained_models[name] = trainer if isinstance(trainer, ContextPruningMetaLearner) else model
+            trained_data[name] = data
             training["model"] = describe_model(model)
-            results[name] = {**score(trained_models[name], method), **training}
+            results[name] = {**score(trained_models[name], method, data), **training}
         elif method.trained_as is None:  # the initialisation itself
             model = build_model(config, splits).to(device)
             results[name] = {
-                **score(model, method),
+                **score(model, method, splits),
                 "trained_as": None,
                 "seconds_per_step": 0.0,
                 "cpu_seconds_per_step": 0.0,
@@ -829,12 +833,13 @@ def run(config: RunConfig, log: Callable[[str], None] = print) -> dict[str, Any]
             }
         else:  # another method's model, tested another way; its training record is repeated
             source = method.trained_as
-            results[name] = {**results[source], **score(trained_models[source], method), "trained_as": source}
+            scored = score(trained_models[source], method, trained_data[source])
+            results[name] = {**results[source], **scored, "trained_as": source}
         _log_result(log, name, results[name])
     for name in config.methods:
         setting = METHOD_TABLE[name].fit_setting(config)
         results[name]["test"] = {**dataclasses.asdict(setting), "steps": config.test_steps}
-    results["_meta"] = _meta(config, pixel_splits, device)
+    results["_meta"] = _meta(config, splits, device)
     return results
 
 
