@@ -58,7 +58,9 @@ to 1.0, batch 4; docs/results.md), the script fits the ``--fit-n`` builtin test 
   scaled steps;
 * with ``--fit-sampled``, ``sampled``: every step on a pruned context *sampled* with probability
   proportional to the squared error (Gumbel top-k over log-errors, a selection rule this script registers),
-  an error-driven point sampler in the spirit of EVOS / INT.
+  an error-driven point sampler in the spirit of EVOS / INT;
+* with ``--fit-compile``, every schedule above again with ``compile=True`` (named ``"... +compile"``); its
+  untimed warm-up is a whole fit, so that compilation is over before timing.
 
 Each schedule is run through ``fit_steps``, whose generator computes step i's direction (ranking, gradients,
 scale) between yielding state i-1 and state i; so step i's wall time is the duration of the ``next()``
@@ -69,8 +71,9 @@ times; the final evaluation pass that ``fit`` adds is counted for no schedule. T
 each state carries. One untimed warm-up fit of 2 steps per schedule, then ``--repeats`` timed fits,
 round-robin; step times are medians over repeats (PSNRs are deterministic; the script checks they repeat).
 Reported: PSNR against cumulative wall time for every schedule, and per schedule the first step at which the
-mean PSNR reaches the reference's final PSNR, with its time as a fraction of the reference's 16-step time
-(issue 10's bar: <= 0.6), and the best PSNR reached within 0.6x that time.
+mean PSNR reaches the reference's final PSNR (less 0.01 dB, ``BAR_SLACK_DB``: compiled kernels round
+differently), with its time as a fraction of the reference's 16-step time (issue 10's bar: <= 0.6), and the
+best PSNR reached within 0.6x that time.
 
 ``--threads`` takes a comma-separated list for the new modes (e.g. ``1,2``): each thread count runs in a
 fresh subprocess of this script (so that the compiled kernels and thread pools of one do not carry over to
@@ -574,6 +577,15 @@ def _fit_schedules(args: argparse.Namespace, learner: ContextPruningMetaLearner)
         schedules["sampled"] = GradScaledAdapter(
             learner, steps=args.fit_max_steps, pruned_steps=args.fit_max_steps, selection=SAMPLED_RULE
         )
+    if args.fit_compile:
+        for name, adapter in list(schedules.items()):
+            schedules[f"{name} +compile"] = GradScaledAdapter(
+                learner,
+                steps=adapter.steps,
+                pruned_steps=adapter.pruned_steps,
+                selection=adapter.selection_rule.name,
+                compile=True,
+            )
     return schedules
 
 
@@ -597,9 +609,15 @@ def _timed_fit(
     return seconds, psnrs
 
 
+BAR_SLACK_DB = 0.01
+"""A schedule reaches the bar when its mean PSNR is at least the reference's final PSNR minus this."""
+
+
 def _time_to_bar(cumulative: list[float], psnrs: list[float], bar: float, budget_s: float) -> dict[str, Any]:
     """First step whose PSNR reaches ``bar``, its cumulative time, and the best PSNR within ``budget_s``."""
-    reached = next((j for j, p in enumerate(psnrs) if p >= bar), None)
+    # 0.01 dB of slack: a compiled schedule's kernels round differently and can end 1e-3 dB short of the
+    # eager reference's own final PSNR
+    reached = next((j for j, p in enumerate(psnrs) if p >= bar - BAR_SLACK_DB), None)
     within = [p for j, p in enumerate(psnrs) if cumulative[j] <= budget_s]
     return {
         "steps_to_bar": reached,
@@ -617,7 +635,8 @@ def run_fit(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     signal = (test.coords.to(device), torch.as_tensor(test.values).to(device))
     schedules = _fit_schedules(args, learner)
     for adapter in schedules.values():
-        _timed_fit(adapter, signal, device, steps=min(2, adapter.steps))  # warm-up
+        # warm-up; a compiled schedule's whole fit, so that every shape it meets is compiled before timing
+        _timed_fit(adapter, signal, device, steps=None if adapter.config.compile else min(2, adapter.steps))
     step_times: dict[str, list[list[float]]] = {n: [] for n in schedules}
     curves: dict[str, list[float]] = {}
     for repeat in range(args.repeats):
@@ -691,7 +710,7 @@ def _print_fit(
         f"{args.fit_bar * summary['reference_time_s']:.3f} s"
     )
     print(
-        f"{'schedule':14s} {'step s (pruned / full)':>23s} {'steps to bar':>12s} {'time to bar s':>14s} "
+        f"{'schedule':22s} {'step s (pruned / full)':>23s} {'steps to bar':>12s} {'time to bar s':>14s} "
         f"{'x ref time':>10s} {'best PSNR in budget':>20s} {'final PSNR':>11s}"
     )
     for name, r in results.items():
@@ -702,7 +721,7 @@ def _print_fit(
         when = "not reached" if r["time_to_bar_s"] is None else f"{r['time_to_bar_s']:.3f}"
         frac = "-" if r["fraction_of_reference_time"] is None else f"{r['fraction_of_reference_time']:.2f}"
         best = "-" if r["best_psnr_within_budget"] is None else f"{r['best_psnr_within_budget']:.2f}"
-        print(f"{name:14s} {per_step:>23s} {steps:>12s} {when:>14s} {frac:>10s} {best:>20s} {r['psnr'][-1]:11.2f}")
+        print(f"{name:22s} {per_step:>23s} {steps:>12s} {when:>14s} {frac:>10s} {best:>20s} {r['psnr'][-1]:11.2f}")
 
 
 # ------------------------------------------------------------------------------------- thread counts
@@ -798,6 +817,9 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--fit-pruned", default="4,8,12,16", help="pruned_steps of the schedules")
     fit.add_argument("--fit-max-steps", type=int, default=24, help="total steps of every non-reference schedule")
     fit.add_argument("--fit-sampled", action="store_true", help="also an error-sampled schedule (every step pruned)")
+    fit.add_argument(
+        "--fit-compile", action="store_true", help="also every schedule with compile=True (its warm-up: a whole fit)"
+    )
     fit.add_argument("--fit-bar", type=float, default=0.6, help="time budget as a fraction of the reference's")
     fit.add_argument(
         "--fit-ranking-check",

@@ -81,6 +81,36 @@ def test_bf16_ranking_and_bootstrap_run_in_bf16_and_stay_close():
     torch.testing.assert_close(fit.history["psnr"], want_fit.history["psnr"], rtol=0.02, atol=0)
 
 
+@pytest.mark.parametrize("pruned_steps", [0, 1])
+def test_bf16_adapter_ranks_in_bf16_and_takes_every_gradient_in_the_model_dtype(pruned_steps):
+    """At test time a gradient's norm is the step size (norm scale) or the step itself: only ranking is bf16.
+
+    A full-context step ranks with the errors of its own full pass, so without pruned steps no pass is bf16.
+    """
+    torch.manual_seed(0)
+    model = Siren(2, 3, 16, 2)
+    batch = _batch(side=12)
+    adapter = GradScaledAdapter(
+        model, steps=2, gamma=0.25, graph_free_dtype=torch.bfloat16, pruned_steps=pruned_steps, coord_range=None
+    )
+    seen = []
+    original = adapter.backend.forward_capture
+
+    def spy(params, coords, capture):
+        out = original(params, coords, capture)
+        seen.append((torch.is_grad_enabled(), out[0].dtype))
+        return out
+
+    adapter.backend.forward_capture = spy
+    fit = adapter.fit(batch)
+    assert {dtype for grad, dtype in seen if grad} == {torch.float32}  # full, pruned and scale gradients
+    assert ((False, torch.bfloat16) in seen) == bool(pruned_steps)  # ranking of the pruned step
+    if not pruned_steps:
+        plain = GradScaledAdapter(model, steps=2, gamma=0.25, coord_range=None).fit(batch)
+        assert torch.equal(fit.history["mse"], plain.history["mse"])
+        assert torch.equal(fit.history["scale"], plain.history["scale"])
+
+
 def test_compile_falls_back_to_eager_with_one_warning(monkeypatch):
     def broken_compile(fn, **kwargs):
         def run(*args):

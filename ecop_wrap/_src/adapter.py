@@ -109,8 +109,8 @@ class GradScaledAdapter:
             steps in a row.
         coord_range: expected coordinate range (default: the learner's).
         autocast_dtype: run forward passes under ``torch.autocast`` with this dtype.
-        graph_free_dtype: dtype of the ranking and the scale's pruned gradient (the full-context gradient keeps
-            the model's dtype).
+        graph_free_dtype: dtype of the ranking forwards; every gradient (full-context, the scale's pruned one,
+            pruned steps') keeps the model's dtype.
         compile: ``torch.compile`` the graph-free forwards (default: the learner's setting).
         seed: seed for random selection.
         pruned_steps: take the first ``pruned_steps`` steps on the pruned context without scaling, as in

@@ -61,9 +61,11 @@ class ECoPConfig:
         backend: ``"torch.func"`` or ``"higher"``.
         batching: torch.func batching: ``"auto"``, ``"bmm"``, ``"vmap"`` or ``"loop"``.
         autocast_dtype: run forward passes under ``torch.autocast`` with this dtype.
-        graph_free_dtype: run the passes that need no graph back to theta_0 and set no gradient (ranking,
-            bootstrap, test-time scale) under ``torch.autocast`` in this dtype (e.g. ``torch.bfloat16``); the
-            graph-carrying steps keep the model's dtype. None: the model's dtype everywhere.
+        graph_free_dtype: run the passes that need no graph back to theta_0 (the ranking forwards, the
+            bootstrap's passes) under ``torch.autocast`` in this dtype (e.g. ``torch.bfloat16``); the
+            graph-carrying steps and every test-time gradient keep the model's dtype. None: the model's dtype
+            everywhere. Measured on a GPU (docs/benchmarks.md), bf16 cost a SIREN 1-5 dB on the builtin
+            comparison: its rounding outweighs the residuals of a good fit.
         compile: run every graph-free forward through :func:`torch.compile` (double backward through compiled
             graphs is not supported, so the inner steps stay eager); falls back with one warning.
         max_consecutive_skips: raise after this many consecutive non-finite steps.

@@ -190,15 +190,15 @@ class ContextEvaluator:
         """Sum over signals of each signal's MSE on its pruned context ``[B, k]`` (None: the full context).
 
         Summing per-signal means makes the gradient w.r.t. the batched ``params`` the per-signal gradients.
-        ``graph_free``: the caller's graph will not reach theta_0, so the backend's fast path may be used.
+        ``graph_free``: the caller's graph will not reach theta_0, so the backend's compiled path may be used.
+        It stays in the model's dtype even with ``graph_free_dtype`` set: at test time this gradient's norm is a
+        step size (the norm scale) or the step itself, and once residuals fall below bf16's resolution the
+        rounding of the predictions inflates it (bf16 here cost 11 dB at test time; docs/benchmarks.md).
         """
         coords, values = self.coords, self.values
         if pruned_idx is not None:
             coords, values = gather_points(coords, pruned_idx), gather_points(values, pruned_idx)
-        if graph_free:
-            pred = self.backend.graph_free(params, coords, low_precision=True)[0]
-        else:
-            pred = self.backend(params, coords)
+        pred = self.backend.graph_free(params, coords)[0] if graph_free else self.backend(params, coords)
         return squared_errors(pred, values).mean(dim=1).sum() / self.channels
 
     def grad(self, params: Params, pruned_idx: torch.Tensor | None) -> Params:
