@@ -59,6 +59,8 @@ to 1.0, batch 4; docs/results.md), the script fits the ``--fit-n`` builtin test 
 * with ``--fit-sampled``, ``sampled``: every step on a pruned context *sampled* with probability
   proportional to the squared error (Gumbel top-k over log-errors, a selection rule this script registers),
   an error-driven point sampler in the spirit of EVOS / INT;
+* with ``--fit-plain``, ``plain``: ``--fit-ref-steps`` full-context steps with ``scaling="none"`` (the same
+  steps without Eq. 6's pruned backward; its step time against the reference's is the scale's cost);
 * with ``--fit-compile``, every schedule above again with ``compile=True`` (named ``"... +compile"``); its
   untimed warm-up is a whole fit, so that compilation is over before timing.
 
@@ -568,6 +570,8 @@ def _fit_learner(args: argparse.Namespace, device: torch.device) -> tuple[Contex
 
 def _fit_schedules(args: argparse.Namespace, learner: ContextPruningMetaLearner) -> dict[str, GradScaledAdapter]:
     schedules = {"reference": GradScaledAdapter(learner, steps=args.fit_ref_steps)}
+    if args.fit_plain:
+        schedules["plain"] = GradScaledAdapter(learner, steps=args.fit_ref_steps, scaling="none")
     for pruned in _parse_ints(args.fit_pruned, "--fit-pruned"):
         if pruned > args.fit_max_steps:
             raise SystemExit(f"--fit-pruned {pruned} is more than --fit-max-steps {args.fit_max_steps}")
@@ -817,6 +821,11 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--fit-pruned", default="4,8,12,16", help="pruned_steps of the schedules")
     fit.add_argument("--fit-max-steps", type=int, default=24, help="total steps of every non-reference schedule")
     fit.add_argument("--fit-sampled", action="store_true", help="also an error-sampled schedule (every step pruned)")
+    fit.add_argument(
+        "--fit-plain",
+        action="store_true",
+        help="also plain full-context steps (scaling='none'): what the norm scale costs per step",
+    )
     fit.add_argument(
         "--fit-compile", action="store_true", help="also every schedule with compile=True (its warm-up: a whole fit)"
     )

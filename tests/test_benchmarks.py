@@ -137,3 +137,26 @@ def test_compare_with_compile(tmp_path):
     assert list(rows) == ["Learnit", "ECoP compile", "ECoP bf16+compile"]
     assert all(r["warmup_s"] > 0 for r in rows.values())
     assert "ECoP bf16+compile" in stdout
+
+
+def test_fit_plain_and_compile_schedules():
+    """Built only (compiling is the slow part): same steps, pruned steps and selection, compile on."""
+    argv = ["--fit", "--fit-pruned", "2", "--fit-max-steps", "4", "--fit-sampled", "--fit-plain", "--fit-compile"]
+    args = speed._parser().parse_args(argv)
+    learner = ContextPruningMetaLearner(Siren(2, 3, 16, 2), K=2, L=1, coord_range=None)
+    schedules = speed._fit_schedules(args, learner)
+    names = ["reference", "plain", "pruned 2", "sampled"]
+    assert schedules["plain"].scaling == "none" and schedules["reference"].scaling == "norm"
+    assert schedules["plain"].steps == schedules["reference"].steps == args.fit_ref_steps
+    assert list(schedules) == [*names, *(f"{n} +compile" for n in names)]
+    for name in names:
+        eager, compiled = schedules[name], schedules[f"{name} +compile"]
+        assert not eager.config.compile and compiled.config.compile
+        assert (compiled.steps, compiled.pruned_steps) == (eager.steps, eager.pruned_steps)
+        assert compiled.selection_rule.name == eager.selection_rule.name
+
+
+def test_time_to_bar_allows_only_rounding_below_the_bar():
+    cumulative, psnrs = [0.0, 1.0, 2.0, 3.0], [10.0, 20.0, 29.995, 31.0]
+    assert speed._time_to_bar(cumulative, psnrs, 30.0, 2.5)["steps_to_bar"] == 2  # 0.005 dB short: reached
+    assert speed._time_to_bar(cumulative, [10.0, 20.0, 29.98, 31.0], 30.0, 2.5)["steps_to_bar"] == 3
