@@ -587,6 +587,7 @@ def _fit_schedules(args: argparse.Namespace, learner: ContextPruningMetaLearner)
                 learner,
                 steps=adapter.steps,
                 pruned_steps=adapter.pruned_steps,
+                scaling=adapter.scaling,
                 selection=adapter.selection_rule.name,
                 compile=True,
             )

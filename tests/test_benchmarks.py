@@ -153,7 +153,7 @@ def test_fit_plain_and_compile_schedules():
         eager, compiled = schedules[name], schedules[f"{name} +compile"]
         assert not eager.config.compile and compiled.config.compile
         assert (compiled.steps, compiled.pruned_steps) == (eager.steps, eager.pruned_steps)
-        assert compiled.selection_rule.name == eager.selection_rule.name
+        assert (compiled.selection_rule.name, compiled.scaling) == (eager.selection_rule.name, eager.scaling)
 
 
 def test_time_to_bar_allows_only_rounding_below_the_bar():

@@ -64,8 +64,8 @@ class ECoPConfig:
         graph_free_dtype: run the passes that need no graph back to theta_0 (the ranking forwards, the
             bootstrap's passes) under ``torch.autocast`` in this dtype (e.g. ``torch.bfloat16``); the
             graph-carrying steps and every test-time gradient keep the model's dtype. None: the model's dtype
-            everywhere. Measured on a GPU (docs/benchmarks.md), bf16 cost a SIREN 1-5 dB on the builtin
-            comparison: its rounding outweighs the residuals of a good fit.
+            everywhere. Measured on a GPU (docs/benchmarks.md), bf16 cost a SIREN 0.5 dB on the builtin
+            comparison (600 outer steps): its rounding outweighs the residuals of a good fit.
         compile: run every graph-free forward through :func:`torch.compile` (double backward through compiled
             graphs is not supported, so the inner steps stay eager); falls back with one warning.
         max_consecutive_skips: raise after this many consecutive non-finite steps.
