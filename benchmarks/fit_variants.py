@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from ecop_wrap import ContextEvaluator, ContextPruningMetaLearner, ECoPConfig, Siren, num_selected
+from ecop_wrap import SCALING_RULES, ContextEvaluator, ContextPruningMetaLearner, ECoPConfig, Siren, num_selected
 from ecop_wrap._src.numerics import gather_points, global_norm, per_signal, squared_errors, topk_indices
 from ecop_wrap.data import skimage_crops
 from ecop_wrap.metrics import mse_to_psnr
@@ -48,8 +48,10 @@ class Variants:
         self.learner, self.ctx = learner, ctx
         self.k = num_selected(ctx.num_points, learner.config.gamma)
         self.generator = torch.Generator().manual_seed(seed)
+        self.norm_rule, self.loss_rule = SCALING_RULES["norm"](), SCALING_RULES["loss"]()  # the adapter's rules
 
     def _norm_ratio(self, top: Params, other: Params) -> torch.Tensor:
+        """The norm rule's ratio with a subset estimate in place of the full-context gradient."""
         return global_norm(list(top.values())) / (global_norm(list(other.values())) + 1e-16)
 
     def _scaled(self, grads: Params, scale: torch.Tensor) -> Params:
@@ -58,8 +60,7 @@ class Variants:
     def reference(self, params: Params, step: int, state: dict[str, Any], every: int = 1) -> Params:
         full = self.ctx.full_grad(params)
         if step % every == 0:
-            top = self.ctx.grad(params, topk_indices(full.errors, self.k))
-            state["scale"] = self._norm_ratio(top, full.grads)
+            state["scale"] = self.norm_rule.scale(self.ctx, params, full, topk_indices(full.errors, self.k))
         return self._scaled(full.grads, state["scale"])
 
     def pruned(self, params: Params, step: int, state: dict[str, Any]) -> Params:
@@ -67,8 +68,7 @@ class Variants:
 
     def loss(self, params: Params, step: int, state: dict[str, Any]) -> Params:
         full = self.ctx.full_grad(params)
-        idx = topk_indices(full.errors, self.k)
-        scale = torch.gather(full.errors, 1, idx).mean(1) / (full.mse * self.ctx.channels + 1e-16)
+        scale = self.loss_rule.scale(self.ctx, params, full, topk_indices(full.errors, self.k))
         return self._scaled(full.grads, scale)
 
     def _weighted_grad(self, params: Params, idx: torch.Tensor, weights: torch.Tensor) -> Params:

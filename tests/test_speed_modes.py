@@ -33,6 +33,20 @@ def _grads(learner, batch):
     return loss.detach(), torch.autograd.grad(loss, list(learner.model.parameters()))
 
 
+def _record_forward_dtypes(backend) -> list[tuple[bool, torch.dtype]]:
+    """Wrap ``backend.forward_capture``: the list gets (grad enabled, output dtype) of every forward from now on."""
+    seen = []
+    original = backend.forward_capture
+
+    def spy(params, coords, capture):
+        out = original(params, coords, capture)
+        seen.append((torch.is_grad_enabled(), out[0].dtype))
+        return out
+
+    backend.forward_capture = spy
+    return seen
+
+
 def test_profiler_sees_every_phase():
     learner = ContextPruningMetaLearner(Siren(2, 3, 16, 2), K=2, L=1, coord_range=None)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
@@ -61,15 +75,7 @@ def test_bf16_ranking_and_bootstrap_run_in_bf16_and_stay_close():
     model = Siren(2, 3, 32, 2)
     batch = _batch(side=12)
     learner = ContextPruningMetaLearner(model, K=2, L=2, graph_free_dtype=torch.bfloat16, coord_range=None)
-    seen = []
-    original = learner.backend.forward_capture
-
-    def spy(params, coords, capture):
-        out = original(params, coords, capture)
-        seen.append((torch.is_grad_enabled(), out[0].dtype))
-        return out
-
-    learner.backend.forward_capture = spy
+    seen = _record_forward_dtypes(learner.backend)
     loss, _ = _grads(learner, batch)
     assert (False, torch.bfloat16) in seen  # ranking passes
     assert (True, torch.float32) in seen  # pruned steps with a graph
@@ -93,15 +99,7 @@ def test_bf16_adapter_ranks_in_bf16_and_takes_every_gradient_in_the_model_dtype(
     adapter = GradScaledAdapter(
         model, steps=2, gamma=0.25, graph_free_dtype=torch.bfloat16, pruned_steps=pruned_steps, coord_range=None
     )
-    seen = []
-    original = adapter.backend.forward_capture
-
-    def spy(params, coords, capture):
-        out = original(params, coords, capture)
-        seen.append((torch.is_grad_enabled(), out[0].dtype))
-        return out
-
-    adapter.backend.forward_capture = spy
+    seen = _record_forward_dtypes(adapter.backend)
     fit = adapter.fit(batch)
     assert {dtype for grad, dtype in seen if grad} == {torch.float32}  # full, pruned and scale gradients
     assert ((False, torch.bfloat16) in seen) == bool(pruned_steps)  # ranking of the pruned step
