@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from ecop_wrap import SCALING_RULES, ContextEvaluator, ContextPruningMetaLearner, ECoPConfig, Siren, num_selected
+from ecop_wrap import SCALING_RULES, ContextEvaluator, ContextPruningMetaLearner, Siren, num_selected
 from ecop_wrap._src.numerics import gather_points, global_norm, per_signal, squared_errors, topk_indices
 from ecop_wrap.data import skimage_crops
 from ecop_wrap.metrics import mse_to_psnr
@@ -145,9 +145,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = Siren(2, 3, 128, 3, w0=30.0)
-    saved = torch.load(args.init, map_location="cpu", weights_only=True)
-    learner = ContextPruningMetaLearner.from_config(model, ECoPConfig.from_dict(saved["config"]), seed=0)
-    learner.load(args.init)
+    learner = ContextPruningMetaLearner.from_checkpoint(model, args.init, seed=0)
     crops = skimage_crops(args.split, resolution=32, n=args.n, seed=1)
     ctx = ContextEvaluator(learner.backend, crops.coords, torch.as_tensor(crops.values))
     init = {n: model.get_parameter(n).detach() for n in learner.adapted}

@@ -110,7 +110,6 @@ from plain_loop import plain_meta_backward
 from ecop_wrap import (
     ContextEvaluator,
     ContextPruningMetaLearner,
-    ECoPConfig,
     GradScaledAdapter,
     Siren,
     make_grid,
@@ -529,10 +528,9 @@ def _fit_learner(args: argparse.Namespace, device: torch.device) -> tuple[Contex
     torch.manual_seed(args.seed)
     model = Siren(2, 3, args.fit_width, args.fit_layers, w0=args.fit_w0).to(device)
     if args.checkpoint:
-        saved = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
-        config = ECoPConfig.from_dict(saved["config"])
-        learner = ContextPruningMetaLearner.from_config(model, config, outer_lr=args.fit_outer_lr, seed=args.seed)
-        learner.load(args.checkpoint)
+        learner = ContextPruningMetaLearner.from_checkpoint(
+            model, args.checkpoint, outer_lr=args.fit_outer_lr, seed=args.seed
+        )
         return learner, f"loaded from {args.checkpoint} (meta-step {learner.step_count})"
     from ecop_wrap.data import skimage_crops
 

@@ -132,6 +132,64 @@ def test_load_accepts_memory_options_that_do_not_change_the_result(tmp_path):
     assert other.step_count == 3
 
 
+# ------------------------------------------------------------------------------------- from_checkpoint
+def test_from_checkpoint_rebuilds_the_learner_and_resumes_bit_identically(tmp_path):
+    batches = _batches(6)
+    straight = _learner(_model(), learn_inner_lr="per_tensor")
+    straight_stats = [straight.meta_step(b) for b in batches]
+    first = _learner(_model(), learn_inner_lr="per_tensor")
+    for b in batches[:3]:
+        first.meta_step(b)
+    first.save(tmp_path / "ckpt.pt")
+
+    # no configuration, optimizer or seed given: all of it comes from the file (Adam's lr 1e-2 included)
+    resumed = ContextPruningMetaLearner.from_checkpoint(_model(seed=7), tmp_path / "ckpt.pt", seed=99)
+    assert resumed.config == first.config
+    assert resumed.adapted == first.adapted
+    assert resumed.step_count == 3
+    resumed_stats = [resumed.meta_step(b) for b in batches[3:]]
+    _assert_identical(_snapshot(resumed), _snapshot(straight))
+    assert all(torch.equal(resumed.inner_lrs[n], straight.inner_lrs[n]) for n in straight.inner_lrs)
+    assert resumed_stats == straight_stats[3:]
+
+
+def test_from_checkpoint_restores_the_adapted_subset(tmp_path):
+    saved = _learner(_model(), adapt=["out.*"])
+    saved.meta_step(_batches(1)[0])
+    saved.save(tmp_path / "ckpt.pt")
+    loaded = ContextPruningMetaLearner.from_checkpoint(_model(seed=4), tmp_path / "ckpt.pt")
+    assert loaded.adapted == ["out.weight", "out.bias"]
+    _assert_identical(_snapshot(loaded), _snapshot(saved))
+
+
+def test_from_checkpoint_accepts_memory_changes_and_refuses_algorithm_changes(tmp_path):
+    saved, path = _trained(tmp_path)
+    loaded = ContextPruningMetaLearner.from_checkpoint(_model(seed=5), path, config_changes={"chunk_size": 7})
+    assert loaded.config.chunk_size == 7
+    batch = _batches(1)[0]
+    chunked, plain = loaded.meta_step(batch), saved.meta_step(batch)  # chunks sum in another order
+    assert chunked == pytest.approx(plain, rel=1e-5)
+
+    model = _model(seed=5)
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match="K: checkpoint 2 vs learner 3"):
+        ContextPruningMetaLearner.from_checkpoint(model, path, config_changes={"K": 3})
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_from_checkpoint_refuses_missing_and_corrupted_files(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        ContextPruningMetaLearner.from_checkpoint(_model(), tmp_path / "absent.pt")
+    _, path = _trained(tmp_path)
+    data = bytearray(Path(path).read_bytes())
+    Path(path).write_bytes(bytes(data[: len(data) // 2]))
+    with pytest.raises(ValueError, match="truncated or corrupted"):
+        ContextPruningMetaLearner.from_checkpoint(_model(), path)
+    learner_module.write_checkpoint({"format": "x", "config": "not a dict"}, path)  # a valid digest
+    with pytest.raises(ValueError, match="no configuration dict"):
+        ContextPruningMetaLearner.from_checkpoint(_model(), path)
+
+
 # ------------------------------------------------------------------------------------------ atomic save
 def test_crash_during_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     learner, path = _trained(tmp_path)

@@ -16,7 +16,7 @@ import warnings
 
 import torch
 
-from ecop_wrap import ContextPruningMetaLearner, ECoPConfig, GradScaledAdapter, Siren
+from ecop_wrap import ContextPruningMetaLearner, GradScaledAdapter, Siren
 from ecop_wrap.data import skimage_crops
 
 
@@ -28,10 +28,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.manual_seed(0)
     model = Siren(2, 3, 128, 3, w0=30.0).to(args.device)
-    saved = torch.load(args.init, map_location="cpu", weights_only=True)
-    config = ECoPConfig.from_dict(saved["config"])
-    learner = ContextPruningMetaLearner.from_config(model, config, outer_lr=3e-4, seed=0)
-    learner.load(args.init)
+    learner = ContextPruningMetaLearner.from_checkpoint(model, args.init, outer_lr=3e-4, seed=0)
     test = skimage_crops("test", resolution=32, n=args.n, seed=1)
     signal = (test.coords.to(args.device), torch.as_tensor(test.values).to(args.device))
     final = {}

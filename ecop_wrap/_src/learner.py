@@ -171,6 +171,59 @@ class ContextPruningMetaLearner:
             seed=seed,
         )
 
+    @classmethod
+    def from_checkpoint(
+        cls,
+        model: nn.Module,
+        path: str | os.PathLike[str],
+        *,
+        config_changes: dict[str, Any] | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        outer_lr: float = 1e-5,
+        rates_lr: float | None = None,
+        gradncp_layer: nn.Module | None = None,
+        process_group: Any = None,
+        seed: int | None = None,
+    ) -> ContextPruningMetaLearner:
+        """A learner rebuilt from a file written by :meth:`save`: its configuration and adapted parameters, then
+        its whole state (weights, learned rates, optimizer, step counter, pruning RNG).
+
+        Args:
+            model: a module of the saved architecture; its parameters are overwritten with the saved ones.
+            path: the checkpoint.
+            config_changes: fields of the saved :class:`~ecop_wrap.ECoPConfig` to replace, e.g.
+                ``{"chunk_size": 4096}`` on a smaller machine; a change to the algorithm itself (``gamma``,
+                ``K``, ...) is refused like any configuration mismatch in :meth:`load_state_dict`.
+            optimizer, outer_lr, rates_lr, gradncp_layer, process_group, seed: as in the constructor; a given
+                optimizer must have the saved one's parameter groups, and the saved optimizer state (learning
+                rates included) replaces its own.
+
+        Raises:
+            FileNotFoundError: ``path`` does not exist.
+            ValueError: the file is not a valid checkpoint, or it does not fit ``model`` (see
+                :meth:`load_state_dict`).
+        """
+        state = read_checkpoint(path)
+        saved_config = state.get("config")
+        if not isinstance(saved_config, dict):
+            raise ValueError(f"checkpoint {os.fspath(path)!r} has no configuration dict (key 'config')")  # noqa: TRY004 - a damaged file
+        config = ECoPConfig.from_dict(saved_config)
+        if config_changes:
+            config = config.replace(**config_changes)
+        learner = cls.from_config(
+            model,
+            config,
+            optimizer=optimizer,
+            outer_lr=outer_lr,
+            rates_lr=rates_lr,
+            adapt=state.get("adapted"),  # absent before `adapt=` existed: every trainable parameter
+            gradncp_layer=gradncp_layer,
+            process_group=process_group,
+            seed=seed,
+        )
+        learner.load_state_dict(state)
+        return learner
+
     def _setup(
         self,
         model: nn.Module,
