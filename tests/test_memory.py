@@ -126,6 +126,31 @@ def test_nothing_stays_alive_after_the_loss_is_gone(siren64):
     assert meter.live_bytes() == 0
 
 
+def _live_tensor_bytes() -> int:
+    """Bytes of every distinct storage behind the tensors the garbage collector can see."""
+    gc.collect()
+    storages = {}
+    for obj in gc.get_objects():
+        if issubclass(type(obj), torch.Tensor) and obj.device.type == "cpu" and not obj.is_sparse:
+            storage = obj.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize("backend", ["torch.func", "higher"])
+def test_meta_steps_leave_nothing_behind(backend):
+    """Regression: the higher backend kept every call's per-signal parameters in higher's history list
+    (track_higher_grads=True), so memory grew with every meta-step for the learner's lifetime."""
+    torch.manual_seed(0)
+    learner = ContextPruningMetaLearner(Siren(2, 3, 32, 2), K=4, L=2, backend=backend, coord_range=None)
+    batches = [_image_batch(8, batch=2, seed=s) for s in range(4)]
+    learner.meta_step(batches[0])  # the optimizer's state exists from here on
+    before = _live_tensor_bytes()
+    for batch in batches[1:]:
+        learner.meta_step(batch)
+    assert _live_tensor_bytes() == before
+
+
 def test_meter_does_not_change_meta_gradients():
     model = TinySiren(2, 3).double()
     coords = make_grid((6, 6), dtype=torch.float64)

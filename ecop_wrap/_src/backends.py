@@ -277,7 +277,10 @@ class HigherBackend(Backend):
             )
         import higher  # runtime dependency, imported here to keep `import ecop_wrap` light
 
-        self._fmodel = higher.monkeypatch(model, copy_initial_weights=False, track_higher_grads=True)
+        # Gradients flow through the per-signal parameters passed at each call, not through higher's own
+        # bookkeeping; with track_higher_grads=True it would append every call's parameters to a history list
+        # and keep them (30 MiB per meta-step for SIREN 5x256, B=2) for the learner's lifetime.
+        self._fmodel = higher.monkeypatch(model, copy_initial_weights=False, track_higher_grads=False)
         self._all_names = [n for n, _ in model.named_parameters()]
 
     def forward_capture(
