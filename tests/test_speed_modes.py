@@ -132,6 +132,58 @@ def test_compile_falls_back_to_eager_with_one_warning(monkeypatch):
     )
 
 
+@pytest.fixture
+def dynamo_without_inductor(monkeypatch):
+    """torch.compile with dynamo's ``"eager"`` backend (its graph cache and guards, no C++ compilation: fast),
+    from an empty cache; yields dynamo's counters."""
+    import torch._dynamo
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: real_compile(fn, backend="eager", **kwargs))
+    torch._dynamo.reset()
+    yield torch._dynamo.utils.counters
+    torch._dynamo.reset()
+
+
+def test_full_compile_cache_warns_once_and_keeps_the_numbers(monkeypatch, dynamo_without_inductor):
+    """Past torch's recompile limit a pass runs eagerly after one library warning, not torch's silent fallback."""
+    import torch._dynamo
+
+    from ecop_wrap._src import backends
+
+    monkeypatch.setattr(backends, "RECOMPILE_LIMIT", 1)
+    model = TinySiren(2, 3).double()
+    batch = _batch(dtype=torch.float64)
+    eager = _grads(ContextPruningMetaLearner(model, K=2, L=1, coord_range=None), batch)
+    learner = ContextPruningMetaLearner(model, K=2, L=1, compile=True, coord_range=None)
+    with torch._dynamo.config.patch(recompile_limit=1), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        compiled = _grads(learner, batch)  # ranking at theta_0 ([1, k]) then [B, k], bootstrap with grad: 3 graphs
+        _grads(learner, batch)
+    messages = [str(w.message) for w in caught if "cache of the graph-free forward is full" in str(w.message)]
+    assert len(messages) == 1
+    assert not learner.backend._compile_failed  # the graph it has is still used
+    assert dynamo_without_inductor["stats"]["unique_graphs"] == 1
+    torch.testing.assert_close(compiled[0], eager[0], rtol=1e-12, atol=0)
+    for a, b in zip(compiled[1], eager[1], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-14)
+
+
+def test_learners_of_different_models_all_compile(dynamo_without_inductor):
+    """Every backend shares one compiled function's cache; with torch's default limit of 8 graphs the third
+    model below would run eagerly without a word. The library allows RECOMPILE_LIMIT graphs for its calls."""
+    import torch._dynamo
+
+    batch = _batch()
+    with torch._dynamo.config.patch(recompile_limit=8), warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        for width in (8, 12, 16, 20):
+            learner = ContextPruningMetaLearner(Siren(2, 3, width, 1), K=2, L=1, compile=True, coord_range=None)
+            _grads(learner, batch)
+            GradScaledAdapter(learner, steps=2, pruned_steps=1, compile=True).fit(batch)
+    assert dynamo_without_inductor["stats"]["unique_graphs"] > 8
+
+
 @pytest.mark.skipif(shutil.which("gcc") is None and shutil.which("cc") is None, reason="inductor needs a C++ compiler")
 def test_compiled_graph_free_passes_match_eager():
     """Inductor on CPU: the compiled ranking/bootstrap forwards give the same meta-gradient up to rounding."""

@@ -17,6 +17,7 @@ and both work under non-reentrant activation checkpointing.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable
 from functools import partial
@@ -35,6 +36,13 @@ __all__ = ["BACKENDS", "BATCHING_MODES", "Backend", "HigherBackend", "TorchFuncB
 
 BACKENDS = ("torch.func", "higher")
 BATCHING_MODES = ("auto", "bmm", "vmap", "loop")
+RECOMPILE_LIMIT = 64
+"""Cached graphs allowed for the compiled forward (raised from torch's default of 8 for these calls only).
+
+Every backend in a process shares the one compiled function's cache (torch keys it on the code object), and
+each model, batch size, pruned-set size, grad mode and autocast dtype adds a graph: a learner with its
+adapters needs about 6, so torch's default would run a second learner with another model eagerly, silently.
+"""
 
 
 class Backend:
@@ -56,6 +64,7 @@ class Backend:
         self.compile = False
         self._compiled: Callable[[Params, torch.Tensor], torch.Tensor] | None = None
         self._compile_failed = False
+        self._warned_recompile_limit = False
 
     def __call__(self, params: Params, coords: torch.Tensor) -> torch.Tensor:
         """Evaluate every signal's INR on its coordinates.
@@ -104,8 +113,23 @@ class Backend:
         if self._compiled is None:
             self.capture(params, coords, None)  # settles batching="auto" eagerly, outside the compiled code
             self._compiled = torch.compile(lambda p, x: self.capture(p, x, None)[0], dynamic=False)
+        limits, limit_hit = _recompile_limits()
         try:
-            return self._compiled(params, coords), None
+            with limits:
+                return self._compiled(params, coords), None
+        except limit_hit:  # the graphs compiled so far stay in use; this new shape or mode runs eagerly
+            if not self._warned_recompile_limit:
+                self._warned_recompile_limit = True
+                warnings.warn(
+                    "compile=True: torch.compile's cache of the graph-free forward is full (one graph per model, "
+                    "shape, grad mode and dtype in this process; at least "
+                    f"{RECOMPILE_LIMIT}); passes that need a new graph run eagerly. Set "
+                    "torch._dynamo.config.recompile_limit higher, or call torch._dynamo.reset() between "
+                    "unrelated runs",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+            return self.capture(params, coords, layer)
         except Exception as exc:  # noqa: BLE001 - any compiler failure: warn once, run eagerly from now on
             self._compile_failed = True
             warnings.warn(
@@ -295,6 +319,24 @@ class HigherBackend(Backend):
             flat = [params[n][b] if n in params else own[n] for n in self._all_names]
             outs.append(self._fmodel(_signal_coords(coords, b), params=flat))
         return torch.stack(outs), None
+
+
+class _NeverRaisedError(Exception):
+    """Stands for torch's recompile-limit exception on versions without one."""
+
+
+def _recompile_limits() -> tuple[contextlib.AbstractContextManager[object], type[Exception]]:
+    """A context raising the compiled forward's cache to :data:`RECOMPILE_LIMIT` graphs (never lowering the
+    user's setting) and turning a full cache into an exception instead of torch's silent eager fallback; and
+    that exception's type."""
+    import torch._dynamo  # loaded by torch.compile anyway; kept off `import ecop_wrap`
+
+    config, exc_module = torch._dynamo.config, torch._dynamo.exc
+    limit_hit = getattr(exc_module, "FailOnRecompileLimitHit", None)
+    if limit_hit is None or not hasattr(config, "recompile_limit"):  # older torch: its defaults
+        return contextlib.nullcontext(), _NeverRaisedError
+    limit = max(RECOMPILE_LIMIT, int(config.recompile_limit))
+    return config.patch(recompile_limit=limit, fail_on_recompile_limit_hit=True), limit_hit
 
 
 def make_backend(name: str, model: nn.Module, batching: str = "auto", adapted: list[str] | None = None) -> Backend:

@@ -67,7 +67,10 @@ class ECoPConfig:
             everywhere. Measured on a GPU (docs/benchmarks.md), bf16 cost a SIREN 0.5 dB on the builtin
             comparison (600 outer steps): its rounding outweighs the residuals of a good fit.
         compile: run every graph-free forward through :func:`torch.compile` (double backward through compiled
-            graphs is not supported, so the inner steps stay eager); falls back with one warning.
+            graphs is not supported, so the inner steps stay eager); falls back with one warning. The learners
+            and adapters of a process share one cache of compiled graphs (one per model, shape, grad mode and
+            dtype; at least 64 of them, see ``torch._dynamo.config.recompile_limit``); a pass that would need
+            one more runs eagerly, after one warning.
         max_consecutive_skips: raise after this many consecutive non-finite steps.
         coord_range: expected coordinate range; coordinates outside it warn once (None: no check).
     """
