@@ -232,3 +232,15 @@ def test_bf16_on_a_cpu_without_native_bf16_warns_once_it_is_requested(monkeypatc
     assert len(messages) == (0 if native else 1)
     if messages:
         assert "graph_free_dtype" in messages[0] and "slower than float32" in messages[0]
+
+
+@pytest.mark.parametrize("option", ["graph_free_dtype", "autocast_dtype"])
+def test_lower_precision_on_a_float64_model_warns_that_it_does_nothing(option):
+    """torch.autocast lowers float32 tensors only: the option would be silently ignored."""
+    model = TinySiren(2, 3).double()
+    batch = _batch(dtype=torch.float64)
+    with pytest.warns(UserWarning, match=f"{option} has no effect on this float64 model") as caught:
+        learner = ContextPruningMetaLearner(model, K=2, L=1, coord_range=None, **{option: torch.bfloat16})
+    assert caught[0].filename == __file__  # points at the user's line, not inside the library
+    plain = ContextPruningMetaLearner(model, K=2, L=1, coord_range=None)
+    assert torch.equal(learner.meta_loss(batch), plain.meta_loss(batch))

@@ -16,7 +16,7 @@ from ..typing import AdaptSpec
 from .backends import BACKENDS, BATCHING_MODES, Backend
 from .rates import LEARN_INNER_LR_MODES
 from .rules import SELECTION_RULES, check_rule_name
-from .validation import check_autocast_dtype, check_fraction, check_int, check_positive
+from .validation import check_autocast_dtype, check_fraction, check_int, check_positive, user_stacklevel
 
 __all__ = ["ALGORITHM_KEYS", "ECoPConfig", "configure_backend", "resolve_adapted"]
 
@@ -223,7 +223,15 @@ def configure_backend(backend: Backend, config: ECoPConfig) -> None:
     backend.autocast_dtype = config.autocast_dtype
     backend.graph_free_dtype = config.graph_free_dtype
     backend.compile = config.compile
-    if torch.bfloat16 in (config.autocast_dtype, config.graph_free_dtype) and _on_cpu(backend.model):
+    lowered = [n for n in ("autocast_dtype", "graph_free_dtype") if getattr(config, n) is not None]
+    if lowered and any(p.dtype == torch.float64 for p in backend.model.parameters()):
+        warnings.warn(
+            f"{' and '.join(lowered)} has no effect on this float64 model: torch.autocast lowers float32 "
+            "tensors only, so every pass stays in float64",
+            UserWarning,
+            stacklevel=user_stacklevel(),
+        )
+    elif torch.bfloat16 in (config.autocast_dtype, config.graph_free_dtype) and _on_cpu(backend.model):
         warn_if_bf16_is_emulated()
 
 
@@ -249,6 +257,6 @@ def warn_if_bf16_is_emulated() -> bool:
         "multiplies (no AVX512-BF16/AMX: torch.ops.mkldnn._is_mkldnn_bf16_supported() is False); bf16 passes "
         "are emulated here and run several times slower than float32. Leave the dtype unset on this machine.",
         UserWarning,
-        stacklevel=3,
+        stacklevel=user_stacklevel(),
     )
     return True

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import sys
 import warnings
 import weakref
 from typing import Any
@@ -19,7 +21,21 @@ __all__ = [
     "check_positive",
     "check_signal",
     "check_signal_batch",
+    "user_stacklevel",
 ]
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # .../ecop_wrap
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` that makes a :func:`warnings.warn` in the calling function point at the first frame
+    outside ecop_wrap (the user's line), however deep inside the library the warning is raised."""
+    frame = sys._getframe(1)
+    level = 1
+    while frame.f_back is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_DIR):
+        frame = frame.f_back
+        level += 1
+    return level
 
 
 def check_model(model: Any) -> None:
