@@ -64,8 +64,9 @@ class ECoPConfig:
         graph_free_dtype: run the passes that need no graph back to theta_0 (the ranking forwards, the
             bootstrap's passes) under ``torch.autocast`` in this dtype (e.g. ``torch.bfloat16``); the
             graph-carrying steps and every test-time gradient keep the model's dtype. None: the model's dtype
-            everywhere. Measured on a GPU (docs/benchmarks.md), bf16 cost a SIREN 0.5 dB on the builtin
-            comparison (600 outer steps): its rounding outweighs the residuals of a good fit.
+            everywhere. Measured (docs/benchmarks.md), bf16 cost a SIREN 0.5 dB on the builtin comparison
+            (600 outer steps, GPU), and at 1000 steps 1.3 dB for the ranking alone (CPU) and 0.9 dB for the
+            bootstrap alone (GPU): its rounding outweighs the residuals of a good fit.
         compile: run every graph-free forward through :func:`torch.compile` (double backward through compiled
             graphs is not supported, so the inner steps stay eager); falls back with one warning. The learners
             and adapters of a process share one cache of compiled graphs (one per model, shape, grad mode and
