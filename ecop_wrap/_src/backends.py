@@ -30,6 +30,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils.hooks import RemovableHandle
 
 from ..typing import Params
+from .validation import user_stacklevel
 
 __all__ = ["BACKENDS", "BATCHING_MODES", "Backend", "HigherBackend", "TorchFuncBackend", "make_backend"]
 
@@ -127,7 +128,7 @@ class Backend:
                     "torch._dynamo.config.recompile_limit higher, or call torch._dynamo.reset() between "
                     "unrelated runs",
                     RuntimeWarning,
-                    stacklevel=3,
+                    stacklevel=user_stacklevel(),
                 )
             return self.capture(params, coords, layer)
         except Exception as exc:  # noqa: BLE001 - any compiler failure: warn once, run eagerly from now on

@@ -24,7 +24,7 @@ __all__ = [
     "user_stacklevel",
 ]
 
-_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # .../ecop_wrap
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep  # .../ecop_wrap/
 
 
 def user_stacklevel() -> int:
