@@ -156,6 +156,20 @@ def test_fit_plain_and_compile_schedules():
         assert (compiled.selection_rule.name, compiled.scaling) == (eager.selection_rule.name, eager.scaling)
 
 
+def test_fit_loads_its_initialization_from_a_checkpoint(tmp_path):
+    """``--fit --checkpoint``: the saved learner comes back whole (ContextPruningMetaLearner.from_checkpoint)."""
+    args = speed._parser().parse_args(["--fit", *TINY_FIT, "--checkpoint", str(tmp_path / "init.pt")])
+    torch.manual_seed(3)
+    saved = ContextPruningMetaLearner(Siren(2, 3, args.fit_width, args.fit_layers, w0=args.fit_w0), K=2, L=1)
+    saved.meta_step((make_grid((8, 8)), torch.rand(2, 64, 3)))
+    saved.save(args.checkpoint)
+    learner, what = speed._fit_learner(args, torch.device("cpu"))
+    assert what == f"loaded from {args.checkpoint} (meta-step 1)"
+    assert learner.config == saved.config and learner.step_count == 1
+    for a, b in zip(learner.model.parameters(), saved.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
 def test_time_to_bar_allows_only_rounding_below_the_bar():
     cumulative, psnrs = [0.0, 1.0, 2.0, 3.0], [10.0, 20.0, 29.995, 31.0]
     assert speed._time_to_bar(cumulative, psnrs, 30.0, 2.5)["steps_to_bar"] == 2  # 0.005 dB short: reached
