@@ -1,10 +1,11 @@
 """``benchmarks/reproduce.py`` with ``--graph-free-dtype bfloat16`` honoured by one kind of pass only.
 
-Usage: ``python benchmarks/device/bf16_one_pass.py {rank,boot}[-ends] REPRODUCE_ARGS...``
+Usage: ``python benchmarks/device/bf16_one_pass.py {rank,boot,both}[-ends] REPRODUCE_ARGS...``
 
 * ``rank``: bf16 everywhere except inside ``ContextEvaluator.full_grad`` (so the bootstrap runs in float32);
 * ``boot``: bf16 only inside ``full_grad`` (the bootstrap's passes; the adapter's full-context gradient asks
   for no low precision, so test-time fitting stays float32);
+* ``both``: ranking and bootstrap, as the library's option does (only useful with ``-ends``);
 * ``-ends`` (``rank-ends``, ``boot-ends``): in those bf16 passes the model's first and last ``nn.Linear`` run
   in float32 (autocast off, input cast up), so only the hidden products are bf16. For SIREN this keeps the
   first layer's large pre-activations (w0 = 30 times the coordinates' projection) and the predictions
@@ -26,8 +27,8 @@ from torch import nn
 from ecop_wrap._src import backends, evaluator
 
 VARIANT = sys.argv.pop(1) if len(sys.argv) > 1 else ""
-if VARIANT not in ("rank", "boot", "rank-ends", "boot-ends"):
-    raise SystemExit("usage: bf16_one_pass.py {rank,boot}[-ends] REPRODUCE_ARGS...")
+if VARIANT not in ("rank", "boot", "both", "rank-ends", "boot-ends", "both-ends"):
+    raise SystemExit("usage: bf16_one_pass.py {rank,boot,both}[-ends] REPRODUCE_ARGS...")
 PASS, FLOAT32_ENDS = VARIANT.split("-")[0], VARIANT.endswith("-ends")
 _inside_full_grad = [False]
 _in_bf16_pass = [False]
@@ -59,7 +60,7 @@ def _hook_ends(model: nn.Module) -> None:
 
 
 def graph_free(self: Any, params: Any, coords: Any, layer: Any = None, *, low_precision: bool = False) -> Any:
-    allowed = _inside_full_grad[0] if PASS == "boot" else not _inside_full_grad[0]
+    allowed = {"boot": _inside_full_grad[0], "rank": not _inside_full_grad[0], "both": True}[PASS]
     bf16 = low_precision and allowed and self.graph_free_dtype is not None
     if FLOAT32_ENDS and id(self.model) not in _hooked:
         _hooked.add(id(self.model))
@@ -81,7 +82,7 @@ def full_grad(self: Any, *args: Any, **kwargs: Any) -> Any:
 
 backends.Backend.graph_free = graph_free  # type: ignore[method-assign]
 evaluator.ContextEvaluator.full_grad = full_grad  # type: ignore[method-assign]
-where = "ranking" if PASS == "rank" else "bootstrap"
+where = {"rank": "ranking", "boot": "bootstrap", "both": "ranking and bootstrap"}[PASS]
 print(f"bf16 only in: {where}{' (first and last Linear in float32)' if FLOAT32_ENDS else ''}", flush=True)
 sys.argv[0] = "benchmarks/reproduce.py"
 runpy.run_path("benchmarks/reproduce.py", run_name="__main__")
