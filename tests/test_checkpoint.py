@@ -439,8 +439,9 @@ def test_rng_state_from_another_device_type_warns_and_loads_the_rest(tmp_path):
     state["generator"] = torch.zeros(16, dtype=torch.uint8)
     learner = _learner(_model(seed=3), seed=5)
     rng = learner.generator.get_state()
-    with pytest.warns(UserWarning, match="another device type"):
+    with pytest.warns(UserWarning, match="another device type") as caught:
         learner.load_state_dict(state)
+    assert caught[0].filename == __file__  # the user's line, also when reached through load or from_checkpoint
     assert torch.equal(learner.generator.get_state(), rng)
     assert all(torch.equal(a, b) for a, b in zip(learner.model.parameters(), saved.model.parameters(), strict=True))
     assert learner.step_count == saved.step_count

@@ -11,6 +11,9 @@ from reference import TinySiren
 
 from ecop_wrap import ContextPruningMetaLearner, GradScaledAdapter, Siren, make_grid
 
+NEEDS_CXX = pytest.mark.skipif(
+    shutil.which("gcc") is None and shutil.which("cc") is None, reason="inductor needs a C++ compiler"
+)
 PHASES = (
     "ecop.ranking",
     "ecop.pruned_forward",
@@ -184,7 +187,7 @@ def test_learners_of_different_models_all_compile(dynamo_without_inductor):
     assert dynamo_without_inductor["stats"]["unique_graphs"] > 8
 
 
-@pytest.mark.skipif(shutil.which("gcc") is None and shutil.which("cc") is None, reason="inductor needs a C++ compiler")
+@NEEDS_CXX
 def test_compiled_graph_free_passes_match_eager():
     """Inductor on CPU: the compiled ranking/bootstrap forwards give the same meta-gradient up to rounding."""
     torch.manual_seed(0)
@@ -201,7 +204,7 @@ def test_compiled_graph_free_passes_match_eager():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.skipif(shutil.which("gcc") is None and shutil.which("cc") is None, reason="inductor needs a C++ compiler")
+@NEEDS_CXX
 def test_compiled_adapter_fits_like_eager():
     """Inductor on CPU: compiled full-context and pruned test-time steps follow the eager fit up to rounding."""
     torch.manual_seed(0)

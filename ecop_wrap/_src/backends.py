@@ -137,7 +137,7 @@ class Backend:
                 f"compile=True: torch.compile failed for this model ({type(exc).__name__}: {str(exc)[:200]}); "
                 "the graph-free passes run eagerly instead",
                 RuntimeWarning,
-                stacklevel=3,
+                stacklevel=user_stacklevel(),
             )
             return self.capture(params, coords, layer)
 

@@ -28,7 +28,7 @@ from .evaluator import ContextEvaluator
 from .numerics import num_selected
 from .rates import InnerRates
 from .rules import SelectionRule, make_selection
-from .validation import check_model, check_positive, check_signal_batch
+from .validation import check_model, check_positive, check_signal_batch, user_stacklevel
 
 __all__ = ["ContextPruningMetaLearner"]
 
@@ -493,7 +493,7 @@ class ContextPruningMetaLearner:
             f"another device type than this learner's ({self.generator.device}); it is not restored, so "
             "selection='random' continues from this learner's own seed (everything else was loaded)",
             UserWarning,
-            stacklevel=4,
+            stacklevel=user_stacklevel(),
         )
 
     def _snapshot(self) -> dict[str, Any]:

@@ -133,7 +133,7 @@ def _warn_coord_range(owner: object, coords: torch.Tensor, coord_range: tuple[fl
             f"coords span [{float(coords.min()):.3g}, {float(coords.max()):.3g}], outside the expected range "
             f"[{low}, {high}] (INR initialisations such as SIREN's assume it); pass coord_range=None to silence",
             UserWarning,
-            stacklevel=4,
+            stacklevel=user_stacklevel(),
         )
 
 
