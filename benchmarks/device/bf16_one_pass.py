@@ -6,10 +6,11 @@ Usage: ``python benchmarks/device/bf16_one_pass.py {rank,boot,both}[-ends] REPRO
 * ``boot``: bf16 only inside ``full_grad`` (the bootstrap's passes; the adapter's full-context gradient asks
   for no low precision, so test-time fitting stays float32);
 * ``both``: ranking and bootstrap, as the library's option does (only useful with ``-ends``);
-* ``-ends`` (``rank-ends``, ``boot-ends``): in those bf16 passes the model's first and last ``nn.Linear`` run
-  in float32 (autocast off, input cast up), so only the hidden products are bf16. For SIREN this keeps the
-  first layer's large pre-activations (w0 = 30 times the coordinates' projection) and the predictions
-  themselves at float32 resolution, while nearly every multiply-add (the hidden width x width products) is bf16.
+* ``-ends`` (``rank-ends``, ``boot-ends``, ``both-ends``): in those bf16 passes the model's first and last
+  ``nn.Linear`` run in float32 (autocast off, input cast up), so only the hidden products are bf16. For SIREN
+  this keeps the first layer's large pre-activations (w0 = 30 times the coordinates' projection) and the
+  predictions themselves at float32 resolution, while nearly every multiply-add (the hidden width x width
+  products) is bf16.
 
 Used for docs/benchmarks.md's split of bf16's PSNR cost. The split patches two private methods and adds module
 hooks: it is a measurement aid, not an API.
