@@ -148,6 +148,7 @@ class RunConfig:
     lam_for: tuple[tuple[str, float], ...]
     max_grad_norm: float | None
     graph_free_dtype: str
+    graph_free_full_precision: str
     methods: tuple[str, ...]
     threads: int
     workers: int
@@ -628,12 +629,20 @@ def make_trainer(training: Training, model: Siren, config: RunConfig) -> Context
         max_grad_norm=config.max_grad_norm,
         coord_range=None,
         graph_free_dtype=graph_free,
+        graph_free_full_precision=_full_precision_spec(config.graph_free_full_precision),
         **training.hyper,
     )
     adapt = list(training.adapt) if training.adapt is not None else None
     return ContextPruningMetaLearner.from_config(
         model, settings, outer_lr=training.outer_lr, seed=config.seed, adapt=adapt
     )
+
+
+def _full_precision_spec(flag: str) -> str | tuple[str, ...]:
+    """``--graph-free-full-precision``: ``ends``, ``none`` or comma-separated submodule names."""
+    if flag in ("ends", "none"):
+        return "ends" if flag == "ends" else ()
+    return tuple(flag.split(","))
 
 
 # -------------------------------------------------------------------------------------------- training
@@ -907,6 +916,7 @@ def _meta(config: RunConfig, splits: Splits, device: torch.device) -> dict[str, 
         "modality": splits.modality,
         "eval_split": config.eval_split,
         "graph_free_dtype": config.graph_free_dtype,
+        "graph_free_full_precision": config.graph_free_full_precision,
         "eval_signals": int(held_out_count(splits, config.eval_split)),
         "train_signals": len(splits.train),
         "psnr_data_range": splits.data_range,
@@ -1132,6 +1142,13 @@ def _parser() -> argparse.ArgumentParser:
         choices=["float32", "bfloat16"],
         default="float32",
         help="dtype of the graph-free ranking and bootstrap passes in training and test-time fitting",
+    )
+    p.add_argument(
+        "--graph-free-full-precision",
+        default="ends",
+        metavar="ends|none|NAMES",
+        help="submodules kept in float32 inside those passes: the first and last Linear (ends), none, or "
+        "comma-separated submodule names",
     )
     p.add_argument(
         "--methods", type=_methods, default=None, help="comma-separated subset (default: all that apply to the data)"

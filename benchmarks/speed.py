@@ -30,7 +30,9 @@ absolute times, and ``--compare`` for times.
 
 ``--compare``: the speed modes against Learnit, side by side in one process: Learnit (gamma 1, K
 ``--learnit-K``, L 0, lambda 0), ECoP default, ECoP ``graph_free_dtype=torch.bfloat16``, ECoP
-``compile=True`` and ECoP with both (``--compare-configs`` picks a subset; Learnit is always run). Each
+``compile=True`` and ECoP with both; ``bf16-all`` and ``bf16-all+compile`` lower every product of those passes
+(``graph_free_full_precision=()``; the bf16 modes keep the model's first and last Linear in float32 by
+default) (``--compare-configs`` picks a subset; Learnit is always run). Each
 configuration has its own copy of the same initial model and first takes untimed warm-up steps (two for
 compiled configurations: ``torch.compile`` compiles on the first call, which can take a minute, and may
 compile again for the second call's shapes); their time is reported apart as "warm-up s". Then every
@@ -145,6 +147,9 @@ SPEED_MODES: dict[str, dict[str, Any]] = {
     "bf16": {"graph_free_dtype": torch.bfloat16},
     "compile": {"compile": True},
     "bf16+compile": {"graph_free_dtype": torch.bfloat16, "compile": True},
+    # every product of the graph-free passes in bf16: what "bf16" measured before graph_free_full_precision
+    "bf16-all": {"graph_free_dtype": torch.bfloat16, "graph_free_full_precision": ()},
+    "bf16-all+compile": {"graph_free_dtype": torch.bfloat16, "graph_free_full_precision": (), "compile": True},
 }
 SAMPLED_RULE = "speed.error_sampled"
 

@@ -7,6 +7,7 @@ import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 from reference import TinySiren
 
 from ecop_wrap import ContextPruningMetaLearner, GradScaledAdapter, Siren, make_grid
@@ -77,7 +78,9 @@ def test_bf16_ranking_and_bootstrap_run_in_bf16_and_stay_close():
     torch.manual_seed(0)
     model = Siren(2, 3, 32, 2)
     batch = _batch(side=12)
-    learner = ContextPruningMetaLearner(model, K=2, L=2, graph_free_dtype=torch.bfloat16, coord_range=None)
+    learner = ContextPruningMetaLearner(
+        model, K=2, L=2, graph_free_dtype=torch.bfloat16, graph_free_full_precision=(), coord_range=None
+    )
     seen = _record_forward_dtypes(learner.backend)
     loss, _ = _grads(learner, batch)
     assert (False, torch.bfloat16) in seen  # ranking passes
@@ -100,7 +103,13 @@ def test_bf16_adapter_ranks_in_bf16_and_takes_every_gradient_in_the_model_dtype(
     model = Siren(2, 3, 16, 2)
     batch = _batch(side=12)
     adapter = GradScaledAdapter(
-        model, steps=2, gamma=0.25, graph_free_dtype=torch.bfloat16, pruned_steps=pruned_steps, coord_range=None
+        model,
+        steps=2,
+        gamma=0.25,
+        graph_free_dtype=torch.bfloat16,
+        graph_free_full_precision=(),
+        pruned_steps=pruned_steps,
+        coord_range=None,
     )
     seen = _record_forward_dtypes(adapter.backend)
     fit = adapter.fit(batch)
@@ -110,6 +119,105 @@ def test_bf16_adapter_ranks_in_bf16_and_takes_every_gradient_in_the_model_dtype(
         plain = GradScaledAdapter(model, steps=2, gamma=0.25, coord_range=None).fit(batch)
         assert torch.equal(fit.history["mse"], plain.history["mse"])
         assert torch.equal(fit.history["scale"], plain.history["scale"])
+
+
+def _siren_by_hand(model: Siren, params, coords: torch.Tensor, full_precision: tuple[int, ...]) -> torch.Tensor:
+    """Per-signal SIREN forward written out: the linear layers numbered in ``full_precision`` (0 = first,
+    -1 = output) in float32, every other product with bf16 inputs and output, as autocast computes it."""
+    depth = len(model.layers)
+
+    def linear(i: int, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        if i in full_precision or i - depth - 1 in full_precision:
+            return F.linear(h.float(), weight, bias)
+        return F.linear(h.bfloat16(), weight.bfloat16(), bias.bfloat16())
+
+    outs = []
+    for b in range(coords.shape[0]):
+        h = coords[b]
+        for i, layer in enumerate(model.layers):
+            z = linear(i, h, params[f"layers.{i}.linear.weight"][b], params[f"layers.{i}.linear.bias"][b])
+            h = torch.sin(layer.w0 * z)
+        outs.append(linear(depth, h, params["output.weight"][b], params["output.bias"][b]) + model.output_offset)
+    return torch.stack(outs).float()
+
+
+def _perturbed_params(model, batch: int):
+    gen = torch.Generator().manual_seed(1)
+    return {
+        n: p.detach().expand(batch, *p.shape) + 0.01 * torch.randn(batch, *p.shape, generator=gen)
+        for n, p in model.named_parameters()
+    }
+
+
+@pytest.mark.parametrize(("backend", "batching"), [("torch.func", "bmm"), ("torch.func", "loop"), ("higher", "auto")])
+@pytest.mark.parametrize(
+    ("spec", "full_precision"),
+    [("ends", (0, -1)), ((), ()), (("layers.1.linear",), (1,)), (("layers.0", "output"), (0, -1))],
+    ids=["ends", "nothing", "a-hidden-layer", "by-name"],
+)
+def test_full_precision_modules_run_in_float32_inside_bf16_passes(backend, batching, spec, full_precision):
+    """A bf16 graph-free pass equals a hand-written forward with exactly the chosen layers in float32."""
+    torch.manual_seed(0)
+    model = Siren(2, 3, 16, 2)
+    learner = ContextPruningMetaLearner(
+        model,
+        backend=backend,
+        batching=batching,
+        graph_free_dtype=torch.bfloat16,
+        graph_free_full_precision=spec,
+        coord_range=None,
+    )
+    params = _perturbed_params(model, 2)
+    coords = torch.rand(2, 20, 2, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    got = learner.backend.graph_free(params, coords, low_precision=True)[0]
+    assert torch.equal(got, _siren_by_hand(model, params, coords, full_precision))
+    assert not any("forward" in m.__dict__ for m in model.modules())  # the wrappers are gone after the pass
+    plain = learner.backend.graph_free(params, coords)[0]  # not a low-precision pass: float32 throughout
+    assert torch.equal(plain, learner.backend(params, coords))
+
+
+def test_full_precision_wrappers_are_removed_when_a_pass_fails():
+    model = Siren(2, 3, 16, 2)
+    own_forward = model.output.forward
+    model.output.forward = own_forward  # a user's own instance-level patch must survive the pass
+    learner = ContextPruningMetaLearner(model, graph_free_dtype=torch.bfloat16, coord_range=None)
+    with pytest.raises(RuntimeError):
+        learner.backend.graph_free(_perturbed_params(model, 2), torch.zeros(2, 5, 7), low_precision=True)
+    assert model.output.__dict__["forward"] is own_forward
+    assert "forward" not in model.layers[0].linear.__dict__
+
+
+def test_compiled_full_precision_pass_matches_eager_and_keeps_its_graphs(dynamo_without_inductor):
+    """Each module keeps one wrapper, so repeated compiled bf16 passes reuse their graph (no recompiles)."""
+    torch.manual_seed(0)
+    model = Siren(2, 3, 16, 2)
+    eager = ContextPruningMetaLearner(model, graph_free_dtype=torch.bfloat16, coord_range=None)
+    compiled = ContextPruningMetaLearner(model, graph_free_dtype=torch.bfloat16, compile=True, coord_range=None)
+    params = _perturbed_params(model, 2)
+    coords = torch.rand(2, 20, 2, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        for _ in range(3):
+            got = compiled.backend.graph_free(params, coords, low_precision=True)[0]
+    assert torch.equal(got, eager.backend.graph_free(params, coords, low_precision=True)[0])
+    assert torch.equal(got, _siren_by_hand(model, params, coords, (0, -1)))
+    assert dynamo_without_inductor["stats"]["unique_graphs"] == 1
+
+
+def test_full_precision_names_are_checked():
+    model = Siren(2, 3, 16, 2)
+    with pytest.raises(ValueError, match=r"graph_free_full_precision names \['net.0'\].*layers.0"):
+        ContextPruningMetaLearner(model, graph_free_full_precision=("net.0",))
+    with pytest.raises(TypeError, match="graph_free_full_precision must be"):
+        ContextPruningMetaLearner(model, graph_free_full_precision=3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="graph_free_full_precision must be"):
+        ContextPruningMetaLearner(model, graph_free_full_precision="output")
+    config = ContextPruningMetaLearner(model, graph_free_full_precision=["output"]).config
+    assert config.graph_free_full_precision == ("output",)
+    assert type(config).from_dict(config.to_dict()) == config
+    adapter = GradScaledAdapter(ContextPruningMetaLearner(model, graph_free_full_precision=("output",)))
+    assert adapter.config.graph_free_full_precision == ("output",)
+    assert GradScaledAdapter(model, graph_free_full_precision=()).config.graph_free_full_precision == ()
 
 
 def test_compile_falls_back_to_eager_with_one_warning(monkeypatch):
@@ -144,6 +252,7 @@ def dynamo_without_inductor(monkeypatch):
     real_compile = torch.compile
     monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: real_compile(fn, backend="eager", **kwargs))
     torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()  # reset() keeps them
     yield torch._dynamo.utils.counters
     torch._dynamo.reset()
 

@@ -111,6 +111,8 @@ class GradScaledAdapter:
         autocast_dtype: run forward passes under ``torch.autocast`` with this dtype.
         graph_free_dtype: dtype of the ranking forwards; every gradient (full-context, the scale's pruned one,
             pruned steps') keeps the model's dtype.
+        graph_free_full_precision: submodules kept in the model's dtype inside those forwards (default: the
+            learner's, else ``"ends"``); see ``ECoPConfig``.
         compile: ``torch.compile`` the graph-free forwards (default: the learner's setting).
         seed: seed for random selection.
         pruned_steps: take the first ``pruned_steps`` steps on the pruned context without scaling, as in
@@ -136,6 +138,7 @@ class GradScaledAdapter:
         coord_range: tuple[float, float] | str | None = "learner",
         autocast_dtype: torch.dtype | None = None,
         graph_free_dtype: torch.dtype | None = None,
+        graph_free_full_precision: str | tuple[str, ...] | None = None,
         compile: bool | None = None,
         seed: int = 0,
         pruned_steps: int = 0,
@@ -154,6 +157,7 @@ class GradScaledAdapter:
             "batching": batching,
             "autocast_dtype": autocast_dtype,
             "graph_free_dtype": graph_free_dtype,
+            "graph_free_full_precision": graph_free_full_precision,
             "compile": compile,
         }
         config = base.replace(**{k: v for k, v in overrides.items() if v is not None})

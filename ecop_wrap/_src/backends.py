@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 
 import torch
@@ -32,7 +32,15 @@ from torch.utils.hooks import RemovableHandle
 from ..typing import Params
 from .validation import user_stacklevel
 
-__all__ = ["BACKENDS", "BATCHING_MODES", "Backend", "HigherBackend", "TorchFuncBackend", "make_backend"]
+__all__ = [
+    "BACKENDS",
+    "BATCHING_MODES",
+    "Backend",
+    "HigherBackend",
+    "TorchFuncBackend",
+    "make_backend",
+    "resolve_full_precision",
+]
 
 
 BACKENDS = ("torch.func", "higher")
@@ -63,6 +71,8 @@ class Backend:
         self.autocast_dtype: torch.dtype | None = None
         self.graph_free_dtype: torch.dtype | None = None
         self.compile = False
+        self._full_precision: dict[nn.Module, Callable[..., object]] = {}
+        self._in_low_precision_pass = False
         self._compiled: Callable[[Params, torch.Tensor], torch.Tensor] | None = None
         self._compile_failed = False
         self._warned_recompile_limit = False
@@ -102,9 +112,34 @@ class Backend:
         dtype = self.graph_free_dtype if low_precision else None
         if dtype is None:
             return self._maybe_compiled(params, coords, layer)
-        with torch.autocast(coords.device.type, dtype=dtype):
+        with torch.autocast(coords.device.type, dtype=dtype), self._full_precision_modules():
             out, cap = self._maybe_compiled(params, coords, layer)
         return out.to(coords.dtype), (cap.to(coords.dtype) if cap is not None else None)
+
+    def set_full_precision(self, modules: list[nn.Module]) -> None:
+        """Submodules that run with autocast off (low-precision inputs cast to float32) in low-precision passes.
+
+        Each gets one wrapper of its ``forward``, made here and reused, so that compiled graphs keep seeing the
+        same function (a fresh one per pass would fail torch.compile's guards and recompile every call).
+        """
+        self._full_precision = {m: _autocast_off(m.forward) for m in modules}
+
+    @contextlib.contextmanager
+    def _full_precision_modules(self) -> Iterator[None]:
+        """Within: the :meth:`set_full_precision` modules' ``forward`` is their wrapper (restored on exit)."""
+        saved = {m: m.__dict__.get("forward") for m in self._full_precision}
+        self._in_low_precision_pass = True
+        try:
+            for module, wrapper in self._full_precision.items():
+                module.forward = wrapper  # type: ignore[method-assign]
+            yield
+        finally:
+            self._in_low_precision_pass = False
+            for module, previous in saved.items():
+                if previous is None:
+                    module.__dict__.pop("forward", None)
+                else:
+                    module.forward = previous  # type: ignore[method-assign]
 
     def _maybe_compiled(
         self, params: Params, coords: torch.Tensor, layer: nn.Module | None
@@ -146,6 +181,46 @@ class Backend:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Like :meth:`forward`, also returning the ``[B, M, F]`` input of submodule ``capture``."""
         return _loop_forward(self.model, params, coords, capture)
+
+
+def _autocast_off(forward: Callable[..., object]) -> Callable[..., object]:
+    """``forward`` with autocast disabled and bf16/fp16 tensor arguments cast to float32."""
+
+    def full_precision_forward(*args: object, **kwargs: object) -> object:
+        device = next((a.device.type for a in args if isinstance(a, torch.Tensor)), "cpu")
+        with torch.autocast(device, enabled=False):
+            return forward(*(_to_float32(a) for a in args), **kwargs)
+
+    return full_precision_forward
+
+
+def _to_float32(value: object) -> object:
+    if isinstance(value, torch.Tensor) and value.dtype in (torch.bfloat16, torch.float16):
+        return value.float()
+    return value
+
+
+def resolve_full_precision(model: nn.Module, spec: str | tuple[str, ...]) -> list[nn.Module]:
+    """The submodules of ``model`` named by ``spec`` (see ``ECoPConfig.graph_free_full_precision``).
+
+    ``"ends"``: the first and last ``nn.Linear`` or convolution in ``model.modules()`` order (registration
+    order, which is the call order for sequential models); a tuple: those submodule names.
+
+    Raises:
+        ValueError: a name is not a submodule of ``model``.
+    """
+    named = dict(model.named_modules())
+    if spec == "ends":
+        layers = [m for m in named.values() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
+        return list({id(m): m for m in (layers[:1] + layers[-1:])}.values())
+    missing = [name for name in spec if name not in named]
+    if missing:
+        listed = ", ".join(repr(n) for n in list(named)[:12]) + (", ..." if len(named) > 12 else "")
+        raise ValueError(
+            f"graph_free_full_precision names {missing}, which are not submodules of the model; expected "
+            f'"ends" or names from model.named_modules(): {listed}'
+        )
+    return [named[name] for name in spec]
 
 
 def _signal_coords(coords: torch.Tensor, b: int) -> torch.Tensor:
@@ -281,8 +356,9 @@ class TorchFuncBackend(Backend):
 class HigherBackend(Backend):
     """Evaluation through a :func:`higher.monkeypatch` functional copy of the model, one signal at a time.
 
-    ``higher``'s patched modules do not run forward hooks, so a forward that must capture a layer's input
-    (GradNCP ranking, which needs no graph) goes through ``functional_call`` instead.
+    ``higher``'s patched modules do not run forward hooks or patched ``forward`` methods, so a forward that
+    must capture a layer's input (GradNCP ranking) or keep modules in full precision (a low-precision
+    graph-free pass) goes through ``functional_call`` instead; neither needs a graph back to theta_0.
     """
 
     name = "higher"
@@ -311,7 +387,8 @@ class HigherBackend(Backend):
     def forward_capture(
         self, params: Params, coords: torch.Tensor, capture: nn.Module | None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if capture is not None:
+        if capture is not None or (self._in_low_precision_pass and self._full_precision):
+            # higher's patched copy runs the original classes' forward, not the full-precision wrappers
             return _loop_forward(self.model, params, coords, capture)
         own = dict(self.model.named_parameters())
         batch = next(iter(params.values())).shape[0]

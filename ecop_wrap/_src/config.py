@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..typing import AdaptSpec
-from .backends import BACKENDS, BATCHING_MODES, Backend
+from .backends import BACKENDS, BATCHING_MODES, Backend, resolve_full_precision
 from .rates import LEARN_INNER_LR_MODES
 from .rules import SELECTION_RULES, check_rule_name
 from .validation import check_autocast_dtype, check_fraction, check_int, check_positive, user_stacklevel
@@ -64,11 +64,17 @@ class ECoPConfig:
         graph_free_dtype: run the passes that need no graph back to theta_0 (the ranking forwards, the
             bootstrap's passes) under ``torch.autocast`` in this dtype (e.g. ``torch.bfloat16``); the
             graph-carrying steps and every test-time gradient keep the model's dtype. None: the model's dtype
-            everywhere. Measured (docs/benchmarks.md), bf16 cost a SIREN 0.5 dB on the builtin comparison
-            (600 outer steps, GPU), and at 1000 steps 1.3 dB for the ranking alone (CPU) and 0.9 dB for the
-            bootstrap alone (GPU): its rounding outweighs the residuals of a good fit. Most of that loss sits
-            in the first layer (w0 times the input projection) and the predictions: with the first and last
-            ``nn.Linear`` kept in float32 (not an option yet) the bootstrap cost 0.07 dB and the ranking 0.24.
+            everywhere. The modules in ``graph_free_full_precision`` stay in the model's dtype inside these
+            passes.
+        graph_free_full_precision: submodules that run with autocast off (their bf16/fp16 inputs cast to
+            float32) inside the ``graph_free_dtype`` passes: ``"ends"`` (default) for the model's first and
+            last ``nn.Linear`` or convolution in ``model.modules()`` order, or a tuple of submodule names
+            (``()``: lower everything). Why: SIREN loses most of bf16's precision in its first layer (w0 = 30
+            times the input projection, rounded by ~0.06 rad before the sine) and in its predictions (rounded
+            by up to 0.002, a third of a 44 dB fit's residual). Measured on the builtin comparison (1000 outer
+            steps, docs/benchmarks.md): bf16 ranking cost 1.29 dB with every product lowered and 0.24 dB with
+            the ends in float32; the bootstrap alone 0.91 dB (everything lowered) and 0.07 dB (ends); both
+            passes with the ends in float32 0.14 dB. The ends are a few percent of an MLP's multiply-adds.
         compile: run every graph-free forward through :func:`torch.compile` (double backward through compiled
             graphs is not supported, so the inner steps stay eager); falls back with one warning. The learners
             and adapters of a process share one cache of compiled graphs (one per model, shape, grad mode and
@@ -95,6 +101,7 @@ class ECoPConfig:
     batching: str = "auto"
     autocast_dtype: torch.dtype | None = None
     graph_free_dtype: torch.dtype | None = None
+    graph_free_full_precision: str | tuple[str, ...] = "ends"
     compile: bool = False
     max_consecutive_skips: int = 10
     coord_range: tuple[float, float] | None = field(default=(-1.0, 1.0))
@@ -129,6 +136,9 @@ class ECoPConfig:
                 )
         check_autocast_dtype(self.autocast_dtype)
         check_autocast_dtype(self.graph_free_dtype, "graph_free_dtype")
+        check["graph_free_full_precision"] = _check_module_names(
+            "graph_free_full_precision", self.graph_free_full_precision
+        )
         if self.coord_range is not None:
             check["coord_range"] = _check_range(self.coord_range)
         for name, value in check.items():
@@ -151,6 +161,8 @@ class ECoPConfig:
         for key in ("autocast_dtype", "graph_free_dtype"):
             out[key] = None if out[key] is None else str(out[key])
         out["coord_range"] = None if self.coord_range is None else list(self.coord_range)
+        if isinstance(self.graph_free_full_precision, tuple):
+            out["graph_free_full_precision"] = list(self.graph_free_full_precision)
         return out
 
     @classmethod
@@ -169,6 +181,16 @@ class ECoPConfig:
 def _check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+
+
+def _check_module_names(name: str, value: Any) -> str | tuple[str, ...]:
+    if value == "ends":
+        return "ends"
+    if isinstance(value, (tuple, list)) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise (ValueError if isinstance(value, str) else TypeError)(
+        f'{name} must be "ends" or a tuple of submodule names (e.g. ("net.0", "head")); got {value!r}'
+    )
 
 
 def _check_range(value: Any) -> tuple[float, float]:
@@ -226,6 +248,7 @@ def configure_backend(backend: Backend, config: ECoPConfig) -> None:
     backend.autocast_dtype = config.autocast_dtype
     backend.graph_free_dtype = config.graph_free_dtype
     backend.compile = config.compile
+    backend.set_full_precision(resolve_full_precision(backend.model, config.graph_free_full_precision))
     lowered = [n for n in ("autocast_dtype", "graph_free_dtype") if getattr(config, n) is not None]
     if lowered and any(p.dtype == torch.float64 for p in backend.model.parameters()):
         warnings.warn(

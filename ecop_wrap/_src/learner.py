@@ -58,6 +58,8 @@ class ContextPruningMetaLearner:
         gradncp_layer: scoring layer for ``selection="gradncp"`` (default: the model's last ``nn.Linear``).
         autocast_dtype: run forward passes under ``torch.autocast`` with this dtype (e.g. ``torch.bfloat16``).
         graph_free_dtype: dtype of the ranking and bootstrap passes (e.g. ``torch.bfloat16``); see ``ECoPConfig``.
+        graph_free_full_precision: submodules kept in the model's dtype inside those passes: ``"ends"``
+            (first and last ``nn.Linear``/convolution) or a tuple of names; see ``ECoPConfig``.
         compile: ``torch.compile`` the graph-free passes (opt-in; falls back to eager with one warning).
         process_group: ``torch.distributed`` group whose ranks share the batch (default: the world, if
             initialised); meta-gradients and statistics are averaged over it.
@@ -96,6 +98,7 @@ class ContextPruningMetaLearner:
         gradncp_layer: nn.Module | None = None,
         autocast_dtype: torch.dtype | None = None,
         graph_free_dtype: torch.dtype | None = None,
+        graph_free_full_precision: str | tuple[str, ...] = "ends",
         compile: bool = False,
         process_group: Any = None,
         max_consecutive_skips: int = 10,
@@ -125,6 +128,7 @@ class ContextPruningMetaLearner:
             batching=batching,
             autocast_dtype=autocast_dtype,
             graph_free_dtype=graph_free_dtype,
+            graph_free_full_precision=graph_free_full_precision,
             compile=compile,
             max_consecutive_skips=max_consecutive_skips,
             coord_range=coord_range,
