@@ -11,7 +11,7 @@ if [ -n "$TINY" ]; then
   CMP="--side 16 --width 32 --layers 2 --batch 2 --K 4 --L 2 --repeats 2"
   REP="--outer-steps 4 --eval-size 4 --train-size 16 --test-steps 4"; T1=300; T2=300
 else
-  CMP="--side 256 --batch 8 --repeats 5"; REP="--outer-steps 1000"; T1=190; T2=330
+  CMP="--side 256 --batch 8 --repeats 5"; REP="--outer-steps 1000"; T1=180; T2=370
 fi
 echo "== 1. --compare at 256x256 ($(date +%T))" | tee -a $LOG
 timeout $T1 $PY benchmarks/speed.py --compare --device $DEV $CMP --compare-configs default,bf16,bf16-all,compile,bf16+compile \
