@@ -131,7 +131,7 @@ class Backend:
         self._in_low_precision_pass = True
         try:
             for module, wrapper in self._full_precision.items():
-                module.forward = wrapper  # type: ignore[method-assign]
+                module.forward = wrapper
             yield
         finally:
             self._in_low_precision_pass = False
@@ -139,7 +139,7 @@ class Backend:
                 if previous is None:
                     module.__dict__.pop("forward", None)
                 else:
-                    module.forward = previous  # type: ignore[method-assign]
+                    module.forward = previous
 
     def _maybe_compiled(
         self, params: Params, coords: torch.Tensor, layer: nn.Module | None
