@@ -1147,7 +1147,7 @@ def _parser() -> argparse.ArgumentParser:
         "--graph-free-full-precision",
         default="ends",
         metavar="ends|none|NAMES",
-        help="submodules kept in float32 inside those passes: the first and last Linear (ends), none, or "
+        help="submodules kept in float32 inside those passes: the input and output layers (ends), none, or "
         "comma-separated submodule names",
     )
     p.add_argument(

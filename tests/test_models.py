@@ -221,6 +221,20 @@ def test_fourier_features_buffer_is_saved_and_fixed():
     assert out.shape == (16, 3)
 
 
+def test_fourier_features_are_computed_in_float32_under_bf16_autocast():
+    """B x reaches hundreds of radians at scale 10; in bf16 its rounding would be about a radian."""
+    model = FourierFeatureMLP(2, 3, num_frequencies=16, scale=10.0, hidden_features=8, hidden_layers=1)
+    coords = torch.rand(50, 2, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    projected = 2 * math.pi * coords.double() @ model.frequencies.double().T
+    want = torch.cat([torch.cos(projected), torch.sin(projected)], dim=-1)
+    seen = []
+    model.mlp[0].register_forward_hook(lambda _m, inputs, _out: seen.append(inputs[0]))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(coords)
+    assert seen[0].dtype == torch.float32
+    torch.testing.assert_close(seen[0].double(), want, rtol=0, atol=1e-4)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available")
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_meta_step_and_fit_on_cuda(backend):

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from reference import TinySiren
 
-from ecop_wrap import ContextPruningMetaLearner, GradScaledAdapter, Siren, make_grid
+from ecop_wrap import ContextPruningMetaLearner, GradScaledAdapter, ModulatedSiren, Siren, make_grid
 
 NEEDS_CXX = pytest.mark.skipif(
     shutil.which("gcc") is None and shutil.which("cc") is None, reason="inductor needs a C++ compiler"
@@ -176,6 +176,20 @@ def test_full_precision_modules_run_in_float32_inside_bf16_passes(backend, batch
     assert torch.equal(plain, learner.backend(params, coords))
 
 
+@pytest.mark.parametrize("backend", ["torch.func", "higher"])
+def test_ends_are_the_layer_on_the_coordinates_and_the_last_layer_called(backend):
+    """ModulatedSiren registers (and calls) its latent's modulation map before the sine layers: registration
+    or call order alone would keep that map in float32 instead of the first sine layer's Linear."""
+    model = ModulatedSiren(2, 3, 16, 2, latent_dim=4)
+    learner = ContextPruningMetaLearner(
+        model, backend=backend, graph_free_dtype=torch.bfloat16, adapt=["latent"], coord_range=None
+    )
+    params = {"latent": torch.randn(2, 4, generator=torch.Generator().manual_seed(0))}
+    learner.backend.graph_free(params, torch.rand(2, 10, 2), low_precision=True)
+    names = {id(m): n for n, m in model.named_modules()}
+    assert [names[id(m)] for m in learner.backend._full_precision] == ["layers.0.linear", "output"]
+
+
 def test_full_precision_wrappers_are_removed_when_a_pass_fails():
     model = Siren(2, 3, 16, 2)
     own_forward = model.output.forward
@@ -311,6 +325,22 @@ def test_compiled_graph_free_passes_match_eager():
     torch.testing.assert_close(compiled[0], eager[0], rtol=1e-5, atol=0)
     for a, b in zip(compiled[1], eager[1], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@NEEDS_CXX
+def test_inductor_compiles_bf16_passes_with_float32_ends():
+    """Inductor on CPU traces the full-precision wrappers: no fallback, and the meta-loss stays near eager's."""
+    torch.manual_seed(0)
+    model = Siren(2, 3, 16, 1)
+    batch = _batch()
+    options = {"K": 1, "L": 1, "graph_free_dtype": torch.bfloat16, "coord_range": None}
+    eager = _grads(ContextPruningMetaLearner(model, **options), batch)
+    learner = ContextPruningMetaLearner(model, compile=True, **options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a fallback would hide that nothing was compiled
+        compiled = _grads(learner, batch)
+    assert learner.backend._compiled is not None and not learner.backend._compile_failed
+    torch.testing.assert_close(compiled[0], eager[0], rtol=0.02, atol=0)
 
 
 @NEEDS_CXX

@@ -71,7 +71,8 @@ class Backend:
         self.autocast_dtype: torch.dtype | None = None
         self.graph_free_dtype: torch.dtype | None = None
         self.compile = False
-        self._full_precision: dict[nn.Module, Callable[..., object]] = {}
+        self._full_precision_spec: str | tuple[str, ...] = ()
+        self._full_precision: dict[nn.Module, Callable[..., object]] | None = {}
         self._in_low_precision_pass = False
         self._compiled: Callable[[Params, torch.Tensor], torch.Tensor] | None = None
         self._compile_failed = False
@@ -112,21 +113,64 @@ class Backend:
         dtype = self.graph_free_dtype if low_precision else None
         if dtype is None:
             return self._maybe_compiled(params, coords, layer)
-        with torch.autocast(coords.device.type, dtype=dtype), self._full_precision_modules():
+        with torch.autocast(coords.device.type, dtype=dtype), self._full_precision_modules(params, coords):
             out, cap = self._maybe_compiled(params, coords, layer)
         return out.to(coords.dtype), (cap.to(coords.dtype) if cap is not None else None)
 
-    def set_full_precision(self, modules: list[nn.Module]) -> None:
-        """Submodules that run with autocast off (low-precision inputs cast to float32) in low-precision passes.
+    def set_full_precision(self, spec: str | tuple[str, ...]) -> None:
+        """Which submodules run with autocast off (bf16/fp16 inputs cast to float32) in low-precision passes.
 
-        Each gets one wrapper of its ``forward``, made here and reused, so that compiled graphs keep seeing the
-        same function (a fresh one per pass would fail torch.compile's guards and recompile every call).
+        Args:
+            spec: ``"ends"`` (found on the first low-precision pass, see :meth:`_find_ends`) or submodule
+                names (checked now; see :func:`resolve_full_precision`).
         """
-        self._full_precision = {m: _autocast_off(m.forward) for m in modules}
+        self._full_precision_spec = spec
+        if isinstance(spec, str):  # "ends" (ECoPConfig checked it)
+            self._full_precision = None
+        else:
+            self._full_precision = self._wrappers(resolve_full_precision(self.model, spec))
+
+    @staticmethod
+    def _wrappers(modules: list[nn.Module]) -> dict[nn.Module, Callable[..., object]]:
+        # One wrapper per module, made once: compiled graphs keep seeing the same function (a fresh one per
+        # pass would fail torch.compile's guards and recompile every call).
+        return {m: _autocast_off(m.forward) for m in modules}
+
+    @torch.no_grad()
+    def _find_ends(self, params: Params, coords: torch.Tensor) -> list[nn.Module]:
+        """The model's input and output layers, seen in one small probe forward (one signal, 8 points).
+
+        Input layer: the first ``nn.Linear``/convolution applied to the coordinates themselves (same storage),
+        else the first one called; output layer: the last one called. Call order, unlike registration order,
+        finds a SIREN's first layer behind a latent's modulation map.
+        """
+        calls: list[tuple[nn.Module, bool]] = []
+        probe_params = {n: p[:1].detach() for n, p in params.items()}
+        probe_coords = coords[..., :8, :] if coords.ndim == 2 else coords[:1, :8]
+
+        def record(module: nn.Module, inputs: tuple[object, ...]) -> None:
+            first = inputs[0] if inputs else None
+            on_coords = isinstance(first, torch.Tensor) and first.data_ptr() == probe_coords.data_ptr()
+            calls.append((module, on_coords))
+
+        layers = [m for m in self.model.modules() if isinstance(m, _LAYER_TYPES)]
+        handles = [m.register_forward_pre_hook(record) for m in layers]
+        try:
+            with torch.autocast(coords.device.type, enabled=False):
+                _loop_forward(self.model, probe_params, probe_coords, None)
+        finally:
+            for handle in handles:
+                handle.remove()
+        if not calls:
+            return []
+        first = next((m for m, on_coords in calls if on_coords), calls[0][0])
+        return list({id(m): m for m in (first, calls[-1][0])}.values())
 
     @contextlib.contextmanager
-    def _full_precision_modules(self) -> Iterator[None]:
-        """Within: the :meth:`set_full_precision` modules' ``forward`` is their wrapper (restored on exit)."""
+    def _full_precision_modules(self, params: Params, coords: torch.Tensor) -> Iterator[None]:
+        """Within: the full-precision modules' ``forward`` is their wrapper (restored on exit)."""
+        if self._full_precision is None:
+            self._full_precision = self._wrappers(self._find_ends(params, coords))
         saved = {m: m.__dict__.get("forward") for m in self._full_precision}
         self._in_low_precision_pass = True
         try:
@@ -200,27 +244,24 @@ def _to_float32(value: object) -> object:
     return value
 
 
-def resolve_full_precision(model: nn.Module, spec: str | tuple[str, ...]) -> list[nn.Module]:
-    """The submodules of ``model`` named by ``spec`` (see ``ECoPConfig.graph_free_full_precision``).
+_LAYER_TYPES = (nn.Linear, nn.modules.conv._ConvNd)
 
-    ``"ends"``: the first and last ``nn.Linear`` or convolution in ``model.modules()`` order (registration
-    order, which is the call order for sequential models); a tuple: those submodule names.
+
+def resolve_full_precision(model: nn.Module, names: tuple[str, ...]) -> list[nn.Module]:
+    """The submodules of ``model`` called ``names`` (see ``ECoPConfig.graph_free_full_precision``).
 
     Raises:
         ValueError: a name is not a submodule of ``model``.
     """
     named = dict(model.named_modules())
-    if spec == "ends":
-        layers = [m for m in named.values() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
-        return list({id(m): m for m in (layers[:1] + layers[-1:])}.values())
-    missing = [name for name in spec if name not in named]
+    missing = [name for name in names if name not in named]
     if missing:
         listed = ", ".join(repr(n) for n in list(named)[:12]) + (", ..." if len(named) > 12 else "")
         raise ValueError(
             f"graph_free_full_precision names {missing}, which are not submodules of the model; expected "
             f'"ends" or names from model.named_modules(): {listed}'
         )
-    return [named[name] for name in spec]
+    return [named[name] for name in names]
 
 
 def _signal_coords(coords: torch.Tensor, b: int) -> torch.Tensor:
@@ -387,7 +428,7 @@ class HigherBackend(Backend):
     def forward_capture(
         self, params: Params, coords: torch.Tensor, capture: nn.Module | None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if capture is not None or (self._in_low_precision_pass and self._full_precision):
+        if capture is not None or (self._in_low_precision_pass and bool(self._full_precision)):
             # higher's patched copy runs the original classes' forward, not the full-precision wrappers
             return _loop_forward(self.model, params, coords, capture)
         own = dict(self.model.named_parameters())

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..typing import AdaptSpec
-from .backends import BACKENDS, BATCHING_MODES, Backend, resolve_full_precision
+from .backends import BACKENDS, BATCHING_MODES, Backend
 from .rates import LEARN_INNER_LR_MODES
 from .rules import SELECTION_RULES, check_rule_name
 from .validation import check_autocast_dtype, check_fraction, check_int, check_positive, user_stacklevel
@@ -67,14 +67,17 @@ class ECoPConfig:
             everywhere. The modules in ``graph_free_full_precision`` stay in the model's dtype inside these
             passes.
         graph_free_full_precision: submodules that run with autocast off (their bf16/fp16 inputs cast to
-            float32) inside the ``graph_free_dtype`` passes: ``"ends"`` (default) for the model's first and
-            last ``nn.Linear`` or convolution in ``model.modules()`` order, or a tuple of submodule names
-            (``()``: lower everything). Why: SIREN loses most of bf16's precision in its first layer (w0 = 30
-            times the input projection, rounded by ~0.06 rad before the sine) and in its predictions (rounded
-            by up to 0.002, a third of a 44 dB fit's residual). Measured on the builtin comparison (1000 outer
-            steps, docs/benchmarks.md): bf16 ranking cost 1.29 dB with every product lowered and 0.24 dB with
-            the ends in float32; the bootstrap alone 0.91 dB (everything lowered) and 0.07 dB (ends); both
-            passes with the ends in float32 0.14 dB. The ends are a few percent of an MLP's multiply-adds.
+            float32) inside the ``graph_free_dtype`` passes: ``"ends"`` (default) for the model's input and
+            output layers (found by one small probe forward on the first such pass: the first ``nn.Linear``
+            or convolution applied to the coordinates, else the first one called, and the last one called),
+            or a tuple of submodule names (``()``: lower everything). An input encoding that is not such a
+            layer (e.g. Fourier features) should compute itself in float32, as ``FourierFeatureMLP`` does.
+            Why: SIREN loses most of bf16's precision in its first layer (w0 = 30 times the input projection,
+            rounded by ~0.06 rad before the sine) and in its predictions (rounded by up to 0.002, a third of
+            a 44 dB fit's residual). Measured on the builtin comparison (1000 outer steps,
+            docs/benchmarks.md): with every product lowered bf16 cost 0.5-1.3 dB; with the ends in float32,
+            over three seeds on a GPU, -0.01, +0.12 and +0.38 dB (no cost), and bf16 with ``compile=True``
+            made a 256x256 meta-step 1.26x Learnit's. The ends are a few percent of an MLP's multiply-adds.
         compile: run every graph-free forward through :func:`torch.compile` (double backward through compiled
             graphs is not supported, so the inner steps stay eager); falls back with one warning. The learners
             and adapters of a process share one cache of compiled graphs (one per model, shape, grad mode and
@@ -248,7 +251,7 @@ def configure_backend(backend: Backend, config: ECoPConfig) -> None:
     backend.autocast_dtype = config.autocast_dtype
     backend.graph_free_dtype = config.graph_free_dtype
     backend.compile = config.compile
-    backend.set_full_precision(resolve_full_precision(backend.model, config.graph_free_full_precision))
+    backend.set_full_precision(config.graph_free_full_precision)
     lowered = [n for n in ("autocast_dtype", "graph_free_dtype") if getattr(config, n) is not None]
     if lowered and any(p.dtype == torch.float64 for p in backend.model.parameters()):
         warnings.warn(

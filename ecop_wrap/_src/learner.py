@@ -59,7 +59,7 @@ class ContextPruningMetaLearner:
         autocast_dtype: run forward passes under ``torch.autocast`` with this dtype (e.g. ``torch.bfloat16``).
         graph_free_dtype: dtype of the ranking and bootstrap passes (e.g. ``torch.bfloat16``); see ``ECoPConfig``.
         graph_free_full_precision: submodules kept in the model's dtype inside those passes: ``"ends"``
-            (first and last ``nn.Linear``/convolution) or a tuple of names; see ``ECoPConfig``.
+            (the input and output layers) or a tuple of names; see ``ECoPConfig``.
         compile: ``torch.compile`` the graph-free passes (opt-in; falls back to eager with one warning).
         process_group: ``torch.distributed`` group whose ranks share the batch (default: the world, if
             initialised); meta-gradients and statistics are averaged over it.

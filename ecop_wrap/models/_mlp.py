@@ -123,7 +123,10 @@ class FourierFeatureMLP(nn.Module):
         self.output_offset = float(output_offset)
 
     def forward(self, coords: torch.Tensor) -> torch.Tensor:
-        projected = 2 * math.pi * coords @ self.frequencies.T
+        # The projection reaches hundreds of radians (scale 10); under a bf16 autocast its rounding alone would
+        # be about a radian, so it stays in the coordinates' dtype (it is a tiny C x F product).
+        with torch.autocast(coords.device.type, enabled=False):
+            projected = 2 * math.pi * coords @ self.frequencies.T
         features = torch.cat([torch.cos(projected), torch.sin(projected)], dim=-1)
         out: torch.Tensor = self.mlp(features)
         return out + self.output_offset
