@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import shutil
 import warnings
 
@@ -188,6 +189,23 @@ def test_ends_are_the_layer_on_the_coordinates_and_the_last_layer_called(backend
     learner.backend.graph_free(params, torch.rand(2, 10, 2), low_precision=True)
     names = {id(m): n for n, m in model.named_modules()}
     assert [names[id(m)] for m in learner.backend._full_precision] == ["layers.0.linear", "output"]
+
+
+def test_a_deep_copied_learner_keeps_its_own_modules_in_float32():
+    """The wrappers hold their module: a copy's bf16 pass must use the copy's layers, not the original's."""
+    torch.manual_seed(0)
+    model = Siren(2, 3, 16, 2)
+    learner = ContextPruningMetaLearner(model, graph_free_dtype=torch.bfloat16, coord_range=None)
+    coords = torch.rand(1, 20, 2, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    shared = {"layers.1.linear.weight": model.layers[1].linear.weight.detach().unsqueeze(0)}
+    learner.backend.graph_free(shared, coords, low_precision=True)  # finds the ends
+    copied = copy.deepcopy(learner)
+    with torch.no_grad():
+        for param in copied.model.parameters():
+            param.mul_(0.5)
+    params = {n: p.detach().unsqueeze(0) for n, p in copied.model.named_parameters()}
+    got = copied.backend.graph_free(params, coords, low_precision=True)[0]  # the original's ends: other numbers
+    assert torch.equal(got, _siren_by_hand(copied.model, params, coords, (0, -1)))
 
 
 def test_full_precision_wrappers_are_removed_when_a_pass_fails():

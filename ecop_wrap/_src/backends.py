@@ -132,13 +132,13 @@ class Backend:
 
     @staticmethod
     def _wrappers(modules: list[nn.Module]) -> dict[nn.Module, Callable[..., object]]:
-        # One wrapper per module, made once: compiled graphs keep seeing the same function (a fresh one per
+        # One wrapper per module, made once: compiled graphs keep seeing the same object (a fresh one per
         # pass would fail torch.compile's guards and recompile every call).
-        return {m: _autocast_off(m.forward) for m in modules}
+        return {m: _AutocastOff(m) for m in modules}
 
     @torch.no_grad()
     def _find_ends(self, params: Params, coords: torch.Tensor) -> list[nn.Module]:
-        """The model's input and output layers, seen in one small probe forward (one signal, 8 points).
+        """The model's input and output layers, seen in one probe forward of the first signal (once).
 
         Input layer: the first ``nn.Linear``/convolution applied to the coordinates themselves (same storage),
         else the first one called; output layer: the last one called. Call order, unlike registration order,
@@ -146,7 +146,7 @@ class Backend:
         """
         calls: list[tuple[nn.Module, bool]] = []
         probe_params = {n: p[:1].detach() for n, p in params.items()}
-        probe_coords = coords[..., :8, :] if coords.ndim == 2 else coords[:1, :8]
+        probe_coords = coords if coords.ndim == 2 else coords[:1]  # every point: some models need them all
 
         def record(module: nn.Module, inputs: tuple[object, ...]) -> None:
             first = inputs[0] if inputs else None
@@ -227,15 +227,24 @@ class Backend:
         return _loop_forward(self.model, params, coords, capture)
 
 
-def _autocast_off(forward: Callable[..., object]) -> Callable[..., object]:
-    """``forward`` with autocast disabled and bf16/fp16 tensor arguments cast to float32."""
+class _AutocastOff:
+    """Stands in for ``module.forward`` during a low-precision pass: the module's own forward with autocast off
+    and bf16/fp16 tensor arguments cast to float32.
 
-    def full_precision_forward(*args: object, **kwargs: object) -> object:
+    An object holding the module rather than a closure over its bound ``forward``, so that a deep copy of a
+    learner wraps the copied modules, not the originals.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+        self.own_forward = module.__dict__.get("forward")  # an instance-level forward the user set, if any
+
+    def __call__(self, *args: object, **kwargs: object) -> object:
+        forward = self.own_forward if self.own_forward is not None else type(self.module).forward
+        call_args = args if self.own_forward is not None else (self.module, *args)
         device = next((a.device.type for a in args if isinstance(a, torch.Tensor)), "cpu")
         with torch.autocast(device, enabled=False):
-            return forward(*(_to_float32(a) for a in args), **kwargs)
-
-    return full_precision_forward
+            return forward(*(_to_float32(a) for a in call_args), **kwargs)
 
 
 def _to_float32(value: object) -> object:
