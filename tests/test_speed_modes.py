@@ -236,6 +236,21 @@ def test_compiled_full_precision_pass_matches_eager_and_keeps_its_graphs(dynamo_
     assert dynamo_without_inductor["stats"]["unique_graphs"] == 1
 
 
+def test_compiled_passes_of_one_model_keep_each_full_precision_choice(dynamo_without_inductor):
+    """Learners of one model with and without float32 ends share the compiled function's cache: its guards
+    must tell the two apart (a graph traced without the wrappers must not serve a pass that has them)."""
+    model = Siren(2, 3, 16, 2)
+    params = _perturbed_params(model, 2)
+    coords = torch.rand(2, 20, 2, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    for spec, full_precision in [((), ()), ("ends", (0, -1)), ((), ())]:
+        learner = ContextPruningMetaLearner(
+            model, graph_free_dtype=torch.bfloat16, graph_free_full_precision=spec, compile=True, coord_range=None
+        )
+        got = learner.backend.graph_free(params, coords, low_precision=True)[0]
+        assert torch.equal(got, _siren_by_hand(model, params, coords, full_precision))
+    assert dynamo_without_inductor["stats"]["unique_graphs"] == 2
+
+
 def test_full_precision_names_are_checked():
     model = Siren(2, 3, 16, 2)
     with pytest.raises(ValueError, match=r"graph_free_full_precision names \['net.0'\].*layers.0"):
