@@ -71,7 +71,6 @@ class Backend:
         self.autocast_dtype: torch.dtype | None = None
         self.graph_free_dtype: torch.dtype | None = None
         self.compile = False
-        self._full_precision_spec: str | tuple[str, ...] = ()
         self._full_precision: dict[nn.Module, Callable[..., object]] | None = {}
         self._in_low_precision_pass = False
         self._compiled: Callable[[Params, torch.Tensor], torch.Tensor] | None = None
@@ -124,7 +123,6 @@ class Backend:
             spec: ``"ends"`` (found on the first low-precision pass, see :meth:`_find_ends`) or submodule
                 names (checked now; see :func:`resolve_full_precision`).
         """
-        self._full_precision_spec = spec
         if isinstance(spec, str):  # "ends" (ECoPConfig checked it)
             self._full_precision = None
         else:
@@ -242,9 +240,9 @@ class _AutocastOff:
     def __call__(self, *args: object, **kwargs: object) -> object:
         forward = self.own_forward if self.own_forward is not None else type(self.module).forward
         call_args = args if self.own_forward is not None else (self.module, *args)
-        device = next((a.device.type for a in args if isinstance(a, torch.Tensor)), "cpu")
-        with torch.autocast(device, enabled=False):
-            return forward(*(_to_float32(a) for a in call_args), **kwargs)
+        tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+        with torch.autocast(tensors[0].device.type if tensors else "cpu", enabled=False):
+            return forward(*(_to_float32(a) for a in call_args), **{k: _to_float32(v) for k, v in kwargs.items()})
 
 
 def _to_float32(value: object) -> object:
