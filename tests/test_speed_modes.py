@@ -233,6 +233,8 @@ def test_compiled_full_precision_pass_matches_eager_and_keeps_its_graphs(dynamo_
             got = compiled.backend.graph_free(params, coords, low_precision=True)[0]
     assert torch.equal(got, eager.backend.graph_free(params, coords, low_precision=True)[0])
     assert torch.equal(got, _siren_by_hand(model, params, coords, (0, -1)))
+    adapter = GradScaledAdapter(compiled)  # another backend of the same model reuses the graph
+    assert torch.equal(adapter.backend.graph_free(params, coords, low_precision=True)[0], got)
     assert dynamo_without_inductor["stats"]["unique_graphs"] == 1
 
 

@@ -130,9 +130,14 @@ class Backend:
 
     @staticmethod
     def _wrappers(modules: list[nn.Module]) -> dict[nn.Module, Callable[..., object]]:
-        # One wrapper per module, made once: compiled graphs keep seeing the same object (a fresh one per
-        # pass would fail torch.compile's guards and recompile every call).
-        return {m: _AutocastOff(m) for m in modules}
+        # One wrapper per module, kept on the module and shared by every backend of it (a learner and its
+        # adapters): torch.compile's guards check the wrapper's identity, so a fresh one per pass would
+        # recompile every call, and one per backend would compile the same pass once per backend. Stored
+        # on the module, a deep copy of the module gets a copy of the wrapper holding the copied module.
+        for module in modules:
+            if not isinstance(module.__dict__.get(_WRAPPER_ATTR), _AutocastOff):
+                module.__dict__[_WRAPPER_ATTR] = _AutocastOff(module)
+        return {m: m.__dict__[_WRAPPER_ATTR] for m in modules}
 
     @torch.no_grad()
     def _find_ends(self, params: Params, coords: torch.Tensor) -> list[nn.Module]:
@@ -225,12 +230,15 @@ class Backend:
         return _loop_forward(self.model, params, coords, capture)
 
 
+_WRAPPER_ATTR = "_ecop_wrap_full_precision_forward"
+
+
 class _AutocastOff:
     """Stands in for ``module.forward`` during a low-precision pass: the module's own forward with autocast off
     and bf16/fp16 tensor arguments cast to float32.
 
     An object holding the module rather than a closure over its bound ``forward``, so that a deep copy of a
-    learner wraps the copied modules, not the originals.
+    learner (or of the model) wraps the copied modules, not the originals.
     """
 
     def __init__(self, module: nn.Module) -> None:
