@@ -640,9 +640,9 @@ def make_trainer(training: Training, model: Siren, config: RunConfig) -> Context
 
 def _full_precision_spec(flag: str) -> str | tuple[str, ...]:
     """``--graph-free-full-precision``: ``ends``, ``none`` or comma-separated submodule names."""
-    if flag in ("ends", "none"):
-        return "ends" if flag == "ends" else ()
-    return tuple(flag.split(","))
+    if flag == "none":
+        return ()
+    return "ends" if flag == "ends" else tuple(flag.split(","))
 
 
 # -------------------------------------------------------------------------------------------- training

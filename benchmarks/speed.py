@@ -31,7 +31,7 @@ absolute times, and ``--compare`` for times.
 ``--compare``: the speed modes against Learnit, side by side in one process: Learnit (gamma 1, K
 ``--learnit-K``, L 0, lambda 0), ECoP default, ECoP ``graph_free_dtype=torch.bfloat16``, ECoP
 ``compile=True`` and ECoP with both; ``bf16-all`` and ``bf16-all+compile`` lower every product of those passes
-(``graph_free_full_precision=()``; the bf16 modes keep the model's first and last Linear in float32 by
+(``graph_free_full_precision=()``; the bf16 modes keep the model's input and output layers in float32 by
 default) (``--compare-configs`` picks a subset; Learnit is always run). Each
 configuration has its own copy of the same initial model and first takes untimed warm-up steps (two for
 compiled configurations: ``torch.compile`` compiles on the first call, which can take a minute, and may
