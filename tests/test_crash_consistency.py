@@ -81,13 +81,18 @@ def save_child(learner: ContextPruningMetaLearner, path: str, ready: Any) -> Non
     learner.save(path)
 
 
-def child_save_seconds(ctx: Any, learner: ContextPruningMetaLearner, path: Path) -> float:
-    """Seconds from a forked child's signal that it starts ``save`` to its exit, the save left to finish."""
+def start_child_save(ctx: Any, learner: ContextPruningMetaLearner, path: Path) -> tuple[Any, float]:
+    """A forked child saving ``learner`` to ``path``, returned once it starts ``save``, with that moment."""
     receive, send = ctx.Pipe(duplex=False)
     child = ctx.Process(target=save_child, args=(learner, str(path), send), daemon=True)
     child.start()
     assert receive.poll(60), "the child never started its save"
-    started = receive.recv()
+    return child, receive.recv()
+
+
+def child_save_seconds(ctx: Any, learner: ContextPruningMetaLearner, path: Path) -> float:
+    """Seconds from a forked child's start of ``save`` to its exit, the save left to finish."""
+    child, started = start_child_save(ctx, learner, path)
     child.join(60)
     assert child.exitcode == 0, f"an uninterrupted save in a child failed (exit code {child.exitcode})"
     return time.monotonic() - started
@@ -102,10 +107,8 @@ def test_sigkill_during_save_never_leaves_a_damaged_checkpoint(tmp_path):
     reader = build(7)
     neutral = {**reader.state_dict(), "model": {k: v.clone() for k, v in reader.model.state_dict().items()}}
     path = tmp_path / "ckpt.pt"
-    learners[seeds[0]].save(path)
-    # The kill delays are spread over a save's length as a forked child takes it (copy-on-write faults and the
-    # child's own start make it slower than a save in this process; timed here, one machine measured 7.6 ms in
-    # the parent while every one of 60 kills within 1.3x that landed before the child's rename).
+    # The kill delays are spread over a save as a forked child takes it, timed to its exit: on one machine a save
+    # in this process took 7.6 ms, and all 60 kills within 1.3x that landed before the child's rename.
     save_s = statistics.median(child_save_seconds(ctx, learners[seeds[0]], path) for _ in range(3))
     current = seeds[0]  # the complete checkpoint at `path` before each trial
     rng = random.Random(0)
@@ -113,11 +116,7 @@ def test_sigkill_during_save_never_leaves_a_damaged_checkpoint(tmp_path):
     leftovers: Counter[str] = Counter()
     for _ in range(TRIALS):
         target = seeds[1] if current == seeds[0] else seeds[0]
-        receive, send = ctx.Pipe(duplex=False)
-        child = ctx.Process(target=save_child, args=(learners[target], str(path), send), daemon=True)
-        child.start()
-        assert receive.poll(60), "the child never started its save"
-        receive.recv()
+        child, _ = start_child_save(ctx, learners[target], path)
         time.sleep(rng.uniform(0.0, 1.3 * save_s))
         if child.is_alive():
             os.kill(child.pid, signal.SIGKILL)
