@@ -19,6 +19,7 @@ from ._src.rules import (
     register_scaling,
     register_selection,
 )
+from ._src.tracing import SelectionTrace, default_trace_steps, trace_selection
 from .memory import SavedTensorMeter
 from .metrics import mse, mse_to_psnr, psnr
 from .models import FourierFeatureMLP, ModulatedSiren, Siren
@@ -44,8 +45,10 @@ __all__ = [
     "SavedTensorMeter",
     "ScalingRule",
     "SelectionRule",
+    "SelectionTrace",
     "Siren",
     "array_to_signal",
+    "default_trace_steps",
     "image_to_signal",
     "make_backend",
     "make_grid",
@@ -57,4 +60,5 @@ __all__ = [
     "register_selection",
     "signal_to_array",
     "signal_to_image",
+    "trace_selection",
 ]

