@@ -12,6 +12,8 @@ import math
 import torch
 from torch import nn
 
+from ._init_kwargs import RecordsInitKwargs
+
 __all__ = ["FourierFeatureMLP", "SineLayer", "Siren"]
 
 
@@ -45,7 +47,7 @@ def siren_output_layer(hidden_features: int, out_features: int, w0: float) -> nn
     return layer
 
 
-class Siren(nn.Module):
+class Siren(RecordsInitKwargs, nn.Module):
     """SIREN: an MLP with sine activations, ``[..., in_features] -> [..., out_features]``.
 
     Args:
@@ -76,13 +78,21 @@ class Siren(nn.Module):
         )
         self.output = siren_output_layer(hidden_features, out_features, w0)
         self.output_offset = float(output_offset)
+        self._record_init_kwargs(
+            in_features=int(in_features),
+            out_features=int(out_features),
+            hidden_features=int(hidden_features),
+            hidden_layers=int(hidden_layers),
+            w0=float(w0),
+            output_offset=self.output_offset,
+        )
 
     def forward(self, coords: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.output(self.layers(coords))
         return out + self.output_offset
 
 
-class FourierFeatureMLP(nn.Module):
+class FourierFeatureMLP(RecordsInitKwargs, nn.Module):
     """ReLU MLP on random Fourier features ``[cos(2 pi B x), sin(2 pi B x)]`` (Tancik et al., 2020).
 
     The frequency matrix ``B ~ N(0, scale^2)`` is a buffer (fixed, saved in the state dict, not adapted).
@@ -95,7 +105,8 @@ class FourierFeatureMLP(nn.Module):
         hidden_features: MLP width.
         hidden_layers: number of hidden ReLU layers.
         output_offset: constant added to the output.
-        generator: random generator for B (None: torch's global one).
+        generator: random generator for B (None: torch's global one). Not part of :attr:`init_kwargs`: B is in
+            the state dict, so a rebuilt model gets it from there.
     """
 
     #: the frequency matrix B ``[num_frequencies, C]`` (a buffer).
@@ -121,6 +132,15 @@ class FourierFeatureMLP(nn.Module):
             layers += [nn.Linear(a, b), nn.ReLU()]
         self.mlp = nn.Sequential(*layers, nn.Linear(widths[-1], out_features))
         self.output_offset = float(output_offset)
+        self._record_init_kwargs(
+            in_features=int(in_features),
+            out_features=int(out_features),
+            num_frequencies=int(num_frequencies),
+            scale=float(scale),
+            hidden_features=int(hidden_features),
+            hidden_layers=int(hidden_layers),
+            output_offset=self.output_offset,
+        )
 
     def forward(self, coords: torch.Tensor) -> torch.Tensor:
         # The projection reaches hundreds of radians (scale 10); under a bf16 autocast its rounding alone would

@@ -16,6 +16,8 @@ import math
 import torch
 from torch import nn
 
+from ._init_kwargs import RecordsInitKwargs
+
 __all__ = ["HASH_PRIMES", "HashGridINR"]
 
 #: multipliers of the spatial hash, one per coordinate dimension (the first is 1, as in Instant-NGP).
@@ -30,7 +32,7 @@ def _check_int(name: str, value: object, minimum: int) -> int:
     return value
 
 
-class HashGridINR(nn.Module):
+class HashGridINR(RecordsInitKwargs, nn.Module):
     """Hash-grid encoding + ReLU MLP: ``[..., in_features]`` in ``[-1, 1]`` -> ``[..., out_features]``.
 
     Level ``l`` has resolution ``N_l = floor(base_resolution * b^l)`` with ``b`` chosen so that the last level
@@ -116,6 +118,19 @@ class HashGridINR(nn.Module):
             layers += [nn.Linear(a, b), nn.ReLU()]
         self.mlp = nn.Sequential(*layers, nn.Linear(widths[-1], out_features))
         self.output_offset = float(output_offset)
+        self._record_init_kwargs(
+            in_features=in_features,
+            out_features=out_features,
+            levels=levels,
+            features_per_level=features_per_level,
+            log2_table_size=log2_table_size,
+            base_resolution=base_resolution,
+            max_resolution=max_resolution,
+            hidden_features=hidden_features,
+            hidden_layers=hidden_layers,
+            output_offset=self.output_offset,
+            init_scale=float(init_scale),
+        )
 
     def table(self, level: int) -> torch.Tensor:
         """The ``[entries, F]`` feature table of ``level`` (the parameter ``table_<level>``)."""

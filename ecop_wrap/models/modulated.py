@@ -7,12 +7,13 @@ import itertools
 import torch
 from torch import nn
 
+from ._init_kwargs import RecordsInitKwargs
 from ._mlp import SineLayer, siren_output_layer
 
 __all__ = ["ModulatedSiren"]
 
 
-class ModulatedSiren(nn.Module):
+class ModulatedSiren(RecordsInitKwargs, nn.Module):
     """SIREN whose hidden layers are shifted per signal: ``h_l = sin(w0 (W_l h_{l-1} + b_l + s_l))``.
 
     All shifts ``s_l`` come from one parameter ``latent`` ``[latent_dim]`` through a shared linear map
@@ -57,6 +58,15 @@ class ModulatedSiren(nn.Module):
         )
         self.output = siren_output_layer(hidden_features, out_features, w0)
         self.output_offset = float(output_offset)
+        self._record_init_kwargs(
+            in_features=int(in_features),
+            out_features=int(out_features),
+            hidden_features=int(hidden_features),
+            hidden_layers=int(hidden_layers),
+            latent_dim=int(latent_dim),
+            w0=float(w0),
+            output_offset=self.output_offset,
+        )
 
     def forward(self, coords: torch.Tensor) -> torch.Tensor:
         """``[..., M, C] -> [..., M, D]``; a latent with a leading batch ``[B, latent_dim]`` shifts ``[B, M, .]``."""

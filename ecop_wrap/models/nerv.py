@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._init_kwargs import RecordsInitKwargs
+
 __all__ = ["NeRV", "NeRVBlock"]
 
 ACTIVATIONS = ("gelu", "sine")
@@ -56,7 +58,7 @@ def _int_at_least(name: str, value: object, minimum: int) -> int:
     return value
 
 
-class NeRV(nn.Module):
+class NeRV(RecordsInitKwargs, nn.Module):
     """NeRV video INR: frame time ``[..., 1]`` -> frame values ``[..., C*H*W]`` (channel-first order).
 
     The time ``t`` is encoded as ``(sin(b^0 pi t), cos(b^0 pi t), ..., sin(b^(L-1) pi t), cos(b^(L-1) pi t))``
@@ -140,6 +142,18 @@ class NeRV(nn.Module):
         self.blocks = nn.Sequential(*[NeRVBlock(a, b, upscale, activation) for a, b in itertools.pairwise(widths)])
         self.head = nn.Conv2d(widths[-1], self.out_shape[0], kernel_size=3, padding=1)
         self.output_offset = float(output_offset)
+        self._record_init_kwargs(
+            out_shape=list(self.out_shape),
+            blocks=blocks,
+            channels=channels if isinstance(channels, int) else widths,
+            upscale=upscale,
+            hidden_features=hidden_features,
+            hidden_layers=hidden_layers,
+            num_frequencies=num_frequencies,
+            base=float(base),
+            activation=activation,
+            output_offset=self.output_offset,
+        )
 
     @property
     def out_features(self) -> int:
