@@ -25,13 +25,16 @@ def ref_meta_loss_given_subsets(
     L: int,
     lam: float,
     lr: float,
+    adapted: Sequence[str] | None = None,
 ) -> torch.Tensor:
     """Mean over signals of MSE(theta_K; full) + lam * ||theta_K - stopgrad(theta_boot)||.
 
     Args:
         subsets: ``subsets[b][k]`` are the point indices signal ``b`` trains on at inner step ``k`` (K = len).
+        adapted: names of the parameters adapted per signal (None: every trainable one); the others are the
+            model's own in every forward.
     """
-    theta0 = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    theta0 = {n: p for n, p in model.named_parameters() if p.requires_grad and (adapted is None or n in adapted)}
     total = values.new_zeros(())
     for b, signal_subsets in enumerate(subsets):
         x = coords if coords.ndim == 2 else coords[b]

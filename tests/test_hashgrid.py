@@ -1,31 +1,26 @@
-"""HashGridINR: the encoding against hand-computed values, shapes and argument checks, and meta-gradients and
-fits against the independent float64 references (tables and MLP adapted per signal, under vmap or a loop)."""
+"""HashGridINR: the encoding against hand-computed values, shapes and argument checks, and adapting only the
+tables or only the MLP against the independent float64 reference.
+
+The checks every model family passes (meta-gradients in every mode and backend, random selection, batching,
+fitting) run on HashGridINR in tests/test_conformance.py.
+"""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from reference import ref_fit, ref_meta_grads
+from helpers import TINY_HASHGRID, assert_all_close, meta_grads
+from reference import ref_meta_grads
 
-from ecop_wrap import ContextPruningMetaLearner, GradScaledAdapter, make_grid
+from ecop_wrap import ContextPruningMetaLearner, make_grid
 from ecop_wrap.models import HashGridINR
 
-# Resolutions 2, 4, 8 in 2-D: 9 and 25 vertices fit the 32-entry table (dense), 81 do not (hashed).
-TINY = {
-    "levels": 3,
-    "features_per_level": 2,
-    "log2_table_size": 5,
-    "base_resolution": 2,
-    "max_resolution": 8,
-    "hidden_features": 8,
-    "hidden_layers": 1,
-    "init_scale": 0.1,
-}
 INNER_LR = 1e-2
+ECOP = {"gamma": 0.25, "K": 3, "L": 2, "lam": 10.0}  # error selection, bootstrap L > 0, lam > 0
 
 
 def _tiny_grid_inr(out_features: int = 3) -> HashGridINR:
-    return HashGridINR(2, out_features, **TINY).double()
+    return HashGridINR(2, out_features, **TINY_HASHGRID).double()
 
 
 def _images(batch: int = 2, side: int = 5, shared: bool = True, d: int = 3):
@@ -33,17 +28,6 @@ def _images(batch: int = 2, side: int = 5, shared: bool = True, d: int = 3):
     if not shared:
         coords = (coords + 0.05 * torch.randn(batch, side * side, 2, dtype=torch.float64)).clamp(-1.0, 1.0)
     return coords, torch.rand(batch, side * side, d, dtype=torch.float64)
-
-
-def _library_grads(model, coords, values, **config):
-    learner = ContextPruningMetaLearner(model, inner_lr=INNER_LR, outer_lr=1e-4, **config)
-    loss = learner.meta_loss((coords, values))
-    return learner, loss.detach(), torch.autograd.grad(loss, list(model.parameters()))
-
-
-def _assert_grads_close(got, want, rtol=1e-7):
-    for g, w in zip(got, want, strict=True):
-        torch.testing.assert_close(g, w, rtol=rtol, atol=1e-12)
 
 
 # ------------------------------------------------------------------------------------------- encoding
@@ -132,82 +116,20 @@ def test_bad_coords_name_the_expected_shape():
         HashGridINR(2, 3)(torch.rand(4, 3))
 
 
-# -------------------------------------------------------------------------------------- meta-gradients
-SETTINGS = {
-    "ecop": {"gamma": 0.25, "K": 3, "L": 2, "lam": 10.0},  # error selection, bootstrap L > 0, lam > 0
-    "learnit": {"gamma": 1.0, "K": 2, "L": 0, "lam": 0.0},
-}
-
-
-@pytest.mark.parametrize("backend", ["torch.func", "higher"])
-@pytest.mark.parametrize("shared", [True, False], ids=["shared", "per-signal"])
-@pytest.mark.parametrize("setting", list(SETTINGS))
-def test_meta_gradients_match_reference(backend, shared, setting):
-    model = _tiny_grid_inr()
-    coords, values = _images(shared=shared)
-    config = SETTINGS[setting]
-    ref_loss, ref_grads = ref_meta_grads(model, coords, values, lr=INNER_LR, **config)
-    _, loss, grads = _library_grads(model, coords, values, backend=backend, **config)
-    torch.testing.assert_close(loss, ref_loss, rtol=1e-9, atol=0)
-    _assert_grads_close(grads, ref_grads)
-    assert all(float(g.abs().sum()) > 0 for g in grads[:3]), "every level's table gets a meta-gradient"
-
-
-@pytest.mark.parametrize(
-    "mode",
-    [{"chunk_size": 7}, {"checkpoint": True}, {"chunk_size": 5, "checkpoint": True}, {"batching": "loop"}],
-    ids=lambda m: ",".join(f"{k}={v}" for k, v in m.items()),
-)
-@pytest.mark.parametrize("shared", [True, False], ids=["shared", "per-signal"])
-def test_every_memory_mode_matches_reference(mode, shared):
-    model = _tiny_grid_inr()
-    coords, values = _images(shared=shared)
-    config = SETTINGS["ecop"]
-    ref_loss, ref_grads = ref_meta_grads(model, coords, values, lr=INNER_LR, **config)
-    _, loss, grads = _library_grads(model, coords, values, **config, **mode)
-    torch.testing.assert_close(loss, ref_loss, rtol=1e-9, atol=0)
-    _assert_grads_close(grads, ref_grads)
-
-
+# ------------------------------------------------------------------------------------ partial adaptation
 @pytest.mark.parametrize("backend", ["torch.func", "higher"])
 @pytest.mark.parametrize("part", [["table_*"], ["mlp.*"]], ids=["tables-only", "mlp-only"])
 def test_adapting_only_the_tables_or_only_the_mlp_matches_reference(backend, part):
     """adapt= picks the per-signal part; the rest is meta-learned and shared (its meta-gradient included)."""
     model = _tiny_grid_inr()
     coords, values = _images(shared=False)
-    config = SETTINGS["ecop"]
-    learner = ContextPruningMetaLearner(model, inner_lr=INNER_LR, outer_lr=1e-4, adapt=part, backend=backend, **config)
+    learner = ContextPruningMetaLearner(model, inner_lr=INNER_LR, outer_lr=1e-4, adapt=part, backend=backend, **ECOP)
     adapted = list(learner.adapted)
     prefix = part[0].rstrip("*")
     assert adapted and all(n.startswith(prefix) for n in adapted)
-    ref_loss, ref_grads = ref_meta_grads(model, coords, values, lr=INNER_LR, adapted=adapted, **config)
-    loss = learner.meta_loss((coords, values))
-    grads = torch.autograd.grad(loss, list(model.parameters()))
-    torch.testing.assert_close(loss.detach(), ref_loss, rtol=1e-9, atol=0)
-    _assert_grads_close(grads, ref_grads)
+    ref_loss, ref_grads = ref_meta_grads(model, coords, values, lr=INNER_LR, adapted=adapted, **ECOP)
+    loss, grads = meta_grads(learner, (coords, values))
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-9, atol=0)
+    assert_all_close(grads, ref_grads, rtol=1e-7, atol=1e-12)
     shared = [g for (n, _), g in zip(model.named_parameters(), grads, strict=True) if n not in adapted]
     assert shared and all(float(g.abs().sum()) > 0 for g in shared), "the shared part is meta-learned too"
-
-
-def test_auto_batching_settles_on_vmap():
-    """Per-signal tables are indexed with index_select, which vmap batches: auto picks vmap, not the loop."""
-    model = _tiny_grid_inr()
-    coords, values = _images(shared=False)
-    learner = ContextPruningMetaLearner(model, inner_lr=INNER_LR, **SETTINGS["ecop"])
-    learner.meta_loss((coords, values))
-    assert learner.backend.batching == "vmap"
-
-
-# -------------------------------------------------------------------------------------------- fitting
-@pytest.mark.parametrize("shared", [True, False], ids=["shared", "per-signal"])
-def test_gradient_scaled_fit_matches_reference(shared):
-    model = _tiny_grid_inr()
-    coords, values = _images(shared=shared)
-    fit = GradScaledAdapter(model, steps=3, lr=0.5, gamma=0.25, scaling="norm").fit((coords, values))
-    for b in range(values.shape[0]):
-        x = coords if shared else coords[b]
-        ref_params, ref_mse = ref_fit(model, x, values[b], steps=3, lr=0.5, gamma=0.25, scaling="norm")
-        torch.testing.assert_close(fit.history["mse"][:, b], ref_mse, rtol=1e-9, atol=1e-14)
-        for name, param in ref_params.items():
-            torch.testing.assert_close(fit.params[name][b], param, rtol=1e-9, atol=1e-12)
-    assert bool((fit.history["mse"][-1] < fit.history["mse"][0]).all())

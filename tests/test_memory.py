@@ -11,6 +11,7 @@ import gc
 
 import pytest
 import torch
+from helpers import held_bytes
 from reference import TinySiren
 
 from ecop_wrap import ContextPruningMetaLearner, SavedTensorMeter, Siren, make_grid
@@ -23,17 +24,6 @@ def _image_batch(side: int, batch: int = 1, seed: int = 0):
     """A ``side x side`` RGB "image" batch: the shared grid ``[M, 2]`` and values ``[B, M, 3]`` in [0, 1]."""
     generator = torch.Generator().manual_seed(seed)
     return make_grid((side, side)), torch.rand(batch, side * side, 3, generator=generator)
-
-
-def _held_bytes(model, batch, **config) -> int:
-    """Bytes the meta-loss's graph holds just before backward."""
-    learner = ContextPruningMetaLearner(model, coord_range=None, **config)
-    with SavedTensorMeter() as meter:
-        loss = learner.meta_loss(batch)
-        held = meter.live_bytes()
-    assert torch.isfinite(loss)
-    del loss
-    return held
 
 
 def _packed_total(model, batch, **config) -> int:
@@ -70,7 +60,7 @@ def held64(siren64):
     def measure(**config) -> int:
         key = tuple(sorted(config.items()))
         if key not in cache:
-            cache[key] = _held_bytes(siren64, batch, **config)
+            cache[key] = held_bytes(siren64, batch, **config)
         return cache[key]
 
     return measure
@@ -192,6 +182,6 @@ def test_chunk_size_holds_less_at_paper_scale():
     torch.manual_seed(0)
     model = Siren(2, 3, 256, 4)
     batch = _image_batch(128, batch=2)
-    whole = _held_bytes(model, batch, **ECOP)
-    chunked = _held_bytes(model, batch, **ECOP, chunk_size=512)
+    whole = held_bytes(model, batch, **ECOP)
+    chunked = held_bytes(model, batch, **ECOP, chunk_size=512)
     assert chunked <= 0.92 * whole, f"{chunked} vs {whole} B ({chunked / whole:.4f}x)"

@@ -1,5 +1,9 @@
-"""Any module, both backends: the bundled INRs, a custom module with a buffer and a non-Linear parameter,
-frozen parameters, float64, SIREN's initialisation, and CUDA when there is one."""
+"""Frozen parameters, float64 end to end, SIREN's initialisation, Fourier features, parameter containers
+higher cannot swap, and CUDA when there is one.
+
+Every model family (the bundled INRs and a custom module with a buffer and a non-Linear parameter) runs through
+the same meta-gradient, batching and fitting checks in tests/test_conformance.py.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,8 @@ import math
 
 import pytest
 import torch
+from helpers import ScaledSine, assert_all_close, meta_grads, state_snapshot
 from reference import ref_meta_grads
-from torch import nn
 
 from ecop_wrap import (
     ContextPruningMetaLearner,
@@ -21,20 +25,6 @@ from ecop_wrap import (
 BACKENDS = ["torch.func", "higher"]
 
 
-class ScaledSine(nn.Module):
-    """A custom INR: sine features, a learnable per-channel output scale (not an nn.Linear) and a buffer."""
-
-    def __init__(self, in_features: int = 2, out_features: int = 3, width: int = 16) -> None:
-        super().__init__()
-        self.inp = nn.Linear(in_features, width)
-        self.out = nn.Linear(width, out_features)
-        self.scale = nn.Parameter(torch.linspace(0.5, 1.5, out_features))
-        self.register_buffer("shift", torch.full((out_features,), 0.5))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(torch.sin(10.0 * self.inp(x))) * self.scale + self.shift
-
-
 def _batch(batch: int = 2, side: int = 6, d: int = 3, dtype=torch.float32, shared: bool = True):
     grid = make_grid((side, side), dtype=dtype)
     coords = (
@@ -45,87 +35,13 @@ def _batch(batch: int = 2, side: int = 6, d: int = 3, dtype=torch.float32, share
     return coords, torch.rand(batch, side * side, d, dtype=dtype)
 
 
-def _models() -> dict[str, nn.Module]:
-    torch.manual_seed(0)
-    return {
-        "siren": Siren(2, 3, 16, 2),
-        "fourier": FourierFeatureMLP(2, 3, num_frequencies=8, scale=2.0, hidden_features=16, hidden_layers=2),
-        "custom": ScaledSine(),
-    }
-
-
-def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {n: t.detach().clone() for n, t in model.state_dict().items()}
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("name", ["siren", "fourier", "custom"])
-def test_meta_step_and_fit_work_for_any_module(name, backend):
-    model = _models()[name]
-    batch = _batch(shared=(name != "custom"))
-    before = _snapshot(model)
-    buffers = {n: b.clone() for n, b in model.named_buffers()}
-    learner = ContextPruningMetaLearner(model, gamma=0.25, K=3, L=2, lam=10.0, outer_lr=1e-3, backend=backend)
-    stats = [learner.meta_step(batch) for _ in range(2)]
-    assert all(s["skipped"] == 0.0 and math.isfinite(s["loss"]) for s in stats)
-    params_after = dict(model.named_parameters())
-    assert all(not torch.equal(params_after[n], before[n]) for n in params_after), "every parameter was updated"
-    for n, b in model.named_buffers():
-        assert torch.equal(b, buffers[n]), f"buffer {n} must stay fixed"
-    if backend == "torch.func":
-        expected = ("vmap", "loop") if name == "custom" else ("bmm",)
-        assert learner.backend.batching in expected
-    result = GradScaledAdapter(learner, steps=4).fit(batch)
-    mse = result.history["mse"]
-    assert mse.shape == (5, 2) and bool(torch.isfinite(mse).all())
-    assert bool((mse[-1] < mse[0]).all()), "fitting reduces every signal's error"
-    assert result(batch[0]).shape == batch[1].shape
-    assert set(result.params) == {n for n, _ in model.named_parameters()}
-
-
-def test_custom_module_does_not_take_the_bmm_path():
-    learner = ContextPruningMetaLearner(ScaledSine(), K=1, L=0)
-    assert learner.backend.batching == "auto"
-    learner.meta_step(_batch())
-    assert learner.backend.batching in ("vmap", "loop")
-    with pytest.raises(ValueError, match="bmm"):
-        ContextPruningMetaLearner(ScaledSine(), batching="bmm")
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_backends_match_the_reference_on_a_non_linear_model(backend):
-    torch.manual_seed(1)
-    model = ScaledSine().double()
-    coords, values = _batch(dtype=torch.float64, shared=False)
-    kw = {"gamma": 0.25, "K": 3, "L": 2, "lam": 10.0}
-    ref_loss, ref_grads = ref_meta_grads(model, coords, values, lr=1e-2, **kw)
-    learner = ContextPruningMetaLearner(model, backend=backend, coord_range=None, **kw)
-    loss = learner.meta_loss((coords, values))
-    grads = torch.autograd.grad(loss, list(model.parameters()))
-    torch.testing.assert_close(loss.detach(), ref_loss, rtol=1e-9, atol=0)
-    for g, w in zip(grads, ref_grads, strict=True):
-        torch.testing.assert_close(g, w, rtol=1e-8, atol=1e-12)
-
-
-def test_both_backends_agree_on_a_non_linear_model():
-    torch.manual_seed(2)
-    model = ScaledSine().double()
-    coords, values = _batch(batch=3, dtype=torch.float64, shared=False)
-    grads = {}
-    for backend in BACKENDS:
-        learner = ContextPruningMetaLearner(model, 0.25, 3, 2, 10.0, backend=backend, coord_range=None)
-        grads[backend] = torch.autograd.grad(learner.meta_loss((coords, values)), list(model.parameters()))
-    for a, b in zip(grads["torch.func"], grads["higher"], strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13)
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_frozen_parameters_stay_bit_identical(backend):
     torch.manual_seed(0)
     model = Siren(2, 3, 16, 2)
     model.layers[0].linear.weight.requires_grad_(False)
     model.output.bias.requires_grad_(False)
-    before = _snapshot(model)
+    before = state_snapshot(model)
     learner = ContextPruningMetaLearner(model, gamma=0.25, K=2, L=1, outer_lr=1e-2, backend=backend)
     batch = _batch()
     for _ in range(2):
@@ -150,12 +66,9 @@ def test_frozen_parameters_match_the_reference():
     coords, values = _batch(dtype=torch.float64)
     kw = {"gamma": 0.25, "K": 2, "L": 1, "lam": 10.0}
     _, ref_grads = ref_meta_grads(model, coords, values, lr=1e-2, **kw)
-    learner = ContextPruningMetaLearner(model, coord_range=None, **kw)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    grads = torch.autograd.grad(learner.meta_loss((coords, values)), trainable)
+    _, grads = meta_grads(ContextPruningMetaLearner(model, coord_range=None, **kw), (coords, values))
     assert len(grads) == len(ref_grads) == 3
-    for g, w in zip(grads, ref_grads, strict=True):
-        torch.testing.assert_close(g, w, rtol=1e-8, atol=1e-12)
+    assert_all_close(grads, ref_grads, rtol=1e-8, atol=1e-12)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

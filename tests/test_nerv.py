@@ -1,45 +1,21 @@
-"""NeRV: shapes and argument checks, meta-gradients and fits against the independent float64 references, the
-batching mode ``"auto"`` settles on, and the memory ECoP holds against Learnit.
+"""NeRV: shapes and argument checks, a meta-step in bf16 and a checkpoint round trip, and the memory ECoP
+holds against Learnit.
 
-A context point is a frame: coords ``[T, 1]`` (frame times in ``[-1, 1]``), values ``[B, T, C*H*W]``.
+A context point is a frame: coords ``[T, 1]`` (frame times in ``[-1, 1]``), values ``[B, T, C*H*W]``. The
+checks every model family passes (meta-gradients in every mode and backend, random selection, batching,
+fitting) run on NeRV in tests/test_conformance.py.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
-from reference import ref_fit, ref_meta_grads
-from reference_subsets import all_subset_sequences, ref_meta_loss_given_subsets
+from helpers import held_bytes
 
-from ecop_wrap import ContextPruningMetaLearner, GradScaledAdapter, SavedTensorMeter, make_grid
+from ecop_wrap import ContextPruningMetaLearner, make_grid
 from ecop_wrap.models import NeRV
 
-TINY = {"blocks": 1, "channels": (4, 3), "hidden_features": 8, "hidden_layers": 1, "num_frequencies": 3}
 INNER_LR = 0.1  # the paper's NeRV inner learning rate
-
-
-def _tiny_nerv() -> NeRV:
-    """700 parameters, frames of 2 x 4 x 4, float64."""
-    return NeRV((2, 4, 4), **TINY).double()
-
-
-def _clips(batch: int = 2, frames: int = 6, shared: bool = True, d: int = 32):
-    """Frame times ``[T, 1]`` (or jittered ``[B, T, 1]``) and random frames ``[B, T, d]`` in [0, 1], float64."""
-    times = make_grid((frames,), dtype=torch.float64)
-    if not shared:
-        times = (times + 0.05 * torch.randn(batch, frames, 1, dtype=torch.float64)).clamp(-1.0, 1.0)
-    return times, torch.rand(batch, frames, d, dtype=torch.float64)
-
-
-def _library_grads(model, coords, values, **config):
-    learner = ContextPruningMetaLearner(model, inner_lr=INNER_LR, outer_lr=1e-4, **config)
-    loss = learner.meta_loss((coords, values))
-    return learner, loss.detach(), torch.autograd.grad(loss, list(model.parameters()))
-
-
-def _assert_grads_close(got, want, rtol=1e-7):
-    for g, w in zip(got, want, strict=True):
-        torch.testing.assert_close(g, w, rtol=rtol, atol=1e-12)
 
 
 # ------------------------------------------------------------------------------------------------- shapes
@@ -111,111 +87,6 @@ def test_bad_inputs_name_the_expected_shape():
         model.values_to_frames(torch.rand(5, 191))
 
 
-# -------------------------------------------------------------------------------------- meta-gradients
-SETTINGS = {
-    "ecop": {"gamma": 0.5, "K": 3, "L": 2, "lam": 10.0},  # error selection, bootstrap L > 0, lam > 0
-    "learnit": {"gamma": 1.0, "K": 2, "L": 0, "lam": 0.0},
-    "pruned-no-boot": {"gamma": 0.34, "K": 2, "L": 0, "lam": 0.0},  # keeps 2 of 6 frames
-}
-
-
-@pytest.mark.parametrize("backend", ["torch.func", "higher"])
-@pytest.mark.parametrize("shared", [True, False], ids=["shared", "per-signal"])
-@pytest.mark.parametrize("setting", list(SETTINGS))
-def test_meta_gradients_match_reference(backend, shared, setting):
-    model = _tiny_nerv()
-    coords, values = _clips(shared=shared)
-    config = SETTINGS[setting]
-    ref_loss, ref_grads = ref_meta_grads(model, coords, values, lr=INNER_LR, **config)
-    _, loss, grads = _library_grads(model, coords, values, backend=backend, **config)
-    torch.testing.assert_close(loss, ref_loss, rtol=1e-9, atol=0)
-    _assert_grads_close(grads, ref_grads)
-
-
-@pytest.mark.parametrize(
-    "mode",
-    [
-        {"chunk_size": 2},
-        {"checkpoint": True},
-        {"chunk_size": 4, "checkpoint": True},
-        {"batching": "vmap"},
-        {"batching": "loop"},
-        {"backend": "higher", "checkpoint": True, "chunk_size": 1},
-    ],
-    ids=lambda m: ",".join(f"{k}={v}" for k, v in m.items()),
-)
-@pytest.mark.parametrize("shared", [True, False], ids=["shared", "per-signal"])
-def test_every_memory_mode_matches_reference(mode, shared):
-    model = _tiny_nerv()
-    coords, values = _clips(shared=shared)
-    config = SETTINGS["ecop"]
-    ref_loss, ref_grads = ref_meta_grads(model, coords, values, lr=INNER_LR, **config)
-    _, loss, grads = _library_grads(model, coords, values, **config, **mode)
-    torch.testing.assert_close(loss, ref_loss, rtol=1e-9, atol=0)
-    _assert_grads_close(grads, ref_grads)
-
-
-@pytest.mark.parametrize("backend", ["torch.func", "higher"])
-def test_random_selection_matches_the_reference_for_the_subsets_it_drew(backend):
-    """4 frames, 2 kept per step, K = 2: the library's draw must be one of the 36 possible subset sequences."""
-    model = _tiny_nerv()
-    coords, values = _clips(batch=1, frames=4)
-    config = {"gamma": 0.5, "K": 2, "L": 2, "lam": 10.0}
-    _, loss, grads = _library_grads(model, coords, values, backend=backend, selection="random", seed=3, **config)
-    matches = []
-    with torch.no_grad():
-        for subsets in all_subset_sequences(num_points=4, keep=2, steps=2):
-            with torch.enable_grad():
-                candidate = ref_meta_loss_given_subsets(model, coords, values, [subsets], L=2, lam=10.0, lr=INNER_LR)
-            if torch.isclose(candidate, loss, rtol=1e-12, atol=0):
-                matches.append(subsets)
-    assert len(matches) == 1, f"the library's random-selection loss matches {len(matches)} subset sequences"
-    ref_loss = ref_meta_loss_given_subsets(model, coords, values, [matches[0]], L=2, lam=10.0, lr=INNER_LR)
-    _assert_grads_close(grads, torch.autograd.grad(ref_loss, list(model.parameters())))
-
-
-def test_first_order_and_bootstrap_lr_match_reference():
-    model = _tiny_nerv()
-    coords, values = _clips()
-    config = SETTINGS["ecop"]
-    ref_loss, ref_grads = ref_meta_grads(model, coords, values, lr=INNER_LR, boot_lr=0.05, first_order=True, **config)
-    _, loss, grads = _library_grads(model, coords, values, boot_lr=0.05, first_order=True, **config)
-    torch.testing.assert_close(loss, ref_loss, rtol=1e-9, atol=0)
-    _assert_grads_close(grads, ref_grads)
-
-
-# ------------------------------------------------------------------------------------------- batching
-def test_auto_batching_settles_on_vmap_and_agrees_with_the_loop():
-    """bmm only applies to stacks of nn.Linear; NeRV's convolutions run under vmap, which auto picks lazily."""
-    model = _tiny_nerv()
-    coords, values = _clips()
-    config = SETTINGS["ecop"]
-    learner = ContextPruningMetaLearner(model, inner_lr=INNER_LR, **config)
-    assert learner.backend.batching == "auto"  # chosen on the first forward, not at construction
-    loss = learner.meta_loss((coords, values))
-    assert learner.backend.batching == "vmap"
-    _, loop_loss, loop_grads = _library_grads(model, coords, values, batching="loop", **config)
-    torch.testing.assert_close(loss.detach(), loop_loss, rtol=1e-12, atol=0)
-    _assert_grads_close(torch.autograd.grad(loss, list(model.parameters())), loop_grads, rtol=1e-10)
-    with pytest.raises(ValueError, match=r"nn\.Linear"):
-        ContextPruningMetaLearner(model, batching="bmm")
-
-
-# -------------------------------------------------------------------------------------------- fitting
-@pytest.mark.parametrize("shared", [True, False], ids=["shared", "per-signal"])
-def test_gradient_scaled_fit_matches_reference(shared):
-    model = _tiny_nerv()
-    coords, values = _clips(shared=shared)
-    fit = GradScaledAdapter(model, steps=3, lr=INNER_LR, gamma=0.5, scaling="norm").fit((coords, values))
-    for b in range(values.shape[0]):
-        x = coords if shared else coords[b]
-        ref_params, ref_mse = ref_fit(model, x, values[b], steps=3, lr=INNER_LR, gamma=0.5, scaling="norm")
-        torch.testing.assert_close(fit.history["mse"][:, b], ref_mse, rtol=1e-9, atol=1e-14)
-        for name, param in ref_params.items():
-            torch.testing.assert_close(fit.params[name][b], param, rtol=1e-9, atol=1e-12)
-    assert fit(coords).shape == values.shape
-
-
 # ---------------------------------------------------------------------------------- steps, checkpoints
 def test_meta_step_bf16_and_checkpoint_round_trip(tmp_path):
     def learner(**kw):
@@ -236,15 +107,6 @@ def test_meta_step_bf16_and_checkpoint_round_trip(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------- memory
-def _held_bytes(model, batch, **config) -> int:
-    learner = ContextPruningMetaLearner(model, coord_range=None, **config)
-    with SavedTensorMeter() as meter:
-        loss = learner.meta_loss(batch)
-        held = meter.live_bytes()
-    assert torch.isfinite(loss)
-    return held
-
-
 def test_ecop_at_half_the_frames_and_twice_the_steps_holds_about_what_learnit_holds():
     """ECoP (gamma 0.5, K = 8, L = 5) against Learnit (gamma 1, K = 4) on 8 frames of 3 x 16 x 16.
 
@@ -260,9 +122,9 @@ def test_ecop_at_half_the_frames_and_twice_the_steps_holds_about_what_learnit_ho
     model = NeRV((3, 16, 16), channels=8, hidden_features=16, num_frequencies=4)
     param_bytes = 4 * sum(p.numel() for p in model.parameters())
     batch = (make_grid((8,)), torch.rand(1, 8, 768))
-    ecop = _held_bytes(model, batch, gamma=0.5, K=8, L=5, lam=100.0)
-    ecop_no_boot = _held_bytes(model, batch, gamma=0.5, K=8, L=0, lam=0.0)
-    learnit = _held_bytes(model, batch, gamma=1.0, K=4, L=0, lam=0.0)
+    ecop = held_bytes(model, batch, gamma=0.5, K=8, L=5, lam=100.0)
+    ecop_no_boot = held_bytes(model, batch, gamma=0.5, K=8, L=0, lam=0.0)
+    learnit = held_bytes(model, batch, gamma=1.0, K=4, L=0, lam=0.0)
     assert learnit > 1_000_000
     assert ecop <= 1.1 * learnit, f"ECoP {ecop} B vs Learnit {learnit} B ({ecop / learnit:.4f}x)"
     assert ecop_no_boot - learnit <= (8 - 4) * param_bytes
