@@ -12,6 +12,7 @@ import warnings
 
 import pytest
 import torch
+from helpers import SqrtSiren
 from reference import TinySiren, ref_fit
 
 from ecop_wrap import ContextPruningMetaLearner, GradScaledAdapter, make_grid
@@ -19,13 +20,6 @@ from ecop_wrap import ContextPruningMetaLearner, GradScaledAdapter, make_grid
 CFG = {"gamma": 0.25, "K": 2, "L": 1, "lam": 1.0, "coord_range": None}
 MODES = [{}, {"chunk_size": 7}, {"checkpoint": True}, {"first_order": True}, {"backend": "higher"}]
 MODE_IDS = ["direct", "chunked", "checkpoint", "first-order", "higher"]
-
-
-class SqrtSiren(TinySiren):
-    """TinySiren scaled by ``sqrt(x_0 + 1.5)``: finite on ``[-1, 1]^2``, NaN where ``x_0 < -1.5``."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x) * torch.sqrt(x[..., :1] + 1.5)
 
 
 def _model(cls: type = SqrtSiren, dtype: torch.dtype = torch.float64) -> torch.nn.Module:

@@ -8,19 +8,16 @@ single-process runs never touch torch.distributed.
 
 from __future__ import annotations
 
-import datetime
 import os
-import socket
 import subprocess
 import sys
-import traceback
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from helpers import SqrtSiren, init_gloo, load_rank_results, spawn_ranks
 from reference import TinySiren
 
 from ecop_wrap import ContextPruningMetaLearner
@@ -34,13 +31,6 @@ POINTS = 25
 
 
 # ------------------------------------------------------------------------------------------- shared setup
-
-
-class SqrtSiren(TinySiren):
-    """TinySiren scaled by ``sqrt(x_0 + 1.5)``: finite on ``[-1, 1]^2``, NaN where ``x_0 < -1.5``."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x) * torch.sqrt(x[..., :1] + 1.5)
 
 
 def make_model(cls: type = TinySiren) -> torch.nn.Module:
@@ -110,14 +100,7 @@ SCENARIOS = {
 
 # ------------------------------------------------------------------------------------------------ workers
 def _run_rank(rank: int, port: int, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=WORLD,
-        timeout=datetime.timedelta(seconds=60),
-    )
+    init_gloo(rank, port, WORLD, timeout_s=60)
     pair = dist.new_group([0, 1])
     singles = [dist.new_group([0]), dist.new_group([1])]  # every rank creates every group, same order
     groups = {
@@ -183,45 +166,15 @@ def _broadcast(rank: int) -> dict[str, Any]:
     }
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
-    try:
-        _run_rank(rank, port, out_dir)
-    except BaseException:
-        with open(os.path.join(out_dir, f"rank{rank}.err"), "w") as handle:
-            handle.write(traceback.format_exc())
-        raise
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory) -> list[dict[str, Any]]:
     if not dist.is_available():
         pytest.skip("torch.distributed is not available in this build")
     out_dir = str(tmp_path_factory.mktemp("dist"))
-    ctx = mp.get_context("spawn")
-    port = _free_port()
-    procs = [ctx.Process(target=_worker, args=(r, port, out_dir), daemon=True) for r in range(WORLD)]
-    for proc in procs:
-        proc.start()
-    deadline = datetime.datetime.now() + datetime.timedelta(seconds=TIMEOUT_S)
-    for proc in procs:
-        proc.join(max(1.0, (deadline - datetime.datetime.now()).total_seconds()))
-    hung = [r for r, proc in enumerate(procs) if proc.is_alive()]
-    for r in hung:
-        procs[r].kill()
-        procs[r].join(5)
-    errors = [Path(out_dir, f).read_text() for f in sorted(os.listdir(out_dir)) if f.endswith(".err")]
-    if hung or errors or any(proc.exitcode != 0 for proc in procs):
-        pytest.fail(
-            f"distributed workers failed (hung ranks {hung}, exit codes {[p.exitcode for p in procs]}):\n"
-            + "\n".join(errors)
-        )
-    return [torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=False) for r in range(WORLD)]
+    spawned = spawn_ranks(_run_rank, out_dir, world=WORLD, timeout_s=TIMEOUT_S)
+    if spawned.hung or spawned.errors or any(code != 0 for code in spawned.exit_codes):
+        pytest.fail(spawned.report())
+    return load_rank_results(out_dir, WORLD)
 
 
 # -------------------------------------------------------------------------------------------------- tests

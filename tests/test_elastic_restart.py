@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "train_distributed.py"
@@ -49,12 +49,6 @@ ARGS = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _launch(checkpoint_dir: Path, kill_at: str | None) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if k != "ECOP_TEST_KILL_AT"}
     env.update(
@@ -72,7 +66,7 @@ def _launch(checkpoint_dir: Path, kill_at: str | None) -> subprocess.Popen[str]:
         "--nproc-per-node=2",
         "--max-restarts=2",
         "--rdzv-backend=c10d",
-        f"--rdzv-endpoint=127.0.0.1:{_free_port()}",
+        f"--rdzv-endpoint=127.0.0.1:{free_port()}",
         "--local-addr=127.0.0.1",
         "--monitor-interval=0.2",
         str(EXAMPLE),

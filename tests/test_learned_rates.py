@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import assert_all_close, meta_grads
 from reference import TinySiren, make_problem, ref_fit, ref_meta_grads
 
 from ecop_wrap import ContextPruningMetaLearner, GradScaledAdapter, ModulatedSiren, make_grid
@@ -38,18 +39,10 @@ def _randomize_rates(learner: ContextPruningMetaLearner, seed: int = 0) -> dict[
     return {n: r.detach().clone().requires_grad_(True) for n, r in learner.inner_lrs.items()}
 
 
-def _library_grads(learner: ContextPruningMetaLearner, batch) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-    loss = learner.meta_loss(batch)
-    params = [p for p in learner.model.parameters() if p.requires_grad] + list(learner.inner_lrs.values())
-    return loss.detach(), torch.autograd.grad(loss, params)
-
-
 def _assert_matches(library, reference) -> None:
     (loss, grads), (ref_loss, ref_grads) = library, reference
     torch.testing.assert_close(loss, ref_loss, rtol=1e-6, atol=0)
-    assert len(grads) == len(ref_grads)
-    for got, want in zip(grads, ref_grads, strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-10)
+    assert_all_close(grads, ref_grads, rtol=1e-6, atol=1e-10)
 
 
 @pytest.mark.parametrize("rates_mode", ["per_tensor", "per_element"])
@@ -64,7 +57,7 @@ def test_learned_rates_meta_gradients_match_reference(rates_mode, backend, mode,
     ref = ref_meta_grads(
         model, coords, values, lr=1e-2, rates=rates, mode=rates_mode, first_order=mode.get("first_order", False), **KW
     )
-    _assert_matches(_library_grads(learner, (coords, values)), ref)
+    _assert_matches(meta_grads(learner, (coords, values)), ref)
 
 
 ADAPT = {
@@ -85,7 +78,7 @@ def test_partial_adaptation_meta_gradients_match_reference(adapt, backend, mode,
     ref = ref_meta_grads(
         model, coords, values, lr=1e-2, adapted=names, first_order=mode.get("first_order", False), **KW
     )
-    _assert_matches(_library_grads(learner, (coords, values)), ref)
+    _assert_matches(meta_grads(learner, (coords, values)), ref)
 
 
 @pytest.mark.parametrize(("backend", "mode", "shared"), CASES, ids=CASE_IDS)
@@ -111,7 +104,7 @@ def test_latent_only_with_learned_rates_matches_reference(backend, mode, shared)
         first_order=mode.get("first_order", False),
         **KW,
     )
-    _assert_matches(_library_grads(learner, (coords, values)), ref)
+    _assert_matches(meta_grads(learner, (coords, values)), ref)
 
 
 def test_default_adapts_everything_with_the_fixed_rate():

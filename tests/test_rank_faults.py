@@ -8,18 +8,15 @@ so that its process really exits, as a user's script without a try/except would.
 
 from __future__ import annotations
 
-import datetime
 import os
-import socket
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from helpers import init_gloo, load_rank_results, spawn_ranks
 from reference import TinySiren
 
 from ecop_wrap import ContextPruningMetaLearner
@@ -195,14 +192,7 @@ def _unchanged(learner: ContextPruningMetaLearner) -> bool:
 
 
 def _run_rank(rank: int, port: int, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=WORLD,
-        timeout=datetime.timedelta(seconds=GROUP_TIMEOUT_S),
-    )
+    init_gloo(rank, port, WORLD, timeout_s=GROUP_TIMEOUT_S)
     results = {
         "go_on": _go_on_after_errors(rank),
         "out_of_step": _out_of_step(rank),
@@ -218,50 +208,19 @@ def _run_rank(rank: int, port: int, out_dir: str) -> None:
         torch.save(_rank_1_exits(rank), os.path.join(out_dir, "exit0.pt"))
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
-    try:
-        _run_rank(rank, port, out_dir)
-    except BaseException:
-        with open(os.path.join(out_dir, f"rank{rank}.err"), "w") as handle:
-            handle.write(traceback.format_exc())
-        raise
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory) -> dict[str, Any]:
     if not dist.is_available():
         pytest.skip("torch.distributed is not available in this build")
     out_dir = str(tmp_path_factory.mktemp("faults"))
-    ctx = mp.get_context("spawn")
-    port = _free_port()
-    procs = [ctx.Process(target=_worker, args=(r, port, out_dir), daemon=True) for r in range(WORLD)]
-    for proc in procs:
-        proc.start()
-    deadline = time.monotonic() + TIMEOUT_S
-    for proc in procs:
-        proc.join(max(1.0, deadline - time.monotonic()))
-    hung = [r for r, proc in enumerate(procs) if proc.is_alive()]
-    for r in hung:
-        procs[r].kill()
-        procs[r].join(5)
-    errors = {
-        r: Path(out_dir, f"rank{r}.err").read_text() for r in range(WORLD) if Path(out_dir, f"rank{r}.err").exists()
-    }
+    spawned = spawn_ranks(_run_rank, out_dir, world=WORLD, timeout_s=TIMEOUT_S)
+    errors = spawned.errors
     # rank 1 must die of the ValueError of its malformed batch, at the very end, and of nothing else
     expected_exit = set(errors) == {1} and "ValueError: coords has M=25 points but values has M=24" in errors[1]
-    if hung or not expected_exit or procs[0].exitcode != 0:
-        pytest.fail(
-            f"distributed workers failed (hung ranks {hung}, exit codes {[p.exitcode for p in procs]}):\n"
-            + "\n".join(errors.values())
-        )
+    if spawned.hung or not expected_exit or spawned.exit_codes[0] != 0:
+        pytest.fail(spawned.report())
     return {
-        "ranks": [torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=False) for r in range(WORLD)],
+        "ranks": load_rank_results(out_dir, WORLD),
         "exit0": torch.load(os.path.join(out_dir, "exit0.pt"), weights_only=False),
         "rank1_traceback": errors[1],
         "out_dir": out_dir,
