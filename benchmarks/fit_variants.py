@@ -5,11 +5,11 @@ Usage::
     python benchmarks/fit_variants.py INIT.pt [--n 32] [--split test|val] [--steps 16] [--variants ...]
     python benchmarks/fit_variants.py INIT.pt --split val --variants reference --lr-multipliers 1.5,2,3
 
-INIT.pt: an initialization written by ``ContextPruningMetaLearner.save`` for the ``speed.py --fit`` SIREN (3x128,
-w0 30), e.g. ``speed.py --fit --fit-train-steps 1000 --fit-save-checkpoint INIT.pt``. The script fits ``--n``
-builtin crops (``skimage_crops(split, resolution=32, n, seed=1)``) as one batch and prints the mean PSNR after
-every step of each variant (time is not measured: ``speed.py --fit`` does that for the schedules the library
-offers). Variants (k = a quarter of the points, as in training):
+INIT.pt: an initialization written by ``ContextPruningMetaLearner.save`` for the ``benchmarks/speed --fit`` SIREN
+(3x128, w0 30), e.g. ``benchmarks/speed --fit --fit-train-steps 1000 --fit-save-checkpoint INIT.pt``. The script
+fits ``--n`` builtin crops (``skimage_crops(split, resolution=32, n, seed=1)``) as one batch and prints the mean
+PSNR after every step of each variant (time is not measured: ``benchmarks/speed --fit`` does that for the schedules
+the library offers). Variants (k = a quarter of the points, as in training):
 
 * ``reference``: the adapter's step, full-context gradient times ``||g_topk|| / ||g_full||``;
 * ``pruned``: the training step, the top-k points' gradient, unscaled;
@@ -32,9 +32,17 @@ from typing import Any
 
 import torch
 
-from ecop_wrap import SCALING_RULES, ContextEvaluator, ContextPruningMetaLearner, Siren, num_selected
-from ecop_wrap._src.numerics import gather_points, global_norm, per_signal, squared_errors, topk_indices
+from ecop_wrap import SCALING_RULES, ContextPruningMetaLearner, Siren
 from ecop_wrap.data import skimage_crops
+from ecop_wrap.extend import (
+    ContextEvaluator,
+    gather_points,
+    global_norm,
+    num_selected,
+    per_signal,
+    squared_errors,
+    topk_indices,
+)
 from ecop_wrap.metrics import mse_to_psnr
 
 Params = dict[str, torch.Tensor]

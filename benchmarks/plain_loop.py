@@ -3,7 +3,7 @@
 One signal at a time, ``torch.func.functional_call`` on the user's module, ``torch.autograd.grad`` with
 ``create_graph=True`` for the inner steps, a graph-free ranking forward and a forward on the pruned subset:
 what a careful user would write by hand. It computes the same meta-gradient as the library (checked in
-``benchmarks/speed.py`` before timing).
+``benchmarks/speed`` before timing).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""benchmarks/speed.py's measurement modes (--phases, --compare, --fit) at tiny sizes: the tables have their rows,
-the JSON its fields, and the phase accounting adds up. No timing is asserted."""
+"""benchmarks/speed's measurement modes (--phases, --ops, --compare, --fit) at tiny sizes: the tables have their
+rows, the JSON its fields, and the phase and op accounting adds up. No timing is asserted."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import torch
 from ecop_wrap import ContextPruningMetaLearner, Siren, make_grid, num_selected
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "benchmarks", "speed.py")
+SCRIPT = os.path.join(ROOT, "benchmarks", "speed")  # a package, run through its __main__.py
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-import speed  # noqa: E402
+from speed import cli, fit, ops, phases  # noqa: E402 - benchmarks/ is put on sys.path just above
 
 TINY = ["--side", "8", "--width", "16", "--layers", "2", "--batch", "2", "--K", "2", "--L", "1", "--repeats", "1"]
 TINY_FIT = [
@@ -65,15 +65,15 @@ def test_phases_compare_and_fit_print_their_rows(tmp_path):
     )
 
     # --phases: every library range, the remainder and the step; top-level shares and the remainder add to 1
-    for row in (*speed.PHASES, speed.OUTSIDE, "step total (profiled)", "ECoP / Learnit profiled step"):
+    for row in (*phases.PHASES, phases.OUTSIDE, "step total (profiled)", "ECoP / Learnit profiled step"):
         assert row in stdout, row
-    phases = result["phases"]["table"]
+    table = result["phases"]["table"]
     for name in ("ECoP", "Learnit"):
-        top = [k for k in phases[name] if k.startswith("ecop.") and " in " not in k]
-        assert math.isclose(sum(phases[name][k]["share"] for k in top) + phases[name][speed.OUTSIDE]["share"], 1.0)
-    assert phases["Learnit"]["ecop.ranking"]["median_ms"] == 0.0  # gamma = 1: nothing to rank
-    assert phases["Learnit"]["ecop.bootstrap"]["median_ms"] == 0.0  # L = 0
-    assert phases["ECoP"]["ecop.ranking"]["median_ms"] > 0.0 and phases["ECoP"]["ecop.bootstrap"]["median_ms"] > 0.0
+        top = [k for k in table[name] if k.startswith("ecop.") and " in " not in k]
+        assert math.isclose(sum(table[name][k]["share"] for k in top) + table[name][phases.OUTSIDE]["share"], 1.0)
+    assert table["Learnit"]["ecop.ranking"]["median_ms"] == 0.0  # gamma = 1: nothing to rank
+    assert table["Learnit"]["ecop.bootstrap"]["median_ms"] == 0.0  # L = 0
+    assert table["ECoP"]["ecop.ranking"]["median_ms"] > 0.0 and table["ECoP"]["ecop.bootstrap"]["median_ms"] > 0.0
 
     # --compare: Learnit and the chosen modes, ratios to Learnit, the bf16 ranking check over K + 1 states
     rows = result["compare"]["rows"]
@@ -88,21 +88,55 @@ def test_phases_compare_and_fit_print_their_rows(tmp_path):
     assert "bf16 vs float32 ranking" in stdout
 
     # --fit: the reference sets the bar and takes its own full time; every schedule has a PSNR per state
-    fit = result["fit"]
-    schedules = fit["schedules"]
+    fitted = result["fit"]
+    schedules = fitted["schedules"]
     assert list(schedules) == ["reference", "pruned 1", "pruned 3", "sampled"]
     ref = schedules["reference"]
     assert len(ref["psnr"]) == 4 and len(ref["step_median_s"]) == 3 and len(ref["cumulative_s"]) == 4
-    assert fit["summary"]["bar_psnr"] == ref["psnr"][-1] and ref["steps_to_bar"] <= 3
+    assert fitted["summary"]["bar_psnr"] == ref["psnr"][-1] and ref["steps_to_bar"] <= 3
     assert ref["fraction_of_reference_time"] <= 1.0
     for name in ("pruned 1", "pruned 3", "sampled"):
         assert len(schedules[name]["psnr"]) == 6
         assert schedules[name]["cumulative_s"] == sorted(schedules[name]["cumulative_s"])
     assert math.isclose(schedules["pruned 1"]["psnr"][0], ref["psnr"][0], rel_tol=1e-5)  # the same initialization
     assert schedules["sampled"]["pruned_steps"] == 5
-    assert "meta-trained here: 1 ECoP steps" in fit["initialization"]
+    assert "meta-trained here: 1 ECoP steps" in fitted["initialization"]
     for line in ("PSNR (dB) after each step", "bar: the reference's PSNR after 3 steps", "time to bar s"):
         assert line in stdout, line
+
+
+def test_ops_counts_every_configuration_for_both_methods(tmp_path):
+    stdout, result = _run(["--ops", *TINY], tmp_path)
+    rows = result["ops"]["rows"]
+    assert list(rows) == list(ops.OPS_CONFIGS)
+    for config, row in rows.items():
+        for method in ("ECoP", "Learnit"):
+            counts = row[method]
+            assert counts["total"] > 0 and counts["totals"] == [counts["total"]]
+            assert sum(counts["per_range"].values()) == sum(counts["per_op"].values()) == counts["total"]
+            assert all(name.startswith("aten::") for name in counts["per_op"])
+        assert row["ECoP"]["per_range"]["ecop.ranking"] > 0 and "ecop.ranking" not in row["Learnit"]["per_range"]
+        assert math.isclose(row["ratio"], row["ECoP"]["total"] / row["Learnit"]["total"])
+        assert any(line.startswith(config) for line in stdout.splitlines()), config
+    assert rows["torch.func loop"]["ECoP"]["batching"] == "loop"
+    assert "ECoP / Learnit" in stdout
+
+
+def test_top_level_ops_leave_out_the_ops_an_op_calls():
+    x, w = torch.rand(4, 3), torch.rand(2, 3)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        torch.nn.functional.linear(x, w).relu()
+    assert [e.name for e in ops.top_level_ops(prof)] == ["aten::linear", "aten::relu"]
+    assert any(e.name == "aten::mm" for e in prof.events())  # inside aten::linear, so not counted
+
+
+def test_op_counts_repeat_from_step_to_step():
+    torch.manual_seed(0)
+    learner = ContextPruningMetaLearner(Siren(2, 3, 16, 2), K=2, L=1, coord_range=None)
+    batch = (make_grid((8, 8)), torch.rand(2, 64, 3))
+    learner.meta_step(batch)
+    first, second = ops.count_ops(learner, batch), ops.count_ops(learner, batch)
+    assert first == second and first["total"] > 0
 
 
 def test_phase_times_split_nested_ranges():
@@ -112,21 +146,21 @@ def test_phase_times_split_nested_ranges():
     batch = (make_grid((8, 8)), torch.rand(2, 64, 3))
     learner.meta_step(batch)
     activities = [torch.profiler.ProfilerActivity.CPU]
-    with torch.profiler.profile(activities=activities) as prof, torch.profiler.record_function(speed.STEP_RANGE):
+    with torch.profiler.profile(activities=activities) as prof, torch.profiler.record_function(phases.STEP_RANGE):
         learner.meta_step(batch)
-    rows = speed.phase_times(prof)
+    rows = phases.phase_times(prof)
     assert any(k.startswith("ecop.pruned_forward in ecop.outer_backward") for k in rows), sorted(rows)
     totals = {e.key: e.cpu_time_total / 1e3 for e in prof.key_averages() if e.key.startswith("ecop.")}
     for name, total in totals.items():  # each call is on exactly one row
         parts = rows[name] + sum(ms for k, ms in rows.items() if k.startswith(name + " in "))
         assert math.isclose(parts, total, rel_tol=1e-9, abs_tol=1e-6), name
     top = sum(ms for k, ms in rows.items() if k.startswith("ecop.") and " in " not in k)
-    assert math.isclose(top + rows[speed.OUTSIDE], rows["step"], rel_tol=1e-9)
+    assert math.isclose(top + rows[phases.OUTSIDE], rows["step"], rel_tol=1e-9)
 
 
 def test_thread_list_is_passed_on_without_the_parent_options():
     argv = ["--compare", "--threads", "1,2", "--json=out.json", "--side", "8"]
-    assert speed._strip_option(speed._strip_option(argv, "--threads"), "--json") == ["--compare", "--side", "8"]
+    assert cli.strip_option(cli.strip_option(argv, "--threads"), "--json") == ["--compare", "--side", "8"]
 
 
 @pytest.mark.slow
@@ -142,9 +176,9 @@ def test_compare_with_compile(tmp_path):
 def test_fit_plain_and_compile_schedules():
     """Built only (compiling is the slow part): same steps, pruned steps and selection, compile on."""
     argv = ["--fit", "--fit-pruned", "2", "--fit-max-steps", "4", "--fit-sampled", "--fit-plain", "--fit-compile"]
-    args = speed._parser().parse_args(argv)
+    args = cli.parser().parse_args(argv)
     learner = ContextPruningMetaLearner(Siren(2, 3, 16, 2), K=2, L=1, coord_range=None)
-    schedules = speed._fit_schedules(args, learner)
+    schedules = fit.fit_schedules(args, learner)
     names = ["reference", "plain", "pruned 2", "sampled"]
     assert schedules["plain"].scaling == "none" and schedules["reference"].scaling == "norm"
     assert schedules["plain"].steps == schedules["reference"].steps == args.fit_ref_steps
@@ -158,12 +192,12 @@ def test_fit_plain_and_compile_schedules():
 
 def test_fit_loads_its_initialization_from_a_checkpoint(tmp_path):
     """``--fit --checkpoint``: the saved learner comes back whole (ContextPruningMetaLearner.from_checkpoint)."""
-    args = speed._parser().parse_args(["--fit", *TINY_FIT, "--checkpoint", str(tmp_path / "init.pt")])
+    args = cli.parser().parse_args(["--fit", *TINY_FIT, "--checkpoint", str(tmp_path / "init.pt")])
     torch.manual_seed(3)
     saved = ContextPruningMetaLearner(Siren(2, 3, args.fit_width, args.fit_layers, w0=args.fit_w0), K=2, L=1)
     saved.meta_step((make_grid((8, 8)), torch.rand(2, 64, 3)))
     saved.save(args.checkpoint)
-    learner, what = speed._fit_learner(args, torch.device("cpu"))
+    learner, what = fit.fit_learner(args, torch.device("cpu"))
     assert what == f"loaded from {args.checkpoint} (meta-step 1)"
     assert learner.config == saved.config and learner.step_count == 1
     for a, b in zip(learner.model.parameters(), saved.model.parameters(), strict=True):
@@ -172,5 +206,5 @@ def test_fit_loads_its_initialization_from_a_checkpoint(tmp_path):
 
 def test_time_to_bar_allows_only_rounding_below_the_bar():
     cumulative, psnrs = [0.0, 1.0, 2.0, 3.0], [10.0, 20.0, 29.995, 31.0]
-    assert speed._time_to_bar(cumulative, psnrs, 30.0, 2.5)["steps_to_bar"] == 2  # 0.005 dB short: reached
-    assert speed._time_to_bar(cumulative, [10.0, 20.0, 29.98, 31.0], 30.0, 2.5)["steps_to_bar"] == 3
+    assert fit.time_to_bar(cumulative, psnrs, 30.0, 2.5)["steps_to_bar"] == 2  # 0.005 dB short: reached
+    assert fit.time_to_bar(cumulative, [10.0, 20.0, 29.98, 31.0], 30.0, 2.5)["steps_to_bar"] == 3

@@ -14,7 +14,7 @@ else
   CMP="--side 256 --batch 8 --repeats 5"; REP="--outer-steps 1000"; T1=180; T2=370
 fi
 echo "== 1. --compare at 256x256 ($(date +%T))" | tee -a $LOG
-timeout $T1 $PY benchmarks/speed.py --compare --device $DEV $CMP --compare-configs default,bf16,bf16-all,compile,bf16+compile \
+timeout $T1 $PY benchmarks/speed --compare --device $DEV $CMP --compare-configs default,bf16,bf16-all,compile,bf16+compile \
   --json $O/speed_compare_256_b8_ends_cuda.json 2>&1 | tee -a $LOG
 echo "== 2. builtin comparison, float32 vs bf16 (ends in float32), seeds 0 and 1, in parallel ($(date +%T))" | tee -a $LOG
 R="--images builtin --resolution 32 --width 128 --depth 3 --batch 4 --outer-lr 3e-4 --max-grad-norm 1.0 --eval-split both --methods ecop --device $DEV --no-plot $REP"

@@ -17,5 +17,5 @@ done
 wait
 tail -n 4 $O/repro_rank_only.log $O/repro_boot_only.log | tee -a $LOG
 echo "== 2. --compare at 256x256, default and bf16 ($(date +%T))" | tee -a $LOG
-timeout $T2 $PY benchmarks/speed.py --compare --device $DEV $CMP --compare-configs default,bf16 --json $O/speed_compare_256_b8_cuda.json 2>&1 | tee -a $LOG
+timeout $T2 $PY benchmarks/speed --compare --device $DEV $CMP --compare-configs default,bf16 --json $O/speed_compare_256_b8_cuda.json 2>&1 | tee -a $LOG
 echo "== done ($(date +%T))" | tee -a $LOG

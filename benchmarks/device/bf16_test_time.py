@@ -2,8 +2,8 @@
 
 Usage: ``python benchmarks/device/bf16_test_time.py INIT.pt [N_CROPS] [--device cpu|cuda]``
 
-INIT.pt: a file of ``ContextPruningMetaLearner.save`` for the ``speed.py --fit`` SIREN (3x128, w0 30), e.g.
-from ``speed.py --fit --fit-train-steps 1000 --fit-save-checkpoint INIT.pt``. Fits ``N_CROPS`` (32) builtin
+INIT.pt: a file of ``ContextPruningMetaLearner.save`` for the ``benchmarks/speed --fit`` SIREN (3x128, w0 30), e.g.
+from ``benchmarks/speed --fit --fit-train-steps 1000 --fit-save-checkpoint INIT.pt``. Fits ``N_CROPS`` (32) builtin
 test crops with 16 norm-scaled full-context steps and prints the mean PSNR of both and their paired gap.
 docs/benchmarks.md's -11.3 dB is this script on the code before the fix (commit dee052d); since the fix the
 adapter runs no bf16 pass without ``pruned_steps`` and the gap is 0.

@@ -14,7 +14,7 @@ if [ -n "$TINY" ]; then CMP="--side 16 --width 32 --layers 2 --batch 2 --K 4 --L
 else CMP="--side 64 --batch 8 --repeats 3"; T=280; fi
 for t in 1 2; do
   echo "== --compare at $t thread(s) ($(date +%T))" | tee -a $LOG
-  timeout $T $PY benchmarks/speed.py --compare --device cpu --threads $t $CMP --compare-configs default,bf16+compile \
+  timeout $T $PY benchmarks/speed --compare --device cpu --threads $t $CMP --compare-configs default,bf16+compile \
     --json $O/speed_compare_64_b8_cpu_native_bf16_${t}thread.json 2>&1 | grep -v -i warn | tail -7 | tee -a $LOG
 done
 echo "== done ($(date +%T))" | tee -a $LOG

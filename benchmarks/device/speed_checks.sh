@@ -1,7 +1,7 @@
 #!/bin/bash
 # One prepared GPU check for issue 10: speed modes vs Learnit, bf16 PSNR effect, fit time to quality.
 # Usage (repository root): CKPT=init.pt bash benchmarks/device/speed_checks.sh OUTDIR cuda [tiny]
-# CKPT: an initialization saved by `speed.py --fit --fit-train-steps 1000 --fit-save-checkpoint PATH`.
+# CKPT: an initialization saved by `benchmarks/speed --fit --fit-train-steps 1000 --fit-save-checkpoint PATH`.
 # "tiny" shrinks every size for a smoke run (on the CPU too: DEVICE cpu).
 O=$1; DEV=$2; TINY=$3
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD:$PYTHONPATH  # ecop-wrap and its dependencies must be importable
@@ -21,7 +21,7 @@ else
   T1=260; T2=220; T3=95
 fi
 echo "== 1. --compare on $DEV ($(date +%T))" | tee -a $LOG
-timeout $T1 $PY benchmarks/speed.py --compare --device $DEV $CMP --json $O/speed_compare_64_b8_cuda.json 2>&1 | tee -a $LOG
+timeout $T1 $PY benchmarks/speed --compare --device $DEV $CMP --json $O/speed_compare_64_b8_cuda.json 2>&1 | tee -a $LOG
 echo "== 2. builtin comparison, ECoP graph_free_dtype float32 vs bfloat16, in parallel ($(date +%T))" | tee -a $LOG
 R="--images builtin --resolution 32 --width 128 --depth 3 --batch 4 --seed 0 --outer-lr 3e-4 --max-grad-norm 1.0 --eval-split both --methods ecop --device $DEV --no-plot $REP"
 timeout $T2 $PY benchmarks/reproduce.py $R --graph-free-dtype float32 --json $O/bf16check_float32.json > $O/repro_float32.log 2>&1 &
@@ -30,5 +30,5 @@ wait
 tail -n 5 $O/repro_float32.log $O/repro_bfloat16.log | tee -a $LOG
 $PY benchmarks/reproduce.py --paired $O/bf16check_bfloat16.json:ecop $O/bf16check_float32.json:ecop 2>&1 | tee -a $LOG
 echo "== 3. --fit on $DEV, reference and pruned 16, eager and compiled ($(date +%T))" | tee -a $LOG
-timeout $T3 $PY benchmarks/speed.py --fit --device $DEV --checkpoint ${CKPT:-benchmarks/results/ecop_init_32.pt} $FIT --fit-compile --json $O/speed_fit_32_cuda.json 2>&1 | tee -a $LOG
+timeout $T3 $PY benchmarks/speed --fit --device $DEV --checkpoint ${CKPT:-benchmarks/results/ecop_init_32.pt} $FIT --fit-compile --json $O/speed_fit_32_cuda.json 2>&1 | tee -a $LOG
 echo "== done ($(date +%T))" | tee -a $LOG
