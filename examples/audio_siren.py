@@ -31,11 +31,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import Example, add_common_flags, run, setup
+from _common import Example, add_common_flags, example_parser, reconstructions, run, selection, setup, siren_factory
 
-from ecop_wrap import SelectionTrace, Siren, make_grid
+from ecop_wrap import make_grid
 from ecop_wrap.data import SignalDataset, load_audio, synthesize_speech
-from ecop_wrap.plotting import plot_selection, plot_waveforms
+from ecop_wrap.plotting import plot_waveforms
 
 SENTENCES = (
     "The quick brown fox jumps over the lazy dog.",
@@ -83,12 +83,11 @@ to train on. Any of these works offline (details in docs/data.md, "Offline speec
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line; every flag has a help text (``--help``)."""
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog="The defaults (0.25 s at 8 kHz = 2000 samples, SIREN 3x128, batch 4, 200 outer steps) finish in "
+    parser = example_parser(
+        __doc__,
+        "The defaults (0.25 s at 8 kHz = 2000 samples, SIREN 3x128, batch 4, 200 outer steps) finish in "
         "minutes on a 2-core CPU; the paper uses 1 s at 16 kHz, a 5-layer SIREN, and gamma 0.5 with K 8 "
         "for LibriSpeech (try --gamma 0.5 --inner-steps 8).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     data = parser.add_argument_group("data")
     data.add_argument(
@@ -204,41 +203,6 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit("error: --sample-rate, --seconds and --crops-per-file must be positive")
     train, test, notes = load_data(args)
     scale = float(train.coords.abs().max())
-
-    def make_model() -> torch.nn.Module:
-        return Siren(1, 1, config.hidden_features, config.hidden_layers, w0=config.w0, output_offset=0.0)
-
-    def show_reconstructions(
-        originals: torch.Tensor,
-        recons: dict[str, torch.Tensor],
-        psnr: dict[str, torch.Tensor],
-        names: list[str],
-        out: Path,
-    ) -> list[str]:
-        return [
-            plot_waveforms(
-                originals,
-                recons,
-                out / "reconstructions.png",
-                sample_rate=args.sample_rate,
-                psnr=psnr,
-                row_labels=names,
-                title=f"held-out speech after {config.test_steps} test-time steps",
-            )
-        ]
-
-    def show_selection(values: torch.Tensor, trace: SelectionTrace, out: Path) -> str:
-        return plot_selection(
-            values,
-            trace.steps,
-            trace.masks,
-            trace.errors,
-            trace.predictions,
-            out / "selection.png",
-            sample_rate=args.sample_rate,
-            title=f"ECoP's pruned context (gamma = {config.gamma}) on a held-out clip, from the meta-learned init",
-        )
-
     notes.update(
         sample_rate=args.sample_rate,
         seconds=args.seconds,
@@ -247,7 +211,22 @@ def main(argv: list[str] | None = None) -> dict:
         test_clips=test.names,
     )
     example = Example(
-        "audio", train, test, make_model, show_reconstructions, show_selection, coord_range=(-scale, scale), notes=notes
+        "audio",
+        train,
+        test,
+        siren_factory(config, 1, 1, output_offset=0.0),
+        reconstructions(
+            f"held-out speech after {config.test_steps} test-time steps",
+            plot=plot_waveforms,
+            sample_rate=args.sample_rate,
+        ),
+        selection(
+            train,
+            f"ECoP's pruned context (gamma = {config.gamma}) on a held-out clip, from the meta-learned init",
+            sample_rate=args.sample_rate,
+        ),
+        coord_range=(-scale, scale),
+        notes=notes,
     )
     return run(example, config)
 

@@ -20,23 +20,17 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import Example, add_common_flags, run, setup
+from _common import Example, add_common_flags, example_parser, reconstructions, run, selection, setup, siren_factory
 
-from ecop_wrap import SelectionTrace, Siren
 from ecop_wrap.data import ImageFolder, SignalDataset, skimage_crops, text_images
-from ecop_wrap.plotting import plot_reconstructions, plot_selection
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line; every flag has a help text (``--help``)."""
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog="The defaults (32x32 crops, SIREN 3x128, batch 4, 300 outer steps) finish in minutes on a 2-core CPU.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    parser = example_parser(
+        __doc__, "The defaults (32x32 crops, SIREN 3x128, batch 4, 300 outer steps) finish in minutes on a 2-core CPU."
     )
     data = parser.add_argument_group("data")
     data.add_argument("--resolution", type=int, default=32, help="image side R (signals are R x R x 3)")
@@ -101,43 +95,18 @@ def main(argv: list[str] | None = None) -> dict:
     train, test, notes = load_data(args)
     if train.channels is None or test.channels != train.channels:
         raise SystemExit("error: training and held-out images must all have the same number of channels")
-    side = args.resolution
-    channels = train.channels
-
-    def make_model() -> torch.nn.Module:
-        return Siren(2, channels, config.hidden_features, config.hidden_layers, w0=config.w0, output_offset=0.5)
-
-    def show_reconstructions(
-        originals: torch.Tensor,
-        recons: dict[str, torch.Tensor],
-        psnr: dict[str, torch.Tensor],
-        names: list[str],
-        out: Path,
-    ) -> list[str]:
-        return [
-            plot_reconstructions(
-                train.to_arrays(originals),
-                {n: train.to_arrays(v) for n, v in recons.items()},
-                out / "reconstructions.png",
-                psnr=psnr,
-                row_labels=names,
-                title=f"held-out images after {config.test_steps} test-time steps",
-            )
-        ]
-
-    def show_selection(values: torch.Tensor, trace: SelectionTrace, out: Path) -> str:
-        masks, errors, preds = trace.as_grid((side, side))
-        return plot_selection(
-            train.to_arrays(values),
-            trace.steps,
-            masks,
-            errors,
-            preds,
-            out / "selection.png",
-            title=f"ECoP's pruned context (gamma = {config.gamma}) on a held-out image, from the meta-learned init",
-        )
-
-    example = Example("image", train, test, make_model, show_reconstructions, show_selection, notes=notes)
+    example = Example(
+        "image",
+        train,
+        test,
+        siren_factory(config, 2, train.channels),
+        reconstructions(f"held-out images after {config.test_steps} test-time steps", to_arrays=train.to_arrays),
+        selection(
+            train,
+            f"ECoP's pruned context (gamma = {config.gamma}) on a held-out image, from the meta-learned init",
+        ),
+        notes=notes,
+    )
     return run(example, config)
 
 

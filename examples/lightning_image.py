@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -52,6 +53,10 @@ try:
     from lightning.pytorch.loggers import CSVLogger
 except ImportError as exc:  # pragma: no cover - a message instead of a traceback
     raise SystemExit("this example needs PyTorch Lightning: pip install 'ecop-wrap[lightning,images]'") from exc
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import add_flags, example_parser
 
 from ecop_wrap import ContextPruningMetaLearner, GradScaledAdapter, Siren
 from ecop_wrap.data import SignalDataset, skimage_crops
@@ -273,10 +278,9 @@ MODULE_FLAGS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line; every flag has a help text (``--help``)."""
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    """The command line; every flag has a help text (``--help``). The flags this script shares with the other
+    examples are declared once, in ``_common.FLAGS``."""
+    parser = example_parser(__doc__)
     run = parser.add_argument_group("run")
     run.add_argument("--max-steps", type=int, default=300, help="outer steps in total, counting resumed ones")
     run.add_argument("--ckpt-path", type=Path, default=None, help="Lightning checkpoint to resume from")
@@ -284,29 +288,28 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--ckpt-every", type=int, default=100, help="save a checkpoint every this many outer steps")
     run.add_argument("--val-every", type=int, default=100, help="fit the held-out crops every this many outer steps")
     run.add_argument("--accelerator", default="cpu", help="Lightning accelerator: cpu, gpu, auto, ...")
-    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_flags(run, ["no_progress"], {"no_progress": "no progress bar"})
     data = parser.add_argument_group("data and model")
     data.add_argument("--resolution", type=int, default=32, help="crop side R (signals are R x R x 3)")
-    data.add_argument("--batch-size", type=int, default=4, help="crops per outer step (B)")
-    data.add_argument("--train-signals", type=int, default=1024, help="training crops (from 10 photographs)")
-    data.add_argument("--test-signals", type=int, default=16, help="held-out crops (from 3 other photographs)")
-    data.add_argument("--hidden-features", type=int, default=128, help="width of each sine layer")
-    data.add_argument("--hidden-layers", type=int, default=3, help="number of sine layers")
-    data.add_argument("--w0", type=float, default=30.0, help="SIREN frequency omega_0")
-    data.add_argument("--seed", type=int, default=0, help="seed of the initialization, crops, batch order and RNG")
+    add_flags(
+        data,
+        ["batch_size", "train_signals", "test_signals", "hidden_features", "hidden_layers", "w0", "seed"],
+        {
+            "train_signals": "training crops (from 10 photographs)",
+            "test_signals": "held-out crops (from 3 other photographs)",
+            "seed": "seed of the initialization, crops, batch order and RNG",
+        },
+    )
     ecop = parser.add_argument_group("ECoP")
-    ecop.add_argument("--gamma", type=float, default=0.25, help="fraction of the context kept per inner step")
-    ecop.add_argument("--inner-steps", type=int, default=16, help="inner steps K")
-    ecop.add_argument("--bootstrap-steps", type=int, default=5, help="bootstrap steps L")
-    ecop.add_argument("--lam", type=float, default=100.0, help="weight lambda of the bootstrap distance")
-    ecop.add_argument("--inner-lr", type=float, default=1e-2, help="inner step size alpha")
-    ecop.add_argument("--boot-lr", type=float, default=5e-2, help="step size of the bootstrap steps")
-    ecop.add_argument("--outer-lr", type=float, default=3e-4, help="Adam learning rate beta of the outer loop")
-    ecop.add_argument("--max-grad-norm", type=float, default=1.0, help="clip the meta-gradient's norm (0: off)")
+    add_flags(
+        ecop,
+        ["gamma", "inner_steps", "bootstrap_steps", "lam", "inner_lr", "boot_lr", "outer_lr", "max_grad_norm"],
+        {"inner_lr": "inner step size alpha (meta-training and validation)"},
+    )
     ecop.add_argument(
         "--selection", choices=("error", "random", "gradncp"), default="error", help="how the pruned context is chosen"
     )
-    ecop.add_argument("--test-steps", type=int, default=16, help="full-context steps of each held-out fit")
+    add_flags(ecop, ["test_steps"], {"test_steps": "full-context steps of each held-out fit"})
     return parser
 
 

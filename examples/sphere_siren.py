@@ -25,24 +25,21 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import Example, add_common_flags, run, setup
+from _common import Example, add_common_flags, example_parser, reconstructions, run, selection, setup, siren_factory
 
-from ecop_wrap import SelectionTrace, Siren
 from ecop_wrap.data import LatLonArray, temperature_grids
-from ecop_wrap.plotting import plot_reconstructions, plot_selection
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line; every flag has a help text (``--help``)."""
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog="The defaults (every 4th latitude and longitude: 37 x 48 points, SIREN 3x128 with w0 = 50, batch 4, "
+    parser = example_parser(
+        __doc__,
+        "The defaults (every 4th latitude and longitude: 37 x 48 points, SIREN 3x128 with w0 = 50, batch 4, "
         "200 outer steps) finish in minutes on a 2-core CPU. ECoP uses the paper's ERA5 setting, gamma = 0.5 "
         "with K = 8 (the same memory as Learnit's K = 4), and a bootstrap step size equal to the inner one "
         "(1e-2). With w0 = 50, gamma = 0.25 and K = 16 (the other examples' setting) ECoP's meta-gradient "
         "exploded after about 100 outer steps at outer lr 3e-4 (40 steps with bootstrap lr 5e-2); if you "
         "want that setting, lower --outer-lr to 1e-4. The paper uses ERA5 at 181 x 360 and a 5-layer SIREN.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     data = parser.add_argument_group("data")
     data.add_argument(
@@ -102,55 +99,31 @@ def main(argv: list[str] | None = None) -> dict:
     span = train.value_max - train.value_min
     step = float(train.lons[1] - train.lons[0]) if len(train.lons) > 1 else 1.0
     extent = (float(train.lons[0]) - step / 2, float(train.lons[-1]) + step / 2, -90.0, 90.0)
-
-    def make_model() -> torch.nn.Module:
-        return Siren(3, 1, config.hidden_features, config.hidden_layers, w0=config.w0, output_offset=0.5)
+    on_map = {"cmap": "RdYlBu_r", "origin": "lower", "extent": extent}
 
     def kelvin(values: torch.Tensor) -> torch.Tensor:
         return train.to_arrays(train.denormalize(values))
 
-    def show_reconstructions(
-        originals: torch.Tensor,
-        recons: dict[str, torch.Tensor],
-        psnr: dict[str, torch.Tensor],
-        names: list[str],
-        out: Path,
-    ) -> list[str]:
-        truth = kelvin(originals)
-        return [
-            plot_reconstructions(
-                truth,
-                {n: kelvin(v) for n, v in recons.items()},
-                out / "reconstructions.png",
-                psnr=psnr,
-                title=f"held-out temperature fields after {config.test_steps} test-time steps",
-                row_labels=names,
-                cmap="RdYlBu_r",
-                origin="lower",
-                extent=extent,
-                value_range=(float(truth.min()), float(truth.max())),
-                colorbar_label="temperature (K)",
-                error_label="error (K)",
-            )
-        ]
-
-    def show_selection(values: torch.Tensor, trace: SelectionTrace, out: Path) -> str:
-        masks, errors, preds = trace.as_grid(train.shape)
-        return plot_selection(
-            train.to_arrays(values),
-            trace.steps,
-            masks,
-            errors,
-            preds,
-            out / "selection.png",
-            origin="lower",
-            extent=extent,
-            cmap="RdYlBu_r",
-            title=f"ECoP's pruned context (gamma = {config.gamma}) on held-out field {test.names[0]} "
+    example = Example(
+        "sphere",
+        train,
+        test,
+        siren_factory(config, 3, 1),
+        reconstructions(
+            f"held-out temperature fields after {config.test_steps} test-time steps",
+            to_arrays=kelvin,
+            colorbar_label="temperature (K)",
+            error_label="error (K)",
+            **on_map,
+        ),
+        selection(
+            train,
+            f"ECoP's pruned context (gamma = {config.gamma}) on held-out field {test.names[0]} "
             f"(values normalised: 1 = {span:.0f} K)",
-        )
-
-    example = Example("sphere", train, test, make_model, show_reconstructions, show_selection, notes=notes)
+            **on_map,
+        ),
+        notes=notes,
+    )
     return run(example, config)
 
 

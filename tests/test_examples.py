@@ -1,7 +1,8 @@
 """The example scripts, the README quickstart, ecop_wrap.plotting and the docs' links and API page.
 
-End-to-end runs use tiny settings; optional dependencies missing -> skipped with the reason. References for
-the selection trace and the test-time fits are plain per-signal autograd loops written here.
+End-to-end runs use tiny settings (tests/example_helpers.py); optional dependencies missing -> skipped with
+the reason. The reference for the selection trace is a plain per-signal autograd loop written here; the test-time
+fits are checked against tests/reference.py's ``ref_fit``.
 """
 
 from __future__ import annotations
@@ -17,58 +18,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from example_helpers import (
+    EXAMPLES,
+    PICTURES,
+    TINY_LATENT,
+    TINY_SIREN,
+    has_modules,
+    load_example,
+    plain_fit_psnr,
+)
 
 from ecop_wrap import ContextPruningMetaLearner, Siren
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ROOT / "examples"
 SCRIPTS = ("image_siren", "video_siren", "audio_siren", "sphere_siren")
-# Small enough for seconds per run; K, L and test steps shrunk too.
-TINY = [
-    "--outer-steps",
-    "2",
-    "--batch-size",
-    "2",
-    "--train-signals",
-    "6",
-    "--test-signals",
-    "2",
-    "--show",
-    "2",
-    "--hidden-features",
-    "16",
-    "--hidden-layers",
-    "2",
-    "--inner-steps",
-    "4",
-    "--bootstrap-steps",
-    "2",
-    "--learnit-steps",
-    "2",
-    "--test-steps",
-    "3",
-    "--no-progress",
-    "--seed",
-    "0",
-]
-PICTURES = ("reconstructions.png", "selection.png", "psnr_per_step.png", "meta_training.png")
 
 
-def _has(*modules: str) -> bool:
-    return all(importlib.util.find_spec(m) is not None for m in modules)
-
-
-def _load(name: str):  # type: ignore[no-untyped-def]
-    """Import an example script as a module (its folder goes on sys.path for ``_common``)."""
-    sys.path.insert(0, str(EXAMPLES))
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
-
-
-needs_plots = pytest.mark.skipif(not _has("matplotlib"), reason="matplotlib not installed ('ecop-wrap[examples]')")
-needs_images = pytest.mark.skipif(not _has("skimage", "matplotlib"), reason="needs 'ecop-wrap[examples]'")
+needs_plots = pytest.mark.skipif(
+    not has_modules("matplotlib"), reason="matplotlib not installed ('ecop-wrap[examples]')"
+)
+needs_images = pytest.mark.skipif(not has_modules("skimage", "matplotlib"), reason="needs 'ecop-wrap[examples]'")
 
 
 # ------------------------------------------------------------------------------------------------ --help
@@ -79,7 +48,7 @@ def test_help_runs_and_explains_every_flag(name, capsys, monkeypatch):
         runpy.run_path(str(EXAMPLES / f"{name}.py"), run_name="__main__")
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    parser = _load(name).build_parser()
+    parser = load_example(name).build_parser()
     for action in parser._actions:
         if isinstance(action, argparse._HelpAction):
             continue
@@ -90,7 +59,7 @@ def test_help_runs_and_explains_every_flag(name, capsys, monkeypatch):
 
 
 def test_bad_flags_exit_with_a_message():
-    module = _load("image_siren")
+    module = load_example("image_siren")
     with pytest.raises(SystemExit, match="--outer-steps"):
         module.main(["--outer-steps", "0"])
     with pytest.raises(SystemExit, match="--gamma"):
@@ -100,7 +69,7 @@ def test_bad_flags_exit_with_a_message():
 def test_example_config_is_frozen_and_methods_carry_training_and_test_settings():
     import dataclasses
 
-    module = _load("image_siren")
+    module = load_example("image_siren")
     args = module.parse_args(
         [
             "--gamma",
@@ -154,33 +123,12 @@ def _learner(path: Path, model: torch.nn.Module, **config) -> ContextPruningMeta
     return learner
 
 
-def _plain_fit_psnr(model: torch.nn.Module, coords: torch.Tensor, values: torch.Tensor, steps: int, lr: float):
-    """Reference: per-signal full-context SGD with plain autograd in float64; PSNR after each step ``[steps+1, N]``."""
-    model = model.double()
-    out = []
-    for signal in values.double():
-        params = {n: p.detach().clone().requires_grad_(True) for n, p in model.named_parameters()}
-        curve = []
-        for step in range(steps + 1):
-            pred = torch.func.functional_call(model, params, (coords.double(),))
-            mse = (pred - signal).pow(2).mean()
-            curve.append(float(10 * torch.log10(1 / mse.detach())))
-            if step < steps:
-                grads = torch.autograd.grad(mse, list(params.values()))
-                params = {
-                    n: (p - lr * g).detach().requires_grad_(True)
-                    for (n, p), g in zip(params.items(), grads, strict=True)
-                }
-        out.append(curve)
-    return torch.tensor(out).T
-
-
 @needs_images
 def test_image_example_end_to_end(tmp_path):
     from ecop_wrap.data import skimage_crops
 
     out = tmp_path / "image"
-    summary = _load("image_siren").main([*TINY, "--resolution", "16", "--out", str(out), "--threads", "1"])
+    summary = load_example("image_siren").main([*TINY_SIREN, "--resolution", "16", "--out", str(out), "--threads", "1"])
     _check_outputs(out, summary)
     assert summary["train_signals"] == 6 and summary["test_signals"] == 2
     common = {"inner_lr": 1e-2, "outer_lr": 3e-4, "max_grad_norm": 1.0}
@@ -189,23 +137,23 @@ def test_image_example_end_to_end(tmp_path):
     assert learnit.step_count == 2 and ecop.step_count == 2
     # The script's held-out crops and an independent unscaled full-context fit from the saved Learnit init.
     test = skimage_crops("test", 16, n=2, seed=1)
-    reference = _plain_fit_psnr(learnit.model, test.coords, test.stacked(), steps=3, lr=1e-2)
+    reference = plain_fit_psnr(learnit.model, test.coords, test.stacked(), steps=3, lr=1e-2)
     np.testing.assert_allclose(summary["test_psnr"]["Learnit"]["mean_per_step"], reference.mean(1), atol=2e-3)
     # ECoP's test fit is gradient-scaled, but it starts from the saved ECoP init: step 0 must agree.
-    ecop_start = _plain_fit_psnr(ecop.model, test.coords, test.stacked(), steps=0, lr=1e-2)
+    ecop_start = plain_fit_psnr(ecop.model, test.coords, test.stacked(), steps=0, lr=1e-2)
     assert summary["test_psnr"]["ECoP"]["mean_per_step"][0] == pytest.approx(float(ecop_start.mean()), abs=2e-3)
 
 
 @needs_images
 def test_video_example_end_to_end_with_camera_pans(tmp_path):
     out = tmp_path / "video"
-    args = [*TINY, "--source", "pans", "--frames", "3", "--resolution", "8", "--out", str(out), "--threads", "1"]
-    summary = _load("video_siren").main(args)
+    args = [*TINY_SIREN, "--source", "pans", "--frames", "3", "--resolution", "8", "--out", str(out), "--threads", "1"]
+    summary = load_example("video_siren").main(args)
     _check_outputs(out, summary)
     assert summary["grid"] == [3, 8, 8]
 
 
-@pytest.mark.skipif(not _has("soundfile", "matplotlib"), reason="needs 'ecop-wrap[audio,examples]'")
+@pytest.mark.skipif(not has_modules("soundfile", "matplotlib"), reason="needs 'ecop-wrap[audio,examples]'")
 def test_audio_example_end_to_end_with_a_folder(tmp_path):
     import soundfile
 
@@ -218,7 +166,7 @@ def test_audio_example_end_to_end_with_a_folder(tmp_path):
         soundfile.write(folder / f"tone_{index}.wav", wave, rate)
     out = tmp_path / "audio"
     args = [
-        *TINY,
+        *TINY_SIREN,
         "--audio",
         str(folder),
         "--sample-rate",
@@ -232,7 +180,7 @@ def test_audio_example_end_to_end_with_a_folder(tmp_path):
         "--threads",
         "1",
     ]
-    summary = _load("audio_siren").main(args)
+    summary = load_example("audio_siren").main(args)
     _check_outputs(out, summary)
     # every 5th file (tone_0) is held out: the training clips come from the other four, two crops each
     assert summary["grid"] == [200] and summary["test_signals"] == 1 and summary["train_signals"] == 6
@@ -240,65 +188,22 @@ def test_audio_example_end_to_end_with_a_folder(tmp_path):
 
 
 def test_audio_example_without_speech_explains_where_to_get_it(monkeypatch):
-    module = _load("audio_siren")
+    module = load_example("audio_siren")
     monkeypatch.setattr(module.shutil, "which", lambda program: None)
     with pytest.raises(SystemExit, match="espeak-ng") as exit_info:
         module.main(["--outer-steps", "1"])
     assert "--audio" in str(exit_info.value) and "docs/data.md" in str(exit_info.value)
 
 
-@pytest.mark.skipif(not _has("iris_sample_data", "matplotlib"), reason="needs 'ecop-wrap[sphere,examples]'")
+@pytest.mark.skipif(not has_modules("iris_sample_data", "matplotlib"), reason="needs 'ecop-wrap[sphere,examples]'")
 def test_sphere_example_end_to_end(tmp_path):
     out = tmp_path / "sphere"
-    summary = _load("sphere_siren").main([*TINY, "--stride", "12", "--out", str(out), "--threads", "1"])
+    summary = load_example("sphere_siren").main([*TINY_SIREN, "--stride", "12", "--out", str(out), "--threads", "1"])
     _check_outputs(out, summary)
     assert summary["grid"] == [13, 16] and summary["args"]["w0"] == 50.0
 
 
 # ------------------------------------------------------------------------------- latents as classifier data
-LATENT_TINY = [
-    "--resolution",
-    "12",
-    "--train-per-class",
-    "3",
-    "--test-per-class",
-    "2",
-    "--classes",
-    "ABC",
-    "--hidden-features",
-    "16",
-    "--hidden-layers",
-    "2",
-    "--latent-dim",
-    "8",
-    "--outer-steps",
-    "2",
-    "--batch-size",
-    "3",
-    "--inner-steps",
-    "3",
-    "--bootstrap-steps",
-    "2",
-    "--learnit-steps",
-    "2",
-    "--fit-steps",
-    "3",
-    "--fit-batch",
-    "4",
-    "--classifier-hidden",
-    "16",
-    "--classifier-epochs",
-    "3",
-    "--classifier-seeds",
-    "2",
-    "--show",
-    "3",
-    "--no-progress",
-    "--threads",
-    "1",
-]
-
-
 def test_latent_classification_help_explains_every_flag(capsys, monkeypatch):
     name = "latent_classification"
     monkeypatch.setattr(sys, "argv", [f"{name}.py", "--help"])
@@ -306,11 +211,11 @@ def test_latent_classification_help_explains_every_flag(capsys, monkeypatch):
         runpy.run_path(str(EXAMPLES / f"{name}.py"), run_name="__main__")
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    for action in _load(name).build_parser()._actions:
+    for action in load_example(name).build_parser()._actions:
         if not isinstance(action, argparse._HelpAction):
             assert action.help and action.help.strip(), f"flag {action.option_strings} has no help text"
             assert action.option_strings[0] in text
-    module = _load(name)
+    module = load_example(name)
     with pytest.raises(SystemExit, match="--test-families"):
         module.main(["--test-families", "Comic Sans"])
     with pytest.raises(SystemExit, match="--classes"):
@@ -322,7 +227,7 @@ def _psnr_db(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return -10 * torch.log10((prediction - target).pow(2).mean(dim=(-2, -1)))
 
 
-@pytest.mark.skipif(not _has("matplotlib", "PIL"), reason="needs 'ecop-wrap[examples]'")
+@pytest.mark.skipif(not has_modules("matplotlib", "PIL"), reason="needs 'ecop-wrap[examples]'")
 def test_latent_classification_end_to_end_and_resume(tmp_path):
     from PIL import Image
 
@@ -330,8 +235,8 @@ def test_latent_classification_end_to_end_and_resume(tmp_path):
     from ecop_wrap.data import glyph_images
 
     out = tmp_path / "latents"
-    module = _load("latent_classification")
-    summary = module.main([*LATENT_TINY, "--out", str(out)])
+    module = load_example("latent_classification")
+    summary = module.main([*TINY_LATENT, "--out", str(out)])
     for picture in ("reconstructions.png", "latents_pca.png", "meta_training.png"):
         with Image.open(out / picture) as image:
             assert image.format == "PNG" and min(image.size) > 100, picture
@@ -371,7 +276,7 @@ def test_latent_classification_end_to_end_and_resume(tmp_path):
     assert curve[-1] == pytest.approx(float(end.mean()), abs=2e-3)
     # --resume continues from the checkpoints instead of starting again
     resumed = module.main(
-        [*LATENT_TINY, "--out", str(out), "--resume", "--outer-steps", "3", "--classifier-seeds", "1"]
+        [*TINY_LATENT, "--out", str(out), "--resume", "--outer-steps", "3", "--classifier-seeds", "1"]
     )
     assert resumed["outer_steps"] == {"ECoP": 3, "Learnit": 3}
 
@@ -388,7 +293,9 @@ def test_readme_quickstart_is_short():
     assert len(_readme_python_block().strip().splitlines()) <= 15
 
 
-@pytest.mark.skipif(not _has("skimage"), reason="the quickstart uses scikit-image photographs ('ecop-wrap[images]')")
+@pytest.mark.skipif(
+    not has_modules("skimage"), reason="the quickstart uses scikit-image photographs ('ecop-wrap[images]')"
+)
 def test_readme_quickstart_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}

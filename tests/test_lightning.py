@@ -18,33 +18,13 @@ from typing import Any
 
 import pytest
 import torch
+from example_helpers import TINY_LIGHTNING
 from reference import ref_fit
 
 lightning = pytest.importorskip("lightning")
 pytest.importorskip("skimage")
 
 SCRIPT = Path(__file__).resolve().parent.parent / "examples" / "lightning_image.py"
-TINY = [
-    "--resolution",
-    "8",
-    "--train-signals",
-    "8",
-    "--test-signals",
-    "2",
-    "--batch-size",
-    "2",
-    "--hidden-features",
-    "16",
-    "--hidden-layers",
-    "2",
-    "--inner-steps",
-    "2",
-    "--bootstrap-steps",
-    "1",
-    "--test-steps",
-    "2",
-    "--no-progress",
-]
 QUIET = {"enable_progress_bar": False, "logger": False, "enable_model_summary": False, "num_sanity_val_steps": 0}
 
 pytestmark = [
@@ -110,7 +90,7 @@ def test_help_runs(capsys, monkeypatch):
 
 
 def test_batches_keep_the_shared_grid_convention(example):
-    args = example.build_parser().parse_args(TINY)
+    args = example.build_parser().parse_args(TINY_LIGHTNING)
     module = example.module_from_args(args)
     module.trainer = example.make_trainer(args, **QUIET)  # setup() reads its device; nothing is run
     module.setup("fit")
@@ -128,7 +108,7 @@ def test_resume_from_a_lightning_checkpoint_is_bit_identical(example, tmp_path):
     # Random selection, so the pruning RNG changes every step and resuming must restore it too.
     args = example.build_parser().parse_args(
         [
-            *TINY,
+            *TINY_LIGHTNING,
             "--selection",
             "random",
             "--max-steps",
@@ -165,7 +145,7 @@ def test_resume_from_a_lightning_checkpoint_is_bit_identical(example, tmp_path):
 
 
 def test_validation_fits_held_out_crops_like_a_float64_reference(example, tmp_path):
-    args = example.build_parser().parse_args([*TINY, "--output", str(tmp_path)])
+    args = example.build_parser().parse_args([*TINY_LIGHTNING, "--output", str(tmp_path)])
     module = example.module_from_args(args)
     trainer = example.make_trainer(args, **QUIET)
     logged = trainer.validate(module, verbose=False)[0]
@@ -186,7 +166,7 @@ def test_validation_fits_held_out_crops_like_a_float64_reference(example, tmp_pa
 
 def test_command_line_run_writes_checkpoints_and_logs(example, tmp_path, capsys):
     module = example.main(
-        [*TINY, "--max-steps", "2", "--ckpt-every", "1", "--val-every", "2", "--output", str(tmp_path)]
+        [*TINY_LIGHTNING, "--max-steps", "2", "--ckpt-every", "1", "--val-every", "2", "--output", str(tmp_path)]
     )
     assert module.learner.step_count == 2
     assert {p.name for p in (tmp_path / "checkpoints").iterdir()} == {"step=1.ckpt", "step=2.ckpt", "last.ckpt"}

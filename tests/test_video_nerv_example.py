@@ -4,71 +4,17 @@ Learnit test curve is checked against a plain per-signal float64 fit from the sa
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import runpy
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from example_helpers import EXAMPLES, PICTURES, TINY_NERV, has_modules, load_example, plain_fit_psnr
 
 from ecop_wrap import ContextPruningMetaLearner
 from ecop_wrap.models import NeRV
-
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ROOT / "examples"
-TINY = [
-    "--outer-steps",
-    "2",
-    "--batch-size",
-    "2",
-    "--train-signals",
-    "6",
-    "--test-signals",
-    "2",
-    "--show",
-    "2",
-    "--hidden-features",
-    "8",
-    "--hidden-layers",
-    "1",
-    "--channels",
-    "4",
-    "--num-frequencies",
-    "4",
-    "--inner-steps",
-    "4",
-    "--bootstrap-steps",
-    "2",
-    "--learnit-steps",
-    "2",
-    "--test-steps",
-    "3",
-    "--frames",
-    "4",
-    "--resolution",
-    "8",
-    "--no-progress",
-    "--seed",
-    "0",
-    "--threads",
-    "1",
-]
-PICTURES = ("reconstructions.png", "selection.png", "psnr_per_step.png", "meta_training.png")
-
-
-def _has(*modules: str) -> bool:
-    return all(importlib.util.find_spec(m) is not None for m in modules)
-
-
-def _load():  # type: ignore[no-untyped-def]
-    sys.path.insert(0, str(EXAMPLES))
-    spec = importlib.util.spec_from_file_location("example_video_nerv", EXAMPLES / "video_nerv.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
 
 
 def test_help_explains_every_flag(capsys, monkeypatch):
@@ -77,7 +23,7 @@ def test_help_explains_every_flag(capsys, monkeypatch):
         runpy.run_path(str(EXAMPLES / "video_nerv.py"), run_name="__main__")
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    for action in _load().build_parser()._actions:
+    for action in load_example("video_nerv").build_parser()._actions:
         if isinstance(action, argparse._HelpAction):
             continue
         assert action.help and action.help.strip(), f"flag {action.option_strings} has no help text"
@@ -86,41 +32,21 @@ def test_help_explains_every_flag(capsys, monkeypatch):
 
 
 def test_bad_flags_exit_with_a_message():
-    module = _load()
+    module = load_example("video_nerv")
     with pytest.raises(SystemExit, match="divisible by 2 \\*\\* --blocks"):
         module.main(["--resolution", "12", "--blocks", "3"])
     with pytest.raises(SystemExit, match="--gamma"):
         module.main(["--gamma", "0"])
 
 
-def _plain_fit_psnr(model: NeRV, coords: torch.Tensor, values: torch.Tensor, steps: int, lr: float) -> torch.Tensor:
-    """Per-signal full-context SGD with plain autograd in float64; PSNR after each step ``[steps + 1, N]``."""
-    model = model.double()
-    curves = []
-    for signal in values.double():
-        params = {n: p.detach().clone().requires_grad_(True) for n, p in model.named_parameters()}
-        curve = []
-        for step in range(steps + 1):
-            mse = (torch.func.functional_call(model, params, (coords.double(),)) - signal).pow(2).mean()
-            curve.append(float(10 * torch.log10(1 / mse.detach())))
-            if step < steps:
-                grads = torch.autograd.grad(mse, list(params.values()))
-                params = {
-                    n: (p - lr * g).detach().requires_grad_(True)
-                    for (n, p), g in zip(params.items(), grads, strict=True)
-                }
-        curves.append(curve)
-    return torch.tensor(curves).T
-
-
-@pytest.mark.skipif(not _has("skimage", "matplotlib", "PIL"), reason="needs 'ecop-wrap[examples]'")
+@pytest.mark.skipif(not has_modules("skimage", "matplotlib", "PIL"), reason="needs 'ecop-wrap[examples]'")
 def test_end_to_end_on_camera_pans(tmp_path):
     from PIL import Image
 
     from ecop_wrap.data import camera_pans
 
     out = tmp_path / "video_nerv"
-    summary = _load().main([*TINY, "--source", "pans", "--out", str(out)])
+    summary = load_example("video_nerv").main([*TINY_NERV, "--source", "pans", "--out", str(out)])
     for picture in PICTURES:
         with Image.open(out / picture) as image:
             assert image.format == "PNG" and min(image.size) > 100, picture
@@ -149,5 +75,5 @@ def test_end_to_end_on_camera_pans(tmp_path):
     clips = camera_pans(2, 4, 8, split="test", seed=1)
     values = model.frames_to_values(clips.stacked().reshape(2, 4, 8, 8, 3))
     times = torch.linspace(-1.0, 1.0, 4).unsqueeze(-1)
-    reference = _plain_fit_psnr(learnit.model, times, values, steps=3, lr=lr)
+    reference = plain_fit_psnr(learnit.model, times, values, steps=3, lr=lr)
     np.testing.assert_allclose(summary["test_psnr"]["Learnit"]["mean_per_step"], reference.mean(1), atol=2e-3)
