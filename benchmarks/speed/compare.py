@@ -12,15 +12,16 @@ configuration that fell back to eager (no C++ compiler, unsupported model) is ma
 bf16 ranking changes the pruned set: along one inner loop (``GradScaledAdapter(learner, steps=K,
 pruned_steps=K).fit_steps``, the same K pruned SGD steps as training, on the ECoP default learner's initial
 model), at each of the K+1 parameter states the script ranks the context twice with
-``learner.evaluator(batch).errors(params)``, with the learner's backend ``graph_free_dtype`` unset (float32)
-and set to bfloat16, and counts the fraction of the top-k indices (k = ``num_selected(M, gamma)``) of one that
-are not in the other's.
+``learner.evaluator(batch).errors(params)`` of two learners of that configuration on the same model, one with
+``graph_free_dtype`` unset (float32) and one with it bfloat16, and counts the fraction of the top-k indices
+(k = ``num_selected(M, gamma)``) of one that are not in the other's.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import statistics
 import warnings
 from functools import partial
@@ -49,32 +50,29 @@ def ranking_disagreement(
     """How often a bf16 ranking pass keeps other points than a float32 one, along one inner loop.
 
     At each of the ``steps + 1`` parameter states of ``steps`` pruned SGD steps from the learner's model
-    (float32 ranking), rank the context with the learner's backend ``graph_free_dtype`` unset and set to
-    bfloat16 and compare the top-k sets.
+    (float32 ranking), rank the context with two learners of the learner's configuration on its model, one
+    with ``graph_free_dtype`` unset and one with it bfloat16, and compare the top-k sets.
 
     Returns:
         ``per_step``: fraction of the k kept points (mean over signals) that the bf16 set does not share with
         the float32 set, per state; ``mean``, ``max`` over states; ``k`` and ``points``.
     """
-    backend = learner.backend
-    saved = backend.graph_free_dtype
     num_points = batch[1].shape[1]
     k = num_selected(num_points, learner.config.gamma)
     adapter = GradScaledAdapter(learner, steps=steps, pruned_steps=steps, graph_free_dtype=None)
+    # the learner's configuration on the same model, with float32 and with bf16 ranking passes
+    rankers = [
+        ContextPruningMetaLearner.from_config(learner.model, dataclasses.replace(learner.config, graph_free_dtype=d))
+        for d in (None, torch.bfloat16)
+    ]
     per_step = []
-    try:
-        for state in adapter.fit_steps(batch):
-            masks = []
-            for dtype in (None, torch.bfloat16):
-                backend.graph_free_dtype = dtype
-                errors = learner.evaluator(batch).errors(state.params)  # a new evaluator: no cached errors
-                masks.append(
-                    torch.zeros_like(errors, dtype=torch.bool).scatter_(1, errors.topk(k, dim=1).indices, True)
-                )
-            shared = (masks[0] & masks[1]).sum(dim=1).double()
-            per_step.append(float((1.0 - shared / k).mean()))
-    finally:
-        backend.graph_free_dtype = saved
+    for state in adapter.fit_steps(batch):
+        masks = []
+        for ranker in rankers:
+            errors = ranker.evaluator(batch).errors(state.params)
+            masks.append(torch.zeros_like(errors, dtype=torch.bool).scatter_(1, errors.topk(k, dim=1).indices, True))
+        shared = (masks[0] & masks[1]).sum(dim=1).double()
+        per_step.append(float((1.0 - shared / k).mean()))
     return {
         "per_step": per_step,
         "mean": statistics.fmean(per_step),
