@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import state_snapshot
 from reference import make_problem, ref_fit, ref_pruned_fit
 
 from ecop_wrap import ContextPruningMetaLearner, FitResult, GradScaledAdapter
@@ -24,10 +25,6 @@ def _adapter(model, scaling="norm", **kw):
 
 def _close(got, want, rtol=1e-6):
     torch.testing.assert_close(got, want, rtol=rtol, atol=1e-10)
-
-
-def _snapshot(model):
-    return {n: t.detach().clone() for n, t in model.state_dict().items()}
 
 
 @pytest.mark.parametrize("scaling", SCALINGS)
@@ -83,7 +80,7 @@ def test_chunked_fit_equals_unchunked(scaling):
 @pytest.mark.parametrize("scaling", SCALINGS)
 def test_fit_never_modifies_the_model(scaling):
     model, coords, values = _problem(batch=2)
-    before = _snapshot(model)
+    before = state_snapshot(model)
     grads_before = [p.grad for p in model.parameters()]
     result = _adapter(model, scaling).fit((coords, values))
     for name, tensor in model.state_dict().items():

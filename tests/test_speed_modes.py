@@ -9,6 +9,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import meta_grads
 from reference import TinySiren
 
 from ecop_wrap import ContextPruningMetaLearner, GradScaledAdapter, ModulatedSiren, Siren, make_grid
@@ -31,11 +32,6 @@ PHASES = (
 def _batch(side: int = 8, batch: int = 2, dtype: torch.dtype = torch.float32):
     gen = torch.Generator().manual_seed(0)
     return make_grid((side, side), dtype=dtype), torch.rand(batch, side * side, 3, generator=gen, dtype=dtype)
-
-
-def _grads(learner, batch):
-    loss = learner.meta_loss(batch)
-    return loss.detach(), torch.autograd.grad(loss, list(learner.model.parameters()))
 
 
 def _record_forward_dtypes(backend) -> list[tuple[bool, torch.dtype]]:
@@ -65,8 +61,8 @@ def test_bf16_graph_free_passes_keep_graph_steps_in_the_model_dtype():
     torch.manual_seed(0)
     model = Siren(2, 3, 16, 2)
     batch = _batch()
-    plain = _grads(ContextPruningMetaLearner(model, gamma=1.0, K=2, L=0, lam=0.0, coord_range=None), batch)
-    bf16 = _grads(
+    plain = meta_grads(ContextPruningMetaLearner(model, gamma=1.0, K=2, L=0, lam=0.0, coord_range=None), batch)
+    bf16 = meta_grads(
         ContextPruningMetaLearner(
             model, gamma=1.0, K=2, L=0, lam=0.0, graph_free_dtype=torch.bfloat16, coord_range=None
         ),
@@ -83,11 +79,11 @@ def test_bf16_ranking_and_bootstrap_run_in_bf16_and_stay_close():
         model, K=2, L=2, graph_free_dtype=torch.bfloat16, graph_free_full_precision=(), coord_range=None
     )
     seen = _record_forward_dtypes(learner.backend)
-    loss, _ = _grads(learner, batch)
+    loss, _ = meta_grads(learner, batch)
     assert (False, torch.bfloat16) in seen  # ranking passes
     assert (True, torch.float32) in seen  # pruned steps with a graph
     assert (True, torch.bfloat16) in seen  # bootstrap passes (graph-free w.r.t. theta_0, local backward)
-    want_loss, _ = _grads(ContextPruningMetaLearner(model, K=2, L=2, coord_range=None), batch)
+    want_loss, _ = meta_grads(ContextPruningMetaLearner(model, K=2, L=2, coord_range=None), batch)
     torch.testing.assert_close(loss, want_loss, rtol=0.05, atol=0)
     fit = GradScaledAdapter(learner, steps=2).fit(batch)
     want_fit = GradScaledAdapter(model, steps=2, gamma=0.25, coord_range=None).fit(batch)
@@ -279,12 +275,12 @@ def test_compile_falls_back_to_eager_with_one_warning(monkeypatch):
     monkeypatch.setattr(torch, "compile", broken_compile)
     model = TinySiren(2, 3).double()
     batch = _batch(dtype=torch.float64)
-    eager = _grads(ContextPruningMetaLearner(model, K=2, L=1, coord_range=None), batch)
+    eager = meta_grads(ContextPruningMetaLearner(model, K=2, L=1, coord_range=None), batch)
     learner = ContextPruningMetaLearner(model, K=2, L=1, compile=True, coord_range=None)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        compiled = _grads(learner, batch)
-        _grads(learner, batch)
+        compiled = meta_grads(learner, batch)
+        meta_grads(learner, batch)
     messages = [str(w.message) for w in caught if "torch.compile failed" in str(w.message)]
     assert len(messages) == 1
     assert torch.equal(eager[0], compiled[0]) and all(
@@ -315,12 +311,12 @@ def test_full_compile_cache_warns_once_and_keeps_the_numbers(monkeypatch, dynamo
     monkeypatch.setattr(backends, "RECOMPILE_LIMIT", 1)
     model = TinySiren(2, 3).double()
     batch = _batch(dtype=torch.float64)
-    eager = _grads(ContextPruningMetaLearner(model, K=2, L=1, coord_range=None), batch)
+    eager = meta_grads(ContextPruningMetaLearner(model, K=2, L=1, coord_range=None), batch)
     learner = ContextPruningMetaLearner(model, K=2, L=1, compile=True, coord_range=None)
     with torch._dynamo.config.patch(recompile_limit=1), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        compiled = _grads(learner, batch)  # ranking at theta_0 ([1, k]) then [B, k], bootstrap with grad: 3 graphs
-        _grads(learner, batch)
+        compiled = meta_grads(learner, batch)  # ranking at theta_0 ([1, k]) then [B, k], bootstrap with grad: 3 graphs
+        meta_grads(learner, batch)
     messages = [str(w.message) for w in caught if "cache of the graph-free forward is full" in str(w.message)]
     assert len(messages) == 1
     assert not learner.backend._compile_failed  # the graph it has is still used
@@ -340,7 +336,7 @@ def test_learners_of_different_models_all_compile(dynamo_without_inductor):
         warnings.simplefilter("error", RuntimeWarning)
         for width in (8, 12, 16, 20):
             learner = ContextPruningMetaLearner(Siren(2, 3, width, 1), K=2, L=1, compile=True, coord_range=None)
-            _grads(learner, batch)
+            meta_grads(learner, batch)
             GradScaledAdapter(learner, steps=2, pruned_steps=1, compile=True).fit(batch)
     assert dynamo_without_inductor["stats"]["unique_graphs"] > 8
 
@@ -351,11 +347,11 @@ def test_compiled_graph_free_passes_match_eager():
     torch.manual_seed(0)
     model = Siren(2, 3, 16, 1)
     batch = _batch()
-    eager = _grads(ContextPruningMetaLearner(model, K=1, L=1, coord_range=None), batch)
+    eager = meta_grads(ContextPruningMetaLearner(model, K=1, L=1, coord_range=None), batch)
     learner = ContextPruningMetaLearner(model, K=1, L=1, compile=True, coord_range=None)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # a fallback would hide that nothing was compiled
-        compiled = _grads(learner, batch)
+        compiled = meta_grads(learner, batch)
     assert learner.backend._compiled is not None and not learner.backend._compile_failed
     torch.testing.assert_close(compiled[0], eager[0], rtol=1e-5, atol=0)
     for a, b in zip(compiled[1], eager[1], strict=True):
@@ -369,11 +365,11 @@ def test_inductor_compiles_bf16_passes_with_float32_ends():
     model = Siren(2, 3, 16, 1)
     batch = _batch()
     options = {"K": 1, "L": 1, "graph_free_dtype": torch.bfloat16, "coord_range": None}
-    eager = _grads(ContextPruningMetaLearner(model, **options), batch)
+    eager = meta_grads(ContextPruningMetaLearner(model, **options), batch)
     learner = ContextPruningMetaLearner(model, compile=True, **options)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # a fallback would hide that nothing was compiled
-        compiled = _grads(learner, batch)
+        compiled = meta_grads(learner, batch)
     assert learner.backend._compiled is not None and not learner.backend._compile_failed
     torch.testing.assert_close(compiled[0], eager[0], rtol=0.02, atol=0)
 

@@ -10,6 +10,7 @@ import warnings
 
 import pytest
 import torch
+from helpers import meta_grads
 from torch import nn
 
 from ecop_wrap import ContextPruningMetaLearner, GradScaledAdapter, Siren, make_grid
@@ -303,19 +304,14 @@ def _non_contiguous(coords: torch.Tensor, values: torch.Tensor):
     return (coords_nc, values_nc), (coords_nc, values_strided)
 
 
-def _loss_and_grads(learner, batch):
-    loss = learner.meta_loss(batch)
-    return loss.detach(), torch.autograd.grad(loss, list(learner.model.parameters()))
-
-
 def test_non_contiguous_inputs_give_the_contiguous_result():
     coords, values = _batch()
     learner = ContextPruningMetaLearner(_model(), gamma=0.25, K=2, L=1, seed=0)
-    want_loss, want_grads = _loss_and_grads(learner, (coords, values))
+    want_loss, want_grads = meta_grads(learner, (coords, values))
     adapter = GradScaledAdapter(learner, steps=3)
     want_fit = adapter.fit((coords, values))
     for batch in _non_contiguous(coords, values):
-        loss, grads = _loss_and_grads(learner, batch)
+        loss, grads = meta_grads(learner, batch)
         torch.testing.assert_close(loss, want_loss, rtol=1e-6, atol=0)
         for g, w in zip(grads, want_grads, strict=True):
             torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-7)
@@ -329,8 +325,8 @@ def test_expanded_inputs_give_the_contiguous_result():
     dense = (coords.unsqueeze(0).repeat(3, 1, 1), values.repeat(3, 1, 1))
     expanded = (coords.unsqueeze(0).expand(3, -1, -1), values.expand(3, -1, -1))
     assert expanded[0].stride(0) == 0 and expanded[1].stride(0) == 0
-    want_loss, want_grads = _loss_and_grads(learner, dense)
-    loss, grads = _loss_and_grads(learner, expanded)
+    want_loss, want_grads = meta_grads(learner, dense)
+    loss, grads = meta_grads(learner, expanded)
     torch.testing.assert_close(loss, want_loss, rtol=1e-6, atol=0)
     for g, w in zip(grads, want_grads, strict=True):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-7)
