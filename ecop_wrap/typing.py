@@ -29,14 +29,17 @@ Params = dict[str, torch.Tensor]
 SignalBatch = tuple[torch.Tensor, torch.Tensor]
 """``(coords, values)``: coords ``[M, C]`` (one grid shared by the batch) or ``[B, M, C]``; values ``[B, M, D]``."""
 
-SelectionName = Literal["error", "random", "gradncp"]
-"""Built-in context-selection rules (more can be registered with :func:`ecop_wrap.register_selection`)."""
+SelectionName = str
+"""A registered context-selection rule: a key of :data:`ecop_wrap.SELECTION_RULES` (``"error"``, ``"random"``,
+``"gradncp"`` and any added with :func:`ecop_wrap.register_selection`); an open set, so a ``str``."""
 
-ScalingName = Literal["norm", "loss", "none"]
-"""Built-in test-time gradient-scaling rules (more with :func:`ecop_wrap.register_scaling`)."""
+ScalingName = str
+"""A registered test-time gradient-scaling rule: a key of :data:`ecop_wrap.SCALING_RULES`."""
 
+# The closed sets are declared here once; the tuples the library checks against are derived from them
+# (``BACKENDS = typing.get_args(BackendName)`` and so on).
 BackendName = Literal["torch.func", "higher"]
-"""How the model is evaluated with per-signal parameters (see :func:`ecop_wrap.make_backend`)."""
+"""How the model is evaluated with per-signal parameters (see :func:`ecop_wrap.extend.make_backend`)."""
 
 BatchingMode = Literal["auto", "bmm", "vmap", "loop"]
 """How the ``"torch.func"`` backend batches signals."""

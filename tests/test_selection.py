@@ -22,7 +22,7 @@ from ecop_wrap import (
     num_selected,
 )
 from ecop_wrap._src.algorithm import inner_loop, select
-from ecop_wrap._src.numerics import expand_params
+from ecop_wrap._src.numerics import ALL_POINTS, expand_params
 from ecop_wrap._src.rates import InnerRates
 from ecop_wrap._src.rules import make_selection
 
@@ -121,7 +121,7 @@ def test_selection_size(num_points, gamma):
             backend, params, coords, values, torch.Generator().manual_seed(0)
         )
         if k >= num_points:
-            assert idx is None  # the pruned set is the whole context
+            assert idx is ALL_POINTS  # the pruned set is the whole context
         else:
             assert idx.shape == (2, k)
             assert all(len(set(row.tolist())) == k for row in idx)
@@ -130,12 +130,12 @@ def test_selection_size(num_points, gamma):
 def test_gamma_one_keeps_the_full_context():
     model, coords, values = _problem()
     backend = make_backend("torch.func", model)
-    assert Selector("error", 1.0).select(backend, expand_params(_model_params(model), 2), coords, values) is None
+    assert Selector("error", 1.0).select(backend, expand_params(_model_params(model), 2), coords, values) is ALL_POINTS
 
 
 def _recorder():
     record: list[tuple[int, torch.Tensor | None]] = []
-    return record, lambda step, idx: record.append((step, None if idx is None else idx.clone()))
+    return record, lambda step, idx: record.append((step, None if idx is ALL_POINTS else idx.clone()))
 
 
 @pytest.mark.parametrize("shared", [True, False])

@@ -8,8 +8,10 @@ gradient by a registered scaling rule: ``||g_pruned|| / ||g_full||`` (``"norm"``
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -17,13 +19,14 @@ from torch import nn
 from ..metrics import mse_to_psnr
 from ..typing import AdaptSpec, Params
 from .algorithm import select
-from .backends import Backend, make_backend
-from .config import ECoPConfig, configure_backend, resolve_adapted
-from .evaluator import ContextEvaluator
+from .backends import Backend
+from .builder import build_components, free_chunk, resolve_adapted
+from .config import TEST_TIME_KEYS, ECoPConfig, config_args_doc, config_parameters, split_config_kwargs
+from .evaluator import ContextEvaluator, FullGrad
 from .learner import ContextPruningMetaLearner
-from .numerics import per_signal
+from .numerics import ALL_POINTS, AllPoints, Points, per_signal, sgd_update
 from .rates import InnerRates
-from .rules import GradNCPSelection, make_scaling, make_selection
+from .rules import SelectionRule, make_scaling
 from .validation import check_int, check_model, check_positive, check_signal
 
 __all__ = ["FitResult", "FitStep", "GradScaledAdapter"]
@@ -89,37 +92,7 @@ class FitStep:
 
 
 class GradScaledAdapter:
-    """Fits INRs to signals from a (meta-learned) initialization with gradient-scaled full-context steps.
-
-    Settings default to the learner's configuration (:class:`~ecop_wrap.ECoPConfig`) when ``source`` is a
-    learner, else to ``ECoPConfig()``'s defaults.
-
-    Args:
-        source: a :class:`ContextPruningMetaLearner` or an ``nn.Module`` used as the initialization.
-        steps: number of test-time steps (default: K).
-        lr: step size; overrides learned inner rates (default: the learner's learned rates if it has them,
-            else ``inner_lr``).
-        gamma: pruned fraction used to compute the scale.
-        scaling: a registered scaling rule: ``"norm"`` (Eq. 6), ``"loss"`` (Appendix B.2) or ``"none"``.
-        selection: selection rule of the pruned set.
-        backend, batching: how the model is evaluated (see :func:`~ecop_wrap.make_backend`).
-        chunk_size: points per chunk of every full-context pass.
-        gradncp_layer: scoring layer for ``selection="gradncp"`` (default: the learner's).
-        max_consecutive_skips: raise ``FloatingPointError`` when a signal's update is not finite this many
-            steps in a row.
-        coord_range: expected coordinate range (default: the learner's).
-        autocast_dtype: run forward passes under ``torch.autocast`` with this dtype.
-        graph_free_dtype: dtype of the ranking forwards; every gradient (full-context, the scale's pruned one,
-            pruned steps') keeps the model's dtype.
-        graph_free_full_precision: submodules kept in the model's dtype inside those forwards (default: the
-            learner's, else ``"ends"``); see ``ECoPConfig``.
-        compile: ``torch.compile`` the graph-free forwards (default: the learner's setting).
-        seed: seed for random selection.
-        pruned_steps: take the first ``pruned_steps`` steps on the pruned context without scaling, as in
-            training (cheaper per step), and the rest as above.
-        adapt: which parameters to fit when ``source`` is a module (a learner's own ``adapt`` is used for a
-            learner).
-    """
+    # The docstring and signature are generated from ECoPConfig's test-time fields (end of this module).
 
     def __init__(
         self,
@@ -127,68 +100,56 @@ class GradScaledAdapter:
         *,
         steps: int | None = None,
         lr: float | None = None,
-        gamma: float | None = None,
         scaling: str = "norm",
-        selection: str | None = None,
-        backend: str | None = None,
-        chunk_size: int | None = None,
-        batching: str | None = None,
-        gradncp_layer: nn.Module | None = None,
-        max_consecutive_skips: int = 3,
-        coord_range: tuple[float, float] | str | None = "learner",
-        autocast_dtype: torch.dtype | None = None,
-        graph_free_dtype: torch.dtype | None = None,
-        graph_free_full_precision: str | tuple[str, ...] | None = None,
-        compile: bool | None = None,
-        seed: int = 0,
         pruned_steps: int = 0,
+        seed: int = 0,
         adapt: AdaptSpec = None,
+        gradncp_layer: nn.Module | None = None,
+        **settings: Any,
     ) -> None:
         learner = source if isinstance(source, ContextPruningMetaLearner) else None
         model = learner.model if learner is not None else source
         check_model(model)
         assert isinstance(model, nn.Module)  # for type checkers: check_model raised otherwise
         base = learner.config if learner is not None else ECoPConfig()
-        overrides = {
-            "gamma": gamma,
-            "selection": selection,
-            "backend": backend,
-            "chunk_size": chunk_size,
-            "batching": batching,
-            "autocast_dtype": autocast_dtype,
-            "graph_free_dtype": graph_free_dtype,
-            "graph_free_full_precision": graph_free_full_precision,
-            "compile": compile,
-        }
-        config = base.replace(**{k: v for k, v in overrides.items() if v is not None})
-        if coord_range != "learner":
-            config = config.replace(coord_range=coord_range)
-        self.config = config
+        changes = split_config_kwargs("GradScaledAdapter", settings, TEST_TIME_KEYS)
+        # None keeps the learner's setting (coord_range=None turns the range check off, as everywhere)
+        self.config = base.replace(**{k: v for k, v in changes.items() if v is not None or k == "coord_range"})
         self.model = model
-        self.steps = check_int("steps", steps if steps is not None else config.K, 0)
+        self.steps = check_int("steps", steps if steps is not None else self.config.K, 0)
         self.pruned_steps = check_int("pruned_steps", pruned_steps, 0)
         self.scaling_rule = make_scaling(scaling)
         self.scaling = scaling
-        self.adapted = learner.adapted if learner is not None else resolve_adapted(model, adapt)
-        if gradncp_layer is None and learner is not None and isinstance(learner.selection_rule, GradNCPSelection):
-            gradncp_layer = learner.selection_rule.layer
-        self.selection_rule = make_selection(config.selection, model, layer=gradncp_layer)
-        self.backend = make_backend(config.backend, model, config.batching, self.adapted)
-        configure_backend(self.backend, config)
-        named = dict(model.named_parameters())
-        if lr is not None or learner is None or not learner.rates.learned:
-            self.rates = InnerRates(
-                None,
-                {n: named[n] for n in self.adapted},
-                inner_lr=check_positive("lr", lr if lr is not None else config.inner_lr),
-                max_inner_lr=config.max_inner_lr,
-                steps=1,
-            )
-        else:
-            self.rates = learner.rates.detached()
-        self.max_consecutive_skips = check_int("max_consecutive_skips", max_consecutive_skips, 1)
-        self.generator = torch.Generator(device=named[self.adapted[0]].device)
-        self.generator.manual_seed(seed)
+        adapted = learner.adapted if learner is not None else resolve_adapted(model, adapt)
+        parts = build_components(
+            model,
+            self.config,
+            adapted=adapted,
+            selection_rule=_reusable_rule(learner, self.config, gradncp_layer),
+            gradncp_layer=gradncp_layer,
+            rates=self._rates(learner, adapted, lr),
+            seed=seed,
+        )
+        self.adapted, self.selection_rule, self.backend = parts.adapted, parts.selection_rule, parts.backend
+        self.rates, self.generator = parts.rates, parts.generator
+
+    def _rates(self, learner: ContextPruningMetaLearner | None, adapted: list[str], lr: float | None) -> InnerRates:
+        """The learner's learned rates as constants, unless a fixed ``lr`` is given or there are none."""
+        if lr is None and learner is not None and learner.rates.learned:
+            return learner.rates.detached()
+        named = dict(self.model.named_parameters())
+        return InnerRates(
+            None,
+            {n: named[n] for n in adapted},
+            inner_lr=check_positive("lr", lr if lr is not None else self.config.inner_lr),
+            max_inner_lr=self.config.max_inner_lr,
+            steps=1,
+        )
+
+    @property
+    def max_consecutive_skips(self) -> int:
+        """Raise when one signal's update is not finite this many steps in a row (``config``'s setting)."""
+        return self.config.max_consecutive_skips
 
     @property
     def lr(self) -> float | None:
@@ -239,7 +200,8 @@ class GradScaledAdapter:
         steps = self.steps if steps is None else check_int("steps", steps, 0)
         with torch.inference_mode(False):
             coords, values = (t.clone() if t.is_inference() else t for t in (coords, values))
-            ctx = ContextEvaluator(self.backend, coords, values, free_chunk=self.config.chunk_size)
+            chunk = free_chunk(self.config, values.shape[1], meta_learning=False)
+            ctx = ContextEvaluator(self.backend, coords, values, free_chunk=chunk)
             init = {n: self.model.get_parameter(n).detach() for n in self.adapted}
             params = {n: p.expand(ctx.batch, *p.shape).clone() for n, p in init.items()}
         skipped = torch.zeros(ctx.batch, dtype=torch.long, device=values.device)
@@ -249,9 +211,11 @@ class GradScaledAdapter:
                 mse, update, pruned_idx, scale = self._direction(ctx, params, step)
                 rates = self.rates.at(step)
                 finite = torch.stack([torch.isfinite(g).flatten(1).all(1) for g in update.values()]).all(0)
-            yield FitStep(step, params, mse, pruned_idx, scale, skipped.clone())
+            shown_idx = None if isinstance(pruned_idx, AllPoints) else pruned_idx
+            yield FitStep(step, params, mse, shown_idx, scale, skipped.clone())
             with torch.inference_mode(False):
-                params = {n: torch.where(per_signal(finite, p), p - rates[n] * update[n], p) for n, p in params.items()}
+                stepped = sgd_update(params, update, rates)
+                params = {n: torch.where(per_signal(finite, p), stepped[n], p) for n, p in params.items()}
             skipped += (~finite).long()
             run = torch.where(finite, torch.zeros_like(run), run + 1)
             if int(run.max()) >= self.max_consecutive_skips:
@@ -267,22 +231,74 @@ class GradScaledAdapter:
 
     def _direction(
         self, ctx: ContextEvaluator, params: Params, step: int
-    ) -> tuple[torch.Tensor, Params, torch.Tensor | None, torch.Tensor]:
-        """Full-context MSE ``[B]`` at ``params``, the step's update direction, its pruned set and its scale."""
+    ) -> tuple[torch.Tensor, Params, Points | None, torch.Tensor]:
+        """Full-context MSE ``[B]`` at ``params``, the step's update direction, its pruned set (None: no
+        selection was made) and its scale."""
         if step < self.pruned_steps:  # a training-style step: pruned context, no scaling
             pruned_idx = select(ctx, params, self.selection_rule, self.gamma, self.generator)
             mse = ctx.errors(params).sum(dim=1) / (ctx.num_points * ctx.channels)
             return mse, ctx.grad(params, pruned_idx), pruned_idx, torch.ones_like(mse)
         full = ctx.full_grad(params)
-        pruned_idx = None
-        if self.scaling_rule.needs_selection:
-            pruned_idx = select(ctx, params, self.selection_rule, self.gamma, self.generator)
-        if pruned_idx is None and self.scaling_rule.needs_selection:  # the pruned set is the whole context
-            return full.mse, full.grads, None, torch.ones_like(full.mse)
+        if not self.scaling_rule.needs_selection:
+            return full.mse, *self._scaled(ctx, params, full, None)
+        pruned_idx = select(ctx, params, self.selection_rule, self.gamma, self.generator)
+        if isinstance(pruned_idx, AllPoints):  # the pruned set is the whole context: the full step, unscaled
+            return full.mse, full.grads, ALL_POINTS, torch.ones_like(full.mse)
+        return full.mse, *self._scaled(ctx, params, full, pruned_idx)
+
+    def _scaled(
+        self, ctx: ContextEvaluator, params: Params, full: FullGrad, pruned_idx: torch.Tensor | None
+    ) -> tuple[Params, torch.Tensor | None, torch.Tensor]:
         scale = self.scaling_rule.scale(ctx, params, full, pruned_idx).detach()
-        return full.mse, {n: g * per_signal(scale, g) for n, g in full.grads.items()}, pruned_idx, scale
+        return {n: g * per_signal(scale, g) for n, g in full.grads.items()}, pruned_idx, scale
 
 
 def _is_batched(signal: object) -> bool:
     values = signal[1] if isinstance(signal, (tuple, list)) and len(signal) == 2 else None
     return not (isinstance(values, torch.Tensor) and values.ndim == 2)
+
+
+def _reusable_rule(
+    learner: ContextPruningMetaLearner | None, config: ECoPConfig, gradncp_layer: nn.Module | None
+) -> SelectionRule | None:
+    """The learner's own selection rule (with its options, e.g. GradNCP's layer) when the adapter keeps it."""
+    if learner is None or gradncp_layer is not None or config.selection != learner.config.selection:
+        return None
+    return learner.selection_rule
+
+
+_OWN_ARGS_DOC = """\
+        steps: number of test-time steps (default: K).
+        lr: step size; overrides learned inner rates (default: the learner's learned rates if it has them,
+            else ``inner_lr``).
+        scaling: a registered scaling rule: ``"norm"`` (Eq. 6), ``"loss"`` (Appendix B.2) or ``"none"``.
+        pruned_steps: take the first ``pruned_steps`` steps on the pruned context without scaling, as in
+            training (cheaper per step), and the rest as above.
+        seed: seed for random selection.
+        adapt: which parameters to fit when ``source`` is a module (a learner's own ``adapt`` is used for a
+            learner).
+        gradncp_layer: scoring layer for ``selection="gradncp"`` (default: the learner's rule and layer)."""
+
+
+def _signature() -> inspect.Signature:
+    P = inspect.Parameter
+    own = list(inspect.signature(GradScaledAdapter.__init__).parameters.values())[1:]
+    settings = config_parameters(TEST_TIME_KEYS, P.KEYWORD_ONLY)
+    return inspect.Signature([p for p in own if p.kind is not P.VAR_KEYWORD] + settings)
+
+
+GradScaledAdapter.__signature__ = _signature()  # type: ignore[attr-defined]
+GradScaledAdapter.__doc__ = f"""Fits INRs to signals from a (meta-learned) initialization with gradient-scaled steps.
+
+    Settings default to the learner's configuration (:class:`~ecop_wrap.ECoPConfig`) when ``source`` is a
+    learner, else to ``ECoPConfig()``'s defaults; the adapter's own configuration is :attr:`config`.
+
+    Args:
+        source: a :class:`ContextPruningMetaLearner` or an ``nn.Module`` used as the initialization.
+{_OWN_ARGS_DOC}
+
+    Test-time settings (fields of :class:`~ecop_wrap.ECoPConfig`; absent or None: the learner's, except
+    that ``coord_range=None`` turns the range check off):
+
+{config_args_doc(TEST_TIME_KEYS)}
+    """

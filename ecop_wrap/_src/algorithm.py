@@ -24,14 +24,15 @@ import torch
 from torch.profiler import record_function
 
 from ..typing import Params
-from .evaluator import ContextEvaluator
-from .numerics import global_norm, num_selected, topk_indices
+from .config import ECoPConfig
+from .evaluator import ContextEvaluator, FullGrad
+from .numerics import ALL_POINTS, Points, global_norm, num_selected, sgd_update, topk_indices
 from .rates import InnerRates
 from .rules import SelectionRule
 
 __all__ = ["MetaLossOutput", "bootstrap", "inner_loop", "meta_objective", "param_distance", "select"]
 
-OnSelect = Callable[[int, Params, "torch.Tensor | None"], None]
+OnSelect = Callable[[int, Params, Points], None]
 
 
 @dataclass
@@ -53,11 +54,11 @@ class MetaLossOutput:
 
 def select(
     ctx: ContextEvaluator, params: Params, rule: SelectionRule, gamma: float, generator: torch.Generator
-) -> torch.Tensor | None:
-    """Indices ``[B, k]`` of each signal's pruned context (``k = max(1, int(gamma M))``), None if all points."""
+) -> Points:
+    """Indices ``[B, k]`` of each signal's pruned context (``k = max(1, int(gamma M))``), or ``ALL_POINTS``."""
     k = num_selected(ctx.num_points, gamma)
     if k >= ctx.num_points:
-        return None
+        return ALL_POINTS
     return topk_indices(rule.scores(ctx, params, generator), k)
 
 
@@ -85,13 +86,16 @@ def inner_loop(
     return params
 
 
-def bootstrap(ctx: ContextEvaluator, params: Params, *, steps: int, lr: float) -> Params:
-    """theta_boot: ``steps`` (L) first-order full-context SGD steps from ``params`` (theta_K), no graph."""
+def bootstrap(ctx: ContextEvaluator, params: Params, *, steps: int, lr: float, first: FullGrad | None = None) -> Params:
+    """theta_boot: ``steps`` (L) first-order full-context SGD steps from ``params`` (theta_K), no graph.
+
+    ``first``: the graph-free full pass at ``params``, if the caller already made it.
+    """
     boot_params = params
     with record_function("ecop.bootstrap"):
-        for _ in range(steps):
-            grads = ctx.full_grad(boot_params, low_precision=True).grads
-            boot_params = {n: p.detach() - lr * grads[n] for n, p in boot_params.items()}
+        for step in range(steps):
+            full = first if step == 0 and first is not None else ctx.full_grad(boot_params, low_precision=True)
+            boot_params = sgd_update({n: p.detach() for n, p in boot_params.items()}, full.grads, lr)
     return boot_params
 
 
@@ -103,36 +107,35 @@ def param_distance(params: Params, target: Params) -> torch.Tensor:
 def meta_objective(
     ctx: ContextEvaluator,
     init: dict[str, torch.Tensor],
+    config: ECoPConfig,
     *,
-    K: int,
-    L: int,
-    lam: float,
-    gamma: float,
-    boot_lr: float,
     rates: InnerRates,
     rule: SelectionRule,
     generator: torch.Generator,
-    first_order: bool = False,
 ) -> MetaLossOutput:
     """Adapt theta_0 (``init``: adapted name -> the model's tensor) to every signal and return the meta-loss."""
     adapted = inner_loop(
         ctx,
         ctx.expand(init),
-        steps=K,
+        steps=config.K,
         rates=rates,
         rule=rule,
-        gamma=gamma,
+        gamma=config.gamma,
         generator=generator,
-        create_graph=not first_order,
+        create_graph=not config.first_order,
     )
-    uses_bootstrap = L > 0 and lam != 0
-    if uses_bootstrap:
-        boot_params = bootstrap(ctx, adapted, steps=L, lr=boot_lr)
+    # With the chunked outer loss, one graph-free full pass at theta_K serves both the bootstrap's first step
+    # and the outer loss's surrogate.
+    at_theta_k = ctx.full_grad(adapted, with_shared=True, low_precision=config.uses_bootstrap) if ctx.chunked else None
+    if config.uses_bootstrap:
+        boot_params = bootstrap(ctx, adapted, steps=config.L, lr=config.boot_lr, first=at_theta_k)  # type: ignore[arg-type]
         distance = param_distance(adapted, boot_params)
     else:
         distance = torch.zeros(ctx.batch, dtype=ctx.values.dtype, device=ctx.values.device)
-    mse = ctx.full_mse(adapted)  # after the bootstrap, so that its transient memory never meets this graph
-    loss = (mse + lam * distance).mean() if uses_bootstrap else mse.mean()
+    mse = ctx.full_mse(
+        adapted, at_params=at_theta_k
+    )  # after the bootstrap: its transient memory never meets this graph
+    loss = (mse + config.lam * distance).mean() if config.uses_bootstrap else mse.mean()
     return MetaLossOutput(
         loss=loss,
         mse=mse.detach(),

@@ -1,192 +1,104 @@
-"""One frozen, validated configuration object shared by the learner, its checkpoints and the adapter."""
+"""Every hyper-parameter of ECoP, declared once: its type, default, check and meaning.
+
+:class:`ECoPConfig` is the one declaration. Everything else is derived from its fields: the learner's and the
+adapter's keyword arguments and their documentation (:func:`config_args_doc`), validation, the checkpoint
+format (:meth:`ECoPConfig.to_dict`), which settings a resumed checkpoint must agree on (:data:`ALGORITHM_KEYS`)
+and which ones the adapter may change at test time (:data:`TEST_TIME_KEYS`).
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
-import warnings
-from collections.abc import Callable, Sequence
+import inspect
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args
 
 import torch
-from torch import nn
 
-from ..typing import AdaptSpec
-from .backends import BACKENDS, BATCHING_MODES, Backend
-from .rates import LEARN_INNER_LR_MODES
+from ..typing import BackendName, BatchingMode, LearnInnerLR
 from .rules import SELECTION_RULES, check_rule_name
-from .validation import check_autocast_dtype, check_fraction, check_int, check_positive, user_stacklevel
+from .validation import check_autocast_dtype, check_fraction, check_int, check_positive
 
-__all__ = ["ALGORITHM_KEYS", "ECoPConfig", "configure_backend", "resolve_adapted"]
-
-ALGORITHM_KEYS = (
-    "gamma",
-    "K",
-    "L",
-    "lam",
-    "inner_lr",
-    "boot_lr",
-    "selection",
-    "first_order",
-    "max_grad_norm",
-    "learn_inner_lr",
-    "max_inner_lr",
-)
-"""Settings that change what is learned: a checkpoint must agree on them to be resumed."""
+__all__ = [
+    "ALGORITHM_KEYS",
+    "POSITIONAL_KEYS",
+    "TEST_TIME_KEYS",
+    "ECoPConfig",
+    "config_args_doc",
+    "config_parameters",
+    "split_config_kwargs",
+]
 
 _DTYPES = {str(d): d for d in (torch.float16, torch.bfloat16, torch.float32, torch.float64)}
+Check = Callable[[str, Any], Any]
 
 
-@dataclass(frozen=True)
-class ECoPConfig:
-    """Hyper-parameters of ECoP meta-learning and of test-time fitting (validated on construction).
+def _hyper(
+    default: Any,
+    doc: str,
+    check: Check,
+    *,
+    algorithm: bool = False,
+    test_time: bool = False,
+    positional: bool = False,
+    dtype: bool = False,
+) -> Any:
+    """Declare one hyper-parameter (a dataclass field whose metadata says what it is and how it is checked).
 
-    Attributes:
-        gamma: fraction of the context kept at each inner step, in (0, 1]; ``1.0`` is full-context MAML.
-        K: inner steps (>= 1).
-        L: bootstrap steps on the full context after the inner loop (>= 0; 0 disables the bootstrap).
-        lam: weight lambda of the bootstrap distance (0 disables the bootstrap).
-        inner_lr: inner step size alpha (and the learned rates' initial value).
-        boot_lr: bootstrap step size (None: ``inner_lr``; resolved on construction).
-        selection: name of a registered selection rule (``"error"``, ``"random"``, ``"gradncp"``, ...).
-        first_order: drop the second-order terms of the inner steps.
-        max_grad_norm: clip the meta-gradient's global norm (None: no clipping).
-        learn_inner_lr: None (fixed ``inner_lr``), ``"per_tensor"`` or ``"per_element"``.
-        max_inner_lr: upper bound of learned inner rates (they are kept in ``[0, max_inner_lr]``).
-        chunk_size: points per chunk of every full-context pass that needs no graph back to theta_0, and of
-            the outer loss (chunked surrogate). None: graph-free passes run in pieces of the pruned-set size
-            and the outer loss keeps one full-context graph.
-        checkpoint: recompute each inner step's graph in the backward pass instead of keeping all K.
-        backend: ``"torch.func"`` or ``"higher"``.
-        batching: torch.func batching: ``"auto"``, ``"bmm"``, ``"vmap"`` or ``"loop"``.
-        autocast_dtype: run forward passes under ``torch.autocast`` with this dtype.
-        graph_free_dtype: run the passes that need no graph back to theta_0 (the ranking forwards, the
-            bootstrap's passes) under ``torch.autocast`` in this dtype (e.g. ``torch.bfloat16``); the
-            graph-carrying steps and every test-time gradient keep the model's dtype. None: the model's dtype
-            everywhere. The modules in ``graph_free_full_precision`` stay in the model's dtype inside these
-            passes.
-        graph_free_full_precision: submodules that run with autocast off (their bf16/fp16 inputs cast to
-            float32) inside the ``graph_free_dtype`` passes: ``"ends"`` (default) for the model's input and
-            output layers (found by one small probe forward on the first such pass: the first ``nn.Linear``
-            or convolution applied to the coordinates, else the first one called, and the last one called),
-            or a tuple of submodule names (``()``: lower everything). An input encoding that is not such a
-            layer (e.g. Fourier features) should compute itself in float32, as ``FourierFeatureMLP`` does.
-            Why: SIREN loses most of bf16's precision in its first layer (w0 = 30 times the input projection,
-            rounded by ~0.06 rad before the sine) and in its predictions (rounded by up to 0.002, a third of
-            a 44 dB fit's residual). Measured on the builtin comparison (1000 outer steps,
-            docs/benchmarks.md): with every product lowered bf16 cost 0.5-1.3 dB; with the ends in float32,
-            over three seeds on a GPU, -0.01, +0.12 and +0.38 dB (no cost), and bf16 with ``compile=True``
-            made a 256x256 meta-step 1.26x Learnit's. The ends are a few percent of an MLP's multiply-adds.
-        compile: run every graph-free forward through :func:`torch.compile` (double backward through compiled
-            graphs is not supported, so the inner steps stay eager); falls back with one warning. The learners
-            and adapters of a process share one cache of compiled graphs (one per model, shape, grad mode and
-            dtype; at least 64 of them, see ``torch._dynamo.config.recompile_limit``); a pass that would need
-            one more runs eagerly, after one warning.
-        max_consecutive_skips: raise after this many consecutive non-finite steps.
-        coord_range: expected coordinate range; coordinates outside it warn once (None: no check).
+    Args:
+        default: the default value.
+        doc: its meaning, one paragraph (becomes the documentation of every signature that takes it).
+        check: ``check(name, value) -> value``, raising ``TypeError``/``ValueError`` naming the argument.
+        algorithm: changes what is learned (a checkpoint must agree on it to be resumed).
+        test_time: the adapter may change it at test time.
+        positional: the learner also takes it positionally, in declaration order (``gamma, K, L, lam``).
+        dtype: a ``torch.dtype`` (stored by name in checkpoints).
     """
-
-    gamma: float = 0.25
-    K: int = 16
-    L: int = 5
-    lam: float = 100.0
-    inner_lr: float = 1e-2
-    boot_lr: float | None = None
-    selection: str = "error"
-    first_order: bool = False
-    max_grad_norm: float | None = None
-    learn_inner_lr: str | None = None
-    max_inner_lr: float = 1.0
-    chunk_size: int | None = None
-    checkpoint: bool = False
-    backend: str = "torch.func"
-    batching: str = "auto"
-    autocast_dtype: torch.dtype | None = None
-    graph_free_dtype: torch.dtype | None = None
-    graph_free_full_precision: str | tuple[str, ...] = "ends"
-    compile: bool = False
-    max_consecutive_skips: int = 10
-    coord_range: tuple[float, float] | None = field(default=(-1.0, 1.0))
-
-    def __post_init__(self) -> None:
-        check: dict[str, Any] = {
-            "gamma": check_fraction("gamma", self.gamma),
-            "K": check_int("K", self.K, 1),
-            "L": check_int("L", self.L, 0),
-            "lam": check_positive("lam", self.lam, allow_zero=True),
-            "inner_lr": check_positive("inner_lr", self.inner_lr),
-            "max_inner_lr": check_positive("max_inner_lr", self.max_inner_lr),
-            "max_consecutive_skips": check_int("max_consecutive_skips", self.max_consecutive_skips, 1),
-            "first_order": bool(self.first_order),
-            "checkpoint": bool(self.checkpoint),
-            "compile": bool(self.compile),
-        }
-        check["boot_lr"] = check["inner_lr"] if self.boot_lr is None else check_positive("boot_lr", self.boot_lr)
-        if self.max_grad_norm is not None:
-            check["max_grad_norm"] = check_positive("max_grad_norm", self.max_grad_norm)
-        if self.chunk_size is not None:
-            check["chunk_size"] = check_int("chunk_size", self.chunk_size, 1)
-        check_rule_name("selection", self.selection, SELECTION_RULES)
-        _check_choice("backend", self.backend, BACKENDS)
-        _check_choice("batching", self.batching, BATCHING_MODES)
-        if self.learn_inner_lr is not None:
-            _check_choice("learn_inner_lr", self.learn_inner_lr, LEARN_INNER_LR_MODES)
-            if check["max_inner_lr"] < check["inner_lr"]:
-                raise ValueError(
-                    f"max_inner_lr ({self.max_inner_lr}) must be >= inner_lr ({self.inner_lr}), the learned "
-                    "rates' initial value"
-                )
-        check_autocast_dtype(self.autocast_dtype)
-        check_autocast_dtype(self.graph_free_dtype, "graph_free_dtype")
-        check["graph_free_full_precision"] = _check_module_names(
-            "graph_free_full_precision", self.graph_free_full_precision
-        )
-        if self.coord_range is not None:
-            check["coord_range"] = _check_range(self.coord_range)
-        for name, value in check.items():
-            object.__setattr__(self, name, value)
-
-    @property
-    def uses_bootstrap(self) -> bool:
-        """Whether the meta-loss has the bootstrap term (``L > 0`` and ``lam != 0``)."""
-        return self.L > 0 and self.lam != 0
-
-    def replace(self, **changes: Any) -> ECoPConfig:
-        """A validated copy with ``changes`` applied (``boot_lr`` follows a changed ``inner_lr`` if it did)."""
-        if "inner_lr" in changes and "boot_lr" not in changes and self.boot_lr == self.inner_lr:
-            changes["boot_lr"] = None
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain values (dtype as its name), as stored in checkpoints."""
-        out = dataclasses.asdict(self)
-        for key in ("autocast_dtype", "graph_free_dtype"):
-            out[key] = None if out[key] is None else str(out[key])
-        out["coord_range"] = None if self.coord_range is None else list(self.coord_range)
-        if isinstance(self.graph_free_full_precision, tuple):
-            out["graph_free_full_precision"] = list(self.graph_free_full_precision)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ECoPConfig:
-        """Inverse of :meth:`to_dict`; keys a checkpoint from before a field existed take its default."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: v for k, v in data.items() if k in known}
-        for key in ("autocast_dtype", "graph_free_dtype"):
-            if kwargs.get(key) is not None:
-                kwargs[key] = _DTYPES[kwargs[key]]
-        if kwargs.get("coord_range") is not None:
-            kwargs["coord_range"] = tuple(kwargs["coord_range"])
-        return cls(**kwargs)
+    meta = {"doc": doc, "check": check, "algorithm": algorithm, "test_time": test_time, "positional": positional}
+    return field(default=default, metadata={**meta, "dtype": dtype})
 
 
-def _check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+def _optional(check: Check) -> Check:
+    return lambda name, value: None if value is None else check(name, value)
 
 
-def _check_module_names(name: str, value: Any) -> str | tuple[str, ...]:
+def _choice(choices: Iterable[str]) -> Check:
+    options = tuple(choices)
+
+    def check(name: str, value: Any) -> str:
+        if value not in options:
+            raise ValueError(f"{name} must be one of {options}, got {value!r}")
+        return str(value)
+
+    return check
+
+
+def _int_at_least(minimum: int) -> Check:
+    return lambda name, value: check_int(name, value, minimum)
+
+
+def _positive(name: str, value: Any) -> float:
+    return check_positive(name, value)
+
+
+def _non_negative(name: str, value: Any) -> float:
+    return check_positive(name, value, allow_zero=True)
+
+
+def _flag(name: str, value: Any) -> bool:
+    return bool(value)
+
+
+def _selection(name: str, value: Any) -> str:
+    return check_rule_name(name, value, SELECTION_RULES)
+
+
+def _dtype(name: str, value: Any) -> torch.dtype | None:
+    return check_autocast_dtype(value, name)
+
+
+def _module_names(name: str, value: Any) -> str | tuple[str, ...]:
     if value == "ends":
         return "ends"
     if isinstance(value, (tuple, list)) and all(isinstance(v, str) for v in value):
@@ -196,96 +108,235 @@ def _check_module_names(name: str, value: Any) -> str | tuple[str, ...]:
     )
 
 
-def _check_range(value: Any) -> tuple[float, float]:
+def _range(name: str, value: Any) -> tuple[float, float]:
     if not isinstance(value, (tuple, list)) or len(value) != 2 or not float(value[0]) < float(value[1]):
-        raise ValueError(f"coord_range must be a pair (low, high) with low < high, or None; got {value!r}")
+        raise ValueError(f"{name} must be a pair (low, high) with low < high, or None; got {value!r}")
     return float(value[0]), float(value[1])
 
 
-def resolve_adapted(model: nn.Module, spec: AdaptSpec) -> list[str]:
-    """Names of the parameters adapted per signal, in the model's order.
-
-    Args:
-        model: the INR.
-        spec: None (every trainable parameter), a name or glob pattern, a sequence of them (``["output.*"]``),
-            or a predicate ``(name, param) -> bool``.
-
-    Raises:
-        ValueError: a pattern matches no parameter, a matched parameter is frozen, or nothing is selected.
-        TypeError: ``spec`` is none of the above.
-    """
-    named = dict(model.named_parameters())
-    trainable = [n for n, p in named.items() if p.requires_grad]
-    if spec is None:
-        return trainable
-    if isinstance(spec, str):
-        spec = [spec]
-    if callable(spec):
-        predicate: Callable[[str, nn.Parameter], bool] = spec
-        chosen = [n for n, p in named.items() if predicate(n, p)]
-    elif isinstance(spec, Sequence) and all(isinstance(s, str) for s in spec):
-        chosen = []
-        for pattern in spec:
-            matches = [n for n in named if fnmatch.fnmatchcase(n, pattern)]
-            if not matches:
-                raise ValueError(
-                    f"adapt pattern {pattern!r} matches no parameter of the model; its parameters: {list(named)}"
-                )
-            chosen += [n for n in matches if n not in chosen]
-        chosen = [n for n in named if n in chosen]
-    else:
-        raise TypeError(
-            "adapt must be None, a list of parameter names or glob patterns, or a predicate (name, param) -> bool; "
-            f"got {type(spec).__name__}"
-        )
-    frozen = [n for n in chosen if not named[n].requires_grad]
-    if frozen:
-        raise ValueError(f"adapt selects parameters with requires_grad=False, which cannot be adapted: {frozen}")
-    if not chosen:
-        raise ValueError("adapt selects no parameter: at least one trainable parameter must be adapted per signal")
-    return chosen
-
-
-def configure_backend(backend: Backend, config: ECoPConfig) -> None:
-    """Apply the configuration's precision and compilation settings to ``backend``."""
-    backend.autocast_dtype = config.autocast_dtype
-    backend.graph_free_dtype = config.graph_free_dtype
-    backend.compile = config.compile
-    backend.set_full_precision(config.graph_free_full_precision)
-    lowered = [n for n in ("autocast_dtype", "graph_free_dtype") if getattr(config, n) is not None]
-    if lowered and any(p.dtype == torch.float64 for p in backend.model.parameters()):
-        warnings.warn(
-            f"{' and '.join(lowered)} has no effect on this float64 model: torch.autocast lowers float32 "
-            "tensors only, so every pass stays in float64",
-            UserWarning,
-            stacklevel=user_stacklevel(),
-        )
-    elif torch.bfloat16 in (config.autocast_dtype, config.graph_free_dtype) and _on_cpu(backend.model):
-        warn_if_bf16_is_emulated()
-
-
-def _on_cpu(model: nn.Module) -> bool:
-    return any(p.device.type == "cpu" for p in model.parameters())
-
-
-def warn_if_bf16_is_emulated() -> bool:
-    """Warn (once per call site) when this CPU has no native bfloat16 matrix multiply; returns True if it warned.
-
-    Without AVX512-BF16 or AMX, oneDNN is not used for bf16 and PyTorch's fallback GEMM is many times slower
-    than float32 (measured on an AVX2-only AMD EPYC VM: a batched 1024x256 @ 256x256 product took 1.1 s in
-    bf16 against 30 ms in float32), so the bf16 speed modes slow the step down instead of speeding it up.
-    """
-    try:
-        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # an unusual build: do not guess
-        return False
-    if native:
-        return False
-    warnings.warn(
-        "bfloat16 was requested (graph_free_dtype or autocast_dtype) on a CPU without native bf16 matrix "
-        "multiplies (no AVX512-BF16/AMX: torch.ops.mkldnn._is_mkldnn_bf16_supported() is False); bf16 passes "
-        "are emulated here and run several times slower than float32. Leave the dtype unset on this machine.",
-        UserWarning,
-        stacklevel=user_stacklevel(),
+@dataclass(frozen=True)
+class ECoPConfig:
+    # The class docstring is generated from the fields' docs below (see the end of this module).
+    gamma: float = _hyper(
+        0.25,
+        "fraction of the context kept at each inner step, in (0, 1]; ``1.0`` is full-context MAML.",
+        check_fraction,
+        algorithm=True,
+        test_time=True,
+        positional=True,
     )
-    return True
+    K: int = _hyper(16, "inner steps (>= 1).", _int_at_least(1), algorithm=True, positional=True)
+    L: int = _hyper(
+        5,
+        "bootstrap steps on the full context after the inner loop (>= 0; 0 disables the bootstrap).",
+        _int_at_least(0),
+        algorithm=True,
+        positional=True,
+    )
+    lam: float = _hyper(
+        100.0,
+        "weight lambda of the bootstrap distance (0 disables the bootstrap).",
+        _non_negative,
+        algorithm=True,
+        positional=True,
+    )
+    inner_lr: float = _hyper(
+        1e-2, "inner step size alpha (and the learned rates' initial value).", _positive, algorithm=True
+    )
+    boot_lr: float | None = _hyper(
+        None,
+        "bootstrap step size (None: ``inner_lr``; resolved on construction).",
+        _optional(_positive),
+        algorithm=True,
+    )
+    selection: str = _hyper(
+        "error",
+        'name of a registered selection rule: ``"error"`` (the paper\'s), ``"random"``, ``"gradncp"`` (the '
+        "authors' code) or one added with :func:`~ecop_wrap.register_selection`.",
+        _selection,
+        algorithm=True,
+        test_time=True,
+    )
+    first_order: bool = _hyper(
+        False, "drop the second-order terms of the inner steps (FOMAML when ``gamma=1``).", _flag, algorithm=True
+    )
+    max_grad_norm: float | None = _hyper(
+        None,
+        "clip the meta-gradient's global norm to this value (None: no clipping).",
+        _optional(_positive),
+        algorithm=True,
+    )
+    learn_inner_lr: LearnInnerLR | None = _hyper(
+        None,
+        'None (fixed ``inner_lr``), ``"per_tensor"`` (one rate per adapted tensor and inner step, MAML++) or '
+        '``"per_element"`` (one rate per adapted element, Meta-SGD).',
+        _optional(_choice(get_args(LearnInnerLR))),
+        algorithm=True,
+    )
+    max_inner_lr: float = _hyper(
+        1.0, "upper bound of learned inner rates (they are kept in ``[0, max_inner_lr]``).", _positive, algorithm=True
+    )
+    chunk_size: int | None = _hyper(
+        None,
+        "points per chunk of every full-context pass that needs no graph back to theta_0, and of the outer loss "
+        "(chunked surrogate). None: graph-free passes run in pieces of the pruned-set size (at test time too) "
+        "and the outer loss keeps one full-context graph.",
+        _optional(_int_at_least(1)),
+        test_time=True,
+    )
+    checkpoint: bool = _hyper(
+        False, "recompute each inner step's graph in the backward pass instead of keeping all K.", _flag
+    )
+    backend: BackendName = _hyper(
+        "torch.func",
+        'how the model is evaluated with per-signal parameters: ``"torch.func"`` or ``"higher"``.',
+        _choice(get_args(BackendName)),
+        test_time=True,
+    )
+    batching: BatchingMode = _hyper(
+        "auto",
+        'how the torch.func backend batches signals: ``"auto"``, ``"bmm"``, ``"vmap"`` or ``"loop"``.',
+        _choice(get_args(BatchingMode)),
+        test_time=True,
+    )
+    autocast_dtype: torch.dtype | None = _hyper(
+        None, "run forward passes under ``torch.autocast`` with this dtype.", _dtype, test_time=True, dtype=True
+    )
+    graph_free_dtype: torch.dtype | None = _hyper(
+        None,
+        "run the passes that need no graph back to theta_0 (the ranking forwards, the bootstrap's passes) under "
+        "``torch.autocast`` in this dtype (e.g. ``torch.bfloat16``); the graph-carrying steps and every "
+        "test-time gradient keep the model's dtype. None: the model's dtype everywhere. The modules in "
+        "``graph_free_full_precision`` stay in the model's dtype inside these passes.",
+        _dtype,
+        test_time=True,
+        dtype=True,
+    )
+    graph_free_full_precision: str | tuple[str, ...] = _hyper(
+        "ends",
+        "submodules that run with autocast off (their bf16/fp16 inputs cast to float32) inside the "
+        '``graph_free_dtype`` passes: ``"ends"`` for the model\'s input and output layers (found by one small '
+        "probe forward on the first such pass: the first ``nn.Linear`` or convolution applied to the "
+        "coordinates, else the first one called, and the last one called), or a tuple of submodule names "
+        "(``()``: lower everything). An input encoding that is not such a layer (e.g. Fourier features) should "
+        "compute itself in float32, as ``FourierFeatureMLP`` does. Why: SIREN loses most of bf16's precision in "
+        "its first layer (w0 = 30 times the input projection) and in its predictions; with the ends in float32 "
+        "bf16 cost nothing measurable on the builtin comparison (docs/benchmarks.md).",
+        _module_names,
+        test_time=True,
+    )
+    compile: bool = _hyper(
+        False,
+        "run every graph-free forward through :func:`torch.compile` (double backward through compiled graphs is "
+        "not supported, so the inner steps stay eager); falls back with one warning. The learners and adapters "
+        "of a process share one cache of compiled graphs (at least 64); a pass that would need one more runs "
+        "eagerly, after one warning.",
+        _flag,
+        test_time=True,
+    )
+    max_consecutive_skips: int = _hyper(
+        10,
+        "raise ``FloatingPointError`` after this many consecutive non-finite steps (meta-steps; at test time, "
+        "one signal's updates).",
+        _int_at_least(1),
+        test_time=True,
+    )
+    coord_range: tuple[float, float] | None = _hyper(
+        (-1.0, 1.0),
+        "expected coordinate range; coordinates outside it warn once (None: no check).",
+        _optional(_range),
+        test_time=True,
+    )
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, f.metadata["check"](f.name, getattr(self, f.name)))
+        if self.boot_lr is None:
+            object.__setattr__(self, "boot_lr", self.inner_lr)
+        if self.learn_inner_lr is not None and self.max_inner_lr < self.inner_lr:
+            raise ValueError(
+                f"max_inner_lr ({self.max_inner_lr}) must be >= inner_lr ({self.inner_lr}), the learned "
+                "rates' initial value"
+            )
+
+    @property
+    def uses_bootstrap(self) -> bool:
+        """Whether the meta-loss has the bootstrap term (``L > 0`` and ``lam != 0``)."""
+        return self.L > 0 and self.lam != 0
+
+    def replace(self, **changes: Any) -> ECoPConfig:
+        """A validated copy with ``changes`` applied (``boot_lr`` follows a changed ``inner_lr`` if it did)."""
+        _check_names(changes, FIELDS, "ECoPConfig.replace")
+        if "inner_lr" in changes and "boot_lr" not in changes and self.boot_lr == self.inner_lr:
+            changes["boot_lr"] = None
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able values (a dtype as its name, tuples as lists), as stored in checkpoints."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.metadata["dtype"] and value is not None:
+                value = str(value)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ECoPConfig:
+        """Inverse of :meth:`to_dict`; keys a checkpoint from before a field existed take its default."""
+        kwargs: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if f.name not in data:
+                continue
+            value = data[f.name]
+            if f.metadata["dtype"] and value is not None:
+                if value not in _DTYPES:
+                    raise ValueError(f"{f.name} must name one of the dtypes {tuple(_DTYPES)}, got {value!r}")
+                value = _DTYPES[value]
+            kwargs[f.name] = tuple(value) if isinstance(value, list) else value
+        return cls(**kwargs)
+
+
+FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ECoPConfig))
+ALGORITHM_KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ECoPConfig) if f.metadata["algorithm"])
+"""Settings that change what is learned: a checkpoint must agree on them to be resumed."""
+TEST_TIME_KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ECoPConfig) if f.metadata["test_time"])
+"""Settings the adapter may change at test time (the others are the learner's)."""
+POSITIONAL_KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ECoPConfig) if f.metadata["positional"])
+"""Settings the learner also takes positionally after the model, in this order."""
+
+
+def config_args_doc(names: Iterable[str], indent: int = 8) -> str:
+    """Google-style ``name: doc`` lines for the fields ``names`` (for generated docstrings)."""
+    docs = {f.name: f.metadata["doc"] for f in dataclasses.fields(ECoPConfig)}
+    pad = " " * indent
+    return "\n".join(f"{pad}{name}: {docs[name]}" for name in names)
+
+
+def config_parameters(names: Iterable[str], kind: inspect._ParameterKind) -> list[inspect.Parameter]:
+    """Signature parameters for the fields ``names``: their declared types and defaults (for ``__signature__``)."""
+    declared = {f.name: f for f in dataclasses.fields(ECoPConfig)}
+    return [inspect.Parameter(n, kind, default=declared[n].default, annotation=declared[n].type) for n in names]
+
+
+def split_config_kwargs(owner: str, kwargs: dict[str, Any], allowed: tuple[str, ...] = FIELDS) -> dict[str, Any]:
+    """The configuration settings among a call's keyword arguments; any other name is a ``TypeError``."""
+    _check_names(kwargs, allowed, owner)
+    return dict(kwargs)
+
+
+def _check_names(kwargs: dict[str, Any], allowed: Iterable[str], owner: str) -> None:
+    allowed = tuple(allowed)
+    unknown = [k for k in kwargs if k not in allowed]
+    if unknown:
+        raise TypeError(f"{owner} got unexpected keyword argument(s) {unknown}; the settings it takes: {allowed}")
+
+
+ECoPConfig.__doc__ = f"""Hyper-parameters of ECoP meta-learning and of test-time fitting (validated on construction).
+
+    Each field is declared once, with its default and check; the learner and the adapter take them as keyword
+    arguments (the adapter only those it uses at test time, :data:`TEST_TIME_KEYS`).
+
+    Attributes:
+{config_args_doc(FIELDS)}
+    """

@@ -10,8 +10,8 @@ decided here:
   transient memory stays within what one pruned step holds: the paper's equal-memory budget);
 * ``chunk_size`` also bounds the outer loss: the full-context MSE is replaced by a surrogate whose value is
   the MSE and whose gradient w.r.t. theta_K is the MSE's, accumulated chunk by chunk with no graph, so the
-  backward pushes it through the inner-loop graph without ever holding a full-context graph. The same
-  graph-free pass at theta_K serves as the bootstrap's first step;
+  backward pushes it through the inner-loop graph without ever holding a full-context graph. The algorithm
+  passes the same graph-free pass at theta_K to the bootstrap's first step (``full_mse(params, at_params=...)``);
 * ``checkpoint`` recomputes each inner step's graph in the backward pass instead of keeping all K;
 * while every signal still has the shared initialization (the first ranking), a shared grid needs one forward.
 """
@@ -28,7 +28,7 @@ from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
 from ..typing import Params
 from .backends import Backend
-from .numerics import coords_chunk, expand_params, gather_points, point_chunks, squared_errors
+from .numerics import Points, coords_chunk, expand_params, gather_points, point_chunks, sgd_update, squared_errors
 
 __all__ = ["ContextEvaluator", "FullGrad", "Rates"]
 
@@ -48,12 +48,14 @@ class FullGrad:
         errors: ``[B, M]`` squared per-point errors.
         shared_grads: name -> ``[B, *shape]`` gradient w.r.t. each shared (not adapted) trainable parameter,
             per signal (only when asked for).
+        low_precision: whether the forward ran in the backend's ``graph_free_dtype``.
     """
 
     mse: torch.Tensor
     grads: Params
     errors: torch.Tensor
     shared_grads: Params
+    low_precision: bool = False
 
 
 class ContextEvaluator:
@@ -89,7 +91,6 @@ class ContextEvaluator:
         self.shared = shared or {}
         self._identical: Params | None = None
         self._errors_memo: tuple[Params, torch.Tensor] | None = None
-        self._full_memo: tuple[Params, FullGrad, bool] | None = None
 
     @property
     def batch(self) -> int:
@@ -102,6 +103,11 @@ class ContextEvaluator:
     @property
     def channels(self) -> int:
         return self.values.shape[2]
+
+    @property
+    def chunked(self) -> bool:
+        """Whether the outer loss is the chunked surrogate (``chunk_size`` set)."""
+        return self.chunk_size is not None
 
     def expand(self, init: dict[str, torch.Tensor]) -> Params:
         """theta_0 as per-signal parameters ``[B, *shape]`` (views attached to ``init``'s graph).
@@ -150,12 +156,6 @@ class ContextEvaluator:
             low_precision: the forward may run in the backend's ``graph_free_dtype`` (bootstrap passes).
         """
         low_precision = low_precision and self.backend.graph_free_dtype is not None
-        if self._full_memo is not None and self._full_memo[0] is params and self._full_memo[2] == low_precision:
-            return self._full_memo[1]
-        # With the chunked outer loss the first full pass is at theta_K (the bootstrap's first step, or the
-        # outer loss itself), and the outer loss needs it again: keep it, with the shared parameters' gradients.
-        keep = self.chunk_size is not None and self._full_memo is None
-        with_shared = with_shared or (keep and bool(self.shared))
         leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
         if with_shared:  # per-signal copies, so that each signal's gradient w.r.t. them comes out separately
             for n, p in self.shared.items():
@@ -179,15 +179,14 @@ class ContextEvaluator:
             grads={n: g for n, g in grads.items() if n in params},
             errors=errors,
             shared_grads={n: g for n, g in grads.items() if n not in params},
+            low_precision=low_precision,
         )
-        self._errors_memo = (params, errors)
-        if keep:
-            self._full_memo = (params, result, low_precision)
+        self._errors_memo = (params, errors)  # a ranking at these parameters reuses this pass
         return result
 
     # --------------------------------------------------------------------------------------- with graph
-    def loss(self, params: Params, pruned_idx: torch.Tensor | None, *, graph_free: bool = False) -> torch.Tensor:
-        """Sum over signals of each signal's MSE on its pruned context ``[B, k]`` (None: the full context).
+    def loss(self, params: Params, pruned_idx: Points, *, graph_free: bool = False) -> torch.Tensor:
+        """Sum over signals of each signal's MSE on its pruned context ``[B, k]`` (or ``ALL_POINTS``).
 
         Summing per-signal means makes the gradient w.r.t. the batched ``params`` the per-signal gradients.
         ``graph_free``: the caller's graph will not reach theta_0, so the backend's compiled path may be used.
@@ -195,13 +194,11 @@ class ContextEvaluator:
         step size (the norm scale) or the step itself, and once residuals fall below bf16's resolution the
         rounding of the predictions inflates it (bf16 here cost 11 dB at test time; docs/benchmarks.md).
         """
-        coords, values = self.coords, self.values
-        if pruned_idx is not None:
-            coords, values = gather_points(coords, pruned_idx), gather_points(values, pruned_idx)
+        coords, values = gather_points(self.coords, pruned_idx), gather_points(self.values, pruned_idx)
         pred = self.backend.graph_free(params, coords)[0] if graph_free else self.backend(params, coords)
         return squared_errors(pred, values).mean(dim=1).sum() / self.channels
 
-    def grad(self, params: Params, pruned_idx: torch.Tensor | None) -> Params:
+    def grad(self, params: Params, pruned_idx: Points) -> Params:
         """Graph-free per-signal gradient of the pruned-context MSE at ``params``."""
         leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
         with torch.enable_grad():
@@ -213,9 +210,7 @@ class ContextEvaluator:
             )
         return dict(zip(leaves, grads, strict=True))
 
-    def sgd_step(
-        self, params: Params, pruned_idx: torch.Tensor | None, rates: Rates, *, create_graph: bool = True
-    ) -> Params:
+    def sgd_step(self, params: Params, pruned_idx: Points, rates: Rates, *, create_graph: bool = True) -> Params:
         """``theta - rate * grad MSE(theta; pruned)`` for every adapted parameter (paper Eq. 4).
 
         With ``create_graph`` the step is differentiable (second-order MAML); without it the gradient is a
@@ -230,20 +225,24 @@ class ContextEvaluator:
 
         return dict(zip(names, activation_checkpoint(step, *params.values(), use_reentrant=False), strict=True))
 
-    def full_mse(self, params: Params) -> torch.Tensor:
+    def full_mse(self, params: Params, *, at_params: FullGrad | None = None) -> torch.Tensor:
         """``[B]`` full-context MSE at ``params`` (theta_K), differentiable back to theta_0.
 
         Without ``chunk_size`` it is a forward with a graph over the whole context. With it, a surrogate
         ``mse + <theta_K, g> - stopgrad(<theta_K, g>)`` per signal (g: the MSE's gradient, from one chunked
         graph-free pass, including the shared parameters'): same value, same gradient, no full-context graph.
+        ``at_params``: that pass, if the caller already made it at ``params`` (``full_grad(params,
+        with_shared=True)``); one made in low precision is not used (the outer loss keeps the model's dtype).
         """
         with record_function("ecop.outer_loss"):
-            return self._full_mse(params)
+            return self._full_mse(params, at_params)
 
-    def _full_mse(self, params: Params) -> torch.Tensor:
+    def _full_mse(self, params: Params, at_params: FullGrad | None) -> torch.Tensor:
         if self.chunk_size is None:
             return squared_errors(self.backend(params, self.coords), self.values).mean(dim=1) / self.channels
-        full = self.full_grad(params, with_shared=bool(self.shared))
+        reusable = at_params is not None and not at_params.low_precision
+        full = at_params if reusable else self.full_grad(params, with_shared=True)
+        assert full is not None
         inner = sum(
             ((p * full.grads[n]).flatten(1).sum(1) for n, p in params.items()),
             start=full.mse.new_zeros(self.batch),
@@ -253,13 +252,11 @@ class ContextEvaluator:
         return full.mse + inner - inner.detach()
 
 
-def _sgd_step(
-    ctx: ContextEvaluator, params: Params, pruned_idx: torch.Tensor | None, rates: Rates, create_graph: bool
-) -> Params:
+def _sgd_step(ctx: ContextEvaluator, params: Params, pruned_idx: Points, rates: Rates, create_graph: bool) -> Params:
     with record_function("ecop.pruned_forward"):
         loss = ctx.loss(params, pruned_idx)
     with record_function("ecop.inner_gradient"):
         grads = torch.autograd.grad(
             loss, list(params.values()), create_graph=create_graph, allow_unused=True, materialize_grads=True
         )
-    return {n: p - rates[n] * g for (n, p), g in zip(params.items(), grads, strict=True)}
+    return sgd_update(params, dict(zip(params, grads, strict=True)), rates)

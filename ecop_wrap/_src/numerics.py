@@ -10,6 +10,9 @@ import torch
 from ..typing import Params
 
 __all__ = [
+    "ALL_POINTS",
+    "AllPoints",
+    "Points",
     "coords_chunk",
     "expand_params",
     "gather_points",
@@ -17,9 +20,30 @@ __all__ = [
     "num_selected",
     "per_signal",
     "point_chunks",
+    "sgd_update",
     "squared_errors",
     "topk_indices",
 ]
+
+
+class AllPoints:
+    """The selection "every point of the context" (a pruned fraction that keeps everything): gathering it is
+    the identity, so no index tensor is built. Use the one instance, :data:`ALL_POINTS`."""
+
+    _instance: AllPoints | None = None
+
+    def __new__(cls) -> AllPoints:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "ALL_POINTS"
+
+
+ALL_POINTS = AllPoints()
+Points = torch.Tensor | AllPoints
+"""A selection of context points: indices ``[B, k]`` per signal, or :data:`ALL_POINTS`."""
 
 
 def num_selected(num_points: int, gamma: float) -> int:
@@ -53,8 +77,11 @@ def topk_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
     return scores.topk(k, dim=1, sorted=False).indices
 
 
-def gather_points(tensor: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """Pick points ``idx [B, k]`` from ``[B, M, X]`` (or shared ``[M, X]``), giving ``[B, k, X]``."""
+def gather_points(tensor: torch.Tensor, idx: Points) -> torch.Tensor:
+    """Pick points ``idx [B, k]`` from ``[B, M, X]`` (or shared ``[M, X]``), giving ``[B, k, X]``; with
+    :data:`ALL_POINTS`, ``tensor`` itself."""
+    if isinstance(idx, AllPoints):
+        return tensor
     if tensor.ndim == 2:
         return tensor[idx]
     return torch.gather(tensor, 1, idx.unsqueeze(-1).expand(-1, -1, tensor.shape[-1]))
@@ -69,6 +96,20 @@ def global_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
 def per_signal(vector: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """``vector [B]`` viewed as ``[B, 1, ..., 1]`` to broadcast against ``like [B, ...]``."""
     return vector.view(-1, *[1] * (like.ndim - 1))
+
+
+def sgd_update(params: Params, grads: Params, rates: dict[str, float | torch.Tensor] | float) -> Params:
+    """One SGD step ``p - rate * g`` for every parameter: the library's only parameter update.
+
+    Args:
+        params: name -> ``[B, *shape]``.
+        grads: name -> ``[B, *shape]`` (the same names).
+        rates: one step size for all, or per name a float, a scalar tensor or a tensor broadcasting against
+            the parameter (learned rates).
+    """
+    if isinstance(rates, dict):
+        return {n: p - rates[n] * grads[n] for n, p in params.items()}
+    return {n: p - rates * grads[n] for n, p in params.items()}
 
 
 def expand_params(named: dict[str, torch.Tensor], batch: int) -> Params:

@@ -7,13 +7,16 @@ Learned rates start at ``inner_lr`` and are kept in ``[0, max_inner_lr]`` after 
 
 from __future__ import annotations
 
+from typing import get_args
+
 import torch
 
+from ..typing import LearnInnerLR
 from .evaluator import Rates
 
 __all__ = ["LEARN_INNER_LR_MODES", "InnerRates"]
 
-LEARN_INNER_LR_MODES = ("per_tensor", "per_element")
+LEARN_INNER_LR_MODES: tuple[LearnInnerLR, ...] = get_args(LearnInnerLR)
 
 
 class InnerRates:

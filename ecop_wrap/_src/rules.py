@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..typing import Params
-from .numerics import global_norm, squared_errors
+from .numerics import ALL_POINTS, global_norm, squared_errors
 
 if TYPE_CHECKING:
     from .evaluator import ContextEvaluator, FullGrad
@@ -42,9 +42,14 @@ __all__ = [
 
 @runtime_checkable
 class SelectionRule(Protocol):
-    """Scores context points; higher scores are kept first."""
+    """Scores context points; higher scores are kept first.
+
+    A rule whose scores draw from the ``generator`` should set a class attribute ``uses_generator = True``:
+    a multi-rank checkpoint can then only resume with the same number of ranks (each rank's random stream).
+    """
 
     name: str
+    """The name it is registered under (recorded in the configuration and in checkpoints)."""
 
     def scores(self, ctx: ContextEvaluator, params: Params, generator: torch.Generator) -> torch.Tensor:
         """Scores ``[B, M]`` of every point at ``params`` (name -> ``[B, *shape]``), computed without a graph.
@@ -137,6 +142,7 @@ class RandomSelection:
     """A uniformly random subset of the same size (the paper's ablation)."""
 
     name = "random"
+    uses_generator = True
 
     def __init__(self, model: nn.Module | None = None, layer: nn.Module | None = None) -> None:
         del model, layer  # every point's error needs neither
@@ -206,7 +212,7 @@ class NormScaling:
     def scale(
         self, ctx: ContextEvaluator, params: Params, full: FullGrad, pruned_idx: torch.Tensor | None
     ) -> torch.Tensor:
-        pruned_grads = ctx.grad(params, pruned_idx)
+        pruned_grads = ctx.grad(params, ALL_POINTS if pruned_idx is None else pruned_idx)
         return global_norm(list(pruned_grads.values())) / (global_norm(list(full.grads.values())) + 1e-16)
 
 
