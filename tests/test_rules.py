@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import sys
 
 import pytest
 import torch
@@ -21,21 +23,8 @@ from ecop_wrap import (
     register_selection,
 )
 
-
-class ErrorSampling:
-    """Soft-mining style: sample the pruned set without replacement with probability proportional to
-    ``error ** alpha`` (Gumbel top-k), instead of taking the top-k deterministically."""
-
-    name = "error_sampling"
-
-    def __init__(self, model, alpha: float = 1.0):
-        self.alpha = alpha
-
-    def scores(self, ctx, params, generator):
-        errors = ctx.errors(params)
-        uniform = torch.rand(errors.shape, generator=generator, dtype=errors.dtype, device=errors.device)
-        gumbel = -torch.log(-torch.log(uniform.clamp_min(1e-12)))
-        return self.alpha * torch.log(errors.clamp_min(1e-30)) + gumbel
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+from speed.rules import ErrorSampling  # the one copy of this example rule (the docs and benchmarks/speed use it)
 
 
 class SmallestError:
