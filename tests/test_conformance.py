@@ -234,10 +234,11 @@ def test_random_selection_matches_the_reference_for_the_subsets_it_drew(family, 
 
 
 # ------------------------------------------------------------------------------------------------ batching
+@SHARED
 @pytest.mark.parametrize("family", FAMILIES, ids=FAMILY_IDS)
-def test_auto_batching_settles_lazily_and_agrees_with_the_loop(family):
+def test_auto_batching_settles_lazily_and_agrees_with_the_loop(family, shared):
     model = family.model()
-    batch = family.signals(shared=False)
+    batch = family.signals(shared=shared)
     config = _settings(family)["ecop"]
     learner = family.learner(model, **config)
     assert learner.backend.batching == "auto"  # chosen on the first forward, not at construction
