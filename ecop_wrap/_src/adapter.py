@@ -9,7 +9,8 @@ gradient by a registered scaling rule: ``||g_pruned|| / ||g_full||`` (``"norm"``
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator
+import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -251,6 +252,34 @@ class GradScaledAdapter:
     ) -> tuple[Params, torch.Tensor | None, torch.Tensor]:
         scale = self.scaling_rule.scale(ctx, params, full, pruned_idx).detach()
         return {n: g * per_signal(scale, g) for n, g in full.grads.items()}, pruned_idx, scale
+
+    def encode(
+        self,
+        signals: Iterable[Any],
+        batch_size: int,
+        directory: str | os.PathLike[str],
+        **options: Any,
+    ) -> torch.utils.data.Dataset[Any]:
+        """Fit every signal of a dataset, ``batch_size`` at a time, and write the fitted tensors (e.g. the latents
+        of ``adapt=["latent"]``) with their labels to safetensors shards in ``directory`` (``docs/sharing.md``).
+
+        Args:
+            signals: ``(coords [M, C], values [M, D])`` or ``(coords, values, label)`` items: a ``SignalDataset``
+                (its ``names`` are kept), any map-style dataset or an iterable. Consecutive signals of one shape
+                are fitted together, with one shared grid when their coordinates are equal.
+            batch_size: signals per fit.
+            directory: created if needed; one that already holds codes is refused unless ``overwrite=True``.
+            options: ``labels`` (one per signal when the items have none, e.g. the labels
+                :func:`~ecop_wrap.data.glyph_images` returns), ``steps`` (default: the adapter's), ``shard_size``
+                (signals per shard file, 4096), ``progress`` (a tqdm bar when tqdm is installed; True) and
+                ``overwrite`` (False).
+
+        Returns:
+            the codes read back as a :class:`~ecop_wrap.data.LatentDataset`, in the order of ``signals``.
+        """
+        from .encode import encode_signals
+
+        return encode_signals(self, signals, batch_size, directory, **options)
 
 
 def _is_batched(signal: object) -> bool:

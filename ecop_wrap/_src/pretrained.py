@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib
 import inspect
 import json
 import os
@@ -264,13 +265,13 @@ def _resolve_directory(
     if not isinstance(source, str) or not _REPO_ID.match(source) or path.exists():
         raise FileNotFoundError(f"{os.fspath(source)!r} is not a directory written by save_pretrained")
     try:
-        from huggingface_hub import snapshot_download
+        hub = _import_hub()
     except ImportError as exc:
         raise FileNotFoundError(
             f"{source!r} is not a local directory; to load it as a Hugging Face Hub repo id, install the hub extra: "
             "pip install 'ecop-wrap[hub]'"
         ) from exc
-    local = snapshot_download(
+    local = hub.snapshot_download(
         repo_id=source,
         allow_patterns=_HUB_FILES,
         revision=revision,
@@ -399,6 +400,11 @@ def _check_tensors(
 
 
 # ---------------------------------------------------------------------------------------------------- hub
+def _import_hub() -> Any:
+    """``huggingface_hub``, the optional dependency of the ``hub`` extra (imported only when it is used)."""
+    return importlib.import_module("huggingface_hub")
+
+
 def push_to_hub(
     learner: ContextPruningMetaLearner,
     repo_id: str,
@@ -412,10 +418,10 @@ def push_to_hub(
 ) -> str:
     """Save into a temporary directory and upload it as one commit (needs ``pip install 'ecop-wrap[hub]'``)."""
     try:
-        from huggingface_hub import HfApi
+        hub = _import_hub()
     except ImportError as exc:
         raise ImportError("push_to_hub needs huggingface_hub: pip install 'ecop-wrap[hub]'") from exc
-    api = HfApi(token=token)
+    api = hub.HfApi(token=token)
     repo_id = api.create_repo(repo_id=repo_id, private=private, exist_ok=True).repo_id
     with tempfile.TemporaryDirectory() as tmp:
         save_pretrained(learner, tmp, **card)
