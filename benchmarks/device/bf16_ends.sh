@@ -20,12 +20,12 @@ echo "== 2. builtin comparison, float32 vs bf16 (ends in float32), seeds 0 and 1
 R="--images builtin --resolution 32 --width 128 --depth 3 --batch 4 --outer-lr 3e-4 --max-grad-norm 1.0 --eval-split both --methods ecop --device $DEV --no-plot $REP"
 for seed in 0 1; do
   for dt in float32 bfloat16; do
-    timeout $T2 $PY benchmarks/reproduce.py $R --seed $seed --graph-free-dtype $dt --json $O/bf16ends_s${seed}_${dt}.json > $O/repro_s${seed}_${dt}.log 2>&1 &
+    timeout $T2 $PY benchmarks/reproduce $R --seed $seed --graph-free-dtype $dt --json $O/bf16ends_s${seed}_${dt}.json > $O/repro_s${seed}_${dt}.log 2>&1 &
   done
 done
 wait
 tail -n 3 $O/repro_s*.log | tee -a $LOG
 for seed in 0 1; do
-  $PY benchmarks/reproduce.py --paired $O/bf16ends_s${seed}_bfloat16.json:ecop $O/bf16ends_s${seed}_float32.json:ecop 2>&1 | tee -a $LOG
+  $PY benchmarks/reproduce --paired $O/bf16ends_s${seed}_bfloat16.json:ecop $O/bf16ends_s${seed}_float32.json:ecop 2>&1 | tee -a $LOG
 done
 echo "== done ($(date +%T))" | tee -a $LOG

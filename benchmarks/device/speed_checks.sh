@@ -24,11 +24,11 @@ echo "== 1. --compare on $DEV ($(date +%T))" | tee -a $LOG
 timeout $T1 $PY benchmarks/speed --compare --device $DEV $CMP --json $O/speed_compare_64_b8_cuda.json 2>&1 | tee -a $LOG
 echo "== 2. builtin comparison, ECoP graph_free_dtype float32 vs bfloat16, in parallel ($(date +%T))" | tee -a $LOG
 R="--images builtin --resolution 32 --width 128 --depth 3 --batch 4 --seed 0 --outer-lr 3e-4 --max-grad-norm 1.0 --eval-split both --methods ecop --device $DEV --no-plot $REP"
-timeout $T2 $PY benchmarks/reproduce.py $R --graph-free-dtype float32 --json $O/bf16check_float32.json > $O/repro_float32.log 2>&1 &
-timeout $T2 $PY benchmarks/reproduce.py $R --graph-free-dtype bfloat16 --json $O/bf16check_bfloat16.json > $O/repro_bfloat16.log 2>&1 &
+timeout $T2 $PY benchmarks/reproduce $R --graph-free-dtype float32 --json $O/bf16check_float32.json > $O/repro_float32.log 2>&1 &
+timeout $T2 $PY benchmarks/reproduce $R --graph-free-dtype bfloat16 --json $O/bf16check_bfloat16.json > $O/repro_bfloat16.log 2>&1 &
 wait
 tail -n 5 $O/repro_float32.log $O/repro_bfloat16.log | tee -a $LOG
-$PY benchmarks/reproduce.py --paired $O/bf16check_bfloat16.json:ecop $O/bf16check_float32.json:ecop 2>&1 | tee -a $LOG
+$PY benchmarks/reproduce --paired $O/bf16check_bfloat16.json:ecop $O/bf16check_float32.json:ecop 2>&1 | tee -a $LOG
 echo "== 3. --fit on $DEV, reference and pruned 16, eager and compiled ($(date +%T))" | tee -a $LOG
 timeout $T3 $PY benchmarks/speed --fit --device $DEV --checkpoint ${CKPT:-benchmarks/results/ecop_init_32.pt} $FIT --fit-compile --json $O/speed_fit_32_cuda.json 2>&1 | tee -a $LOG
 echo "== done ($(date +%T))" | tee -a $LOG
