@@ -14,7 +14,9 @@ codes do not beat pixels, and ECoP's error-based pruning is unstable on these gl
 Writes to ``--out`` (default ``outputs/latents/``): ``reconstructions.png`` (held-out glyphs: originals, ECoP,
 Learnit), ``latents_pca.png`` (2-D PCA of the held-out codes and pixels, each point drawn as its character),
 ``meta_training.png``, the checkpoints ``ecop.pt`` and ``learnit.pt`` (``ContextPruningMetaLearner.load``;
-``--resume`` continues from them), ``latents.pt`` (codes and labels) and ``summary.json``.
+``--resume`` continues from them), the shareable initializations ``ecop-init/`` and ``learnit-init/``
+(``ContextPruningMetaLearner.from_pretrained``), the fitted codes ``codes/<method>/<train|test>/`` written by
+``GradScaledAdapter.encode`` (read them with ``ecop_wrap.data.LatentDataset``) and ``summary.json``.
 Needs ``pip install 'ecop-wrap[examples]'``.
 """
 
@@ -24,6 +26,7 @@ import argparse
 import copy
 import json
 import math
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,8 +35,13 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import Progress, add_flags, example_parser
+
 from ecop_wrap import ContextPruningMetaLearner, GradScaledAdapter, ModulatedSiren
-from ecop_wrap.data import FONT_FAMILIES, GLYPH_CLASSES, SignalDataset, glyph_images
+from ecop_wrap.data import FONT_FAMILIES, GLYPH_CLASSES, LatentDataset, SignalDataset, glyph_images
+from ecop_wrap.plotting import plot_psnr_curves
 
 ECOP, LEARNIT, PIXELS = "ECoP", "Learnit", "pixels"
 #: font families held out for testing: a monospaced sans and a Times-like serif; the training families include
@@ -44,24 +52,15 @@ TEST_FAMILIES = ("DejaVu Sans Mono", "STIX General")
 # --------------------------------------------------------------------------------------------------- flags
 def build_parser() -> argparse.ArgumentParser:
     """The command line; every flag has a help text (``--help``)."""
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog="The defaults finish in a few minutes on a 2-core CPU (see README.md for a measured run).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    parser = example_parser(__doc__, "The defaults finish in a few minutes on a 2-core CPU (see README.md).")
     group = parser.add_argument_group("data (glyphs of matplotlib's fonts)")
     group.add_argument("--resolution", type=int, default=16, help="image side R (grayscale R x R glyphs)")
     group.add_argument(
-        "--train-per-class",
-        type=int,
-        default=30,
-        help="training images per character (meta-training and classifier training)",
+        "--train-per-class", type=int, default=30, help="training images per character (meta-training, classifier)"
     )
     group.add_argument("--test-per-class", type=int, default=10, help="held-out images per character")
     group.add_argument(
-        "--classes",
-        default=GLYPH_CLASSES,
-        help="the characters to classify, one class each (default: 0-9 and A-Z, 36 classes)",
+        "--classes", default=GLYPH_CLASSES, help="the characters to classify, one class each (default: 0-9 and A-Z)"
     )
     group.add_argument(
         "--test-families",
@@ -71,14 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     group.add_argument("--max-rotation", type=float, default=12.0, help="glyphs are rotated by up to this many degrees")
     group = parser.add_argument_group("model (ModulatedSiren)")
-    group.add_argument("--hidden-features", type=int, default=64, help="width of each modulated sine layer")
-    group.add_argument("--hidden-layers", type=int, default=3, help="number of modulated sine layers")
+    helps = {
+        "hidden_features": "width of each modulated sine layer",
+        "hidden_layers": "number of modulated sine layers",
+    }
+    add_flags(group, ("hidden_features", "hidden_layers"), helps, hidden_features=64)
     group.add_argument("--latent-dim", type=int, default=64, help="size of the per-image latent code")
-    group.add_argument("--w0", type=float, default=30.0, help="SIREN frequency omega_0")
+    add_flags(group, ("w0",))
     group = parser.add_argument_group("meta-training (both methods; latent-only adaptation)")
-    group.add_argument("--outer-steps", type=int, default=300, help="outer (meta) steps of each method, same batches")
-    group.add_argument("--batch-size", type=int, default=16, help="images per outer step (B)")
-    group.add_argument("--outer-lr", type=float, default=3e-4, help="Adam learning rate of the shared weights")
+    helps = {"batch_size": "images per outer step (B)", "outer_lr": "Adam learning rate of the shared weights"}
+    add_flags(group, ("outer_steps", "batch_size", "outer_lr"), helps, batch_size=16)
     group.add_argument(
         "--rates-lr",
         type=float,
@@ -86,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="Adam learning rate of the learned inner rates (per-element rates learned at --outer-lr made "
         "ECoP's meta-gradient explode on these glyphs)",
     )
-    group.add_argument("--inner-lr", type=float, default=0.03, help="initial inner step size of the latent")
+    add_flags(group, ("inner_lr",), {"inner_lr": "initial inner step size of the latent"}, inner_lr=0.03)
     group.add_argument("--max-inner-lr", type=float, default=1.0, help="learned inner rates are kept in [0, this]")
     group.add_argument(
         "--learn-inner-lr",
@@ -95,20 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="learned inner rates: one per latent element (Meta-SGD), one per inner step (MAML++), "
         "or none (a fixed --inner-lr)",
     )
-    group.add_argument(
-        "--max-grad-norm", type=float, default=1.0, help="clip the meta-gradient's norm (0: no clipping)"
-    )
+    add_flags(group, ("max_grad_norm",))
     group = parser.add_argument_group("ECoP")
-    group.add_argument("--gamma", type=float, default=0.25, help="fraction of the pixels kept per inner step")
-    group.add_argument("--inner-steps", type=int, default=16, help="ECoP's inner steps K")
-    group.add_argument("--bootstrap-steps", type=int, default=5, help="L full-context bootstrap steps (0: none)")
-    group.add_argument(
-        "--lam",
-        type=float,
-        default=0.1,
-        help="weight lambda of the bootstrap distance (the distance is an unsquared norm, so its gradient "
-        "has norm lambda whatever the distance; the paper's 100 swamps the MSE of a 64-dim latent)",
-    )
+    lam = "weight lambda of the bootstrap distance (an unsquared norm, so its gradient has norm lambda whatever the "
+    lam += "distance; the paper's 100 swamps the MSE of a 64-dim latent)"
+    add_flags(group, ("gamma", "inner_steps", "bootstrap_steps", "lam"), {"lam": lam}, lam=0.1)
     group.add_argument(
         "--selection",
         choices=("error", "random", "gradncp"),
@@ -118,14 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument(
         "--boot-lr", type=float, default=None, help="step size of the bootstrap steps (default: --inner-lr)"
     )
-    group = parser.add_argument_group("Learnit baseline (full-context MAML)")
-    group.add_argument("--learnit-steps", type=int, default=4, help="Learnit's inner steps K")
-    group = parser.add_argument_group("fitting the codes (GradScaledAdapter, full context)")
+    add_flags(parser.add_argument_group("Learnit baseline (full-context MAML)"), ("learnit_steps",))
+    group = parser.add_argument_group("fitting the codes (GradScaledAdapter.encode, full context)")
     group.add_argument(
-        "--fit-steps",
-        type=int,
-        default=16,
-        help="test-time steps per image for both methods (ECoP gradient-scaled, Learnit unscaled)",
+        "--fit-steps", type=int, default=16, help="test-time steps per image (ECoP gradient-scaled, Learnit unscaled)"
     )
     group.add_argument("--fit-batch", type=int, default=128, help="images fitted at once")
     group = parser.add_argument_group("classifier (the same MLP on every feature set)")
@@ -136,25 +124,16 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--weight-decay", type=float, default=1e-3, help="AdamW weight decay")
     group.add_argument("--dropout", type=float, default=0.2, help="dropout before each hidden layer")
     group.add_argument(
-        "--classifier-seeds",
-        type=int,
-        default=3,
-        help="classifiers trained per feature set (different initializations); mean and std reported",
+        "--classifier-seeds", type=int, default=3, help="classifiers per feature set (different seeds): mean and std"
     )
     group = parser.add_argument_group("output")
     group.add_argument(
-        "--out",
-        type=Path,
-        default=Path("outputs") / "latents",
-        help="folder for checkpoints, PNGs, latents.pt and summary.json",
+        "--out", type=Path, default=Path("outputs") / "latents", help="folder for everything written (see above)"
     )
     group.add_argument(
-        "--resume",
-        action="store_true",
-        help="load ecop.pt and learnit.pt from --out and meta-train only the remaining outer steps",
+        "--resume", action="store_true", help="load ecop.pt and learnit.pt from --out; train the remaining steps"
     )
-    group.add_argument("--show", type=int, default=12, help="held-out glyphs drawn in reconstructions.png")
-    group.add_argument("--seed", type=int, default=0, help="seed of the data, the model initialization and batch order")
+    add_flags(group, ("show", "seed"), {"show": "held-out glyphs drawn in reconstructions.png"}, show=12)
     group.add_argument(
         "--threads",
         type=int,
@@ -162,8 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch CPU threads; the model is so small that one thread is as fast as two, and on a busy machine "
         "faster (0: PyTorch's choice)",
     )
-    group.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    group.add_argument("--no-progress", action="store_true", help="plain log lines instead of tqdm progress bars")
+    add_flags(group, ("device", "no_progress"))
     return parser
 
 
@@ -232,33 +210,6 @@ def make_glyphs(args: argparse.Namespace) -> Glyphs:
     return Glyphs(train, train_labels, test, test_labels, train_families, test_families)
 
 
-# ------------------------------------------------------------------------------------------------ progress
-class Progress:
-    """A tqdm bar when tqdm is installed and wanted, else a log line every 10 %."""
-
-    def __init__(self, total: int, desc: str, plain: bool) -> None:
-        self.total, self.count, self.desc, self.bar = total, 0, desc, None
-        if not plain:
-            try:
-                from tqdm.auto import tqdm
-            except ImportError:
-                print("(tqdm is not installed: pip install 'ecop-wrap[examples]' for progress bars)")
-            else:
-                self.bar = tqdm(total=total, desc=desc, dynamic_ncols=True)
-
-    def update(self, text: str = "", count: int = 1) -> None:
-        previous, self.count = self.count, self.count + count
-        if self.bar is not None:
-            self.bar.set_postfix_str(text, refresh=False)
-            self.bar.update(count)
-        elif self.count == self.total or self.count // max(1, self.total // 10) > previous // max(1, self.total // 10):
-            print(f"  {self.desc} {self.count}/{self.total} {text}", flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 # ------------------------------------------------------------------------------------------- meta-training
 def build_learners(args: argparse.Namespace) -> dict[str, ContextPruningMetaLearner]:
     """ECoP and Learnit around the same randomly initialized ``ModulatedSiren``, both adapting only ``latent``."""
@@ -311,7 +262,7 @@ def meta_train(
     batches = _batches(train, args)
     for _ in range(done):  # the batches a resumed run has already seen
         next(batches)
-    progress = Progress(max(0, args.outer_steps - done), "meta-training", args.no_progress)
+    progress = Progress(max(0, args.outer_steps - done), "meta-training", args.no_progress, unit="step")
     try:
         for _ in range(done, args.outer_steps):
             batch = next(batches)
@@ -332,49 +283,34 @@ def meta_train(
 
 # ---------------------------------------------------------------------------------------------------- codes
 class Codes(NamedTuple):
-    """One method's fitted latents and reconstructions."""
+    """One method's fitted latents (as written by ``GradScaledAdapter.encode``) and held-out reconstructions."""
 
-    train: torch.Tensor  # [N_train, latent_dim]
-    test: torch.Tensor  # [N_test, latent_dim]
-    train_psnr: torch.Tensor  # [fit_steps + 1, N_train]
-    test_psnr: torch.Tensor  # [fit_steps + 1, N_test]
+    train: LatentDataset  # N_train codes [latent_dim] with their labels; .psnr [N_train, fit_steps + 1]
+    test: LatentDataset  # N_test codes
     test_recons: torch.Tensor  # [N_test, M, 1]
 
 
 def fit_codes(
-    name: str, learner: ContextPruningMetaLearner, dataset: SignalDataset, args: argparse.Namespace, progress: Progress
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Fit every image of ``dataset`` from the learner's initialization (ECoP gradient-scaled, Learnit unscaled).
-
-    Returns:
-        latents ``[N, latent_dim]``, PSNR per step ``[fit_steps + 1, N]``, reconstructions ``[N, M, 1]``.
-    """
-    adapter = GradScaledAdapter(learner, steps=args.fit_steps, scaling="norm" if name == ECOP else "none")
-    latents, psnrs, recons = [], [], []
-    for coords, values in dataset.batches(args.fit_batch, shuffle=False, drop_last=False):
-        coords, values = coords.to(args.device), values.to(args.device)
-        fit = adapter.fit((coords, values))
-        latents.append(fit.params["latent"].detach().cpu())
-        psnrs.append(fit.history["psnr"].cpu())
-        with torch.no_grad():
-            recons.append(fit(coords).cpu())
-        progress.update(f"{name} {float(fit.history['psnr'][-1].mean()):.1f} dB", len(values))
-    return torch.cat(latents), torch.cat(psnrs, dim=1), torch.cat(recons)
-
-
-def fit_all(
-    learners: dict[str, ContextPruningMetaLearner], glyphs: Glyphs, args: argparse.Namespace
+    learners: dict[str, ContextPruningMetaLearner], glyphs: Glyphs, args: argparse.Namespace, out: Path
 ) -> dict[str, Codes]:
-    """Codes of every training and held-out image for each method (ECoP gradient-scaled, Learnit unscaled)."""
-    progress = Progress(len(learners) * (len(glyphs.train) + len(glyphs.test)), "fitting codes", args.no_progress)
+    """Fit every training and held-out image from each learner's initialization (ECoP gradient-scaled, Learnit
+    unscaled); the codes go to ``out/codes/<method>/<split>/``."""
     codes = {}
-    try:
-        for name, learner in learners.items():
-            train, train_psnr, _ = fit_codes(name, learner, glyphs.train, args, progress)
-            test, test_psnr, recons = fit_codes(name, learner, glyphs.test, args, progress)
-            codes[name] = Codes(train, test, train_psnr, test_psnr, recons)
-    finally:
-        progress.close()
+    for name, learner in learners.items():
+        adapter = GradScaledAdapter(learner, steps=args.fit_steps, scaling="norm" if name == ECOP else "none")
+        splits = {}
+        sets = (("train", glyphs.train, glyphs.train_labels), ("test", glyphs.test, glyphs.test_labels))
+        for split, dataset, labels in sets:
+            folder = out / "codes" / name.lower() / split
+            splits[split] = adapter.encode(
+                dataset, args.fit_batch, folder, labels=labels, progress=not args.no_progress, overwrite=True
+            )
+        with torch.no_grad():  # every held-out glyph at its code: the latent is batched [N, latent_dim]
+            latents = splits["test"].codes["latent"].to(args.device)
+            recons = torch.func.functional_call(
+                learner.model, {"latent": latents}, (glyphs.test.coords.to(args.device),)
+            )
+        codes[name] = Codes(splits["train"], splits["test"], recons.cpu())
     return codes
 
 
@@ -430,7 +366,7 @@ def train_classifier(
 
 def classify(codes: dict[str, Codes], glyphs: Glyphs, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """Accuracy of the same MLP on each method's codes and on raw pixels, over ``--classifier-seeds`` runs."""
-    features = {name: (c.train, c.test) for name, c in codes.items()}
+    features = {name: (c.train.features(), c.test.features()) for name, c in codes.items()}
     features[PIXELS] = (glyphs.train.stacked().flatten(1), glyphs.test.stacked().flatten(1))
     progress = Progress(len(features) * args.classifier_seeds, "classifiers", args.no_progress)
     results: dict[str, dict[str, Any]] = {}
@@ -480,7 +416,7 @@ def draw_reconstructions(glyphs: Glyphs, codes: dict[str, Codes], args: argparse
             ax.set_xticks([])
             ax.set_yticks([])
             if label != "original":
-                ax.set_title(f"{float(codes[label].test_psnr[-1, index]):.1f} dB", fontsize=7)
+                ax.set_title(f"{float(codes[label].test.psnr[index, -1]):.1f} dB", fontsize=7)
             else:
                 ax.set_title(glyphs.test.names[index].split("|")[1].removesuffix(".ttf"), fontsize=5)
             if col == 0:
@@ -503,7 +439,7 @@ def draw_pca(
     """One panel per feature set: held-out images on the first two principal axes, drawn as their characters."""
     from matplotlib import colormaps
 
-    features = {name: (c.train, c.test) for name, c in codes.items()}
+    features = {name: (c.train.features(), c.test.features()) for name, c in codes.items()}
     features[PIXELS] = (glyphs.train.stacked().flatten(1), glyphs.test.stacked().flatten(1))
     colours = colormaps["hsv"]
     fig = _figure(4.2 * len(features), 4.4)
@@ -530,25 +466,15 @@ def draw_pca(
 
 
 def draw_meta_training(history: dict[str, list[float]], path: Path) -> Path | None:
-    """Training-batch PSNR after each method's inner loop (running mean of 20 steps)."""
+    """Training-batch PSNR after each method's inner loop (running mean of the last 20 finite values)."""
     if not any(history.values()):
         return None
-    fig = _figure(6.0, 3.6)
-    ax = fig.subplots()
+    curves = {}
     for name, values in history.items():
-        kept: list[float] = []
-        curve = []
-        for value in values:
-            if math.isfinite(value):
-                kept = ([*kept, value])[-20:]
-            curve.append(sum(kept) / len(kept) if kept else float("nan"))
-        ax.plot(curve, label=name)
-    ax.set_xlabel("outer step (this run)")
-    ax.set_ylabel("PSNR (dB)")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.savefig(path, dpi=120)
-    return path
+        finite = [[v for v in values[: i + 1] if math.isfinite(v)][-20:] for i in range(len(values))]
+        curves[name] = [sum(kept) / len(kept) if kept else float("nan") for kept in finite]
+    title = "training-batch PSNR after each method's inner loop (running mean)"
+    return Path(plot_psnr_curves(curves, path, title=title, xlabel="outer step (this run)"))
 
 
 # ------------------------------------------------------------------------------------------------------ run
@@ -570,7 +496,7 @@ def _print_results(codes: dict[str, Codes], accuracy: dict[str, dict[str, Any]],
     print(f"\nheld-out glyphs ({len(next(iter(codes.values())).test)} images, unseen font families)")
     print(f"{'features':<16}{'dims':>6}{'test accuracy':>20}{'train accuracy':>16}{'PSNR after fit':>16}")
     for name, result in accuracy.items():
-        psnr = f"{float(codes[name].test_psnr[-1].mean()):.2f} dB" if name in codes else "-"
+        psnr = f"{float(codes[name].test.psnr[:, -1].mean()):.2f} dB" if name in codes else "-"
         score = f"{result['test_accuracy_mean']:.3f} ± {result['test_accuracy_std']:.3f}"
         label = f"{name} latents" if name in codes else "raw pixels"
         print(f"{label:<16}{result['features']:>6}{score:>20}{result['train_accuracy_mean']:>16.3f}{psnr:>16}")
@@ -601,16 +527,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for name, learner in learners.items():
         learner.save(out / f"{name.lower()}.pt")
     start = time.perf_counter()
-    codes = fit_all(learners, glyphs, args)
+    codes = fit_codes(learners, glyphs, args, out)
     fit_seconds = time.perf_counter() - start
-    torch.save(
-        {
-            "labels": {"train": glyphs.train_labels, "test": glyphs.test_labels},
-            "classes": args.classes,
-            **{name: {"train": c.train, "test": c.test} for name, c in codes.items()},
-        },
-        out / "latents.pt",
-    )
     start = time.perf_counter()
     accuracy = classify(codes, glyphs, args)
     classify_seconds = time.perf_counter() - start
@@ -627,8 +545,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "train_families": glyphs.train_families,
         "test_families": glyphs.test_families,
         "accuracy": accuracy,
-        "test_psnr": {name: _psnr_summary(c.test_psnr) for name, c in codes.items()},
-        "train_psnr_final_mean": {name: round(float(c.train_psnr[-1].mean()), 3) for name, c in codes.items()},
+        "test_psnr": {name: _psnr_summary(c.test.psnr.T) for name, c in codes.items()},
+        "train_psnr_final_mean": {name: round(float(c.train.psnr[:, -1].mean()), 3) for name, c in codes.items()},
         "learned_inner_lr_mean": {
             name: {n: round(float(r.detach().mean()), 5) for n, r in learner.inner_lrs.items()}
             for name, learner in learners.items()
@@ -647,7 +565,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    names = [p.name for p in written if p is not None] + ["ecop.pt", "learnit.pt", "latents.pt", "summary.json"]
+    side = args.resolution
+    data = f"{len(glyphs.train)} {side}x{side} glyphs of {args.classes!r} in the fonts {glyphs.train_families}"
+    for name, learner in learners.items():
+        results = {"held-out PSNR after the fit (dB)": summary["test_psnr"][name]["final_mean"]}
+        results["MLP accuracy on the held-out codes"] = accuracy[name]["test_accuracy_mean"]
+        learner.save_pretrained(out / f"{name.lower()}-init", training_data=data, results=results)
+    names = [p.name for p in written if p is not None] + ["ecop.pt", "learnit.pt", "*-init/", "codes/", "summary.json"]
     print(f"wrote {', '.join(names)} in {out}/ ({summary['seconds']['total']:.0f} s in all)")
     return summary
 

@@ -232,7 +232,7 @@ def test_latent_classification_end_to_end_and_resume(tmp_path):
     from PIL import Image
 
     from ecop_wrap import ModulatedSiren
-    from ecop_wrap.data import glyph_images
+    from ecop_wrap.data import LatentDataset, glyph_images
 
     out = tmp_path / "latents"
     module = load_example("latent_classification")
@@ -251,8 +251,8 @@ def test_latent_classification_end_to_end_and_resume(tmp_path):
     # Independent check of the saved artefacts: rebuild the held-out glyphs, load the ECoP checkpoint into a fresh
     # model, and evaluate it with plain calls at the zero latent (step 0) and at the saved codes (last step).
     test, labels = glyph_images(2, resolution=12, seed=1, families=["DejaVu Sans Mono", "STIX General"], classes="ABC")
-    saved = torch.load(out / "latents.pt")
-    assert torch.equal(saved["labels"]["test"], labels) and saved["ECoP"]["test"].shape == (6, 8)
+    saved = LatentDataset(out / "codes" / "ecop" / "test")  # written by GradScaledAdapter.encode
+    assert torch.equal(saved.labels, labels) and saved.codes["latent"].shape == (6, 8)
     learner = ContextPruningMetaLearner(
         ModulatedSiren(2, 1, 16, 2, latent_dim=8),
         gamma=0.25,
@@ -269,11 +269,13 @@ def test_latent_classification_end_to_end_and_resume(tmp_path):
     model, values = learner.model, test.stacked()
     with torch.no_grad():
         start = _psnr_db(model(test.coords).expand_as(values), values)
-        params = {**dict(model.named_parameters()), "latent": saved["ECoP"]["test"]}
+        params = {**dict(model.named_parameters()), "latent": saved.codes["latent"]}
         end = _psnr_db(torch.func.functional_call(model, params, (test.coords,)), values)
     curve = summary["test_psnr"]["ECoP"]["mean_per_step"]
     assert curve[0] == pytest.approx(float(start.mean()), abs=2e-3)
     assert curve[-1] == pytest.approx(float(end.mean()), abs=2e-3)
+    shared = ContextPruningMetaLearner.from_pretrained(out / "ecop-init").model.state_dict()
+    assert all(torch.equal(shared[k], v) for k, v in model.state_dict().items())
     # --resume continues from the checkpoints instead of starting again
     resumed = module.main(
         [*TINY_LATENT, "--out", str(out), "--resume", "--outer-steps", "3", "--classifier-seeds", "1"]
