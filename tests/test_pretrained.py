@@ -109,6 +109,15 @@ def test_every_library_model_is_rebuilt_from_the_fixed_table(tmp_path, family):
         assert torch.equal(model(coords), loaded(coords))
 
 
+def test_a_float64_initialization_is_rebuilt_in_float64(tmp_path):
+    model = _perturbed(Siren(2, 1, 8, 1).double())
+    ContextPruningMetaLearner(model, K=1, L=0, lam=0.0, learn_inner_lr="per_tensor").save_pretrained(tmp_path)
+    loaded = ContextPruningMetaLearner.from_pretrained(tmp_path)
+    assert all(p.dtype == torch.float64 for p in loaded.model.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), loaded.model.parameters(), strict=True))
+    assert loaded.inner_lrs["output.weight"].dtype == torch.float64
+
+
 class _UserINR(nn.Module):
     """A model the library does not know: it must be passed as model=."""
 

@@ -234,9 +234,7 @@ def from_pretrained(
         raise ValueError(f"{directory / WEIGHTS_NAME} does not match the SHA-256 digest recorded in config.json")
     tensors = safetensors.torch.load(weights)
     if model is None:
-        model = _rebuild(saved["model"])
-        if device is not None:
-            model = model.to(device)
+        model = _rebuild(saved["model"]).to(device=device, dtype=_saved_dtype(tensors))
     elif not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module or None, got {type(model).__name__}")
     else:
@@ -345,6 +343,12 @@ def _rebuild(entry: dict[str, Any]) -> nn.Module:
             "into your own module"
         )
     return _build(cls, entry.get("init_kwargs"), device="cpu")
+
+
+def _saved_dtype(tensors: dict[str, torch.Tensor]) -> torch.dtype | None:
+    """The floating dtype of the saved model tensors (a float64 initialization is rebuilt in float64)."""
+    dtypes = {v.dtype for k, v in tensors.items() if v.is_floating_point() and not k.startswith(RATE_PREFIX)}
+    return dtypes.pop() if len(dtypes) == 1 else None
 
 
 def _build(cls: type[nn.Module], kwargs: Any, *, device: str) -> nn.Module:
