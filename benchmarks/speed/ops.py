@@ -70,8 +70,9 @@ def _counted(args: argparse.Namespace, learner: ContextPruningMetaLearner, batch
     totals = [r["total"] for r in runs]
     if len(set(totals)) > 1:
         print(f"note: {label}'s op counts differ between steps: {totals}")
-    batching = getattr(learner.backend, "batching", None)
-    return {**runs[0], "total": statistics.median(totals), "totals": totals, "batching": batching}
+    batching = getattr(learner.backend, "batching", None)  # what "auto" chose; None for the higher backend
+    backend = type(learner.backend).__name__
+    return {**runs[0], "total": statistics.median(totals), "totals": totals, "backend": backend, "batching": batching}
 
 
 def run_ops(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
@@ -99,11 +100,11 @@ def _print_ops(args: argparse.Namespace, rows: dict[str, dict[str, Any]], what: 
         f"steps; side {args.side}, SIREN {args.layers + 1}x{args.width}, B={args.batch}, {what}; ECoP "
         f"gamma={args.gamma} K={args.K} L={args.L} vs Learnit K={args.learnit_K}; {describe(args)}"
     )
-    print(f"{'configuration':22s} {'batching':>9s} {'ECoP ops':>9s} {'Learnit ops':>12s} {'ECoP / Learnit':>15s}")
+    print(f"{'configuration':22s} {'batching':>13s} {'ECoP ops':>9s} {'Learnit ops':>12s} {'ECoP / Learnit':>15s}")
     for config, row in rows.items():
-        batching = row[ECOP]["batching"] or "-"
+        batching = row[ECOP]["batching"] or row[ECOP]["backend"]
         ecop, learnit = row[ECOP]["total"], row[LEARNIT]["total"]
-        print(f"{config:22s} {batching:>9s} {ecop:9g} {learnit:12g} {row['ratio']:14.2f}x")
+        print(f"{config:22s} {batching:>13s} {ecop:9g} {learnit:12g} {row['ratio']:14.2f}x")
     first = next(iter(rows))
     for method in (ECOP, LEARNIT):
         split = ", ".join(f"{name} {n}" for name, n in rows[first][method]["per_range"].items())
