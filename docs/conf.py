@@ -67,6 +67,7 @@ html_static_path: list[str] = []
 #: The modules the API page documents, most general first.
 PUBLIC_MODULES = (
     "ecop_wrap",
+    "ecop_wrap.extend",
     "ecop_wrap.models",
     "ecop_wrap.data",
     "ecop_wrap.plotting",

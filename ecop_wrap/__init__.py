@@ -1,47 +1,45 @@
 """ecop-wrap: memory-efficient meta-learning of implicit neural representations with Error-based Context
 Pruning (ECoP), for any ``nn.Module`` INR, and gradient-scaled test-time fitting.
 
-The public API is what this module exports; everything under ``ecop_wrap._src`` is private.
+The public API is what this module exports (every model family included); the building blocks behind it, for
+your own rules, backends and baselines, are in the extension namespace :mod:`ecop_wrap.extend`. Everything
+under ``ecop_wrap._src`` is private.
 """
 
 from ._src.adapter import FitResult, FitStep, GradScaledAdapter
 from ._src.algorithm import MetaLossOutput
-from ._src.backends import BACKENDS, BATCHING_MODES, make_backend
 from ._src.config import ECoPConfig
-from ._src.evaluator import ContextEvaluator, FullGrad
 from ._src.learner import ContextPruningMetaLearner
-from ._src.numerics import num_selected
 from ._src.rules import (
     SCALING_RULES,
     SELECTION_RULES,
     ScalingRule,
     SelectionRule,
+    make_selection,
     register_scaling,
     register_selection,
 )
 from ._src.tracing import SelectionTrace, default_trace_steps, trace_selection
 from .memory import SavedTensorMeter
 from .metrics import mse, mse_to_psnr, psnr
-from .models import FourierFeatureMLP, ModulatedSiren, Siren
+from .models import FourierFeatureMLP, HashGridINR, ModulatedSiren, NeRV, Siren
 from .signals import array_to_signal, image_to_signal, make_grid, signal_to_array, signal_to_image
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BACKENDS",
-    "BATCHING_MODES",
     "SCALING_RULES",
     "SELECTION_RULES",
-    "ContextEvaluator",
     "ContextPruningMetaLearner",
     "ECoPConfig",
     "FitResult",
     "FitStep",
     "FourierFeatureMLP",
-    "FullGrad",
     "GradScaledAdapter",
+    "HashGridINR",
     "MetaLossOutput",
     "ModulatedSiren",
+    "NeRV",
     "SavedTensorMeter",
     "ScalingRule",
     "SelectionRule",
@@ -50,11 +48,10 @@ __all__ = [
     "array_to_signal",
     "default_trace_steps",
     "image_to_signal",
-    "make_backend",
     "make_grid",
+    "make_selection",
     "mse",
     "mse_to_psnr",
-    "num_selected",
     "psnr",
     "register_scaling",
     "register_selection",

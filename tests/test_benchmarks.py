@@ -12,7 +12,8 @@ import sys
 import pytest
 import torch
 
-from ecop_wrap import ContextPruningMetaLearner, Siren, make_grid, num_selected
+from ecop_wrap import ContextPruningMetaLearner, Siren, make_grid
+from ecop_wrap.extend import num_selected
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "benchmarks", "speed")  # a package, run through its __main__.py

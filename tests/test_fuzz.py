@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from reference import TinySiren
 
 from ecop_wrap import ContextPruningMetaLearner, GradScaledAdapter
+from ecop_wrap.extend import ALL_POINTS
 
 MAX_EXAMPLES = 50
 FUZZ = settings(
@@ -84,7 +85,7 @@ def _check_selections(seen: list, p: dict) -> None:
     assert len(seen) == p["learner"]["K"]  # one ranking per inner step
     for idx in seen:
         if k >= p["M"]:
-            assert idx is None  # the whole context: nothing to rank
+            assert idx is ALL_POINTS  # the whole context: nothing to rank
             continue
         assert idx.shape == (p["B"], k)
         assert int(idx.min()) >= 0 and int(idx.max()) < p["M"]
@@ -131,8 +132,8 @@ def test_meta_step_and_fit_are_finite_exact_and_backend_independent(p):
     (s1, sel1, p1, f1), (s2, sel2, p2, f2) = results["torch.func"], results["higher"]
     assert s1["loss"] == pytest.approx(s2["loss"], rel=1e-6, abs=1e-12)
     for a, b in zip(sel1, sel2, strict=True):  # same pruned sets (compared as sets: topk order is unspecified)
-        assert (a is None) == (b is None)
-        if a is not None:
+        assert (a is ALL_POINTS) == (b is ALL_POINTS)
+        if a is not ALL_POINTS:
             assert torch.equal(a.sort(dim=1).values, b.sort(dim=1).values)
     for a, b in zip(p1, p2, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)

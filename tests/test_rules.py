@@ -13,15 +13,14 @@ from reference import make_problem
 from ecop_wrap import (
     SCALING_RULES,
     SELECTION_RULES,
-    ContextEvaluator,
     ContextPruningMetaLearner,
     GradScaledAdapter,
     ScalingRule,
     SelectionRule,
-    make_backend,
     register_scaling,
     register_selection,
 )
+from ecop_wrap.extend import ContextEvaluator, make_backend
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 from speed.rules import ErrorSampling  # the one copy of this example rule (the docs and benchmarks/speed use it)

@@ -12,19 +12,9 @@ from reference import TinySiren, make_problem
 from torch import nn
 from torch.func import functional_call
 
-from ecop_wrap import (
-    ContextEvaluator,
-    ContextPruningMetaLearner,
-    GradScaledAdapter,
-    Siren,
-    make_backend,
-    make_grid,
-    num_selected,
-)
-from ecop_wrap._src.algorithm import inner_loop, select
-from ecop_wrap._src.numerics import ALL_POINTS, expand_params
-from ecop_wrap._src.rates import InnerRates
-from ecop_wrap._src.rules import make_selection
+from ecop_wrap import ContextPruningMetaLearner, GradScaledAdapter, Siren, make_grid, make_selection
+from ecop_wrap._src.numerics import expand_params
+from ecop_wrap.extend import ALL_POINTS, ContextEvaluator, InnerRates, inner_loop, make_backend, num_selected, select
 
 
 class Selector:

@@ -184,7 +184,7 @@ def test_ends_are_the_layer_on_the_coordinates_and_the_last_layer_called(backend
     params = {"latent": torch.randn(2, 4, generator=torch.Generator().manual_seed(0))}
     learner.backend.graph_free(params, torch.rand(2, 10, 2), low_precision=True)
     names = {id(m): n for n, m in model.named_modules()}
-    assert [names[id(m)] for m in learner.backend._full_precision] == ["layers.0.linear", "output"]
+    assert [names[id(m)] for m in learner.backend.precision.modules] == ["layers.0.linear", "output"]
 
 
 def test_a_deep_copied_learner_keeps_its_own_modules_in_float32():
@@ -306,9 +306,9 @@ def test_full_compile_cache_warns_once_and_keeps_the_numbers(monkeypatch, dynamo
     """Past torch's recompile limit a pass runs eagerly after one library warning, not torch's silent fallback."""
     import torch._dynamo
 
-    from ecop_wrap._src import backends
+    from ecop_wrap._src.backends import compiled as compiled_forward
 
-    monkeypatch.setattr(backends, "RECOMPILE_LIMIT", 1)
+    monkeypatch.setattr(compiled_forward, "RECOMPILE_LIMIT", 1)
     model = TinySiren(2, 3).double()
     batch = _batch(dtype=torch.float64)
     eager = meta_grads(ContextPruningMetaLearner(model, K=2, L=1, coord_range=None), batch)
@@ -319,7 +319,7 @@ def test_full_compile_cache_warns_once_and_keeps_the_numbers(monkeypatch, dynamo
         meta_grads(learner, batch)
     messages = [str(w.message) for w in caught if "cache of the graph-free forward is full" in str(w.message)]
     assert len(messages) == 1
-    assert not learner.backend._compile_failed  # the graph it has is still used
+    assert not learner.backend.compiler.failed  # the graph it has is still used
     assert dynamo_without_inductor["stats"]["unique_graphs"] == 1
     torch.testing.assert_close(compiled[0], eager[0], rtol=1e-12, atol=0)
     for a, b in zip(compiled[1], eager[1], strict=True):
@@ -352,7 +352,7 @@ def test_compiled_graph_free_passes_match_eager():
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # a fallback would hide that nothing was compiled
         compiled = meta_grads(learner, batch)
-    assert learner.backend._compiled is not None and not learner.backend._compile_failed
+    assert learner.backend.compiler.compiled is not None and not learner.backend.compiler.failed
     torch.testing.assert_close(compiled[0], eager[0], rtol=1e-5, atol=0)
     for a, b in zip(compiled[1], eager[1], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
@@ -370,7 +370,7 @@ def test_inductor_compiles_bf16_passes_with_float32_ends():
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # a fallback would hide that nothing was compiled
         compiled = meta_grads(learner, batch)
-    assert learner.backend._compiled is not None and not learner.backend._compile_failed
+    assert learner.backend.compiler.compiled is not None and not learner.backend.compiler.failed
     torch.testing.assert_close(compiled[0], eager[0], rtol=0.02, atol=0)
 
 
@@ -386,7 +386,7 @@ def test_compiled_adapter_fits_like_eager():
         warnings.simplefilter("error", RuntimeWarning)  # a fallback would hide that nothing was compiled
         got = compiled.fit(batch)
     want = eager.fit(batch)
-    assert compiled.backend._compiled is not None and not compiled.backend._compile_failed
+    assert compiled.backend.compiler.compiled is not None and not compiled.backend.compiler.failed
     torch.testing.assert_close(got.history["psnr"], want.history["psnr"], rtol=1e-4, atol=0)
     for name, param in got.params.items():
         torch.testing.assert_close(param, want.params[name], rtol=1e-4, atol=1e-6)

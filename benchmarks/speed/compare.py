@@ -29,7 +29,8 @@ from typing import Any
 
 import torch
 
-from ecop_wrap import ContextPruningMetaLearner, GradScaledAdapter, Siren, num_selected
+from ecop_wrap import ContextPruningMetaLearner, GradScaledAdapter, Siren
+from ecop_wrap.extend import num_selected
 
 from .common import LEARNIT, describe, ecop_hyper, learnit_hyper, meta_batch, spread, timed
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ecop_wrap import ContextEvaluator
+from ecop_wrap.extend import ContextEvaluator
 
 
 class ErrorSampling:
