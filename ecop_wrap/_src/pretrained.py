@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib
 import inspect
 import json
 import os
-import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,6 +25,7 @@ from torch import nn
 from ..models import FourierFeatureMLP, HashGridINR, ModulatedSiren, NeRV, Siren
 from ..models._init_kwargs import RecordsInitKwargs
 from .config import ECoPConfig
+from .hub import resolve_directory
 
 if TYPE_CHECKING:
     from .learner import ContextPruningMetaLearner
@@ -39,7 +38,6 @@ __all__ = [
     "RATE_PREFIX",
     "WEIGHTS_NAME",
     "from_pretrained",
-    "push_to_hub",
     "save_pretrained",
 ]
 
@@ -57,8 +55,6 @@ MODEL_CLASSES: dict[str, type[nn.Module]] = {
 _REQUIRED_KEYS = ("format", "library_version", "ecop_config", "adapted", "learn_inner_lr", "model", "weights_sha256")
 _OPTIONAL_KEYS = ("library_name", "meta_steps")
 _MODEL_KEYS = ("class", "init_kwargs", "python_class")
-_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
-_HUB_FILES = [CONFIG_NAME, WEIGHTS_NAME, CARD_NAME]
 
 
 # ------------------------------------------------------------------------------------------------- saving
@@ -226,7 +222,7 @@ def from_pretrained(
     **learner_kwargs: Any,
 ) -> ContextPruningMetaLearner:
     """A learner of class ``cls`` at the initialization saved in ``source`` (see the learner's method)."""
-    directory = _resolve_directory(source, revision, token, cache_dir, local_files_only)
+    directory = resolve_directory(source, revision, token, cache_dir, local_files_only)
     saved = _read_config(directory / CONFIG_NAME)
     config = _ecop_config(saved["ecop_config"], saved["learn_inner_lr"])
     weights = (directory / WEIGHTS_NAME).read_bytes()
@@ -247,37 +243,6 @@ def from_pretrained(
         for name, rate in learner.inner_lrs.items():
             rate.copy_(tensors[RATE_PREFIX + name])
     return learner
-
-
-def _resolve_directory(
-    source: str | os.PathLike[str],
-    revision: str | None,
-    token: str | bool | None,
-    cache_dir: str | os.PathLike[str] | None,
-    local_files_only: bool,
-) -> Path:
-    """A local directory as it is; a string ``owner/name`` that is not one, downloaded from the Hugging Face Hub."""
-    path = Path(source)
-    if path.is_dir():
-        return path
-    if not isinstance(source, str) or not _REPO_ID.match(source) or path.exists():
-        raise FileNotFoundError(f"{os.fspath(source)!r} is not a directory written by save_pretrained")
-    try:
-        hub = _import_hub()
-    except ImportError as exc:
-        raise FileNotFoundError(
-            f"{source!r} is not a local directory; to load it as a Hugging Face Hub repo id, install the hub extra: "
-            "pip install 'ecop-wrap[hub]'"
-        ) from exc
-    local = hub.snapshot_download(
-        repo_id=source,
-        allow_patterns=_HUB_FILES,
-        revision=revision,
-        token=token,
-        cache_dir=None if cache_dir is None else os.fspath(cache_dir),
-        local_files_only=local_files_only,
-    )
-    return Path(local)
 
 
 def _read_config(path: Path) -> dict[str, Any]:
@@ -401,40 +366,3 @@ def _check_tensors(
     if rates != expected:
         raise ValueError(f"{WEIGHTS_NAME} holds learned rates {rates} but the configuration needs {expected}")
     return adapted
-
-
-# ---------------------------------------------------------------------------------------------------- hub
-def _import_hub() -> Any:
-    """``huggingface_hub``, the optional dependency of the ``hub`` extra (imported only when it is used)."""
-    return importlib.import_module("huggingface_hub")
-
-
-def push_to_hub(
-    learner: ContextPruningMetaLearner,
-    repo_id: str,
-    *,
-    commit_message: str = "Upload an ECoP initialization with ecop-wrap",
-    private: bool | None = None,
-    token: str | None = None,
-    branch: str | None = None,
-    create_pr: bool | None = None,
-    **card: Any,
-) -> str:
-    """Save into a temporary directory and upload it as one commit (needs ``pip install 'ecop-wrap[hub]'``)."""
-    try:
-        hub = _import_hub()
-    except ImportError as exc:
-        raise ImportError("push_to_hub needs huggingface_hub: pip install 'ecop-wrap[hub]'") from exc
-    api = hub.HfApi(token=token)
-    repo_id = api.create_repo(repo_id=repo_id, private=private, exist_ok=True).repo_id
-    with tempfile.TemporaryDirectory() as tmp:
-        save_pretrained(learner, tmp, **card)
-        commit = api.upload_folder(
-            repo_id=repo_id,
-            repo_type="model",
-            folder_path=tmp,
-            commit_message=commit_message,
-            revision=branch,
-            create_pr=create_pr,
-        )
-    return str(commit)
