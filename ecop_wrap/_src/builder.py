@@ -104,6 +104,12 @@ def free_chunk(config: ECoPConfig, num_points: int, *, meta_learning: bool) -> i
     return num_selected(num_points, config.gamma) if meta_learning else None
 
 
+# The ranking forwards hold no graph at all: a whole-context pass keeps only about two activations of the
+# context alive at a time, less than one pruned step's graph keeps (every layer's activations of gamma * M
+# points) unless gamma is tiny, and one call instead of 1 / gamma calls is what a GPU's launch overhead wants.
+# They run in pieces of ``chunk_size`` only when the user bounds every pass with it.
+
+
 def _warn_about_dtypes(model: nn.Module, config: ECoPConfig) -> None:
     lowered = [n for n in ("autocast_dtype", "graph_free_dtype") if getattr(config, n) is not None]
     if lowered and any(p.dtype == torch.float64 for p in model.parameters()):

@@ -65,6 +65,8 @@ class ContextEvaluator:
         backend: evaluates the model with per-signal parameters.
         coords: ``[M, C]`` shared or ``[B, M, C]`` coordinates. values: ``[B, M, D]``.
         free_chunk: points per piece of every graph-free pass (None: all at once).
+        rank_chunk: points per piece of the graph-free forwards that need no gradient at all (ranking; None:
+            all at once; default: ``free_chunk``).
         chunk_size: when set, :meth:`full_mse` is the chunked surrogate (see the module docstring).
         checkpoint: recompute inner steps' graphs during the backward pass.
         shared: the trainable parameters that are not adapted per signal (name -> the model's tensor); the
@@ -78,6 +80,7 @@ class ContextEvaluator:
         values: torch.Tensor,
         *,
         free_chunk: int | None = None,
+        rank_chunk: int | str | None = "free_chunk",
         chunk_size: int | None = None,
         checkpoint: bool = False,
         shared: dict[str, torch.Tensor] | None = None,
@@ -86,6 +89,7 @@ class ContextEvaluator:
         self.coords = coords
         self.values = values
         self.free_chunk = free_chunk
+        self.rank_chunk: int | None = free_chunk if isinstance(rank_chunk, str) else rank_chunk
         self.chunk_size = chunk_size
         self.checkpoint = checkpoint
         self.shared = shared or {}
@@ -131,15 +135,20 @@ class ContextEvaluator:
         if identical:
             params = {n: p[:1] for n, p in params.items()}
         out = []
-        for chunk in point_chunks(self.num_points, self.free_chunk):
-            pred, hidden = self.backend.graph_free(
-                params, coords_chunk(self.coords, chunk), capture, low_precision=True
-            )
+        for coords, values in self._pieces(self.rank_chunk):
+            pred, hidden = self.backend.graph_free(params, coords, capture, low_precision=True)
             if identical:
                 pred = pred.expand(self.batch, *pred.shape[1:])
                 hidden = hidden.expand(self.batch, *hidden.shape[1:]) if hidden is not None else None
-            out.append(fn(pred, self.values[:, chunk], hidden))
-        return torch.cat(out, dim=1)
+            out.append(fn(pred, values, hidden))
+        return out[0] if len(out) == 1 else torch.cat(out, dim=1)
+
+    def _pieces(self, chunk_size: int | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``(coords, values)`` of the context in pieces of ``chunk_size`` points (one piece: the tensors)."""
+        chunks = point_chunks(self.num_points, chunk_size)
+        if len(chunks) == 1:
+            return [(self.coords, self.values)]
+        return [(coords_chunk(self.coords, chunk), self.values[:, chunk]) for chunk in chunks]
 
     def errors(self, params: Params) -> torch.Tensor:
         """Squared per-point errors ``||f(x) - y||^2``, ``[B, M]``, without a graph."""
@@ -160,20 +169,23 @@ class ContextEvaluator:
         if with_shared:  # per-signal copies, so that each signal's gradient w.r.t. them comes out separately
             for n, p in self.shared.items():
                 leaves[n] = p.detach().expand(self.batch, *p.shape).clone().requires_grad_(True)
-        grads = {n: torch.zeros_like(p) for n, p in leaves.items()}
+        grads: Params = {}
         scale = self.num_points * self.channels
         chunk_errors = []
         with torch.enable_grad():
-            for chunk in point_chunks(self.num_points, self.free_chunk):
-                pred = self.backend.graph_free(leaves, coords_chunk(self.coords, chunk), low_precision=low_precision)[0]
-                errors = squared_errors(pred, self.values[:, chunk])
+            for coords, values in self._pieces(self.free_chunk):
+                pred = self.backend.graph_free(leaves, coords, low_precision=low_precision)[0]
+                errors = squared_errors(pred, values)
                 chunk_grads = torch.autograd.grad(
                     errors.sum() / scale, list(leaves.values()), allow_unused=True, materialize_grads=True
                 )
                 for n, g in zip(leaves, chunk_grads, strict=True):
-                    grads[n] += g
+                    if n in grads:
+                        grads[n] += g
+                    else:  # laid out like the parameter: the layout decides later products' rounding
+                        grads[n] = g if g.stride() == leaves[n].stride() else torch.zeros_like(leaves[n]).add_(g)
                 chunk_errors.append(errors.detach())
-        errors = torch.cat(chunk_errors, dim=1)
+        errors = chunk_errors[0] if len(chunk_errors) == 1 else torch.cat(chunk_errors, dim=1)
         result = FullGrad(
             mse=errors.sum(dim=1) / scale,
             grads={n: g for n, g in grads.items() if n in params},

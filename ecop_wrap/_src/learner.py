@@ -168,6 +168,7 @@ class ContextPruningMetaLearner(LearnerState, Sharing):
             coords,
             values,
             free_chunk=free_chunk(self.config, values.shape[1], meta_learning=True),
+            rank_chunk=self.config.chunk_size,
             chunk_size=self.config.chunk_size,
             checkpoint=self.config.checkpoint,
             shared=self.shared_params(),
