@@ -10,6 +10,7 @@ from ._src.adapter import FitResult, FitStep, GradScaledAdapter
 from ._src.algorithm import MetaLossOutput
 from ._src.config import ECoPConfig
 from ._src.learner import ContextPruningMetaLearner
+from ._src.losses import LOSSES, register_loss
 from ._src.rules import (
     SCALING_RULES,
     SELECTION_RULES,
@@ -28,6 +29,7 @@ from .signals import array_to_signal, image_to_signal, make_grid, signal_to_arra
 __version__ = "0.1.0"
 
 __all__ = [
+    "LOSSES",
     "SCALING_RULES",
     "SELECTION_RULES",
     "ContextPruningMetaLearner",
@@ -53,6 +55,7 @@ __all__ = [
     "mse",
     "mse_to_psnr",
     "psnr",
+    "register_loss",
     "register_scaling",
     "register_selection",
     "signal_to_array",

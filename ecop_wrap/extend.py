@@ -17,6 +17,7 @@ from ._src.backends import BACKENDS, BATCHING_MODES, Backend, Precision, make_ba
 from ._src.builder import resolve_adapted
 from ._src.config import ALGORITHM_KEYS, TEST_TIME_KEYS
 from ._src.evaluator import ContextEvaluator, FullGrad
+from ._src.losses import PointLoss, make_loss
 from ._src.numerics import (
     ALL_POINTS,
     AllPoints,
@@ -29,6 +30,7 @@ from ._src.numerics import (
     sgd_update,
     squared_errors,
     topk_indices,
+    weighted_topk,
 )
 from ._src.rates import InnerRates
 from ._src.rules import (
@@ -58,6 +60,7 @@ __all__ = [
     "LossRatioScaling",
     "NoScaling",
     "NormScaling",
+    "PointLoss",
     "Points",
     "Precision",
     "RandomSelection",
@@ -66,6 +69,7 @@ __all__ = [
     "global_norm",
     "inner_loop",
     "make_backend",
+    "make_loss",
     "make_scaling",
     "make_selection",
     "num_selected",
@@ -77,4 +81,5 @@ __all__ = [
     "sgd_update",
     "squared_errors",
     "topk_indices",
+    "weighted_topk",
 ]

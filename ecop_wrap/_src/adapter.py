@@ -41,9 +41,9 @@ class FitResult:
         params: adapted parameter name -> tensor, with a leading ``B`` iff the input was batched. Parameters
             that are not adapted (shared, frozen) and buffers are the model's own and not included; with
             ``adapt=["latent"]`` this is a compact code per signal.
-        history: ``{"mse": [steps + 1, (B)], "psnr": [steps + 1, (B)], "scale": [steps, (B)]}``: full-context
-            MSE and PSNR before the first step and after every step, and the factor each step's gradient was
-            multiplied by.
+        history: ``{"loss": [steps + 1, (B)], "scale": [steps, (B)]}``: the full-context loss before the first
+            step and after every step, and the factor each step's gradient was multiplied by; with ``loss="mse"``
+            also ``"mse"`` (the same values) and ``"psnr"`` (with the configuration's ``data_range``).
         skipped: ``[(B)]`` number of steps skipped per signal because the update was not finite.
         batched: whether the input was a batch.
     """
@@ -73,7 +73,7 @@ class FitStep:
     Attributes:
         step: index of the step (``steps`` for the final state, after the last step).
         params: name -> ``[B, *shape]`` parameters before the step (detached).
-        mse: ``[B]`` full-context MSE at ``params``.
+        loss: ``[B]`` full-context loss at ``params`` (the MSE by default; also as :attr:`mse`).
         pruned_idx: ``[B, k]`` points of the pruned context the step used or scaled by (None: none, or all).
         scale: ``[B]`` factor of the step's gradient (None for the final state).
         skipped: ``[B]`` steps skipped so far per signal (non-finite updates).
@@ -81,10 +81,15 @@ class FitStep:
 
     step: int
     params: Params
-    mse: torch.Tensor
+    loss: torch.Tensor
     pruned_idx: torch.Tensor | None
     scale: torch.Tensor | None
     skipped: torch.Tensor
+
+    @property
+    def mse(self) -> torch.Tensor:
+        """:attr:`loss` (the name from when the objective was always the MSE)."""
+        return self.loss
 
     @property
     def final(self) -> bool:
@@ -132,7 +137,7 @@ class GradScaledAdapter:
             seed=seed,
         )
         self.adapted, self.selection_rule, self.backend = parts.adapted, parts.selection_rule, parts.backend
-        self.rates, self.generator = parts.rates, parts.generator
+        self.rates, self.generator, self.loss_fn = parts.rates, parts.generator, parts.loss
 
     def _rates(self, learner: ContextPruningMetaLearner | None, adapted: list[str], lr: float | None) -> InnerRates:
         """The learner's learned rates as constants, unless a fixed ``lr`` is given or there are none."""
@@ -167,27 +172,32 @@ class GradScaledAdapter:
             f"gamma={self.gamma}, scaling={self.scaling!r}, selection={self.selection_rule.name!r})"
         )
 
-    def fit(self, signal: tuple[torch.Tensor, torch.Tensor], *, steps: int | None = None) -> FitResult:
-        """Fit one signal ``([M, C], [M, D])`` or a batch ``([B, M, C] or [M, C], [B, M, D])``.
+    def fit(self, signal: tuple[torch.Tensor, ...], *, steps: int | None = None) -> FitResult:
+        """Fit one signal ``([M, C], [M, D])`` or a batch ``([B, M, C] or [M, C], [B, M, D])``, each optionally
+        with weights (``[M]`` / ``[B, M]``; e.g. the padded batch of
+        :func:`~ecop_wrap.data.collate_signals`): every signal is fitted and reported over its own points.
 
         The model's parameters are read, never modified. Works under ``torch.no_grad()`` and
         ``torch.inference_mode()`` (inputs made there are copied out of inference mode).
         """
         batched = _is_batched(signal)
         states = list(self.fit_steps(signal, steps=steps))
-        mse_hist = torch.stack([s.mse for s in states])
+        loss_hist = torch.stack([s.loss for s in states])
         scales = [s.scale for s in states if s.scale is not None]
-        scale_hist = torch.stack(scales) if scales else mse_hist.new_empty((0, mse_hist.shape[1]))
-        history = {"mse": mse_hist, "psnr": mse_to_psnr(mse_hist), "scale": scale_hist}
+        scale_hist = torch.stack(scales) if scales else loss_hist.new_empty((0, loss_hist.shape[1]))
+        history: dict[str, torch.Tensor] = {"loss": loss_hist}
+        if self.loss_fn.is_mse:
+            history |= {"mse": loss_hist, "psnr": mse_to_psnr(loss_hist, self.config.data_range)}  # type: ignore[dict-item]
+        history["scale"] = scale_hist
         final = states[-1]
         params, skipped = final.params, final.skipped
         if not batched:
             params = {n: p[0] for n, p in params.items()}
-            history = {k: v[:, 0] for k, v in history.items()}  # type: ignore[index]
+            history = {k: v[:, 0] for k, v in history.items()}
             skipped = skipped[0]
-        return FitResult(params=params, history=history, skipped=skipped, batched=batched, backend=self.backend)  # type: ignore[arg-type]
+        return FitResult(params=params, history=history, skipped=skipped, batched=batched, backend=self.backend)
 
-    def fit_steps(self, signal: tuple[torch.Tensor, torch.Tensor], *, steps: int | None = None) -> Iterator[FitStep]:
+    def fit_steps(self, signal: tuple[torch.Tensor, ...], *, steps: int | None = None) -> Iterator[FitStep]:
         """Fit step by step: yields the state before every step, then the final state (``FitStep.final``).
 
         Args:
@@ -195,25 +205,27 @@ class GradScaledAdapter:
             steps: number of steps (default: the adapter's).
         """
         first = self.model.get_parameter(self.adapted[0])
-        coords, values, _ = check_signal(
+        coords, values, weights, _ = check_signal(
             signal, dtype=first.dtype, device=first.device, owner=self, coord_range=self.config.coord_range
         )
         steps = self.steps if steps is None else check_int("steps", steps, 0)
         with torch.inference_mode(False):
             coords, values = (t.clone() if t.is_inference() else t for t in (coords, values))
+            if weights is not None and weights.is_inference():
+                weights = weights.clone()
             chunk = free_chunk(self.config, values.shape[1], meta_learning=False)
-            ctx = ContextEvaluator(self.backend, coords, values, free_chunk=chunk)
+            ctx = ContextEvaluator(self.backend, coords, values, weights, loss=self.loss_fn, free_chunk=chunk)
             init = {n: self.model.get_parameter(n).detach() for n in self.adapted}
             params = {n: p.expand(ctx.batch, *p.shape).clone() for n, p in init.items()}
         skipped = torch.zeros(ctx.batch, dtype=torch.long, device=values.device)
         run = torch.zeros_like(skipped)
         for step in range(steps):
             with torch.inference_mode(False), torch.enable_grad():
-                mse, update, pruned_idx, scale = self._direction(ctx, params, step)
+                loss, update, pruned_idx, scale = self._direction(ctx, params, step)
                 rates = self.rates.at(step)
                 finite = torch.stack([torch.isfinite(g).flatten(1).all(1) for g in update.values()]).all(0)
             shown_idx = None if isinstance(pruned_idx, AllPoints) else pruned_idx
-            yield FitStep(step, params, mse, shown_idx, scale, skipped.clone())
+            yield FitStep(step, params, loss, shown_idx, scale, skipped.clone())
             with torch.inference_mode(False):
                 stepped = sgd_update(params, update, rates)
                 params = {n: torch.where(per_signal(finite, p), stepped[n], p) for n, p in params.items()}
@@ -227,25 +239,25 @@ class GradScaledAdapter:
                     "model was meta-learned on"
                 )
         with torch.inference_mode(False), torch.enable_grad():
-            final_mse = ctx.full_grad(params).mse
-        yield FitStep(steps, params, final_mse, None, None, skipped)
+            final_loss = ctx.full_grad(params).loss
+        yield FitStep(steps, params, final_loss, None, None, skipped)
 
     def _direction(
         self, ctx: ContextEvaluator, params: Params, step: int
     ) -> tuple[torch.Tensor, Params, Points | None, torch.Tensor]:
-        """Full-context MSE ``[B]`` at ``params``, the step's update direction, its pruned set (None: no
+        """Full-context loss ``[B]`` at ``params``, the step's update direction, its pruned set (None: no
         selection was made) and its scale."""
         if step < self.pruned_steps:  # a training-style step: pruned context, no scaling
             pruned_idx = select(ctx, params, self.selection_rule, self.gamma, self.generator)
-            mse = ctx.errors(params).sum(dim=1) / (ctx.num_points * ctx.channels)
-            return mse, ctx.grad(params, pruned_idx), pruned_idx, torch.ones_like(mse)
+            loss = ctx.full_loss(ctx.errors(params))
+            return loss, ctx.grad(params, pruned_idx), pruned_idx, torch.ones_like(loss)
         full = ctx.full_grad(params)
         if not self.scaling_rule.needs_selection:
-            return full.mse, *self._scaled(ctx, params, full, None)
+            return full.loss, *self._scaled(ctx, params, full, None)
         pruned_idx = select(ctx, params, self.selection_rule, self.gamma, self.generator)
         if isinstance(pruned_idx, AllPoints):  # the pruned set is the whole context: the full step, unscaled
-            return full.mse, full.grads, ALL_POINTS, torch.ones_like(full.mse)
-        return full.mse, *self._scaled(ctx, params, full, pruned_idx)
+            return full.loss, full.grads, ALL_POINTS, torch.ones_like(full.loss)
+        return full.loss, *self._scaled(ctx, params, full, pruned_idx)
 
     def _scaled(
         self, ctx: ContextEvaluator, params: Params, full: FullGrad, pruned_idx: torch.Tensor | None
@@ -283,7 +295,7 @@ class GradScaledAdapter:
 
 
 def _is_batched(signal: object) -> bool:
-    values = signal[1] if isinstance(signal, (tuple, list)) and len(signal) == 2 else None
+    values = signal[1] if isinstance(signal, (tuple, list)) and len(signal) in (2, 3) else None
     return not (isinstance(values, torch.Tensor) and values.ndim == 2)
 
 

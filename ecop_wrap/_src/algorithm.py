@@ -8,7 +8,8 @@ For every signal of a batch, starting from the shared initialization theta_0:
    steps 1-2 repeat K times, giving theta_K;
 3. **bootstrap** (§2.3): L more first-order SGD steps on the full context from theta_K give the target
    theta_boot, a constant;
-4. **meta-loss** (Eq. 5 and §2.3): ``mean_b [ MSE(theta_K; full) + lambda * ||theta_K - theta_boot|| ]``.
+4. **meta-loss** (Eq. 5 and §2.3): ``mean_b [ loss(theta_K; full) + lambda * ||theta_K - theta_boot|| ]``
+   (the loss is the MSE by default; any registered per-point loss, weighted by the batch's weights).
 
 Every pass over the model goes through a :class:`~ecop_wrap._src.evaluator.ContextEvaluator`, which owns the
 memory modes (chunking, the surrogate outer loss, checkpointing); the rules deciding which points are kept
@@ -26,7 +27,7 @@ from torch.profiler import record_function
 from ..typing import Params
 from .config import ECoPConfig
 from .evaluator import ContextEvaluator, FullGrad
-from .numerics import ALL_POINTS, Points, global_norm, num_selected, sgd_update, topk_indices
+from .numerics import ALL_POINTS, Points, global_norm, num_selected, sgd_update, topk_indices, weighted_topk
 from .rates import InnerRates
 from .rules import SelectionRule
 
@@ -41,21 +42,34 @@ class MetaLossOutput:
 
     Attributes:
         loss: scalar meta-loss, differentiable w.r.t. theta_0 (and learned inner rates).
-        mse: ``[B]`` full-context MSE at theta_K.
+        fit_loss: ``[B]`` full-context loss at theta_K (the MSE by default; also as :attr:`mse`).
         boot_distance: ``[B]`` mu(theta_K, theta_boot) (zeros when the bootstrap is off).
         adapted: name -> ``[B, *shape]`` theta_K of the adapted parameters, detached.
     """
 
     loss: torch.Tensor
-    mse: torch.Tensor
+    fit_loss: torch.Tensor
     boot_distance: torch.Tensor
     adapted: Params
+
+    @property
+    def mse(self) -> torch.Tensor:
+        """:attr:`fit_loss` (the name from when the objective was always the MSE)."""
+        return self.fit_loss
 
 
 def select(
     ctx: ContextEvaluator, params: Params, rule: SelectionRule, gamma: float, generator: torch.Generator
 ) -> Points:
-    """Indices ``[B, k]`` of each signal's pruned context (``k = max(1, int(gamma M))``), or ``ALL_POINTS``."""
+    """Indices ``[B, k]`` of each signal's pruned context (``k = max(1, int(gamma M))``), or ``ALL_POINTS``.
+
+    With weights, each signal keeps ``max(1, int(gamma M_b))`` of its ``M_b`` points of positive weight, and a
+    point of weight 0 is never kept (:func:`~.numerics.weighted_topk`).
+    """
+    if ctx.weights is not None:
+        if gamma >= 1.0 and bool((ctx.weights > 0).all()):
+            return ALL_POINTS
+        return weighted_topk(rule.scores(ctx, params, generator), ctx.weights, gamma)
     k = num_selected(ctx.num_points, gamma)
     if k >= ctx.num_points:
         return ALL_POINTS
@@ -132,13 +146,12 @@ def meta_objective(
         distance = param_distance(adapted, boot_params)
     else:
         distance = torch.zeros(ctx.batch, dtype=ctx.values.dtype, device=ctx.values.device)
-    mse = ctx.full_mse(
-        adapted, at_params=at_theta_k
-    )  # after the bootstrap: its transient memory never meets this graph
-    loss = (mse + config.lam * distance).mean() if config.uses_bootstrap else mse.mean()
+    # after the bootstrap, so that its transient memory never meets this graph
+    fit_loss = ctx.full_mse(adapted, at_params=at_theta_k)
+    loss = (fit_loss + config.lam * distance).mean() if config.uses_bootstrap else fit_loss.mean()
     return MetaLossOutput(
         loss=loss,
-        mse=mse.detach(),
+        fit_loss=fit_loss.detach(),
         boot_distance=distance.detach(),
         adapted={n: p.detach() for n, p in adapted.items()},
     )

@@ -14,6 +14,7 @@ from torch import nn
 from ..typing import AdaptSpec
 from .backends import Backend, Precision, make_backend
 from .config import ECoPConfig
+from .losses import PointLoss, make_loss
 from .numerics import num_selected
 from .rates import InnerRates
 from .rules import SelectionRule, make_selection
@@ -32,6 +33,7 @@ class Components:
         backend: evaluates the model with per-signal parameters, with the configured precision and compilation.
         rates: the inner (or test-time) step sizes.
         generator: the seeded random source of the selection rule.
+        loss: the per-point loss of every pass.
     """
 
     adapted: list[str]
@@ -39,6 +41,7 @@ class Components:
     backend: Backend
     rates: InnerRates
     generator: torch.Generator
+    loss: PointLoss
 
 
 def build_components(
@@ -75,7 +78,8 @@ def build_components(
         )
     generator = torch.Generator(device=named[adapted[0]].device)
     generator.manual_seed(int(seed))
-    return Components(adapted, selection_rule, build_backend(model, config, adapted), rates, generator)
+    loss = make_loss(config.loss, config.huber_delta)
+    return Components(adapted, selection_rule, build_backend(model, config, adapted), rates, generator, loss)
 
 
 def build_backend(model: nn.Module, config: ECoPConfig, adapted: list[str]) -> Backend:

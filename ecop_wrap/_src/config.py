@@ -17,6 +17,7 @@ from typing import Any, get_args
 import torch
 
 from ..typing import BackendName, BatchingMode, LearnInnerLR
+from .losses import LOSSES
 from .rules import SELECTION_RULES, check_rule_name
 from .validation import check_autocast_dtype, check_fraction, check_int, check_positive
 
@@ -94,6 +95,14 @@ def _selection(name: str, value: Any) -> str:
     return check_rule_name(name, value, SELECTION_RULES)
 
 
+def _loss(name: str, value: Any) -> str:
+    if not isinstance(value, str) or value not in LOSSES:
+        raise ValueError(
+            f"{name} must be one of {tuple(LOSSES)} (or a name registered with register_loss), got {value!r}"
+        )
+    return value
+
+
 def _dtype(name: str, value: Any) -> torch.dtype | None:
     return check_autocast_dtype(value, name)
 
@@ -155,6 +164,28 @@ class ECoPConfig:
         "authors' code) or one added with :func:`~ecop_wrap.register_selection`.",
         _selection,
         algorithm=True,
+        test_time=True,
+    )
+    loss: str = _hyper(
+        "mse",
+        "the per-point loss of every pass (ranking, inner steps, bootstrap, outer loss, test time): "
+        '``"mse"``, ``"l1"``, ``"huber"`` or one added with :func:`~ecop_wrap.register_loss`; a signal\'s loss is '
+        "``sum_j w_j l_j / sum_j w_j`` over its points (``w``: the batch's weights, 1 without).",
+        _loss,
+        algorithm=True,
+        test_time=True,
+    )
+    huber_delta: float = _hyper(
+        1.0,
+        'the ``delta`` of ``loss="huber"`` (quadratic below it, linear above).',
+        _positive,
+        algorithm=True,
+        test_time=True,
+    )
+    data_range: float = _hyper(
+        1.0,
+        'the signal\'s value range for PSNR (``10 log10(data_range^2 / MSE)``), reported only with ``loss="mse"``.',
+        _positive,
         test_time=True,
     )
     first_order: bool = _hyper(

@@ -1,5 +1,8 @@
 """The model evaluated on one batch's context: every forward and gradient pass, and the memory tricks behind them.
 
+Every pass evaluates the batch's per-point loss (:mod:`.losses`, MSE by default), weighted by the batch's
+weights if it has them (a signal's loss is ``sum_j w_j l_j / sum_j w_j``).
+
 The algorithm (:mod:`ecop_wrap._src.algorithm`) asks only four things of a :class:`ContextEvaluator`:
 ``errors(params)`` (graph-free ranking), ``sgd_step(params, pruned_idx, rates)`` (an inner step on a pruned
 context, with a graph), ``full_grad(params)`` (graph-free full-context gradient, for the bootstrap and
@@ -28,7 +31,17 @@ from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
 from ..typing import Params
 from .backends import Backend
-from .numerics import Points, coords_chunk, expand_params, gather_points, point_chunks, sgd_update, squared_errors
+from .losses import PointLoss, make_loss
+from .numerics import (
+    ALL_POINTS,
+    AllPoints,
+    Points,
+    coords_chunk,
+    expand_params,
+    gather_points,
+    point_chunks,
+    sgd_update,
+)
 
 __all__ = ["ContextEvaluator", "FullGrad", "Rates"]
 
@@ -43,19 +56,24 @@ class FullGrad:
     """A graph-free full-context pass (all detached).
 
     Attributes:
-        mse: ``[B]`` per-signal MSE over points and channels.
-        grads: name -> ``[B, *shape]`` gradient of each signal's MSE.
-        errors: ``[B, M]`` squared per-point errors.
+        loss: ``[B]`` per-signal full-context loss (the MSE over points and channels by default).
+        grads: name -> ``[B, *shape]`` gradient of each signal's loss.
+        errors: ``[B, M]`` per-point losses times D (unweighted; for MSE the squared errors).
         shared_grads: name -> ``[B, *shape]`` gradient w.r.t. each shared (not adapted) trainable parameter,
             per signal (only when asked for).
         low_precision: whether the forward ran in the backend's ``graph_free_dtype``.
     """
 
-    mse: torch.Tensor
+    loss: torch.Tensor
     grads: Params
     errors: torch.Tensor
     shared_grads: Params
     low_precision: bool = False
+
+    @property
+    def mse(self) -> torch.Tensor:
+        """:attr:`loss` (the name from when the objective was always the MSE)."""
+        return self.loss
 
 
 class ContextEvaluator:
@@ -64,6 +82,9 @@ class ContextEvaluator:
     Args:
         backend: evaluates the model with per-signal parameters.
         coords: ``[M, C]`` shared or ``[B, M, C]`` coordinates. values: ``[B, M, D]``.
+        weights: ``[B, M]`` non-negative point weights (None: every point weighs 1); a point of weight 0 is never
+            selected and never counted.
+        loss: the per-point loss (default: MSE).
         free_chunk: points per piece of every graph-free pass (None: all at once).
         rank_chunk: points per piece of the graph-free forwards that need no gradient at all (ranking; None:
             all at once; default: ``free_chunk``).
@@ -78,7 +99,9 @@ class ContextEvaluator:
         backend: Backend,
         coords: torch.Tensor,
         values: torch.Tensor,
+        weights: torch.Tensor | None = None,
         *,
+        loss: PointLoss | None = None,
         free_chunk: int | None = None,
         rank_chunk: int | str | None = "free_chunk",
         chunk_size: int | None = None,
@@ -88,6 +111,10 @@ class ContextEvaluator:
         self.backend = backend
         self.coords = coords
         self.values = values
+        self.weights = weights
+        self.loss_fn = loss if loss is not None else make_loss("mse")
+        # per signal: sum_j w_j * D, the normaliser of a weighted full-context loss
+        self._norm = None if weights is None else weights.sum(dim=1) * values.shape[2]
         self.free_chunk = free_chunk
         self.rank_chunk: int | None = free_chunk if isinstance(rank_chunk, str) else rank_chunk
         self.chunk_size = chunk_size
@@ -151,10 +178,35 @@ class ContextEvaluator:
         return [(coords_chunk(self.coords, chunk), self.values[:, chunk]) for chunk in chunks]
 
     def errors(self, params: Params) -> torch.Tensor:
-        """Squared per-point errors ``||f(x) - y||^2``, ``[B, M]``, without a graph."""
+        """Per-point losses times D, ``[B, M]``, unweighted, without a graph (for MSE the squared errors
+        ``||f(x) - y||^2``)."""
         if self._errors_memo is None or self._errors_memo[0] is not params:
-            self._errors_memo = (params, self.map_points(lambda pred, values, _: squared_errors(pred, values), params))
+            self._errors_memo = (
+                params,
+                self.map_points(lambda pred, values, _: self.loss_fn.summed(pred, values), params),
+            )
         return self._errors_memo[1]
+
+    def full_loss(self, errors: torch.Tensor) -> torch.Tensor:
+        """``[B]`` full-context loss from the per-point :meth:`errors` ``[B, M]``."""
+        if self._norm is None:
+            return errors.sum(dim=1) / (self.num_points * self.channels)
+        assert self.weights is not None
+        return (errors * self.weights).sum(dim=1) / self._norm
+
+    def selected_loss(self, errors: torch.Tensor, pruned_idx: Points) -> torch.Tensor:
+        """``[B]`` loss of the pruned context from the per-point losses ``errors`` of its points ``[B, k]``."""
+        if self.weights is None:
+            return errors.mean(dim=1) / self.channels
+        weights = self.selected_weights(pruned_idx)
+        return (errors * weights).sum(dim=1) / (weights.sum(dim=1) * self.channels)
+
+    def selected_weights(self, pruned_idx: Points) -> torch.Tensor:
+        """``[B, k]`` weights of the points ``pruned_idx`` (the batch must have weights)."""
+        assert self.weights is not None
+        if isinstance(pruned_idx, AllPoints):
+            return self.weights
+        return torch.gather(self.weights, 1, pruned_idx)
 
     def full_grad(self, params: Params, *, with_shared: bool = False, low_precision: bool = False) -> FullGrad:
         """Per-signal full-context MSE and its gradient, chunked, leaving no graph (params are detached).
@@ -173,11 +225,14 @@ class ContextEvaluator:
         scale = self.num_points * self.channels
         chunk_errors = []
         with torch.enable_grad():
-            for coords, values in self._pieces(self.free_chunk):
+            for chunk, (coords, values) in zip(
+                point_chunks(self.num_points, self.free_chunk), self._pieces(self.free_chunk), strict=True
+            ):
                 pred = self.backend.graph_free(leaves, coords, low_precision=low_precision)[0]
-                errors = squared_errors(pred, values)
+                errors = self.loss_fn.summed(pred, values)
+                total = errors.sum() / scale if self.weights is None else self._weighted_sum(errors, chunk)
                 chunk_grads = torch.autograd.grad(
-                    errors.sum() / scale, list(leaves.values()), allow_unused=True, materialize_grads=True
+                    total, list(leaves.values()), allow_unused=True, materialize_grads=True
                 )
                 for n, g in zip(leaves, chunk_grads, strict=True):
                     if n in grads:
@@ -187,7 +242,7 @@ class ContextEvaluator:
                 chunk_errors.append(errors.detach())
         errors = chunk_errors[0] if len(chunk_errors) == 1 else torch.cat(chunk_errors, dim=1)
         result = FullGrad(
-            mse=errors.sum(dim=1) / scale,
+            loss=self.full_loss(errors),
             grads={n: g for n, g in grads.items() if n in params},
             errors=errors,
             shared_grads={n: g for n, g in grads.items() if n not in params},
@@ -195,6 +250,11 @@ class ContextEvaluator:
         )
         self._errors_memo = (params, errors)  # a ranking at these parameters reuses this pass
         return result
+
+    def _weighted_sum(self, errors: torch.Tensor, chunk: slice) -> torch.Tensor:
+        """The chunk's share of the batch's summed full-context loss (weights normalised per signal)."""
+        assert self.weights is not None and self._norm is not None
+        return (errors * self.weights[:, chunk] / self._norm.unsqueeze(1)).sum()
 
     # --------------------------------------------------------------------------------------- with graph
     def loss(self, params: Params, pruned_idx: Points, *, graph_free: bool = False) -> torch.Tensor:
@@ -208,7 +268,10 @@ class ContextEvaluator:
         """
         coords, values = gather_points(self.coords, pruned_idx), gather_points(self.values, pruned_idx)
         pred = self.backend.graph_free(params, coords)[0] if graph_free else self.backend(params, coords)
-        return squared_errors(pred, values).mean(dim=1).sum() / self.channels
+        errors = self.loss_fn.summed(pred, values)
+        if self.weights is None:
+            return errors.mean(dim=1).sum() / self.channels
+        return self.selected_loss(errors, pruned_idx).sum()
 
     def grad(self, params: Params, pruned_idx: Points) -> Params:
         """Graph-free per-signal gradient of the pruned-context MSE at ``params``."""
@@ -251,17 +314,18 @@ class ContextEvaluator:
 
     def _full_mse(self, params: Params, at_params: FullGrad | None) -> torch.Tensor:
         if self.chunk_size is None:
-            return squared_errors(self.backend(params, self.coords), self.values).mean(dim=1) / self.channels
+            errors = self.loss_fn.summed(self.backend(params, self.coords), self.values)
+            return self.selected_loss(errors, ALL_POINTS)
         reusable = at_params is not None and not at_params.low_precision
         full = at_params if reusable else self.full_grad(params, with_shared=True)
         assert full is not None
         inner = sum(
             ((p * full.grads[n]).flatten(1).sum(1) for n, p in params.items()),
-            start=full.mse.new_zeros(self.batch),
+            start=full.loss.new_zeros(self.batch),
         )
         for n, p in self.shared.items():
             inner = inner + (p.unsqueeze(0) * full.shared_grads[n]).flatten(1).sum(1)
-        return full.mse + inner - inner.detach()
+        return full.loss + inner - inner.detach()
 
 
 def _sgd_step(ctx: ContextEvaluator, params: Params, pruned_idx: Points, rates: Rates, create_graph: bool) -> Params:

@@ -75,7 +75,7 @@ class ContextPruningMetaLearner(LearnerState, Sharing):
             seed=int(torch.randint(0, 2**62, ())) if seed is None else int(seed),
         )
         self.adapted, self.selection_rule, self.backend = parts.adapted, parts.selection_rule, parts.backend
-        self.rates, self.generator = parts.rates, parts.generator
+        self.rates, self.generator, self.loss_fn = parts.rates, parts.generator, parts.loss
         self.process_group = process_group
         self._params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = optimizer or torch.optim.Adam(self._params, lr=check_positive("outer_lr", outer_lr))
@@ -159,14 +159,16 @@ class ContextPruningMetaLearner(LearnerState, Sharing):
         """The model on a batch's context with this learner's memory modes (see :class:`ContextEvaluator`).
 
         Args:
-            batch: ``(coords [M, C] or [B, M, C], values [B, M, D])``.
+            batch: ``(coords [M, C] or [B, M, C], values [B, M, D])`` or ``(coords, values, weights [B, M])``.
             check: validate the batch first.
         """
-        coords, values = self._check_batch(batch) if check else batch
+        coords, values, weights = self._check_batch(batch) if check else _unpack(batch)
         return ContextEvaluator(
             self.backend,
             coords,
             values,
+            weights,
+            loss=self.loss_fn,
             free_chunk=free_chunk(self.config, values.shape[1], meta_learning=True),
             rank_chunk=self.config.chunk_size,
             chunk_size=self.config.chunk_size,
@@ -174,7 +176,7 @@ class ContextPruningMetaLearner(LearnerState, Sharing):
             shared=self.shared_params(),
         )
 
-    def _check_batch(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    def _check_batch(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         first = self._params[0]
         return check_signal_batch(
             batch, dtype=first.dtype, device=first.device, owner=self, coord_range=self.config.coord_range
@@ -228,9 +230,10 @@ class ContextPruningMetaLearner(LearnerState, Sharing):
         counted, so ranks that catch the error and call ``meta_step`` again stay paired step for step.
 
         Returns:
-            ``loss`` (meta-loss), ``mse`` (full-context MSE at theta_K, batch mean), ``psnr`` (from that MSE,
-            data range 1), ``boot_distance`` (mean mu), ``grad_norm`` (before clipping), ``skipped``
-            (1.0 or 0.0) and ``step`` (number of meta_step calls so far).
+            ``loss`` (meta-loss), ``fit_loss`` (full-context loss at theta_K, batch mean), with
+            ``loss="mse"`` also ``mse`` (the same value) and ``psnr`` (from it, with ``data_range``),
+            ``boot_distance`` (mean mu), ``grad_norm`` (before clipping), ``skipped`` (1.0 or 0.0) and
+            ``step`` (number of meta_step calls so far). docs/architecture.md lists every stats key.
         """
         with status_guard(self.step_count + 1, self.process_group, device=self._meta_params[0].device):
             out = self.meta_objective(batch)
@@ -238,9 +241,10 @@ class ContextPruningMetaLearner(LearnerState, Sharing):
                 grads = list(
                     torch.autograd.grad(out.loss, self._meta_params, allow_unused=True, materialize_grads=True)
                 )
-        local_stats = torch.stack([out.loss.detach(), out.mse.mean(), out.boot_distance.mean()]).to(grads[0].dtype)
+        local_stats = torch.stack([out.loss.detach(), out.fit_loss.mean(), out.boot_distance.mean()])
         with record_function("ecop.all_reduce"):
-            reduced, _ = weighted_all_reduce([*grads, local_stats], float(out.mse.shape[0]), self.process_group)
+            signals = float(out.fit_loss.shape[0])
+            reduced, _ = weighted_all_reduce([*grads, local_stats.to(grads[0].dtype)], signals, self.process_group)
         grads, stats = reduced[:-1], reduced[-1]
         grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
         self.step_count += 1
@@ -251,11 +255,11 @@ class ContextPruningMetaLearner(LearnerState, Sharing):
             self._consecutive_skips = 0
         else:
             self._skip()
-        loss, mse, distance = (float(v) for v in stats)
-        return {
-            "loss": loss,
-            "mse": mse,
-            "psnr": float(mse_to_psnr(mse)),
+        loss, fit_loss, distance = (float(v) for v in stats)
+        report = {"loss": loss, "fit_loss": fit_loss}
+        if self.loss_fn.is_mse:
+            report |= {"mse": fit_loss, "psnr": float(mse_to_psnr(fit_loss, self.config.data_range))}
+        return report | {
             "boot_distance": distance,
             "grad_norm": float(grad_norm),
             "skipped": 0.0 if finite else 1.0,
@@ -282,6 +286,10 @@ class ContextPruningMetaLearner(LearnerState, Sharing):
             )
 
     # ------------------------------------------------------------------ sharing (ecop_wrap/_src/pretrained.py)
+
+
+def _unpack(batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    return batch[0], batch[1], (batch[2] if len(batch) == 3 else None)
 
 
 def _resolve_config(config: ECoPConfig | None, positional: tuple[Any, ...], settings: dict[str, Any]) -> ECoPConfig:

@@ -23,6 +23,7 @@ __all__ = [
     "sgd_update",
     "squared_errors",
     "topk_indices",
+    "weighted_topk",
 ]
 
 
@@ -75,6 +76,25 @@ def squared_errors(pred: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
 def topk_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Indices ``[B, k]`` of the ``k`` highest scores of each row of ``scores [B, M]``."""
     return scores.topk(k, dim=1, sorted=False).indices
+
+
+def weighted_topk(scores: torch.Tensor, weights: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Each signal's pruned context among its points of positive weight: indices ``[B, k]``, best first.
+
+    Signal b keeps ``k_b = max(1, int(gamma * M_b))`` of its ``M_b`` points of positive weight; ``k`` is the
+    largest ``k_b``. The ranks ``k_b .. k - 1`` of a signal that keeps fewer point at one of its points of weight
+    0 (there is one whenever ``k_b < k``), so that they count for nothing in any weighted loss.
+    """
+    positive = weights > 0
+    keep = [max(1, int(gamma * count)) for count in positive.sum(dim=1).tolist()]
+    k = max(keep)
+    idx = scores.masked_fill(~positive, float("-inf")).topk(k, dim=1, sorted=True).indices
+    if min(keep) < k:
+        ranks = torch.arange(k, device=idx.device)
+        beyond = ranks.unsqueeze(0) >= torch.tensor(keep, device=idx.device).unsqueeze(1)
+        a_zero = (~positive).to(torch.uint8).argmax(dim=1, keepdim=True)
+        idx = torch.where(beyond, a_zero.expand_as(idx), idx)
+    return idx
 
 
 def gather_points(tensor: torch.Tensor, idx: Points) -> torch.Tensor:

@@ -127,7 +127,8 @@ def make_scaling(name: str) -> ScalingRule:
 
 # ---------------------------------------------------------------------------------------------- selection
 class ErrorSelection:
-    """The paper's rule: keep the points with the largest error ``||f(x) - y||`` (squared, same order)."""
+    """The paper's rule: keep the points with the largest error ``||f(x) - y||`` (squared, same order); with
+    another loss, the largest per-point loss; with weights, the largest ``w_j l_j``."""
 
     name = "error"
 
@@ -135,7 +136,8 @@ class ErrorSelection:
         del model, layer  # every point's error needs neither
 
     def scores(self, ctx: ContextEvaluator, params: Params, generator: torch.Generator) -> torch.Tensor:
-        return ctx.errors(params)
+        errors = ctx.errors(params)
+        return errors if ctx.weights is None else errors * ctx.weights
 
 
 class RandomSelection:
@@ -175,11 +177,16 @@ class GradNCPSelection:
         self._bias_term = 1.0 if bias is not None and bias.requires_grad else 0.0
 
     def scores(self, ctx: ContextEvaluator, params: Params, generator: torch.Generator) -> torch.Tensor:
+        loss = ctx.loss_fn
+
         def point_scores(pred: torch.Tensor, values: torch.Tensor, hidden: torch.Tensor | None) -> torch.Tensor:
             assert hidden is not None
-            return squared_errors(pred, values) * (self._weight_term * hidden.pow(2).sum(-1) + self._bias_term)
+            # ||dl/df||^2: for MSE (2e) the closed form ||e||^2, the same order
+            grad_sq = squared_errors(pred, values) if loss.is_mse else loss.pred_grad(pred, values).pow(2).sum(-1)
+            return grad_sq * (self._weight_term * hidden.pow(2).sum(-1) + self._bias_term)
 
-        return ctx.map_points(point_scores, params, capture=self.layer)
+        scores = ctx.map_points(point_scores, params, capture=self.layer)
+        return scores if ctx.weights is None else scores * ctx.weights.pow(2)
 
 
 def _check_gradncp_layer(model: nn.Module, layer: nn.Module) -> nn.Linear:
@@ -217,7 +224,7 @@ class NormScaling:
 
 
 class LossRatioScaling:
-    """Appendix B.2's cheaper ratio ``MSE(pruned) / MSE(full)`` (no extra backward pass)."""
+    """Appendix B.2's cheaper ratio ``loss(pruned) / loss(full)`` (no extra backward pass)."""
 
     name = "loss"
     needs_selection = True
@@ -226,8 +233,8 @@ class LossRatioScaling:
         self, ctx: ContextEvaluator, params: Params, full: FullGrad, pruned_idx: torch.Tensor | None
     ) -> torch.Tensor:
         assert pruned_idx is not None
-        pruned_mse = torch.gather(full.errors, 1, pruned_idx).mean(dim=1) / ctx.channels
-        return pruned_mse / (full.mse + 1e-16)
+        pruned_loss = ctx.selected_loss(torch.gather(full.errors, 1, pruned_idx), pruned_idx)
+        return pruned_loss / (full.loss + 1e-16)
 
 
 class NoScaling:
@@ -239,7 +246,7 @@ class NoScaling:
     def scale(
         self, ctx: ContextEvaluator, params: Params, full: FullGrad, pruned_idx: torch.Tensor | None
     ) -> torch.Tensor:
-        return torch.ones_like(full.mse)
+        return torch.ones_like(full.loss)
 
 
 register_selection("error", ErrorSelection)

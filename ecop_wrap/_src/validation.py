@@ -104,7 +104,27 @@ def _check_tensor(name: str, tensor: Any, dtype: torch.dtype, device: torch.devi
 
 def _check_finite(name: str, tensor: torch.Tensor) -> None:
     if not bool(torch.isfinite(tensor).all()):
-        raise ValueError(f"{name} contains NaN or inf values; clean or mask them before meta-learning")
+        raise ValueError(
+            f"{name} contains NaN or inf values; clean them, or give those points weight 0 with a batch "
+            "(coords, values, weights) and finite placeholder values"
+        )
+
+
+def _check_weights(weights: Any, values: torch.Tensor) -> torch.Tensor:
+    """``weights [B, M]``: finite, >= 0, at least one positive weight per signal."""
+    _check_tensor("weights", weights, values.dtype, values.device)
+    if tuple(weights.shape) != tuple(values.shape[:2]):
+        raise ValueError(
+            f"weights must be [B, M] = {tuple(values.shape[:2])} (one weight per point of values "
+            f"{tuple(values.shape)}), got {tuple(weights.shape)}"
+        )
+    if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
+        raise ValueError("weights must be finite and >= 0 (0 marks a missing or padded point); got NaN, inf or < 0")
+    empty = (~(weights > 0).any(dim=1)).nonzero().flatten().tolist()
+    if empty:
+        raise ValueError(f"signal(s) {empty} of the batch have no point of positive weight: nothing to fit")
+    checked: torch.Tensor = weights
+    return checked
 
 
 # Owners (learners, adapters) that already warned; weak, so a new object never inherits an old one's id.
@@ -144,11 +164,15 @@ def check_signal_batch(
     device: torch.device,
     owner: object = None,
     coord_range: tuple[float, float] | None = (-1.0, 1.0),
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validate ``(coords [M, C] or [B, M, C], values [B, M, D])``; returns them unchanged."""
-    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-        raise TypeError("batch must be a pair (coords, values) with coords [M, C] or [B, M, C] and values [B, M, D]")
-    coords, values = batch
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Validate ``(coords [M, C] or [B, M, C], values [B, M, D])`` or ``(coords, values, weights [B, M])``;
+    returns ``(coords, values, weights or None)`` unchanged."""
+    if not isinstance(batch, (tuple, list)) or len(batch) not in (2, 3):
+        raise TypeError(
+            "batch must be a pair (coords, values) or a triple (coords, values, weights) with coords [M, C] or "
+            "[B, M, C], values [B, M, D] and weights [B, M]"
+        )
+    coords, values = batch[0], batch[1]
     _check_tensor("coords", coords, dtype, device)
     _check_tensor("values", values, dtype, device)
     if values.ndim != 3:
@@ -166,10 +190,11 @@ def check_signal_batch(
         raise ValueError(f"coords has B={coords.shape[0]} signals but values has B={b}; they must match")
     if coords.shape[-1] == 0:
         raise ValueError("coords has C=0 coordinate dimensions")
+    weights = _check_weights(batch[2], values) if len(batch) == 3 and batch[2] is not None else None
     _check_finite("values", values)
     _check_finite("coords", coords)
     _warn_coord_range(owner, coords, coord_range)
-    return coords, values
+    return coords, values, weights
 
 
 def check_signal(
@@ -179,21 +204,26 @@ def check_signal(
     device: torch.device,
     owner: object = None,
     coord_range: tuple[float, float] | None = (-1.0, 1.0),
-) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    """Validate one signal ``([M, C], [M, D])`` or a batch; returns ``(coords, values [B, M, D], batched)``."""
-    if not isinstance(signal, (tuple, list)) or len(signal) != 2:
-        raise TypeError("signal must be a pair (coords, values): ([M, C], [M, D]) or ([B, M, C] / [M, C], [B, M, D])")
-    coords, values = signal
-    if isinstance(values, torch.Tensor) and values.ndim == 2:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, bool]:
+    """Validate one signal ``([M, C], [M, D][, weights [M]])`` or a batch; returns ``(coords, values [B, M, D],
+    weights [B, M] or None, batched)``."""
+    if not isinstance(signal, (tuple, list)) or len(signal) not in (2, 3):
+        raise TypeError(
+            "signal must be a pair (coords, values) or a triple (coords, values, weights): ([M, C], [M, D], [M]) "
+            "for one signal, ([B, M, C] / [M, C], [B, M, D], [B, M]) for a batch"
+        )
+    coords, values = signal[0], signal[1]
+    weights = signal[2] if len(signal) == 3 else None
+    batched = not (isinstance(values, torch.Tensor) and values.ndim == 2)
+    if not batched:
         if isinstance(coords, torch.Tensor) and coords.ndim != 2:
             raise ValueError(
                 f"a single signal needs coords [M, C] with values [M, D]; got coords {tuple(coords.shape)}"
             )
-        coords, values = check_signal_batch(
-            (coords, values.unsqueeze(0)), dtype=dtype, device=device, owner=owner, coord_range=coord_range
-        )
-        return coords, values, False
-    coords, values = check_signal_batch(
-        (coords, values), dtype=dtype, device=device, owner=owner, coord_range=coord_range
+        values = values.unsqueeze(0)
+        if isinstance(weights, torch.Tensor):
+            weights = weights.unsqueeze(0)
+    coords, values, weights = check_signal_batch(
+        (coords, values, weights), dtype=dtype, device=device, owner=owner, coord_range=coord_range
     )
-    return coords, values, True
+    return coords, values, weights, batched
