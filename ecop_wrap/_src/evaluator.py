@@ -42,6 +42,7 @@ from .numerics import (
     point_chunks,
     sgd_update,
 )
+from .weighted import weighted_graph_loss
 
 __all__ = ["ContextEvaluator", "FullGrad", "Rates"]
 
@@ -266,12 +267,11 @@ class ContextEvaluator:
         step size (the norm scale) or the step itself, and once residuals fall below bf16's resolution the
         rounding of the predictions inflates it (bf16 here cost 11 dB at test time; docs/benchmarks.md).
         """
+        if self.weights is not None:
+            return weighted_graph_loss(self, params, pruned_idx, graph_free=graph_free).sum()
         coords, values = gather_points(self.coords, pruned_idx), gather_points(self.values, pruned_idx)
         pred = self.backend.graph_free(params, coords)[0] if graph_free else self.backend(params, coords)
-        errors = self.loss_fn.summed(pred, values)
-        if self.weights is None:
-            return errors.mean(dim=1).sum() / self.channels
-        return self.selected_loss(errors, pruned_idx).sum()
+        return self.loss_fn.summed(pred, values).mean(dim=1).sum() / self.channels
 
     def grad(self, params: Params, pruned_idx: Points) -> Params:
         """Graph-free per-signal gradient of the pruned-context MSE at ``params``."""
@@ -313,9 +313,10 @@ class ContextEvaluator:
             return self._full_mse(params, at_params)
 
     def _full_mse(self, params: Params, at_params: FullGrad | None) -> torch.Tensor:
+        if self.chunk_size is None and self.weights is not None:
+            return weighted_graph_loss(self, params, ALL_POINTS, graph_free=False)
         if self.chunk_size is None:
-            errors = self.loss_fn.summed(self.backend(params, self.coords), self.values)
-            return self.selected_loss(errors, ALL_POINTS)
+            return self.loss_fn.summed(self.backend(params, self.coords), self.values).mean(dim=1) / self.channels
         reusable = at_params is not None and not at_params.low_precision
         full = at_params if reusable else self.full_grad(params, with_shared=True)
         assert full is not None
