@@ -45,6 +45,7 @@ def test_codes_round_trip_in_order_with_their_labels(tmp_path):
         assert len(dataset) == 7 and torch.equal(dataset.codes["latent"], expected)
         assert torch.equal(dataset.labels, labels) and torch.equal(dataset.indices, torch.arange(7))
         assert torch.equal(dataset.psnr, torch.cat([f.history["psnr"].T for f in fits]))
+        assert torch.equal(dataset.loss, torch.cat([f.history["loss"].T for f in fits]))
         assert dataset.names == data.names and dataset.steps == 2
         for i in range(7):
             code, label = dataset[i]
@@ -69,7 +70,7 @@ def test_labelled_items_of_different_sizes_and_dict_items(tmp_path):
     for name in ("latent", "output.bias"):
         assert torch.equal(codes.codes[name], torch.cat([first.params[name], second.params[name]]))
     item = codes[2]  # two adapted tensors and no key: dict items
-    assert set(item) == {"codes", "label", "index", "psnr"} and set(item["codes"]) == {"latent", "output.bias"}
+    assert set(item) == {"codes", "label", "index", "loss", "psnr"} and set(item["codes"]) == {"latent", "output.bias"}
     assert torch.equal(item["codes"]["latent"], second.params["latent"][0]) and int(item["index"]) == 2
     code, label = LatentDataset(tmp_path, key="output.bias")[3]
     assert torch.equal(code, second.params["output.bias"][1]) and int(label) == 3

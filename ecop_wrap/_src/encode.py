@@ -2,9 +2,10 @@
 
 A code directory holds ``codes-00000.safetensors``, ``codes-00001.safetensors``, ... and ``index.json``, written
 last, so a directory without it is incomplete. Each shard holds, for its ``n`` signals, ``code.<name>``
-``[n, *shape]`` per adapted tensor, ``index`` ``[n]`` (the signals' positions in the dataset), ``psnr``
-``[n, steps + 1]`` (full-context PSNR before and after every step) and, when the signals have labels, ``label``
-``[n, ...]``. :class:`ecop_wrap.data.LatentDataset` reads it back; ``docs/sharing.md`` describes the format.
+``[n, *shape]`` per adapted tensor, ``index`` ``[n]`` (the signals' positions in the dataset), ``loss``
+``[n, steps + 1]`` (full-context loss before and after every step), with ``loss="mse"`` also ``psnr`` (the same
+as PSNR) and, when the signals have labels, ``label`` ``[n, ...]``. :class:`ecop_wrap.data.LatentDataset` reads
+it back; ``docs/sharing.md`` describes the format.
 """
 
 from __future__ import annotations
@@ -72,13 +73,15 @@ def encode_signals(
             fit = adapter.fit((coords.to(first.device, first.dtype), values.to(first.device, first.dtype)), steps=steps)
             block = {CODE_PREFIX + n: p.detach().cpu() for n, p in fit.params.items()}
             block["index"] = torch.arange(start, start + values.shape[0])
-            block["psnr"] = fit.history["psnr"].T.detach().cpu().float()
+            block["loss"] = fit.history["loss"].T.detach().cpu().float()
+            if "psnr" in fit.history:  # the loss is the MSE
+                block["psnr"] = fit.history["psnr"].T.detach().cpu().float()
             if batch_labels is not None:
                 block["label"] = batch_labels
             writer.add(block)
             if bar is not None:
                 bar.update(values.shape[0])
-                bar.set_postfix_str(f"{float(fit.history['psnr'][-1].mean()):.1f} dB", refresh=False)
+                bar.set_postfix_str(_progress_text(fit.history), refresh=False)
         writer.close(adapted=list(adapter.adapted), names=getattr(signals, "names", None))
     finally:
         if bar is not None:
@@ -191,7 +194,7 @@ class _ShardWriter:
     def add(self, block: dict[str, torch.Tensor]) -> None:
         if self.layout is None:
             self.layout = {k: {"shape": list(v.shape[1:]), "dtype": str(v.dtype)} for k, v in block.items()}
-            self.steps = int(block["psnr"].shape[1]) - 1
+            self.steps = int(block["loss"].shape[1]) - 1
         wrong = [
             k for k, v in block.items() if {"shape": list(v.shape[1:]), "dtype": str(v.dtype)} != self.layout.get(k)
         ]
@@ -229,3 +232,9 @@ class _ShardWriter:
             "shards": self.shards,
         }
         _write_atomic(self.directory / INDEX_NAME, (json.dumps(index, indent=2) + "\n").encode())
+
+
+def _progress_text(history: dict[str, torch.Tensor]) -> str:
+    if "psnr" in history:
+        return f"{float(history['psnr'][-1].mean()):.1f} dB"
+    return f"loss {float(history['loss'][-1].mean()):.3g}"

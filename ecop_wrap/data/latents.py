@@ -29,7 +29,8 @@ class LatentDataset(Dataset[Any]):
     Item ``i`` is ``(code, label)``: the adapted tensor ``[*shape]`` named ``key`` and the signal's label (its
     index in the encoded dataset, an int64 scalar, when the signals had no labels). With ``as_dict=True``, or
     when several tensors were adapted and no ``key`` is given, item ``i`` is
-    ``{"codes": {name: tensor}, "label": ..., "index": ..., "psnr": [steps + 1]}``.
+    ``{"codes": {name: tensor}, "label": ..., "index": ..., "loss": [steps + 1]}`` (and ``"psnr"`` when the
+    loss was the MSE).
 
     Args:
         directory: a directory written by :meth:`~ecop_wrap.GradScaledAdapter.encode`.
@@ -40,7 +41,8 @@ class LatentDataset(Dataset[Any]):
         codes: adapted name -> ``[N, *shape]``.
         labels: ``[N, ...]``, or None when the signals had no labels.
         indices: ``[N]`` position of each signal in the encoded dataset.
-        psnr: ``[N, steps + 1]`` full-context PSNR of each fit before and after every step.
+        loss: ``[N, steps + 1]`` full-context loss of each fit before and after every step.
+        psnr: the same as PSNR when the loss was the MSE, else None.
         names: one name per signal (the ``names`` of an encoded ``SignalDataset``), or None.
         steps: fitting steps per signal.
 
@@ -58,7 +60,8 @@ class LatentDataset(Dataset[Any]):
         self.names: list[str] | None = index["names"]
         self.codes = {n: _cat(shards, CODE_PREFIX + n) for n in adapted}
         self.indices = _cat(shards, "index")
-        self.psnr = _cat(shards, "psnr")
+        self.loss = _cat(shards, "loss")
+        self.psnr = _cat(shards, "psnr") if "psnr" in index["tensors"] else None
         self.labels = _cat(shards, "label") if "label" in index["tensors"] else None
         if key is not None and key not in self.codes:
             raise KeyError(f"key {key!r} is not an adapted tensor of these codes: {adapted}")
@@ -77,7 +80,8 @@ class LatentDataset(Dataset[Any]):
             "codes": {n: c[index] for n, c in self.codes.items()},
             "label": label,
             "index": self.indices[index],
-            "psnr": self.psnr[index],
+            "loss": self.loss[index],
+            **({"psnr": self.psnr[index]} if self.psnr is not None else {}),
         }
 
     def __repr__(self) -> str:
@@ -109,9 +113,11 @@ def _read_index(path: Path) -> dict[str, Any]:
         raise ValueError(f"{path}: 'shards' must list files named codes-NNNNN.safetensors in this directory")
     if sum(int(s.get("count", -1)) for s in shards) != index["count"]:
         raise ValueError(f"{path}: the shards' counts do not add up to 'count' ({index['count']})")
-    expected = {CODE_PREFIX + n for n in index["adapted"]} | {"index", "psnr"}
-    if index["count"] and not expected <= set(index["tensors"]) <= expected | {"label"}:
-        raise ValueError(f"{path}: 'tensors' must be {sorted(expected)} (and 'label'), got {sorted(index['tensors'])}")
+    expected = {CODE_PREFIX + n for n in index["adapted"]} | {"index", "loss"}
+    if index["count"] and not expected <= set(index["tensors"]) <= expected | {"label", "psnr"}:
+        raise ValueError(
+            f"{path}: 'tensors' must be {sorted(expected)} (and 'label', 'psnr'), got {sorted(index['tensors'])}"
+        )
     return index
 
 
