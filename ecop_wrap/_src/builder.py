@@ -98,14 +98,18 @@ def build_backend(model: nn.Module, config: ECoPConfig, adapted: list[str]) -> B
 def free_chunk(config: ECoPConfig, num_points: int, *, meta_learning: bool) -> int | None:
     """Points per piece of every graph-free pass over a context of ``num_points`` (None: all at once).
 
-    ``chunk_size`` if set. Otherwise, while meta-learning, the pruned-set size: the ranking and bootstrap passes
-    then never hold more points at once than one pruned step holds in its graph (the paper's equal-memory
-    budget). At test time no graph back to theta_0 exists, so a whole-context pass is the smaller peak of the
-    two and the fastest: one piece.
+    ``chunk_size`` if set. Otherwise, while meta-learning, ``bootstrap_chunk``: by default (``"pruned"``) the
+    pruned-set size, so the bootstrap's passes never hold more points at once than one pruned step holds in its
+    graph (the paper's equal-memory budget). At test time no graph back to theta_0 exists, so a whole-context
+    pass is the smaller peak of the two and the fastest: one piece.
     """
     if config.chunk_size is not None:
         return config.chunk_size
-    return num_selected(num_points, config.gamma) if meta_learning else None
+    if not meta_learning:
+        return None
+    if config.bootstrap_chunk == "pruned":
+        return num_selected(num_points, config.gamma)
+    return None if config.bootstrap_chunk == "whole" else int(config.bootstrap_chunk)
 
 
 # The ranking forwards hold no graph at all: a whole-context pass keeps only about two activations of the

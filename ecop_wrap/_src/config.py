@@ -103,6 +103,14 @@ def _loss(name: str, value: Any) -> str:
     return value
 
 
+def _piece(name: str, value: Any) -> str | int:
+    if value in ("pruned", "whole"):
+        return str(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    raise ValueError(f'{name} must be "pruned", "whole" or a number of points >= 1, got {value!r}')
+
+
 def _dtype(name: str, value: Any) -> torch.dtype | None:
     return check_autocast_dtype(value, name)
 
@@ -214,6 +222,14 @@ class ECoPConfig:
         "and the outer loss keeps one full-context graph.",
         _optional(_int_at_least(1)),
         test_time=True,
+    )
+    bootstrap_chunk: str | int = _hyper(
+        "pruned",
+        "points per piece of the bootstrap's full-context passes while meta-learning, when ``chunk_size`` is not "
+        'set: ``"pruned"`` (the pruned-set size: a piece never holds more than one pruned step\'s graph, the '
+        "paper's equal-memory budget), ``\"whole\"`` (one piece: a quarter of the default's ops for the bootstrap "
+        "at ``gamma=0.25``, for a transient graph over the whole context) or a number of points.",
+        _piece,
     )
     checkpoint: bool = _hyper(
         False, "recompute each inner step's graph in the backward pass instead of keeping all K.", _flag
