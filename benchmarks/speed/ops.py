@@ -35,6 +35,7 @@ OPS_CONFIGS: dict[str, dict[str, Any]] = {
     "torch.func vmap": {"backend": "torch.func", "batching": "vmap"},
     "torch.func loop": {"backend": "torch.func", "batching": "loop"},
     "higher": {"backend": "higher"},
+    "bmm + bootstrap whole": {"backend": "torch.func", "batching": "bmm", "bootstrap_chunk": "whole"},
 }
 ECOP = "ECoP"
 TOP_OPS_SHOWN = 12
