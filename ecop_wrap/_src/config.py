@@ -288,6 +288,13 @@ class ECoPConfig:
         _int_at_least(1),
         test_time=True,
     )
+    monitor_window: int = _hyper(
+        50,
+        "meta-steps the training monitor looks at: one warning when the meta-gradient norm is above "
+        "``max_grad_norm`` for this many consecutive steps, one when a window's mean meta-loss is 1.5x the "
+        "best window's (0: no warnings).",
+        _int_at_least(0),
+    )
     coord_range: tuple[float, float] | None = _hyper(
         (-1.0, 1.0),
         "expected coordinate range; coordinates outside it warn once (None: no check).",

@@ -25,6 +25,7 @@ from .checkpoint import read_checkpoint
 from .config import FIELDS, POSITIONAL_KEYS, ECoPConfig, config_args_doc, config_parameters, split_config_kwargs
 from .evaluator import ContextEvaluator
 from .learner_state import LearnerState
+from .monitor import TrainingMonitor
 from .sharing import Sharing
 from .validation import check_model, check_positive, check_signal_batch
 
@@ -87,6 +88,7 @@ class ContextPruningMetaLearner(LearnerState, Sharing):
         self._meta_params = self._params + list(self.rates.tensors.values())
         self.step_count = 0
         self._consecutive_skips = 0
+        self._monitor = TrainingMonitor(self.config.monitor_window, self.config.max_grad_norm)
 
     @classmethod
     def from_config(cls, model: nn.Module, config: ECoPConfig, **kwargs: Any) -> ContextPruningMetaLearner:
@@ -256,6 +258,8 @@ class ContextPruningMetaLearner(LearnerState, Sharing):
         else:
             self._skip()
         loss, fit_loss, distance = (float(v) for v in stats)
+        if finite:
+            self._monitor.update(self.step_count, float(grad_norm), loss)
         report = {"loss": loss, "fit_loss": fit_loss}
         if self.loss_fn.is_mse:
             report |= {"mse": fit_loss, "psnr": float(mse_to_psnr(fit_loss, self.config.data_range))}
