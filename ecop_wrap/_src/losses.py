@@ -16,6 +16,7 @@ from collections.abc import Callable
 import torch
 
 from .numerics import squared_errors
+from .validation import register_in
 
 __all__ = ["LOSSES", "LossFn", "PointLoss", "huber", "l1", "make_loss", "mse", "register_loss"]
 
@@ -51,13 +52,7 @@ def register_loss(name: str, fn: LossFn, *, overwrite: bool = False) -> None:
             differentiable in ``pred`` (twice, for second-order meta-learning).
         overwrite: replace an existing loss of that name (else that is a ``ValueError``).
     """
-    if not isinstance(name, str) or not name:
-        raise TypeError(f"a loss's name must be a non-empty str, got {name!r}")
-    if not callable(fn):
-        raise TypeError(f"the loss registered as {name!r} must be callable fn(pred, target) -> [..., M]")
-    if name in LOSSES and not overwrite:
-        raise ValueError(f"a loss named {name!r} is already registered; pass overwrite=True to replace it")
-    LOSSES[name] = fn
+    register_in(LOSSES, "loss", name, fn, overwrite)
 
 
 class PointLoss:

@@ -18,6 +18,7 @@ from torch import nn
 
 from ..typing import Params
 from .numerics import ALL_POINTS, global_norm, squared_errors
+from .validation import register_in
 
 if TYPE_CHECKING:
     from .evaluator import ContextEvaluator, FullGrad
@@ -87,22 +88,12 @@ def register_selection(name: str, factory: Callable[..., SelectionRule], *, over
         factory: called with the model (and ``layer=`` for rules that take a layer) to build the rule.
         overwrite: replace an existing rule of that name (else that is a ``ValueError``).
     """
-    _register(SELECTION_RULES, "selection", name, factory, overwrite)
+    register_in(SELECTION_RULES, "selection rule", name, factory, overwrite)
 
 
 def register_scaling(name: str, factory: Callable[[], ScalingRule], *, overwrite: bool = False) -> None:
     """Make ``scaling=name`` available: ``factory()`` returns the rule (see :func:`register_selection`)."""
-    _register(SCALING_RULES, "scaling", name, factory, overwrite)
-
-
-def _register(registry: dict[str, Any], kind: str, name: str, factory: Any, overwrite: bool) -> None:
-    if not isinstance(name, str) or not name:
-        raise TypeError(f"a {kind} rule's name must be a non-empty str, got {name!r}")
-    if not callable(factory):
-        raise TypeError(f"the {kind} factory for {name!r} must be callable, got {type(factory).__name__}")
-    if name in registry and not overwrite:
-        raise ValueError(f"a {kind} rule named {name!r} is already registered; pass overwrite=True to replace it")
-    registry[name] = factory
+    register_in(SCALING_RULES, "scaling rule", name, factory, overwrite)
 
 
 def check_rule_name(kind: str, name: Any, registry: dict[str, Any]) -> str:

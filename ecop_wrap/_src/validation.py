@@ -21,6 +21,7 @@ __all__ = [
     "check_positive",
     "check_signal",
     "check_signal_batch",
+    "register_in",
     "user_stacklevel",
 ]
 
@@ -50,6 +51,17 @@ def check_model(model: Any) -> None:
                 f"model.{name or '<root>'} is a {type(module).__name__}: batch statistics mix points of a "
                 "signal and are undefined for per-signal adaptation; use LayerNorm or no normalisation"
             )
+
+
+def register_in(registry: dict[str, Any], what: str, name: Any, value: Any, overwrite: bool) -> None:
+    """Add ``registry[name] = value`` (a callable), refusing a bad name or an existing one unless ``overwrite``."""
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"a {what}'s name must be a non-empty str, got {name!r}")
+    if not callable(value):
+        raise TypeError(f"the {what} registered as {name!r} must be callable, got {type(value).__name__}")
+    if name in registry and not overwrite:
+        raise ValueError(f"a {what} named {name!r} is already registered; pass overwrite=True to replace it")
+    registry[name] = value
 
 
 def check_fraction(name: str, value: Any) -> float:
