@@ -90,7 +90,15 @@ def build_backend(model: nn.Module, config: ECoPConfig, adapted: list[str]) -> B
         graph_free_dtype=config.graph_free_dtype,
         full_precision=config.graph_free_full_precision,
     )
-    backend = make_backend(config.backend, model, config.batching, adapted, precision=precision, compile=config.compile)
+    backend = make_backend(
+        config.backend,
+        model,
+        config.batching,
+        adapted,
+        precision=precision,
+        compile=config.compile,
+        benchmark=config.batching_benchmark,
+    )
     _warn_about_dtypes(model, config)
     return backend
 

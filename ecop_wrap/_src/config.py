@@ -242,8 +242,22 @@ class ECoPConfig:
     )
     batching: BatchingMode = _hyper(
         "auto",
-        'how the torch.func backend batches signals: ``"auto"``, ``"bmm"``, ``"vmap"`` or ``"loop"``.',
+        'how the torch.func backend batches signals: ``"auto"``, ``"bmm"``, ``"vmap"`` or ``"loop"``. '
+        '``"auto"`` keeps the modes that reproduce the per-signal loop on a probe and, with '
+        "``batching_benchmark``, the fastest of them.",
         _choice(get_args(BatchingMode)),
+        test_time=True,
+    )
+    batching_benchmark: bool = _hyper(
+        True,
+        'with ``batching="auto"``: time every correct mode on the first call (a forward without a graph and a '
+        "second-order step, on that call's points and two of its signals; about 1 s for SIREN 5x256 at 64x64 on "
+        "one CPU thread) and keep the fastest, once per parameter shapes, coordinate layout, dtype and device, "
+        "like cuDNN's benchmark mode; ``backend.batching_times`` and an INFO line on the ``ecop_wrap`` logger "
+        "say what it measured. False, the environment variable ``ECOP_WRAP_BATCHING_BENCHMARK=0`` or "
+        'torch.distributed (every rank must run the same mode): the first correct mode of ``"bmm"``, '
+        '``"vmap"``, else ``"loop"``, deterministically.',
+        _flag,
         test_time=True,
     )
     autocast_dtype: torch.dtype | None = _hyper(

@@ -51,6 +51,7 @@ def make_backend(
     *,
     precision: Precision | None = None,
     compile: bool = False,
+    benchmark: bool = True,
 ) -> Backend:
     """Build the backend called ``name`` (one of :data:`BACKENDS`) for ``model``, complete.
 
@@ -61,11 +62,12 @@ def make_backend(
         adapted: names of the parameters that will be passed per signal (default: every trainable one).
         precision: the autocast policy (default: the model's dtype everywhere).
         compile: ``torch.compile`` the graph-free forwards.
+        benchmark: with ``batching="auto"``, time the correct modes on the first call and keep the fastest.
     """
     if batching not in BATCHING_MODES:
         raise ValueError(f"batching must be one of {BATCHING_MODES}, got {batching!r}")
     if name == "torch.func":
-        return TorchFuncBackend(model, batching, adapted, precision=precision, compile=compile)
+        return TorchFuncBackend(model, batching, adapted, precision=precision, compile=compile, benchmark=benchmark)
     if name == "higher":
         if batching not in ("auto", "loop"):
             raise ValueError(f"the higher backend runs one signal at a time; batching={batching!r} is not supported")

@@ -3,6 +3,8 @@ batched matmul per ``nn.Linear`` (``"bmm"``), :func:`torch.func.vmap` or a loop 
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -10,6 +12,7 @@ from torch.func import functional_call, vmap
 from torch.overrides import TorchFunctionMode
 
 from ...typing import BatchingMode, Params
+from .autotune import SHARED_CHOICES, BatchingChoice, logger, time_modes, timing_off_reason
 from .base import Backend
 from .forward import call_with_capture, loop_forward
 from .precision import Precision
@@ -22,10 +25,18 @@ class TorchFuncBackend(Backend):
 
     Args:
         model: the INR.
-        batching: ``"auto"`` (default: the first of ``"bmm"``, ``"vmap"`` that runs and matches the loop on a
-            probe, else ``"loop"``), ``"bmm"``, ``"vmap"`` or ``"loop"``. ``"bmm"`` needs every adapted
-            parameter to belong to an ``nn.Linear``.
+        batching: ``"auto"`` (default: among ``"bmm"``, ``"vmap"`` and ``"loop"``, the modes that run and
+            reproduce the loop on a probe; with ``benchmark`` the fastest of them on the first call, else the
+            first of ``"bmm"``, ``"vmap"``, else ``"loop"``; see :mod:`.autotune`), ``"bmm"``, ``"vmap"`` or
+            ``"loop"``. ``"bmm"`` needs every adapted parameter to belong to an ``nn.Linear``.
         adapted, precision, compile: see :class:`Backend`.
+        benchmark: with ``batching="auto"``, time the correct modes and keep the fastest.
+
+    ``"auto"`` settles on the first call of each kind: per set of adapted parameter shapes, coordinate
+    dimensions, dtype and device. Neither the number of signals or points nor whether the coordinates are
+    shared is part of it, so that every pass of a meta-step (ranking chunks on the shared grid, pruned steps on
+    gathered points, the full-context loss) runs in one mode and gives that mode's numbers exactly; the first
+    call's points are the ones timed.
     """
 
     name = "torch.func"
@@ -38,11 +49,33 @@ class TorchFuncBackend(Backend):
         *,
         precision: Precision | None = None,
         compile: bool = False,
+        benchmark: bool = True,
     ) -> None:
         super().__init__(model, adapted, precision=precision, compile=compile)
         if batching == "bmm" and not self._linear_only():
             raise ValueError("batching='bmm' needs every trainable parameter to belong to an nn.Linear")
-        self.batching = batching
+        self.requested_batching: BatchingMode = batching
+        self.benchmark = benchmark
+        self.batching_choices: dict[tuple[object, ...], BatchingChoice] = {}
+        """What ``"auto"`` chose, per kind of call (see the class docstring)."""
+        self.latest_choice: BatchingChoice | None = None
+
+    @property
+    def batching(self) -> BatchingMode:
+        """The batching mode: the one asked for, or the one ``"auto"`` chose last (``"auto"`` before any call)."""
+        if self.requested_batching == "auto" and self.latest_choice is not None:
+            return self.latest_choice.mode
+        return self.requested_batching
+
+    @property
+    def batching_choice(self) -> BatchingMode | None:
+        """The mode ``"auto"`` chose last (None before the first call, or when a mode was asked for)."""
+        return self.latest_choice.mode if self.latest_choice is not None else None
+
+    @property
+    def batching_times(self) -> dict[BatchingMode, float]:
+        """Median seconds per correct mode of the last timing ``"auto"`` made (empty when not timed)."""
+        return dict(self.latest_choice.times) if self.latest_choice is not None else {}
 
     def _linear_only(self) -> bool:
         owners = {n.rsplit(".", 1)[0] if "." in n else "" for n in self.param_names}
@@ -52,12 +85,15 @@ class TorchFuncBackend(Backend):
     def forward_capture(
         self, params: Params, coords: torch.Tensor, capture: nn.Module | None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if self.batching == "auto":
-            self.batching = self._choose(params, coords)
-        if self.batching == "bmm":
+        return self._forward_in(self._mode_for(params, coords), params, coords, capture)
+
+    def _forward_in(
+        self, mode: BatchingMode, params: Params, coords: torch.Tensor, capture: nn.Module | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if mode == "bmm":
             with _BatchedLinear():
                 return call_with_capture(lambda: functional_call(self.model, params, (coords,)), capture)
-        if self.batching == "vmap":
+        if mode == "vmap":
             return self._vmap_forward(params, coords, capture)
         return loop_forward(self.model, params, coords, capture)
 
@@ -71,23 +107,90 @@ class TorchFuncBackend(Backend):
         results = vmap(one, in_dims=(0, 0 if coords.ndim == 3 else None))(params, coords)
         return results[0], (results[1] if capture is not None else None)
 
+    # -------------------------------------------------------------------------------------- "auto"
+    def _mode_for(self, params: Params, coords: torch.Tensor) -> BatchingMode:
+        if self.requested_batching != "auto":
+            return self.requested_batching
+        key = _call_kind(params, coords)
+        choice = self.batching_choices.get(key)
+        if choice is None:
+            choice = self._settle(key, params, coords)
+            self.batching_choices[key] = choice
+        if choice is not self.latest_choice:
+            self.latest_choice = choice
+        return choice.mode
+
+    def _settle(self, key: tuple[object, ...], params: Params, coords: torch.Tensor) -> BatchingChoice:
+        """Probe the modes for correctness, then time the correct ones (unless timing is off); log the choice.
+
+        Another backend of the same model (a learner's adapters) reuses a choice made for the same kind of
+        call, precision and timing setting.
+        """
+        note = timing_off_reason(self.benchmark)
+        shared = SHARED_CHOICES.setdefault(self.model, {})
+        shared_key = (key, self.precision.autocast_dtype, bool(note))
+        if shared_key in shared:
+            return shared[shared_key]
+        shared[shared_key] = choice = self._choose(params, coords, note)
+        return choice
+
+    def _choose(self, params: Params, coords: torch.Tensor, note: str) -> BatchingChoice:
+        correct = self._correct_modes(params, coords, first_only=bool(note))
+        if note:
+            choice = BatchingChoice(correct[0], tuple(correct), note=note)
+        else:
+            # the timing's own graphs are not the caller's: outside any saved-tensor hooks around this call
+            # (activation checkpointing would otherwise record them and refuse the recomputation)
+            with self._timing_precision(coords), torch.autograd.graph.saved_tensors_hooks(_keep, _keep):
+                times = time_modes(lambda m, p, x: self._forward_in(m, p, x, None)[0], correct, params, coords)
+            if times:
+                choice = BatchingChoice(min(times, key=times.__getitem__), tuple(correct), times)
+            else:
+                choice = BatchingChoice(correct[0], tuple(correct), note="every mode failed while being timed")
+        logger.info("%s; model %s, coords %s", choice.describe(), type(self.model).__name__, tuple(coords.shape))
+        return choice
+
     @torch.no_grad()
-    def _choose(self, params: Params, coords: torch.Tensor) -> BatchingMode:
-        """First batching mode that runs and reproduces the per-signal loop on a few probe points."""
+    def _correct_modes(self, params: Params, coords: torch.Tensor, *, first_only: bool) -> list[BatchingMode]:
+        """The modes that run and reproduce the per-signal loop on a few probe points, ``"loop"`` last.
+
+        With ``first_only``, stop at the first batched one that does (what the untimed choice needs).
+        """
         with torch.autocast(coords.device.type, enabled=False):
             probe_params = {n: p[:2].detach() for n, p in params.items()}
             probe_coords = coords[..., :8, :] if coords.ndim == 2 else coords[:2, :8]
             reference = loop_forward(self.model, probe_params, probe_coords, None)[0]
-            candidates: list[BatchingMode] = ["bmm", "vmap"] if self._linear_only() else ["vmap"]
-            for mode in candidates:
-                self.batching = mode
+            correct: list[BatchingMode] = []
+            for mode in _BATCHED_MODES if self._linear_only() else ("vmap",):
                 try:
-                    out = self.forward_capture(probe_params, probe_coords, None)[0]
+                    out = self._forward_in(mode, probe_params, probe_coords, None)[0]
                 except Exception:  # noqa: BLE001 - any failure means "this mode does not fit this model"
                     continue
                 if out.shape == reference.shape and torch.allclose(out, reference, rtol=1e-4, atol=1e-5):
-                    return mode
-        return "loop"
+                    correct.append(mode)
+                    if first_only:
+                        break
+        return [*correct, "loop"]
+
+    def _timing_precision(self, coords: torch.Tensor) -> contextlib.AbstractContextManager[object]:
+        """The main passes' precision, whatever pass the first call came from (e.g. a bf16 ranking pass)."""
+        dtype = self.precision.autocast_dtype
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.autocast(coords.device.type, enabled=False))
+        if dtype is not None:
+            stack.enter_context(torch.autocast(coords.device.type, dtype=dtype))
+        return stack
+
+
+_BATCHED_MODES: tuple[BatchingMode, ...] = ("bmm", "vmap")
+
+
+def _call_kind(params: Params, coords: torch.Tensor) -> tuple[object, ...]:
+    """What an ``"auto"`` choice is cached by: adapted names and per-signal shapes, coordinate dimensions, dtype
+    and device; not the number of signals or points, nor whether coordinates are shared (a meta-step ranks a
+    shared grid and steps on per-signal gathered points, in one mode)."""
+    shapes = tuple((n, tuple(p.shape[1:]), p.dtype) for n, p in params.items())
+    return (shapes, coords.shape[-1], coords.dtype, coords.device)
 
 
 class _BatchedLinear(TorchFunctionMode):
@@ -111,3 +214,7 @@ def _batched_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     if bias is not None:
         out = out + (bias.unsqueeze(-2) if bias.ndim == 2 else bias)
     return out
+
+
+def _keep(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor

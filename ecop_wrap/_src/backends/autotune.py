@@ -1,0 +1,162 @@
+"""``batching="auto"``: which batching modes are correct for a model, and which of them is fastest.
+
+Correctness first: a mode is a candidate only if it runs and reproduces the per-signal loop on a small probe
+(8 points of 2 signals). Then, with timing on, every candidate (the loop included) is timed on the call's points
+and at most :data:`TIMING_SIGNALS` of its signals, in the passes that dominate a meta-step: a forward without a
+graph (ranking, bootstrap) on the call's coordinates and a second-order step (a forward, its gradient with
+``create_graph`` and the backward through that gradient, i.e. one inner step and its share of the outer
+backward) on per-signal coordinates (a shared grid repeated, as gathered points are). Each mode is warmed
+up once, then timed :data:`TIMING_REPEATS` times, round-robin; the fastest median wins (like cuDNN's benchmark
+mode). With timing off, or under ``torch.distributed`` (every rank must run the same mode; ranks timing
+differently could pick different ones), the first correct mode of ``"bmm"``, ``"vmap"`` wins, else ``"loop"``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import statistics
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ...typing import BatchingMode, Params
+
+__all__ = [
+    "BENCHMARK_ENV",
+    "SHARED_CHOICES",
+    "TIMING_REPEATS",
+    "TIMING_SIGNALS",
+    "BatchingChoice",
+    "time_modes",
+    "timing_off_reason",
+]
+
+logger = logging.getLogger("ecop_wrap")
+
+BENCHMARK_ENV = "ECOP_WRAP_BATCHING_BENCHMARK"
+"""Set to ``"0"`` to turn the timing of ``batching="auto"`` off process-wide (the test suite does)."""
+TIMING_SIGNALS = 2
+"""Signals of the call that are timed: SIREN 5x256 at 64x64, B=8, a meta-step takes about 13 s on one CPU thread
+and the timing about 1 s; with the whole batch it would take about 4 s."""
+TIMING_REPEATS = 3
+"""Timed repeats per mode after one warm-up (their median is the mode's time)."""
+
+SHARED_CHOICES: weakref.WeakKeyDictionary[nn.Module, dict[tuple[object, ...], BatchingChoice]] = (
+    weakref.WeakKeyDictionary()
+)
+"""Choices per model, shared by its backends (a learner and its adapters time once), dropped with the model."""
+
+ForwardIn = Callable[[BatchingMode, Params, torch.Tensor], torch.Tensor]
+"""``forward(mode, params [B, ...], coords) -> [B, M, D]``: the backend's forward in one batching mode."""
+
+
+@dataclass(frozen=True)
+class BatchingChoice:
+    """What ``batching="auto"`` chose for one kind of call, and why.
+
+    Attributes:
+        mode: the batching mode used.
+        candidates: the modes that reproduced the loop on the probe (``"loop"`` always among them).
+        times: median seconds of the timed passes per mode; empty when nothing was timed. A candidate that
+            failed while being timed is missing.
+        note: why nothing was timed (empty when timed).
+    """
+
+    mode: BatchingMode
+    candidates: tuple[BatchingMode, ...]
+    times: dict[BatchingMode, float] = field(default_factory=dict)
+    note: str = ""
+
+    def describe(self) -> str:
+        if not self.times:
+            return f"batching='auto' chose {self.mode!r} (the first correct mode; not timed: {self.note})"
+        timed = ", ".join(f"{mode} {1e3 * seconds:.1f} ms" for mode, seconds in self.times.items())
+        return f"batching='auto' chose {self.mode!r}, the fastest of the correct modes ({timed})"
+
+
+def timing_off_reason(requested: bool) -> str:
+    """Why the modes will not be timed ("" when they will)."""
+    if not requested:
+        return "batching_benchmark=False"
+    if os.environ.get(BENCHMARK_ENV, "1").strip() == "0":
+        return f"{BENCHMARK_ENV}=0"
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if distributed and torch.distributed.get_world_size() > 1:
+        return "under torch.distributed every rank must run the same mode"
+    return ""
+
+
+def time_modes(
+    forward: ForwardIn, modes: Sequence[BatchingMode], params: Params, coords: torch.Tensor
+) -> dict[BatchingMode, float]:
+    """Median seconds of one graph-free forward plus one second-order step, per mode that runs.
+
+    Args:
+        forward: the backend's forward in a given mode.
+        modes: the candidates.
+        params: name -> ``[B, *shape]`` (the first :data:`TIMING_SIGNALS` signals are timed; one signal is
+            repeated to make two).
+        coords: ``[M, C]`` or ``[B, M, C]``.
+
+    Returns:
+        mode -> median seconds, for the modes whose warm-up ran (in the order of ``modes``).
+    """
+    leaves, sample_coords = _timing_inputs(params, coords)
+
+    def unit(mode: BatchingMode) -> float:
+        _sync(coords.device)
+        start = time.perf_counter()
+        _graph_free_and_second_order(forward, mode, leaves, sample_coords)
+        _sync(coords.device)
+        return time.perf_counter() - start
+
+    running: list[BatchingMode] = []
+    for mode in modes:
+        try:
+            unit(mode)  # warm-up: allocations, lazy initialisation
+        except Exception:  # noqa: BLE001 - a mode that fails here is not a candidate
+            continue
+        running.append(mode)
+    times: dict[BatchingMode, list[float]] = {mode: [] for mode in running}
+    for _ in range(TIMING_REPEATS):
+        for mode in running:  # round-robin, so that machine noise hits every mode alike
+            times[mode].append(unit(mode))
+    return {mode: statistics.median(t) for mode, t in times.items()}
+
+
+def _timing_inputs(params: Params, coords: torch.Tensor) -> tuple[Params, torch.Tensor]:
+    batch = next(iter(params.values())).shape[0]
+    signals = min(batch, TIMING_SIGNALS)
+    picked = torch.arange(signals, device=coords.device).repeat_interleave(-(-TIMING_SIGNALS // signals))
+    picked = picked[:TIMING_SIGNALS]
+    leaves = {n: p.detach()[picked].clone().requires_grad_(True) for n, p in params.items()}
+    return leaves, (coords.detach() if coords.ndim == 2 else coords.detach()[picked])
+
+
+def _per_signal(coords: torch.Tensor, signals: int) -> torch.Tensor:
+    """``[signals, M, C]`` coordinates: per-signal ones as they are, a shared grid repeated (gathered points)."""
+    return coords if coords.ndim == 3 else coords.unsqueeze(0).expand(signals, *coords.shape).contiguous()
+
+
+def _graph_free_and_second_order(forward: ForwardIn, mode: BatchingMode, leaves: Params, coords: torch.Tensor) -> None:
+    with torch.no_grad():
+        forward(mode, leaves, coords)
+    if torch.is_inference_mode_enabled():  # no graph can be built: the graph-free forward is all there is
+        return
+    gathered = _per_signal(coords, next(iter(leaves.values())).shape[0])  # what a pruned step sees
+    with torch.enable_grad():
+        loss = forward(mode, leaves, gathered).float().square().mean()
+        grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=True, allow_unused=True)
+        carried = [g.square().sum() for g in grads if g is not None and g.requires_grad]
+        if carried:
+            torch.autograd.grad(torch.stack(carried).sum(), list(leaves.values()), allow_unused=True)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

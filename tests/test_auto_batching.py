@@ -1,0 +1,88 @@
+"""batching="auto" by speed: timing picks a correct mode and records the times; caching; timing off is today's
+first-correct choice; a mode that cannot run the model is never picked."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from reference import TinySiren
+from torch import nn
+
+from ecop_wrap import ContextPruningMetaLearner, make_grid
+from ecop_wrap._src.backends import autotune
+
+
+@pytest.fixture
+def timing_on(monkeypatch):
+    monkeypatch.setenv(autotune.BENCHMARK_ENV, "1")
+
+
+def _learner(model=None, **settings):
+    return ContextPruningMetaLearner(model or TinySiren(2, 1).double(), K=2, L=1, coord_range=None, **settings)
+
+
+def _batch(side=5, batch=2):
+    return make_grid((side, side), dtype=torch.float64), torch.rand(batch, side * side, 1, dtype=torch.float64)
+
+
+def test_timing_picks_a_correct_mode_and_records_every_candidate(timing_on, caplog):
+    learner = _learner()
+    with caplog.at_level(logging.INFO, logger="ecop_wrap"):
+        learner.meta_step(_batch())
+    backend = learner.backend
+    assert set(backend.batching_times) == {"bmm", "vmap", "loop"}
+    assert all(t > 0 for t in backend.batching_times.values())
+    assert backend.batching == min(backend.batching_times, key=backend.batching_times.__getitem__)
+    assert any("batching='auto' chose" in r.getMessage() for r in caplog.records)
+
+
+def test_the_choice_is_cached_per_kind_of_call(timing_on):
+    learner = _learner()
+    learner.meta_step(_batch())
+    first = dict(learner.backend.batching_choices)
+    learner.meta_step(_batch(side=6, batch=3))  # more points and signals: the same kind of call
+    assert learner.backend.batching_choices == first
+    # the shared grid and the gathered pruned sets ([B, k, C]) are the two kinds of call of a meta-step
+    assert sorted(key[1] for key in first) == [2, 3]
+
+
+def test_timing_off_is_the_first_correct_mode():
+    learner = _learner(batching_benchmark=False)
+    learner.meta_step(_batch())
+    assert learner.backend.batching == "bmm" and learner.backend.batching_times == {}
+
+
+class _NoVmap(nn.Module):
+    """A model vmap cannot run (a data-dependent Python branch) and bmm does not apply to (no nn.Linear)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(1, dtype=torch.float64))
+
+    def forward(self, x):
+        if float(x.sum()) > 1e9:  # .item() on a batched tensor: vmap fails
+            return x[:, :1]
+        return self.scale * x[:, :1]
+
+
+def test_a_mode_that_fails_is_never_picked(timing_on):
+    learner = _learner(_NoVmap())
+    coords, values = _batch()
+    learner.meta_step((coords.unsqueeze(0).repeat(2, 1, 1), values))  # per-signal coords: vmap batches them
+    assert learner.backend.batching == "loop" and set(learner.backend.batching_times) == {"loop"}
+
+
+def test_timed_checkpointed_steps_give_the_chosen_modes_numbers(timing_on):
+    """Timing inside a checkpointed first step must not be recorded by the checkpoint (it refused it once)."""
+    batch = _batch()
+    timed = _learner(checkpoint=True)
+    timed.meta_step(batch)
+    mode = timed.backend.batching
+    torch.manual_seed(0)
+    explicit = _learner(checkpoint=True, batching=mode)
+    explicit.model.load_state_dict(timed.model.state_dict())
+    timed.model.load_state_dict(explicit.model.state_dict())
+    a, b = timed.meta_objective(batch).loss, explicit.meta_objective(batch).loss
+    assert torch.equal(a.detach(), b.detach())
