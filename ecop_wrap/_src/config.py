@@ -19,7 +19,15 @@ import torch
 from ..typing import BackendName, BatchingMode, LearnInnerLR
 from .losses import LOSSES
 from .rules import SELECTION_RULES, check_rule_name
-from .validation import check_autocast_dtype, check_fraction, check_int, check_positive
+from .validation import (
+    check_autocast_dtype,
+    check_fraction,
+    check_int,
+    check_module_names,
+    check_piece,
+    check_positive,
+    check_range,
+)
 
 __all__ = [
     "ALGORITHM_KEYS",
@@ -103,32 +111,8 @@ def _loss(name: str, value: Any) -> str:
     return value
 
 
-def _piece(name: str, value: Any) -> str | int:
-    if value in ("pruned", "whole"):
-        return str(value)
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
-        return value
-    raise ValueError(f'{name} must be "pruned", "whole" or a number of points >= 1, got {value!r}')
-
-
 def _dtype(name: str, value: Any) -> torch.dtype | None:
     return check_autocast_dtype(value, name)
-
-
-def _module_names(name: str, value: Any) -> str | tuple[str, ...]:
-    if value == "ends":
-        return "ends"
-    if isinstance(value, (tuple, list)) and all(isinstance(v, str) for v in value):
-        return tuple(value)
-    raise (ValueError if isinstance(value, str) else TypeError)(
-        f'{name} must be "ends" or a tuple of submodule names (e.g. ("net.0", "head")); got {value!r}'
-    )
-
-
-def _range(name: str, value: Any) -> tuple[float, float]:
-    if not isinstance(value, (tuple, list)) or len(value) != 2 or not float(value[0]) < float(value[1]):
-        raise ValueError(f"{name} must be a pair (low, high) with low < high, or None; got {value!r}")
-    return float(value[0]), float(value[1])
 
 
 @dataclass(frozen=True)
@@ -229,7 +213,7 @@ class ECoPConfig:
         'set: ``"pruned"`` (the pruned-set size: a piece never holds more than one pruned step\'s graph, the '
         "paper's equal-memory budget), ``\"whole\"`` (one piece: a quarter of the default's ops for the bootstrap "
         "at ``gamma=0.25``, for a transient graph over the whole context) or a number of points.",
-        _piece,
+        check_piece,
     )
     checkpoint: bool = _hyper(
         False, "recompute each inner step's graph in the backward pass instead of keeping all K.", _flag
@@ -283,7 +267,7 @@ class ECoPConfig:
         "compute itself in float32, as ``FourierFeatureMLP`` does. Why: SIREN loses most of bf16's precision in "
         "its first layer (w0 = 30 times the input projection) and in its predictions; with the ends in float32 "
         "bf16 cost nothing measurable on the builtin comparison (docs/benchmarks.md).",
-        _module_names,
+        check_module_names,
         test_time=True,
     )
     compile: bool = _hyper(
@@ -312,7 +296,7 @@ class ECoPConfig:
     coord_range: tuple[float, float] | None = _hyper(
         (-1.0, 1.0),
         "expected coordinate range; coordinates outside it warn once (None: no check).",
-        _optional(_range),
+        _optional(check_range),
         test_time=True,
     )
 

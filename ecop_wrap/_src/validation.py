@@ -18,7 +18,10 @@ __all__ = [
     "check_fraction",
     "check_int",
     "check_model",
+    "check_module_names",
+    "check_piece",
     "check_positive",
+    "check_range",
     "check_signal",
     "check_signal_batch",
     "register_in",
@@ -62,6 +65,30 @@ def register_in(registry: dict[str, Any], what: str, name: Any, value: Any, over
     if name in registry and not overwrite:
         raise ValueError(f"a {what} named {name!r} is already registered; pass overwrite=True to replace it")
     registry[name] = value
+
+
+def check_module_names(name: str, value: Any) -> str | tuple[str, ...]:
+    if value == "ends":
+        return "ends"
+    if isinstance(value, (tuple, list)) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise (ValueError if isinstance(value, str) else TypeError)(
+        f'{name} must be "ends" or a tuple of submodule names (e.g. ("net.0", "head")); got {value!r}'
+    )
+
+
+def check_range(name: str, value: Any) -> tuple[float, float]:
+    if not isinstance(value, (tuple, list)) or len(value) != 2 or not float(value[0]) < float(value[1]):
+        raise ValueError(f"{name} must be a pair (low, high) with low < high, or None; got {value!r}")
+    return float(value[0]), float(value[1])
+
+
+def check_piece(name: str, value: Any) -> str | int:
+    if value in ("pruned", "whole"):
+        return str(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    raise ValueError(f'{name} must be "pruned", "whole" or a number of points >= 1, got {value!r}')
 
 
 def check_fraction(name: str, value: Any) -> float:
