@@ -3,6 +3,13 @@
 It deliberately shares no code with ecop_wrap: one signal at a time, a full forward with a graph at every
 inner step (the pruned loss is that forward indexed at the top-k points, which has the same value and
 gradient as a separate forward on the subset), and torch.autograd.grad throughout.
+
+Per-point losses and weights (issue 22) are keyword arguments of the same functions (``loss=``, ``weights=``,
+``huber_delta=``, ``loss_fn=``); left at their defaults, every function computes exactly what it did before. With
+any of them set, a signal's loss is ``sum_j w_j l_j / sum_j w_j`` (weights 1 where none are given), the
+per-point loss ``l_j`` is written out here (``ref_point_loss``), and the pruned set is the top
+``max(1, int(gamma * M_pos))`` of the ``M_pos`` points of positive weight ranked by ``w_j l_j`` (points of weight 0
+are masked out of the ranking, not dropped from the forward).
 """
 
 from __future__ import annotations
@@ -51,6 +58,52 @@ def ref_topk(errors: torch.Tensor, gamma: float) -> torch.Tensor:
     return torch.argsort(errors, descending=True)[:k]
 
 
+def ref_point_loss(pred, y, loss="mse", huber_delta=1.0, loss_fn=None):
+    """Per-point loss ``[M]`` of ``pred, y [M, D]``: a built-in averaged over channels, else ``loss_fn(pred, y)``."""
+    e = pred - y
+    if loss == "mse":
+        return (e**2).mean(-1)
+    if loss == "l1":
+        return e.abs().mean(-1)
+    if loss == "huber":
+        quadratic = 0.5 * e**2
+        linear = huber_delta * (e.abs() - 0.5 * huber_delta)
+        return torch.where(e.abs() <= huber_delta, quadratic, linear).mean(-1)
+    if loss_fn is None:
+        raise ValueError(f"ref_point_loss: give loss_fn for the loss {loss!r}")
+    return loss_fn(pred, y)
+
+
+def ref_weighted(losses, w):
+    """A signal's loss ``sum_j w_j l_j / sum_j w_j``."""
+    return (w * losses).sum() / w.sum()
+
+
+def ref_weighted_topk(losses, w, gamma):
+    """The pruned set: the top ``max(1, int(gamma * M_pos))`` positive-weight points by ``w_j l_j``."""
+    positive = w > 0
+    k = max(1, int(gamma * int(positive.sum())))
+    scores = torch.where(positive, w * losses, torch.full_like(losses, -math.inf)).detach()
+    return torch.argsort(scores, descending=True)[:k]
+
+
+class _Objective:
+    """The loss settings of one call (``loss``, ``huber_delta``, ``loss_fn``) and whether any was given."""
+
+    def __init__(self, loss, huber_delta, loss_fn, weights):
+        self.custom = loss is not None or weights is not None
+        self.loss = "mse" if loss is None else loss
+        self.huber_delta = huber_delta
+        self.loss_fn = loss_fn
+
+    def point(self, pred, y):
+        return ref_point_loss(pred, y, self.loss, self.huber_delta, self.loss_fn)
+
+
+def _signal_weights(weights, b, y):
+    return torch.ones(y.shape[0], dtype=y.dtype) if weights is None else weights[b]
+
+
 def ref_rate(lr, rates, mode, name, k):
     """Step size of parameter ``name`` at inner step ``k``: fixed ``lr`` or a learned rate."""
     if rates is None:
@@ -60,12 +113,18 @@ def ref_rate(lr, rates, mode, name, k):
     return rates[name]
 
 
-def ref_inner(model, params, x, y, gamma, K, lr, first_order=False, rates=None, mode=None):
+def ref_inner(model, params, x, y, gamma, K, lr, first_order=False, rates=None, mode=None, objective=None, w=None):
+    """K inner SGD steps on the pruned context (``objective``/``w``: the weighted per-point loss, else MSE)."""
     for k in range(K):
         pred = functional_call(model, params, (x,))
-        err = ((pred - y) ** 2).sum(-1)
-        idx = ref_topk(err.detach(), gamma)
-        loss = ((pred[idx] - y[idx]) ** 2).mean()
+        if objective is not None and objective.custom:
+            losses = objective.point(pred, y)
+            idx = ref_weighted_topk(losses, w, gamma)
+            loss = ref_weighted(losses[idx], w[idx])
+        else:
+            err = ((pred - y) ** 2).sum(-1)
+            idx = ref_topk(err.detach(), gamma)
+            loss = ((pred[idx] - y[idx]) ** 2).mean()
         grads = torch.autograd.grad(loss, list(params.values()), create_graph=not first_order)
         params = {n: p - ref_rate(lr, rates, mode, n, k) * g for (n, p), g in zip(params.items(), grads, strict=True)}
     return params
@@ -86,24 +145,40 @@ def ref_meta_loss(
     adapted=None,
     rates=None,
     mode=None,
+    loss=None,
+    weights=None,
+    huber_delta=1.0,
+    loss_fn=None,
 ):
     """Mean over signals of MSE(theta_K; full) + lam * ||theta_K - stopgrad(theta_boot)||.
 
     ``adapted``: names of the parameters adapted per signal (None: every trainable one); the others are the
-    model's own in every forward. ``rates``/``mode``: learned step sizes (see ``ref_rate``).
+    model's own in every forward. ``rates``/``mode``: learned step sizes (see ``ref_rate``). ``loss``
+    (``"mse"``, ``"l1"``, ``"huber"`` with ``huber_delta``, or any name with ``loss_fn(pred, y) -> [M]``) and
+    ``weights [B, M]``: the objective of the inner steps, the bootstrap and the outer loss (the weighted
+    signal loss in place of the MSE).
     """
     boot_lr = lr if boot_lr is None else boot_lr
+    objective = _Objective(loss, huber_delta, loss_fn, weights)
     theta0 = {n: p for n, p in model.named_parameters() if p.requires_grad and (adapted is None or n in adapted)}
     total = 0.0
     for b in range(values.shape[0]):
         x = coords if coords.ndim == 2 else coords[b]
         y = values[b]
-        theta_k = ref_inner(model, dict(theta0), x, y, gamma, K, lr, first_order, rates, mode)
-        loss = ((functional_call(model, theta_k, (x,)) - y) ** 2).mean()
+        w = _signal_weights(weights, b, y)
+
+        def full_loss(params, x=x, y=y, w=w):
+            pred = functional_call(model, params, (x,))
+            if objective.custom:
+                return ref_weighted(objective.point(pred, y), w)
+            return ((pred - y) ** 2).mean()
+
+        theta_k = ref_inner(model, dict(theta0), x, y, gamma, K, lr, first_order, rates, mode, objective, w)
+        loss = full_loss(theta_k)
         if L > 0 and lam != 0:
             boot = {n: p.detach().requires_grad_(True) for n, p in theta_k.items()}
             for _ in range(L):
-                boot_loss = ((functional_call(model, boot, (x,)) - y) ** 2).mean()
+                boot_loss = full_loss(boot)
                 grads = torch.autograd.grad(boot_loss, list(boot.values()))
                 boot = {
                     n: (p - boot_lr * g).detach().requires_grad_(True)
@@ -122,8 +197,32 @@ def ref_meta_grads(model, coords, values, **kw):
     return loss.detach(), torch.autograd.grad(loss, params)
 
 
-def ref_fit(model, x, y, *, steps, lr, gamma, scaling, return_scales=False, adapted=None, rates=None, mode=None):
-    """Per-signal test-time fitting with Eq. 6 scaling; returns (params, mse history[, scale of every step])."""
+def ref_fit(
+    model,
+    x,
+    y,
+    *,
+    steps,
+    lr,
+    gamma,
+    scaling,
+    return_scales=False,
+    adapted=None,
+    rates=None,
+    mode=None,
+    loss=None,
+    weights=None,
+    huber_delta=1.0,
+    loss_fn=None,
+):
+    """Per-signal test-time fitting with Eq. 6 scaling; returns (params, mse history[, scale of every step]).
+
+    ``loss``/``weights [M]``/``huber_delta``/``loss_fn`` (see ``ref_meta_loss``): every step and the history use
+    the weighted signal loss, and the scalings compare the pruned set's (weighted) loss or gradient with the
+    full context's; the history is then that loss's.
+    """
+    objective = _Objective(loss, huber_delta, loss_fn, weights)
+    w = torch.ones(y.shape[0], dtype=y.dtype) if weights is None else weights
     params = {
         n: p.detach().clone().requires_grad_(True)
         for n, p in model.named_parameters()
@@ -132,20 +231,28 @@ def ref_fit(model, x, y, *, steps, lr, gamma, scaling, return_scales=False, adap
     history, scales = [], []
     for _ in range(steps + 1):
         pred = functional_call(model, params, (x,))
-        err = ((pred - y) ** 2).sum(-1)
-        full = err.mean() / y.shape[-1]
+        if objective.custom:
+            losses = objective.point(pred, y)
+            full = ref_weighted(losses, w)
+        else:
+            err = ((pred - y) ** 2).sum(-1)
+            full = err.mean() / y.shape[-1]
         history.append(full.detach())
         if len(history) == steps + 1:
             break
         g_full = torch.autograd.grad(full, list(params.values()), retain_graph=True)
-        idx = ref_topk(err.detach(), gamma)
-        if scaling == "norm":
+        if objective.custom:
+            idx = ref_weighted_topk(losses, w, gamma)
+            pruned = ref_weighted(losses[idx], w[idx])
+        else:
+            idx = ref_topk(err.detach(), gamma)
             pruned = err[idx].mean() / y.shape[-1]
+        if scaling == "norm":
             g_pruned = torch.autograd.grad(pruned, list(params.values()))
             norm = lambda gs: torch.sqrt(sum((g**2).sum() for g in gs))  # noqa: E731
             scale = norm(g_pruned) / (norm(g_full) + 1e-16)
         elif scaling == "loss":
-            scale = (err[idx].mean() / y.shape[-1]).detach() / (full.detach() + 1e-16)
+            scale = pruned.detach() / (full.detach() + 1e-16)
         else:
             scale = torch.tensor(1.0, dtype=full.dtype)
         scales.append(torch.as_tensor(scale).detach())
