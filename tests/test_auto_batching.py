@@ -12,6 +12,7 @@ from torch import nn
 
 from ecop_wrap import ContextPruningMetaLearner, make_grid
 from ecop_wrap._src.backends import autotune
+from ecop_wrap.extend import make_backend
 
 
 @pytest.fixture
@@ -85,3 +86,35 @@ def test_timed_checkpointed_steps_give_the_chosen_modes_numbers(timing_on):
     timed.model.load_state_dict(explicit.model.state_dict())
     a, b = timed.meta_objective(batch).loss, explicit.meta_objective(batch).loss
     assert torch.equal(a.detach(), b.detach())
+
+
+def test_a_new_kind_of_call_is_timed_again(timing_on):
+    model = TinySiren(2, 1).double()
+    backend = make_backend("torch.func", model)
+    params = {n: p.detach().expand(2, *p.shape) for n, p in model.named_parameters()}
+    coords = _batch()[0]
+    backend(params, coords)
+    backend({n: p[:1].expand(3, *p.shape[1:]) for n, p in params.items()}, coords[:7])  # other sizes: reused
+    assert len(backend.batching_choices) == 1
+    last = list(params)[-1]
+    backend({last: params[last]}, coords)  # another set of adapted parameters: a new kind
+    assert len(backend.batching_choices) == 2
+    assert all(set(choice.times) == set(choice.candidates) for choice in backend.batching_choices.values())
+
+
+def test_timing_off_under_distributed(timing_on, monkeypatch):
+    """Ranks timing differently must not run different modes: under torch.distributed nothing is timed."""
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda *args, **kwargs: 2)
+    model = TinySiren(2, 1).double()
+    backend = make_backend("torch.func", model)
+    backend({n: p.detach().expand(2, *p.shape) for n, p in model.named_parameters()}, _batch()[0])
+    choice = next(iter(backend.batching_choices.values()))
+    assert choice.times == {} and "torch.distributed" in choice.note and backend.batching == "bmm"
+
+
+def test_the_environment_variable_turns_timing_off(monkeypatch):
+    monkeypatch.setenv(autotune.BENCHMARK_ENV, "0")
+    learner = _learner()
+    learner.meta_step(_batch())
+    assert learner.backend.batching == "bmm" and learner.backend.batching_times == {}

@@ -1,14 +1,15 @@
 """``batching="auto"``: which batching modes are correct for a model, and which of them is fastest.
 
 Correctness first: a mode is a candidate only if it runs and reproduces the per-signal loop on a small probe
-(8 points of 2 signals). Then, with timing on, every candidate (the loop included) is timed on the call's points
-and at most :data:`TIMING_SIGNALS` of its signals, in the passes that dominate a meta-step: a forward without a
-graph (ranking, bootstrap) on the call's coordinates and a second-order step (a forward, its gradient with
-``create_graph`` and the backward through that gradient, i.e. one inner step and its share of the outer
-backward) on per-signal coordinates (a shared grid repeated, as gathered points are). Each mode is warmed
-up once, then timed :data:`TIMING_REPEATS` times, round-robin; the fastest median wins (like cuDNN's benchmark
-mode). With timing off, or under ``torch.distributed`` (every rank must run the same mode; ranks timing
-differently could pick different ones), the first correct mode of ``"bmm"``, ``"vmap"`` wins, else ``"loop"``.
+(8 points of 2 signals). Then, with timing on, every candidate (the loop included) is timed on at most
+:data:`TIMING_POINTS` of the call's points and :data:`TIMING_SIGNALS` of its signals, in the passes that
+dominate a meta-step: a forward without a graph (ranking, bootstrap) on the call's coordinates and a
+second-order step (a forward, its gradient with ``create_graph`` and the backward through that gradient, i.e.
+one inner step and its share of the outer backward) on per-signal coordinates (a shared grid repeated, as gathered points are). Each mode is warmed up
+by one graph-free forward, then timed :data:`TIMING_REPEATS` times, round-robin (a mode that fails in any of
+these is dropped); the fastest median wins (like cuDNN's benchmark mode). With timing off, or under
+``torch.distributed`` (every rank must run the same mode; ranks timing differently could pick different ones),
+the first correct mode of ``"bmm"``, ``"vmap"`` wins, else ``"loop"``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from ...typing import BatchingMode, Params
 __all__ = [
     "BENCHMARK_ENV",
     "SHARED_CHOICES",
+    "TIMING_POINTS",
     "TIMING_REPEATS",
     "TIMING_SIGNALS",
     "BatchingChoice",
@@ -41,8 +43,11 @@ logger = logging.getLogger("ecop_wrap")
 BENCHMARK_ENV = "ECOP_WRAP_BATCHING_BENCHMARK"
 """Set to ``"0"`` to turn the timing of ``batching="auto"`` off process-wide (the test suite does)."""
 TIMING_SIGNALS = 2
-"""Signals of the call that are timed: SIREN 5x256 at 64x64, B=8, a meta-step takes about 13 s on one CPU thread
-and the timing about 1 s; with the whole batch it would take about 4 s."""
+"""Signals of the call that are timed (one signal is repeated to make two)."""
+TIMING_POINTS = 1024
+"""Points of the call that are timed (the first ones): the pruned set of a 64x64 image at gamma = 0.25. The
+first call of a meta-step is a full-context pass; timed whole at 64x64 (4096 points) the modes would take about
+10 s, most of a meta-step (SIREN 5x256, B=8, one CPU thread: about 13 s); capped, about 1.1 s."""
 TIMING_REPEATS = 3
 """Timed repeats per mode after one warm-up (their median is the mode's time)."""
 
@@ -101,31 +106,30 @@ def time_modes(
         modes: the candidates.
         params: name -> ``[B, *shape]`` (the first :data:`TIMING_SIGNALS` signals are timed; one signal is
             repeated to make two).
-        coords: ``[M, C]`` or ``[B, M, C]``.
+        coords: ``[M, C]`` or ``[B, M, C]`` (the first :data:`TIMING_POINTS` points are timed).
 
     Returns:
-        mode -> median seconds, for the modes whose warm-up ran (in the order of ``modes``).
+        mode -> median seconds, for the modes that ran every time (in the order of ``modes``).
     """
     leaves, sample_coords = _timing_inputs(params, coords)
 
-    def unit(mode: BatchingMode) -> float:
+    def unit(mode: BatchingMode, *, warm_up: bool = False) -> float:
         _sync(coords.device)
         start = time.perf_counter()
-        _graph_free_and_second_order(forward, mode, leaves, sample_coords)
+        _graph_free_and_second_order(forward, mode, leaves, sample_coords, graph_free_only=warm_up)
         _sync(coords.device)
         return time.perf_counter() - start
 
-    running: list[BatchingMode] = []
-    for mode in modes:
-        try:
-            unit(mode)  # warm-up: allocations, lazy initialisation
-        except Exception:  # noqa: BLE001 - a mode that fails here is not a candidate
-            continue
-        running.append(mode)
-    times: dict[BatchingMode, list[float]] = {mode: [] for mode in running}
-    for _ in range(TIMING_REPEATS):
-        for mode in running:  # round-robin, so that machine noise hits every mode alike
-            times[mode].append(unit(mode))
+    times: dict[BatchingMode, list[float]] = {mode: [] for mode in modes}
+    for repeat in range(TIMING_REPEATS + 1):  # repeat 0 is the warm-up: one graph-free forward per mode
+        for mode in [m for m in modes if m in times]:  # round-robin: machine noise hits every mode alike
+            try:
+                seconds = unit(mode, warm_up=repeat == 0)
+            except Exception:  # noqa: BLE001 - a mode that fails here is not a candidate
+                del times[mode]
+                continue
+            if repeat > 0:
+                times[mode].append(seconds)
     return {mode: statistics.median(t) for mode, t in times.items()}
 
 
@@ -135,7 +139,8 @@ def _timing_inputs(params: Params, coords: torch.Tensor) -> tuple[Params, torch.
     picked = torch.arange(signals, device=coords.device).repeat_interleave(-(-TIMING_SIGNALS // signals))
     picked = picked[:TIMING_SIGNALS]
     leaves = {n: p.detach()[picked].clone().requires_grad_(True) for n, p in params.items()}
-    return leaves, (coords.detach() if coords.ndim == 2 else coords.detach()[picked])
+    points = coords.detach()[..., :TIMING_POINTS, :]
+    return leaves, (points if coords.ndim == 2 else points[picked])
 
 
 def _per_signal(coords: torch.Tensor, signals: int) -> torch.Tensor:
@@ -143,10 +148,12 @@ def _per_signal(coords: torch.Tensor, signals: int) -> torch.Tensor:
     return coords if coords.ndim == 3 else coords.unsqueeze(0).expand(signals, *coords.shape).contiguous()
 
 
-def _graph_free_and_second_order(forward: ForwardIn, mode: BatchingMode, leaves: Params, coords: torch.Tensor) -> None:
+def _graph_free_and_second_order(
+    forward: ForwardIn, mode: BatchingMode, leaves: Params, coords: torch.Tensor, *, graph_free_only: bool
+) -> None:
     with torch.no_grad():
         forward(mode, leaves, coords)
-    if torch.is_inference_mode_enabled():  # no graph can be built: the graph-free forward is all there is
+    if graph_free_only or torch.is_inference_mode_enabled():  # (in inference mode no graph can be built)
         return
     gathered = _per_signal(coords, next(iter(leaves.values())).shape[0])  # what a pruned step sees
     with torch.enable_grad():
