@@ -4,9 +4,14 @@ learned rates, adapt= and a padded ragged batch."""
 
 from __future__ import annotations
 
+import copy
+import itertools
+import math
+
 import pytest
 import torch
-from reference import TinySiren
+from helpers import assert_all_close, meta_grads
+from reference import TinySiren, ref_fit, ref_meta_grads
 from reference_objective import ref_objective_fit, ref_objective_grads
 
 from ecop_wrap import LOSSES, ContextPruningMetaLearner, GradScaledAdapter, make_grid, register_loss
@@ -194,3 +199,302 @@ def test_a_user_loss_with_the_wrong_shape_is_named():
         learner.meta_step((coords, values))
     with pytest.raises(ValueError, match="loss must be one of"):
         ContextPruningMetaLearner(TinySiren(2, 2), loss="nope")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Against tests/reference.py, a second independently written reference (points of weight 0 masked out of the
+# ranking, not dropped): the product of backend, memory mode, learned rates, adapt= and coordinates for every
+# loss, the fit's three scalings, a ragged batch carrying its own masks, and the stats and history keys.
+# Masked points hold values far from every prediction, so counting or ranking one cannot pass.
+# ------------------------------------------------------------------------------------------------------------
+REF_KW = {"gamma": 0.25, "K": 3, "L": 2, "lam": 10.0}
+REF_LR = 1e-2
+LOSS_RTOL = 1e-9
+GRAD_TOL = {"rtol": 1e-8, "atol": 1e-12}
+FIT_TOL = {"loss": {"rtol": 1e-9, "atol": 1e-14}, "params": {"rtol": 1e-9, "atol": 1e-12}}
+CLAMP = 0.6
+
+
+def clamped_l1(pred, target):
+    """DeepSDF's clamped L1, channel-averaged: ``|clamp(pred) - clamp(target)|`` with clamp to [-0.6, 0.6]."""
+    return (pred.clamp(-CLAMP, CLAMP) - target.clamp(-CLAMP, CLAMP)).abs().mean(-1)
+
+
+register_loss("clamped_l1", clamped_l1, overwrite=True)
+REF_LOSSES = {
+    "l1": {"loss": "l1"},
+    "huber": {"loss": "huber", "huber_delta": 0.3},
+    "clamped_l1": {"loss": "clamped_l1"},
+}
+MEMORY = {
+    "default": {},
+    "chunk": {"chunk_size": 7},
+    "checkpoint": {"checkpoint": True},
+    "chunk+checkpoint": {"chunk_size": 10, "checkpoint": True},
+}
+ADAPTED = ["hidden.1.weight", "hidden.1.bias", "out.weight", "out.bias"]
+
+
+def _ref_options(loss_id: str) -> dict:
+    """The reference's keywords for a loss of ``REF_LOSSES``."""
+    options = dict(REF_LOSSES[loss_id])
+    return options | ({"loss_fn": clamped_l1} if loss_id == "clamped_l1" else {})
+
+
+def _masked_problem(shared: bool, batch: int = 2, side: int = 6, channels: int = 3, outliers: bool = True):
+    """A float64 TinySiren and ``(coords, values, weights)`` with masked points (values 4.0 there, unless not
+    ``outliers``: then every value is in [0, 1])."""
+    torch.manual_seed(0)
+    model = TinySiren(2, channels).double()
+    gen = torch.Generator().manual_seed(1)
+    coords = make_grid((side, side), dtype=torch.float64)
+    if not shared:
+        coords = coords + 0.05 * torch.randn(batch, *coords.shape, generator=gen, dtype=torch.float64)
+    values = torch.rand(batch, side * side, channels, generator=gen, dtype=torch.float64)
+    weights = 0.5 + torch.rand(batch, side * side, generator=gen, dtype=torch.float64)
+    weights[0, ::3] = 0.0
+    weights[-1, :5] = 0.0
+    if outliers:
+        values[weights == 0] = 4.0
+    return model, coords, values, weights
+
+
+def _randomized_rates(learner: ContextPruningMetaLearner) -> dict[str, torch.Tensor]:
+    """Rates differing per tensor, step and element, as float64 leaves for the reference."""
+    gen = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for rate in learner.inner_lrs.values():
+            rate.copy_(0.5e-2 + 1e-2 * torch.rand(rate.shape, generator=gen, dtype=rate.dtype))
+    return {n: r.detach().clone().requires_grad_(True) for n, r in learner.inner_lrs.items()}
+
+
+PRODUCT = list(itertools.product(REF_LOSSES, ("torch.func", "higher"), MEMORY, (None, "per_tensor", "per_element")))
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared", "per-signal"])
+@pytest.mark.parametrize("adapt", [None, ADAPTED], ids=["all", "adapt"])
+@pytest.mark.parametrize(
+    ("loss_id", "backend", "memory", "rates_mode"), PRODUCT, ids=["-".join(map(str, c)) for c in PRODUCT]
+)
+def test_masked_meta_gradients_match_reference_py(loss_id, backend, memory, rates_mode, adapt, shared):
+    model, coords, values, weights = _masked_problem(shared)
+    learner = ContextPruningMetaLearner(
+        model,
+        inner_lr=REF_LR,
+        backend=backend,
+        learn_inner_lr=rates_mode,
+        adapt=adapt,
+        coord_range=None,
+        **REF_LOSSES[loss_id],
+        **MEMORY[memory],
+        **REF_KW,
+    )
+    rates = _randomized_rates(learner) if rates_mode else None
+    want = ref_meta_grads(
+        model,
+        coords,
+        values,
+        lr=REF_LR,
+        weights=weights,
+        adapted=learner.adapted,
+        rates=rates,
+        mode=rates_mode,
+        **_ref_options(loss_id),
+        **REF_KW,
+    )
+    got = meta_grads(learner, (coords, values, weights))
+    torch.testing.assert_close(got[0], want[0], rtol=LOSS_RTOL, atol=0)
+    assert_all_close(got[1], want[1], **GRAD_TOL)
+
+
+FIT_VARIANTS = {
+    "shared": (True, None, None),
+    "per-signal": (False, None, None),
+    "per_tensor-adapt": (True, "per_tensor", ADAPTED),
+    "per_element-per-signal": (False, "per_element", None),
+}
+FIT_LOSSES = {**REF_LOSSES, "mse": {"loss": "mse"}}
+
+
+@pytest.mark.parametrize("variant", list(FIT_VARIANTS))
+@pytest.mark.parametrize("scaling", ["norm", "loss", "none"])
+@pytest.mark.parametrize("loss_id", list(FIT_LOSSES))
+def test_masked_fit_matches_reference_py(loss_id, scaling, variant):
+    """Every step, scale and fitted parameter of a weighted fit; 4 steps (past K: per-tensor rates reuse the last)."""
+    shared, rates_mode, adapt = FIT_VARIANTS[variant]
+    model, coords, values, weights = _masked_problem(shared)
+    settings = {"learn_inner_lr": rates_mode, "adapt": adapt, "coord_range": None, **FIT_LOSSES[loss_id]}
+    learner = ContextPruningMetaLearner(model, inner_lr=REF_LR, **settings, **REF_KW)
+    rates = {n: r.detach() for n, r in _randomized_rates(learner).items()} if rates_mode else None
+    fit = GradScaledAdapter(learner, steps=4, scaling=scaling).fit((coords, values, weights))
+    options = _ref_options(loss_id) if loss_id in REF_LOSSES else {"loss": "mse"}
+    for b in range(values.shape[0]):
+        want_params, want_loss, want_scales = ref_fit(
+            model,
+            coords if shared else coords[b],
+            values[b],
+            steps=4,
+            lr=REF_LR,
+            gamma=REF_KW["gamma"],
+            scaling=scaling,
+            return_scales=True,
+            adapted=learner.adapted,
+            rates=rates,
+            mode=rates_mode,
+            weights=weights[b],
+            **options,
+        )
+        torch.testing.assert_close(fit.history["loss"][:, b], want_loss, **FIT_TOL["loss"])
+        torch.testing.assert_close(fit.history["scale"][:, b], want_scales, rtol=1e-9, atol=1e-14)
+        assert set(fit.params) == set(want_params)
+        for name, want in want_params.items():
+            torch.testing.assert_close(fit.params[name][b], want, **FIT_TOL["params"])
+
+
+def _ragged_signals():
+    """Three signals of their own sizes; the second carries its own mask (values 4.0 where masked)."""
+    gen = torch.Generator().manual_seed(3)
+    signals = []
+    for i, shape in enumerate(((5, 5), (3, 6), (4, 3))):
+        coords = make_grid(shape, dtype=torch.float64)
+        values = torch.rand(coords.shape[0], 2, generator=gen, dtype=torch.float64)
+        if i == 1:
+            weights = 0.5 + torch.rand(coords.shape[0], generator=gen, dtype=torch.float64)
+            weights[::4] = 0.0
+            values[weights == 0] = 4.0
+            signals.append((coords, values, weights))
+        else:
+            signals.append((coords, values))
+    return signals
+
+
+@pytest.mark.parametrize(
+    ("loss_id", "settings"),
+    [("huber", {"chunk_size": 7}), ("clamped_l1", {"backend": "higher", "checkpoint": True})],
+    ids=["huber-chunk", "clamped_l1-higher-checkpoint"],
+)
+def test_a_ragged_masked_batch_is_each_signal_at_its_own_size(loss_id, settings):
+    signals = _ragged_signals()
+    torch.manual_seed(0)
+    model = TinySiren(2, 2).double()
+    learner = ContextPruningMetaLearner(
+        model,
+        inner_lr=REF_LR,
+        learn_inner_lr="per_tensor",
+        coord_range=None,
+        **REF_LOSSES[loss_id],
+        **settings,
+        **REF_KW,
+    )
+    rates = _randomized_rates(learner)
+    got = meta_grads(learner, collate_signals(signals))
+    alone = []
+    for signal in signals:
+        weights = signal[2].unsqueeze(0) if len(signal) == 3 else None
+        alone.append(
+            ref_meta_grads(
+                model,
+                signal[0],
+                signal[1].unsqueeze(0),
+                lr=REF_LR,
+                rates=rates,
+                mode="per_tensor",
+                weights=weights if weights is not None else torch.ones(1, signal[1].shape[0], dtype=torch.float64),
+                **_ref_options(loss_id),
+                **REF_KW,
+            )
+        )
+    want_loss = sum(a[0] for a in alone) / len(alone)
+    want_grads = [sum(a[1][i] for a in alone) / len(alone) for i in range(len(got[1]))]
+    torch.testing.assert_close(got[0], want_loss, rtol=1e-6, atol=0)
+    assert_all_close(got[1], want_grads, rtol=1e-6, atol=1e-10)
+
+
+def test_a_ragged_masked_fit_reports_each_signal_over_its_own_points():
+    signals = _ragged_signals()
+    torch.manual_seed(0)
+    model = TinySiren(2, 2).double()
+    fit = GradScaledAdapter(model, steps=3, lr=REF_LR, gamma=0.25, coord_range=None, **REF_LOSSES["huber"]).fit(
+        collate_signals(signals)
+    )
+    for b, signal in enumerate(signals):
+        weights = signal[2] if len(signal) == 3 else torch.ones(signal[1].shape[0], dtype=torch.float64)
+        want_params, want_loss = ref_fit(
+            model,
+            signal[0],
+            signal[1],
+            steps=3,
+            lr=REF_LR,
+            gamma=0.25,
+            scaling="norm",
+            weights=weights,
+            **_ref_options("huber"),
+        )
+        torch.testing.assert_close(fit.history["loss"][:, b], want_loss, **FIT_TOL["loss"])
+        for name, want in want_params.items():
+            torch.testing.assert_close(fit.params[name][b], want, **FIT_TOL["params"])
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{}, {"backend": "higher", "chunk_size": 7, "checkpoint": True}, {"learn_inner_lr": "per_element"}],
+    ids=["default", "higher-chunk-checkpoint", "per_element"],
+)
+@pytest.mark.parametrize("shared", [True, False], ids=["shared", "per-signal"])
+def test_mse_with_unit_weights_equals_mse_without_to_1e_12(settings, shared):
+    """Values in [0, 1]: with the outliers of 4.0 the inner steps amplify rounding to ~1e-11 (the unweighted path
+    against the reference too), which would test conditioning rather than the weighted path."""
+    model, coords, values, _ = _masked_problem(shared, outliers=False)
+    ones = torch.ones(values.shape[:2], dtype=torch.float64)
+    make = lambda: ContextPruningMetaLearner(model, inner_lr=REF_LR, coord_range=None, **settings, **REF_KW)  # noqa: E731
+    plain, weighted = make(), make()
+    if "learn_inner_lr" in settings:
+        _randomized_rates(plain), _randomized_rates(weighted)
+    without = meta_grads(plain, (coords, values))
+    with_ones = meta_grads(weighted, (coords, values, ones))
+    torch.testing.assert_close(with_ones[0], without[0], rtol=1e-12, atol=0)
+    assert_all_close(with_ones[1], without[1], rtol=1e-12, atol=1e-12)
+    fit_plain = GradScaledAdapter(plain, steps=3).fit((coords, values))
+    fit_ones = GradScaledAdapter(weighted, steps=3).fit((coords, values, ones))
+    for key in ("loss", "mse", "psnr", "scale"):
+        torch.testing.assert_close(fit_ones.history[key], fit_plain.history[key], rtol=1e-12, atol=1e-12)
+
+
+STATS_KEYS = {"loss", "fit_loss", "boot_distance", "grad_norm", "skipped", "step"}
+
+
+@pytest.mark.parametrize("loss_id", ["mse", *REF_LOSSES])
+def test_meta_step_stats_and_fit_history_keys_follow_the_loss(loss_id):
+    """mse/psnr (with data_range) only for the MSE; fit_loss and loss equal the reference's full-context loss."""
+    model, coords, values, weights = _masked_problem(False)
+    options = _ref_options(loss_id) if loss_id != "mse" else {"loss": "mse"}
+    data_range = 2.0
+    settings = {"inner_lr": REF_LR, "coord_range": None, "data_range": data_range, **FIT_LOSSES[loss_id]}
+    no_boot = {**REF_KW, "lam": 0.0}
+    want_fit = ref_meta_grads(model, coords, values, lr=REF_LR, weights=weights, **options, **no_boot)[0]
+    want_meta = ref_meta_grads(model, coords, values, lr=REF_LR, weights=weights, **options, **REF_KW)[0]
+    meta = ContextPruningMetaLearner(copy.deepcopy(model), **settings, **REF_KW).meta_step((coords, values, weights))
+    fit_only = ContextPruningMetaLearner(copy.deepcopy(model), **settings, **no_boot).meta_step(
+        (coords, values, weights)
+    )
+    is_mse = loss_id == "mse"
+    for stats in (meta, fit_only):
+        assert set(stats) == STATS_KEYS | ({"mse", "psnr"} if is_mse else set())
+        assert stats["skipped"] == 0.0 and stats["step"] == 1.0
+    assert meta["loss"] == pytest.approx(float(want_meta), rel=LOSS_RTOL)
+    assert fit_only["fit_loss"] == pytest.approx(float(want_fit), rel=LOSS_RTOL)
+    assert fit_only["loss"] == pytest.approx(fit_only["fit_loss"], rel=1e-12)
+    assert meta["boot_distance"] > 0.0 and fit_only["boot_distance"] == 0.0
+    if is_mse:
+        assert meta["mse"] == meta["fit_loss"]
+        assert meta["psnr"] == pytest.approx(10 * math.log10(data_range**2 / meta["mse"]), rel=1e-12)
+    fit = GradScaledAdapter(ContextPruningMetaLearner(model, **settings, **REF_KW), steps=2).fit(
+        (coords, values, weights)
+    )
+    assert set(fit.history) == {"loss", "scale"} | ({"mse", "psnr"} if is_mse else set())
+    assert fit.history["loss"].shape == (3, 2) and fit.history["scale"].shape == (2, 2)
+    if is_mse:
+        assert torch.equal(fit.history["mse"], fit.history["loss"])
+        torch.testing.assert_close(
+            fit.history["psnr"], 10 * torch.log10(data_range**2 / fit.history["loss"]), rtol=1e-12, atol=0
+        )
