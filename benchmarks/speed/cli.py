@@ -114,7 +114,7 @@ def parser() -> argparse.ArgumentParser:
     )
     ap.add_argument_group("--compare").add_argument(
         "--compare-configs",
-        default=",".join(compare.SPEED_MODES),
+        default=",".join(compare.DEFAULT_MODES),
         help="ECoP modes to time against Learnit, subset of: " + ", ".join(compare.SPEED_MODES),
     )
     _add_fit_options(ap.add_argument_group("--fit"))

@@ -3,15 +3,18 @@
 Learnit (gamma 1, K ``--learnit-K``, L 0, lambda 0), ECoP default, ECoP ``graph_free_dtype=torch.bfloat16``,
 ECoP ``compile=True`` and ECoP with both; ``bf16-all`` and ``bf16-all+compile`` lower every product of those
 passes (``graph_free_full_precision=()``; the bf16 modes keep the model's input and output layers in float32 by
-default) (``--compare-configs`` picks a subset; Learnit is always run). Each configuration has its own copy of
-the same initial model and first takes untimed warm-up steps (two for compiled configurations:
-``torch.compile`` compiles on the first call, which can take a minute, and may compile again for the second
-call's shapes); their time is reported apart as "warm-up s". Then every configuration takes one meta-step per
-repeat, round-robin. Reported: median seconds, min-max and the ratio of medians to Learnit's. A compiled
-configuration that fell back to eager (no C++ compiler, unsupported model) is marked. Also reported: how often
-bf16 ranking changes the pruned set: along one inner loop (``GradScaledAdapter(learner, steps=K,
-pruned_steps=K).fit_steps``, the same K pruned SGD steps as training, on the ECoP default learner's initial
-model), at each of the K+1 parameter states the script ranks the context twice with
+default) (``--compare-configs`` picks a subset; Learnit is always run). ``auto-untimed``, ``bmm``, ``vmap`` and
+``loop`` set ``batching`` (or ``batching_benchmark=False``) instead: ``--compare-configs
+default,auto-untimed,bmm,vmap,loop`` puts ``batching="auto"`` (timed on its first warm-up step) beside every
+mode. Each configuration has its own copy of the same initial model and first takes untimed warm-up steps (two
+for compiled configurations: ``torch.compile`` compiles on the first call, which can take a minute, and may
+compile again for the second call's shapes); their time is reported apart as "warm-up s". Then every
+configuration takes one meta-step per repeat, round-robin. Reported: median seconds, min-max and the ratio of
+medians to Learnit's. A compiled configuration that fell back to eager (no C++ compiler, unsupported model) is
+marked. Also reported: how often bf16 ranking changes the pruned set: along one inner loop
+(``GradScaledAdapter(learner, steps=K, pruned_steps=K).fit_steps``, the same K pruned SGD steps as training, on
+the ECoP default learner's initial model), at each of the K+1 parameter states the script ranks the context twice
+with
 ``learner.evaluator(batch).errors(params)`` of two learners of that configuration on the same model, one with
 ``graph_free_dtype`` unset (float32) and one with it bfloat16, and counts the fraction of the top-k indices
 (k = ``num_selected(M, gamma)``) of one that are not in the other's.
@@ -42,7 +45,15 @@ SPEED_MODES: dict[str, dict[str, Any]] = {
     # every product of the graph-free passes in bf16: what "bf16" measured before graph_free_full_precision
     "bf16-all": {"graph_free_dtype": torch.bfloat16, "graph_free_full_precision": ()},
     "bf16-all+compile": {"graph_free_dtype": torch.bfloat16, "graph_free_full_precision": (), "compile": True},
+    # batching="auto" ("default" above: timed) against its untimed choice and every explicit mode
+    "auto-untimed": {"batching_benchmark": False},
+    "bmm": {"batching": "bmm"},
+    "vmap": {"batching": "vmap"},
+    "loop": {"batching": "loop"},
 }
+DEFAULT_MODES = ("default", "bf16", "compile", "bf16+compile", "bf16-all", "bf16-all+compile")
+"""What ``--compare`` runs without ``--compare-configs``; ``default,auto-untimed,bmm,vmap,loop`` compares the
+batching modes (the warm-up line and the JSON say what ``"auto"`` picked and the times it measured)."""
 
 
 def ranking_disagreement(
@@ -131,9 +142,15 @@ def run_compare(args: argparse.Namespace, device: torch.device) -> dict[str, Any
     warm: dict[str, dict[str, Any]] = {}
     for name, learner in learners.items():
         seconds, notes = _warm_up(learner, batch, device)
-        warm[name] = {"warmup_s": seconds, "fell_back_to_eager": bool(notes), "warnings": notes}
+        backend = learner.backend
+        times = getattr(backend, "batching_times", {})
+        batching = {"batching": getattr(backend, "batching", None), "batching_times": times}
+        warm[name] = {"warmup_s": seconds, "fell_back_to_eager": bool(notes), "warnings": notes, **batching}
+        timed_modes = ", ".join(f"{m} {1e3 * t:.1f} ms" for m, t in batching["batching_times"].items())
         print(
-            f"warm-up {name}: {seconds:.1f} s" + (f" (compile fell back to eager: {notes[0]})" if notes else ""),
+            f"warm-up {name}: {seconds:.1f} s, batching {batching['batching']}"
+            + (f" (timed: {timed_modes})" if timed_modes else "")
+            + (f" (compile fell back to eager: {notes[0]})" if notes else ""),
             flush=True,
         )
     times = _timed_round_robin(args, learners, batch, device)
