@@ -5,11 +5,12 @@ Correctness first: a mode is a candidate only if it runs and reproduces the per-
 :data:`TIMING_POINTS` of the call's points and :data:`TIMING_SIGNALS` of its signals, in the passes that
 dominate a meta-step: a forward without a graph (ranking, bootstrap) on the call's coordinates and a
 second-order step (a forward, its gradient with ``create_graph`` and the backward through that gradient, i.e.
-one inner step and its share of the outer backward) on per-signal coordinates (a shared grid repeated, as gathered points are). Each mode is warmed up
-by one graph-free forward, then timed :data:`TIMING_REPEATS` times, round-robin (a mode that fails in any of
-these is dropped); the fastest median wins (like cuDNN's benchmark mode). With timing off, or under
-``torch.distributed`` (every rank must run the same mode; ranks timing differently could pick different ones),
-the first correct mode of ``"bmm"``, ``"vmap"`` wins, else ``"loop"``.
+one inner step and its share of the outer backward) on per-signal coordinates (a shared grid repeated, as
+gathered points are). Each mode is warmed up by one graph-free forward, then timed :data:`TIMING_REPEATS`
+times, round-robin (a mode that fails in any of these is dropped); the fastest median wins (like cuDNN's
+benchmark mode). With timing off, or under ``torch.distributed`` (every rank must run the same mode; ranks
+timing differently could pick different ones), the first correct mode of ``"bmm"``, ``"vmap"`` wins, else
+``"loop"``.
 """
 
 from __future__ import annotations
