@@ -241,7 +241,8 @@ class ECoPConfig:
         "like cuDNN's benchmark mode; ``backend.batching_times`` and an INFO line on the ``ecop_wrap`` logger "
         "say what it measured. False, the environment variable ``ECOP_WRAP_BATCHING_BENCHMARK=0`` or "
         'torch.distributed (every rank must run the same mode): the first correct mode of ``"bmm"``, '
-        '``"vmap"``, else ``"loop"``, deterministically.',
+        '``"vmap"``, else ``"loop"``, deterministically. The modes agree to rounding, not bit for bit: turn '
+        "timing off where two runs must give identical float32 numbers.",
         _flag,
         test_time=True,
     )
