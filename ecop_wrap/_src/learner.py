@@ -35,7 +35,9 @@ _OWN_ARGS_DOC = """\
         config: an :class:`~ecop_wrap.ECoPConfig` to start from (the keyword settings above replace its fields).
         optimizer: outer optimizer over the model's parameters (None: ``Adam(lr=outer_lr)``). With learned
             inner rates, a parameter group for them is added to it (learning rate ``rates_lr``).
-        outer_lr: outer learning rate beta when ``optimizer`` is None.
+        outer_lr: outer learning rate beta when ``optimizer`` is None. The default, 3e-4, is the largest
+            that trained SIREN, a latent-only ``ModulatedSiren`` and ``HashGridINR`` without diverging in 100
+            steps (``benchmarks/results/diagnose_defaults_*.json``); the paper's 1e-5 is for its 150,000 steps.
         rates_lr: outer learning rate of the learned rates (None: the optimizer's, ``outer_lr`` by default).
         adapt: which parameters are adapted per signal: names or glob patterns (``["output.*"]``), or a
             predicate ``(name, param) -> bool``; None: every trainable parameter. The other trainable
@@ -55,7 +57,7 @@ class ContextPruningMetaLearner(LearnerState, Sharing):
         *positional: Any,
         config: ECoPConfig | None = None,
         optimizer: torch.optim.Optimizer | None = None,
-        outer_lr: float = 1e-5,
+        outer_lr: float = 3e-4,
         rates_lr: float | None = None,
         adapt: AdaptSpec = None,
         gradncp_layer: nn.Module | None = None,
