@@ -8,10 +8,11 @@ validation PSNR that Learnit (and Learnit + learned rates) reach within their wh
 The methods and their learning rates come from ``benchmarks/reproduce``'s method table and the rates that
 docs/results.md picked on the validation photos (ECoP and ECoP + per-tensor rates: outer lr 3e-4; Learnit and
 Learnit + per-tensor rates: 1e-3; inner lr 1e-2; meta-gradient clipped at 1.0); ``--outer-lr-for`` changes them.
-Every ``--eval-every`` outer steps each method fits the validation crops from its current initialization
-(``--test-steps`` full-context steps, as ``reproduce`` tests it: ECoP gradient-scaled, learned rates where the
-method learns them) and records the mean PSNR against the CPU time spent in its meta-steps so far
-(``time.process_time`` around ``meta_step`` only: the validation fits and the rest are not counted).
+Every ``--eval-every`` outer steps (4x less often past ``--dense-until``) each method fits the validation crops
+from its current initialization (``--test-steps`` full-context steps, as ``reproduce`` tests it: ECoP gradient-
+scaled, learned rates where the method learns them) and records the mean PSNR against the CPU time spent in its
+meta-steps so far (``time.process_time`` around ``meta_step`` only: the validation fits and the rest are not
+counted).
 
 The baselines (Learnit, Learnit + rates) run their whole ``--steps`` first; their best validation PSNR is then
 each ECoP method's target. An ECoP method stops once it has passed every target it is compared with, or at
@@ -82,6 +83,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=2000, help="outer steps of each baseline (the budget)")
     parser.add_argument("--eval-every", type=int, default=25, help="outer steps between validation fits")
+    parser.add_argument(
+        "--dense-until", type=int, default=500, help="past this step, validation fits come 4x less often"
+    )
     parser.add_argument("--val-size", type=int, default=50, help="validation crops fitted at every evaluation")
     parser.add_argument("--test-steps", type=int, default=16)
     parser.add_argument("--resolution", type=int, default=32)
@@ -101,7 +105,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--plot", type=Path, default=None, help="write PSNR against CPU time as a PNG here")
     args = parser.parse_args(argv)
     if args.quick:
-        args.steps, args.eval_every, args.val_size, args.test_steps = 6, 2, 4, 2
+        args.steps, args.eval_every, args.val_size, args.test_steps, args.dense_until = 6, 2, 4, 2, 4
         args.resolution, args.width, args.depth, args.train_size = 8, 16, 1, 16
     unknown = set(args.methods.split(",")) - set(BASELINES) - set(COMPARED)
     if unknown:
@@ -131,10 +135,22 @@ def run_config(args: argparse.Namespace) -> RunConfig:
     )
 
 
+def is_validated(step: int, steps: int, every: int, dense_until: int) -> bool:
+    """The fixed schedule: every ``every`` steps up to ``dense_until``, every ``4 every`` after, and the last."""
+    return step == steps or step % (every if step <= dense_until else 4 * every) == 0
+
+
 def train_curve(
-    method: Method, config: RunConfig, splits: Splits, steps: int, every: int, targets: dict[str, float]
+    method: Method,
+    config: RunConfig,
+    splits: Splits,
+    steps: int,
+    every: int,
+    targets: dict[str, float],
+    dense_until: int | None = None,
 ) -> Curve:
-    """Meta-train ``method`` for up to ``steps`` outer steps, fitting the validation crops every ``every`` steps.
+    """Meta-train ``method`` for up to ``steps`` outer steps, fitting the validation crops on the schedule of
+    :func:`is_validated` (every ``every`` steps when ``dense_until`` is None).
 
     Stops early once every value of ``targets`` (baseline name -> PSNR) has been reached.
     """
@@ -155,7 +171,7 @@ def train_curve(
         started = time.process_time()
         trainer.meta_step(batch)
         cpu += time.process_time() - started
-        if step % every == 0 or step == steps:
+        if is_validated(step, steps, every, steps if dense_until is None else dense_until):
             validate(step)
             if targets and all(curve.time_to(t) is not None for t in targets.values()):
                 print(f"  {method.name}: passed {sorted(targets)} at step {step}; stopping", flush=True)
@@ -247,11 +263,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     curves: dict[str, Curve] = {}
     for name in [m for m in methods if m in BASELINES]:
         print(f"{name}: {args.steps} outer steps (the budget)", flush=True)
-        curves[name] = train_curve(METHOD_TABLE[name], config, splits, args.steps, args.eval_every, {})
+        curves[name] = train_curve(
+            METHOD_TABLE[name], config, splits, args.steps, args.eval_every, {}, args.dense_until
+        )
     for name in [m for m in methods if m in COMPARED]:
         targets = {} if args.full else {b: curves[b].best()[0] for b in COMPARED[name] if b in curves}
         print(f"{name}: up to {args.steps} outer steps, targets {targets}", flush=True)
-        curves[name] = train_curve(METHOD_TABLE[name], config, splits, args.steps, args.eval_every, targets)
+        curves[name] = train_curve(
+            METHOD_TABLE[name], config, splits, args.steps, args.eval_every, targets, args.dense_until
+        )
     rows = compare(curves)
     print(format_rows(rows))
     result = {

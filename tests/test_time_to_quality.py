@@ -67,3 +67,10 @@ def test_an_ecop_method_stops_once_past_its_targets():
     splits = ttq.load_splits(config)
     curve = ttq.train_curve(ttq.METHOD_TABLE["ecop"], config, splits, 6, 2, {"learnit": -1.0})
     assert curve.steps == [0, 2]  # the target was passed at the first evaluation after step 0
+
+
+def test_the_validation_schedule_thins_out_after_dense_until():
+    steps = [s for s in range(1, 1001) if ttq.is_validated(s, 1000, 25, 500)]
+    assert steps[:3] == [25, 50, 75] and 500 in steps and 525 not in steps and 600 in steps
+    assert len(steps) == 20 + 5 and steps[-1] == 1000
+    assert [s for s in range(1, 8) if ttq.is_validated(s, 7, 2, 4)] == [2, 4, 7]
