@@ -209,3 +209,14 @@ def test_time_to_bar_allows_only_rounding_below_the_bar():
     cumulative, psnrs = [0.0, 1.0, 2.0, 3.0], [10.0, 20.0, 29.995, 31.0]
     assert fit.time_to_bar(cumulative, psnrs, 30.0, 2.5)["steps_to_bar"] == 2  # 0.005 dB short: reached
     assert fit.time_to_bar(cumulative, [10.0, 20.0, 29.98, 31.0], 30.0, 2.5)["steps_to_bar"] == 3
+
+
+def test_phases_settings_parse_python_literals_and_refuse_a_missing_value():
+    assert phases.parse_settings("checkpoint=True, chunk_size=16384,batching=loop") == {
+        "checkpoint": True,
+        "chunk_size": 16384,
+        "batching": "loop",
+    }
+    assert phases.parse_settings("") == {}
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        phases.parse_settings("checkpoint")

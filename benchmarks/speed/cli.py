@@ -112,6 +112,12 @@ def parser() -> argparse.ArgumentParser:
         default=",".join(ops.OPS_CONFIGS),
         help="backend configurations to count, subset of: " + ", ".join(ops.OPS_CONFIGS),
     )
+    ap.add_argument_group("--phases").add_argument(
+        "--phases-settings",
+        default="",
+        metavar="KEY=VALUE,...",
+        help="learner settings for both profiled methods, e.g. checkpoint=True,chunk_size=16384 (the memory modes)",
+    )
     ap.add_argument_group("--compare").add_argument(
         "--compare-configs",
         default=",".join(compare.DEFAULT_MODES),

@@ -13,12 +13,14 @@ time not covered by a top-level range: selection bookkeeping, parameter updates,
 to the step. Rows are medians over repeats; shares are each row's time summed over repeats divided by the
 step's summed over repeats, so that the shares of the top-level rows and "outside" add up to 100% exactly. The
 profiler records every operator, which inflates small operators more than large ones: use the shares, not the
-absolute times, and ``--compare`` for times.
+absolute times, and ``--compare`` for times. ``--phases-settings checkpoint=True,chunk_size=16384`` profiles both
+methods in a memory mode (any learner keyword, as Python literals).
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import copy
 import statistics
 from collections import defaultdict
@@ -110,15 +112,31 @@ def _table(runs: dict[str, list[dict[str, float]]], keys: list[str]) -> dict[str
     return table
 
 
+def parse_settings(text: str) -> dict[str, Any]:
+    """``--phases-settings``: ``"checkpoint=True,chunk_size=16384"`` -> keyword arguments (Python literals,
+    else strings)."""
+    settings: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--phases-settings: expected KEY=VALUE, got {item!r}")
+        try:
+            settings[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            settings[key.strip()] = value.strip()
+    return settings
+
+
 def run_phases(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     """Profile ECoP and Learnit meta-steps and print the per-phase table (see the module docstring)."""
     coords, values, what = meta_batch(args, device)
     batch = (coords, values)
     torch.manual_seed(0)
     model = Siren(2, 3, args.width, args.layers).to(device)
+    settings = parse_settings(getattr(args, "phases_settings", ""))
     learners = {
-        "ECoP": ContextPruningMetaLearner(copy.deepcopy(model), **ecop_hyper(args), seed=0),
-        LEARNIT: ContextPruningMetaLearner(copy.deepcopy(model), **learnit_hyper(args), seed=0),
+        "ECoP": ContextPruningMetaLearner(copy.deepcopy(model), **ecop_hyper(args), **settings, seed=0),
+        LEARNIT: ContextPruningMetaLearner(copy.deepcopy(model), **learnit_hyper(args), **settings, seed=0),
     }
     for learner in learners.values():
         learner.meta_step(batch)  # warm-up
@@ -131,7 +149,7 @@ def run_phases(args: argparse.Namespace, device: torch.device) -> dict[str, Any]
     print(
         f"\n--phases: one meta-step profiled (CPU activity), medians of {args.repeats} repeats; side {args.side}, "
         f"SIREN {args.layers + 1}x{args.width}, B={args.batch}, {what}; ECoP gamma={args.gamma} K={args.K} "
-        f"L={args.L} vs Learnit K={args.learnit_K}; {describe(args)}"
+        f"L={args.L} vs Learnit K={args.learnit_K}; settings {settings or 'default'}; {describe(args)}"
     )
     print(f"{'phase (self + children CPU time)':44s} {'ECoP ms':>10s} {'share':>7s} {'Learnit ms':>11s} {'share':>7s}")
     for key in keys:
@@ -140,4 +158,5 @@ def run_phases(args: argparse.Namespace, device: torch.device) -> dict[str, Any]
         print(f"{label:44s} {cells[0]} {' ' + cells[1]}")
     ratio = table["ECoP"]["step"]["median_ms"] / max(table[LEARNIT]["step"]["median_ms"], 1e-9)
     print(f"{'ECoP / Learnit profiled step':44s} {ratio:10.2f}x")
-    return {"rows": keys, "table": table, "runs": runs, "data": what}
+    used = {k: str(v) for k, v in settings.items()}
+    return {"rows": keys, "table": table, "runs": runs, "data": what, "settings": used}
