@@ -161,7 +161,9 @@ def _check_weights(weights: Any, values: torch.Tensor) -> torch.Tensor:
         raise ValueError("weights must be finite and >= 0 (0 marks a missing or padded point); got NaN, inf or < 0")
     empty = (~(weights > 0).any(dim=1)).nonzero().flatten().tolist()
     if empty:
-        raise ValueError(f"signal(s) {empty} of the batch have no point of positive weight: nothing to fit")
+        raise ValueError(
+            f"weights of signal(s) {empty} of the batch are all 0: no point of positive weight, nothing to fit"
+        )
     checked: torch.Tensor = weights
     return checked
 
