@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ecop_wrap import SavedTensorMeter, mse_to_psnr
-from ecop_wrap.extend import ALL_POINTS, ContextEvaluator, make_backend
+from ecop_wrap.extend import ALL_POINTS, ContextEvaluator, make_backend, make_loss
 
 __all__ = ["Reptile"]
 
@@ -27,6 +27,8 @@ class Reptile:
         inner_lr: inner step size.
         optimizer: outer optimizer over the model's trainable parameters (None: ``Adam(lr=outer_lr)``).
         outer_lr: learning rate of the default Adam.
+        loss, huber_delta: the per-point loss of the inner steps (a name of ``ecop_wrap.LOSSES``; see
+            ``ECoPConfig.loss``).
     """
 
     def __init__(
@@ -37,6 +39,8 @@ class Reptile:
         inner_lr: float = 1e-2,
         optimizer: torch.optim.Optimizer | None = None,
         outer_lr: float = 1e-4,
+        loss: str = "mse",
+        huber_delta: float = 1.0,
     ) -> None:
         if not isinstance(K, int) or K < 1:
             raise ValueError(f"K must be an int >= 1, got {K!r}")
@@ -45,23 +49,29 @@ class Reptile:
         self.model = model
         self.K = K
         self.inner_lr = float(inner_lr)
+        self.loss_fn = make_loss(loss, huber_delta)
         self.backend = make_backend("torch.func", model)
         self._named = {n: p for n, p in model.named_parameters() if p.requires_grad}
         self.optimizer = optimizer if optimizer is not None else torch.optim.Adam(self._named.values(), lr=outer_lr)
 
     def adapt(
-        self, coords: torch.Tensor, values: torch.Tensor, meter: SavedTensorMeter | None = None
+        self,
+        coords: torch.Tensor,
+        values: torch.Tensor,
+        meter: SavedTensorMeter | None = None,
+        weights: torch.Tensor | None = None,
     ) -> tuple[dict[str, torch.Tensor], int]:
         """K first-order full-context SGD steps from theta_0 for a batch.
 
         Args:
             coords: ``[M, C]`` shared grid (or ``[B, M, C]``); values: ``[B, M, D]``.
             meter: when given, the bytes autograd holds at the largest point of a step are measured.
+            weights: ``[B, M]`` point weights (0: the point is never used); None: all 1.
 
         Returns:
             theta_K as name -> ``[B, *shape]`` (detached), and the peak held bytes (0 without a meter).
         """
-        ctx = ContextEvaluator(self.backend, coords, values)
+        ctx = ContextEvaluator(self.backend, coords, values, weights, loss=self.loss_fn)
         leaves = {n: p.detach().requires_grad_(True) for n, p in self._named.items()}
         params = ctx.expand(leaves)
         peak = 0
@@ -75,20 +85,28 @@ class Reptile:
                 params = {n: p.detach().requires_grad_(True) for n, p in zip(params, stepped, strict=True)}
         return {n: p.detach() for n, p in params.items()}, peak
 
-    def meta_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, float]:
-        """One Reptile outer update; returns the batch-mean full-context ``mse`` and ``psnr`` at theta_K."""
-        coords, values = batch
-        adapted, _ = self.adapt(coords, values)
+    def meta_step(self, batch: tuple[torch.Tensor, ...]) -> dict[str, float]:
+        """One Reptile outer update on ``(coords, values[, weights])``; returns the batch-mean full-context
+        ``mse`` and ``psnr`` at theta_K (over the points of positive weight)."""
+        coords, values = batch[0], batch[1]
+        weights = batch[2] if len(batch) > 2 else None
+        adapted, _ = self.adapt(coords, values, weights=weights)
         self.optimizer.zero_grad(set_to_none=True)
         for name, p in self._named.items():
             p.grad = p.detach() - adapted[name].mean(dim=0)
         self.optimizer.step()
         with torch.no_grad():
-            mse = (self.backend(adapted, coords) - values).pow(2).mean(dim=(1, 2)).mean()
+            squared = (self.backend(adapted, coords) - values).pow(2)
+            if weights is None:
+                mse = squared.mean(dim=(1, 2)).mean()
+            else:
+                w = weights.to(squared.dtype)
+                per_point = torch.where(w > 0, squared.mean(dim=-1), torch.zeros_like(w))  # hidden values unused
+                mse = ((per_point * w).sum(dim=1) / w.sum(dim=1)).mean()
         return {"mse": float(mse), "psnr": float(mse_to_psnr(float(mse)))}
 
-    def held_bytes(self, batch: tuple[torch.Tensor, torch.Tensor]) -> int:
+    def held_bytes(self, batch: tuple[torch.Tensor, ...]) -> int:
         """Peak bytes autograd holds during one outer step (one full-context step's graph)."""
         with SavedTensorMeter() as meter:
-            _, peak = self.adapt(batch[0], batch[1], meter)
+            _, peak = self.adapt(batch[0], batch[1], meter, batch[2] if len(batch) > 2 else None)
         return peak

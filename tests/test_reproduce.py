@@ -377,3 +377,50 @@ def test_partition_puts_evaluation_rows_with_the_model_they_test():
         assert sorted(m for g in groups for m in g) == sorted(METHODS)
         ecop_group = next(g for g in groups if "ecop" in g)
         assert {"ecop_test_unscaled", "ecop_test_pruned", "ecop_test_unscaled_tuned"} <= set(ecop_group)
+
+
+# ------------------------------------------------------------------------- objectives (issue 22)
+_TINY_IMAGES = [
+    "--resolution", "8", "--outer-steps", "2", "--eval-size", "2", "--train-size", "4", "--batch", "2",
+    "--width", "8", "--depth", "1", "--ecop-steps", "2", "--boot-steps", "1", "--test-steps", "2", "--no-plot",
+]  # fmt: skip
+
+
+def test_loss_flags_reach_every_learner_and_the_test_time_adapter():
+    from reproduce import METHOD_TABLE, RunConfig
+    from reproduce.evaluation import _adapter
+    from reproduce.training import make_trainer
+
+    config = RunConfig.from_args(["--loss", "huber", "--huber-delta", "0.25"])
+    assert config.objective == {"loss": "huber", "huber_delta": 0.25}
+    for name in ("ecop", "learnit", "fomaml", "random_pruning"):
+        trainer = make_trainer(METHOD_TABLE[name].training(config), TinySiren(2, 1), config)
+        assert (trainer.config.loss, trainer.config.huber_delta) == ("huber", 0.25), name
+    reptile = make_trainer(METHOD_TABLE["reptile"].training(config), TinySiren(2, 1), config)
+    assert (reptile.loss_fn.name, reptile.loss_fn.huber_delta) == ("huber", 0.25)
+    setting = METHOD_TABLE["random_init"].fit_setting(config)
+    adapter = _adapter(TinySiren(2, 1), 2, setting, config.objective)
+    assert (adapter.config.loss, adapter.config.huber_delta) == ("huber", 0.25)
+    default = RunConfig.from_args([])
+    assert default.objective == {"loss": "mse", "huber_delta": 1.0}
+    assert make_trainer(METHOD_TABLE["ecop"].training(default), TinySiren(2, 1), default).config.loss == "mse"
+    for bad in (["--loss", "nope"], ["--huber-delta", "0"]):
+        with pytest.raises(SystemExit):
+            RunConfig.from_args(bad)
+
+
+def test_a_loss_other_than_mse_reports_psnr_and_the_mean_test_loss(tmp_path, capsys):
+    pytest.importorskip("skimage")
+    from reproduce import main
+
+    out = tmp_path / "l1.json"
+    results = main([*_TINY_IMAGES, "--methods", "random_init,reptile,ecop", "--loss", "l1", "--json", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["_meta"]["loss"] == "l1"
+    for name in ("random_init", "reptile", "ecop"):
+        record = saved[name]
+        assert math.isfinite(record["psnr"]) and len(record["psnr_per_signal"]) == 2
+        assert record["test_loss"] > 0 and len(record["test_loss_per_signal"]) == 2
+        assert len(record["test_loss_curve"]) == 3 and len(record["psnr_curve"]) == 3
+    assert "train_loss_curve" in results["ecop"]["train"] and "train_psnr_curve" not in results["ecop"]["train"]
+    assert "test loss" in capsys.readouterr().out

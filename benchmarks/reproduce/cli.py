@@ -12,6 +12,8 @@ import typing
 from collections.abc import Sequence
 from typing import Any
 
+from ecop_wrap import LOSSES
+
 from .config import DATA, RunConfig
 from .methods import METHOD_TABLE, METHODS
 from .models import MODELS
@@ -95,6 +97,10 @@ def parse_config(argv: Sequence[str] | None = None) -> RunConfig:
             parser.error(f"{_flag(spec.name)} must be >= {bound}")
         values[spec.name] = tuple(value) if isinstance(value, list) else value
     values["methods"] = _requested_methods(parser, args)
+    if args.loss not in LOSSES:
+        parser.error(f"--loss must be one of {tuple(LOSSES)} (or a name registered in ecop_wrap.LOSSES)")
+    if not args.huber_delta > 0:
+        parser.error("--huber-delta must be > 0")
     if args.audio or args.sphere or args.video:
         values["images"] = None
     return RunConfig(**values, argv=tuple(sys.argv[1:] if argv is None else argv))

@@ -103,6 +103,13 @@ class RunConfig:
         (), "bootstrap weight lambda", type=method_rate, action="append", metavar="METHOD=LAM"
     )
     max_grad_norm: float | None = option(None)
+    loss: str = option(
+        "mse",
+        "per-point loss of every trained method and test-time fit: mse, l1, huber or a name registered in "
+        "ecop_wrap.LOSSES (PSNR is still reported; other losses also report the mean test loss)",
+        metavar="NAME",
+    )
+    huber_delta: float = option(1.0, "the delta of --loss huber (quadratic below it, linear above)")
     graph_free_dtype: str = option(
         "float32",
         "dtype of the graph-free ranking and bootstrap passes in training and test-time fitting",
@@ -160,6 +167,11 @@ class RunConfig:
     def bootstrap(self) -> dict[str, Any]:
         """The bootstrap settings of the methods that use it (``L``, ``lam``, ``boot_lr``)."""
         return {"L": self.boot_steps, "lam": self.lam, "boot_lr": self.boot_lr}
+
+    @property
+    def objective(self) -> dict[str, Any]:
+        """The loss settings of every learner and test-time adapter (``--loss``, ``--huber-delta``)."""
+        return {"loss": self.loss, "huber_delta": self.huber_delta}
 
     def boot_lr_of(self, method: str) -> float:
         """The bootstrap step size of ``method`` (``--boot-lr-for`` if given for it, else ``--boot-lr``)."""

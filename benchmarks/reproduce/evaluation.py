@@ -15,15 +15,11 @@ from .methods import FitSetting
 from .splits import Splits
 
 
-def _fit(
-    model: nn.Module | ContextPruningMetaLearner,
-    coords: torch.Tensor,
-    values: torch.Tensor,
-    steps: int,
-    test: FitSetting,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Fit with the adapter: full-context steps, or (``context="pruned"``) every step on the pruned context."""
-    adapter = GradScaledAdapter(
+def _adapter(
+    model: nn.Module | ContextPruningMetaLearner, steps: int, test: FitSetting, objective: dict[str, Any]
+) -> GradScaledAdapter:
+    """The test-time adapter: full-context steps, or (``context="pruned"``) every step on the pruned context."""
+    return GradScaledAdapter(
         model,
         steps=steps,
         lr=test.lr,
@@ -33,9 +29,64 @@ def _fit(
         coord_range=None,
         max_consecutive_skips=steps + 1,
         pruned_steps=steps if test.context == "pruned" else 0,
+        **objective,
     )
-    fit = adapter.fit((coords, values))
+
+
+def _fit(
+    model: nn.Module | ContextPruningMetaLearner,
+    coords: torch.Tensor,
+    values: torch.Tensor,
+    steps: int,
+    test: FitSetting,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fit with the MSE: the prediction, the MSE ``[steps + 1, B]`` and the gradient scales ``[steps, B]``."""
+    fit = _adapter(model, steps, test, {}).fit((coords, values))
     return fit(coords).detach(), fit.history["mse"].detach(), fit.history["scale"]
+
+
+def _fit_traced(
+    model: nn.Module | ContextPruningMetaLearner,
+    coords: torch.Tensor,
+    values: torch.Tensor,
+    weights: torch.Tensor | None,
+    steps: int,
+    test: FitSetting,
+    objective: dict[str, Any],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fit with any loss on the points of positive weight (all without ``weights``).
+
+    Returns:
+        The prediction ``[B, M, D]``, the squared error of every point after 0..steps steps ``[steps + 1, B, M]``
+        (channel mean), the fitting loss ``[steps + 1, B]`` (over the weighted points) and the scales
+        ``[steps, B]``.
+    """
+    adapter = _adapter(model, steps, test, objective)
+    signal = (coords, values) if weights is None else (coords, values, weights)
+    squared, losses, scales = [], [], []
+    for state in adapter.fit_steps(signal):
+        with torch.no_grad():
+            pred = adapter.backend(state.params, coords).detach()
+            squared.append((pred - values).pow(2).mean(dim=-1))
+        losses.append(state.loss.detach())
+        if state.scale is not None:
+            scales.append(state.scale.detach())
+    scale_hist = torch.stack(scales) if scales else values.new_empty((0, values.shape[0]))
+    return pred, torch.stack(squared), torch.stack(losses), scale_hist
+
+
+def _psnr(squared: torch.Tensor, chosen: torch.Tensor | None, data_range: float) -> torch.Tensor:
+    """PSNR ``[..., B]`` from squared errors ``[..., B, M]`` over the points ``chosen`` ``[B, M]`` (None: all)."""
+    if chosen is None:
+        mse = squared.mean(dim=-1)
+    else:
+        weights = chosen.to(squared.dtype)
+        mse = (squared * weights).sum(dim=-1) / weights.sum(dim=-1)
+    return 10.0 * torch.log10(data_range**2 / mse)
+
+
+def _rounded(values: torch.Tensor, digits: int = 4) -> list[float]:
+    return [round(float(v), digits) for v in values]
 
 
 def evaluate(
@@ -45,28 +96,63 @@ def evaluate(
     steps: int,
     test: FitSetting,
     chunk: int = 50,
+    *,
+    objective: dict[str, Any] | None = None,
+    observed: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     """Fit every held-out signal from ``model`` and score it.
 
+    Args:
+        objective: the adapter's ``loss`` and ``huber_delta`` (None: the MSE).
+        observed: ``[N, M]`` bool, the points each fit may use (None: all); then the headline PSNR is over the
+            hidden points (``psnr_observed*``: over the observed ones).
+
     Returns:
         ``psnr`` (mean of per-signal PSNR, dB, data range of the modality), ``psnr_std``, ``psnr_curve``
-        (mean PSNR after 0..steps test steps), ``ssim`` (images) and ``lpips`` (images, when available).
+        (mean PSNR after 0..steps test steps), ``ssim`` (images) and ``lpips`` (images, when available);
+        with a loss other than the MSE also ``test_loss`` (its mean after the last step), ``test_loss_per_signal``
+        and ``test_loss_curve``.
     """
-    preds, histories, scales = [], [], []
+    objective = objective or {"loss": "mse"}
+    traced = objective.get("loss", "mse") != "mse" or observed is not None
+    preds, histories, scales, losses = [], [], [], []
     started = time.perf_counter()
     for start in range(0, values.shape[0], chunk):
-        pred, mse_hist, scale_hist = _fit(model, splits.coords, values[start : start + chunk], steps, test)
+        rows = slice(start, start + chunk)
+        if traced:
+            weights = None if observed is None else observed[rows].to(values.dtype)
+            pred, hist, loss_hist, scale_hist = _fit_traced(
+                model, splits.coords, values[rows], weights, steps, test, objective
+            )
+            losses.append(loss_hist)
+        else:
+            pred, hist, scale_hist = _fit(model, splits.coords, values[rows], steps, test)
         preds.append(pred)
-        histories.append(mse_hist)
+        histories.append(hist)
         scales.append(scale_hist)
     fit_seconds = time.perf_counter() - started
-    pred, mse_hist, scale_hist = torch.cat(preds), torch.cat(histories, dim=1), torch.cat(scales, dim=1)
-    psnr_hist = 10.0 * torch.log10(splits.data_range**2 / mse_hist)
+    pred, hist, scale_hist = torch.cat(preds), torch.cat(histories, dim=1), torch.cat(scales, dim=1)
+    extra: dict[str, Any] = {}
+    if not traced:
+        psnr_hist = 10.0 * torch.log10(splits.data_range**2 / hist)
+    else:
+        psnr_hist = _psnr(hist, None if observed is None else ~observed, splits.data_range)
+        if observed is not None:
+            seen = _psnr(hist[-1], observed, splits.data_range)
+            extra |= {"psnr_observed": float(seen.mean()), "psnr_observed_per_signal": _rounded(seen)}
+            extra["psnr_all_pixels"] = float(_psnr(hist[-1], None, splits.data_range).mean())
+        if objective.get("loss", "mse") != "mse":
+            loss_hist = torch.cat(losses, dim=1)
+            extra |= {
+                "test_loss": float(loss_hist[-1].mean()),
+                "test_loss_per_signal": [float(f"{float(v):.6g}") for v in loss_hist[-1]],
+                "test_loss_curve": [float(f"{float(v):.6g}") for v in loss_hist.mean(dim=1)],
+            }
     final = psnr_hist[-1]
     out: dict[str, Any] = {
         "psnr": float(final.mean()),
         "psnr_std": float(final.std()) if final.numel() > 1 else 0.0,
-        "psnr_per_signal": [round(float(v), 4) for v in final],
+        "psnr_per_signal": _rounded(final),
         "psnr_curve": [round(float(v), 3) for v in psnr_hist.mean(dim=1)],
         # mean test-time gradient scale of each step (1 without scaling): the effective step is lr * scale
         "scale_curve": [round(float(v), 4) for v in scale_hist.mean(dim=1)],
@@ -74,6 +160,7 @@ def evaluate(
         "fit_seconds_per_signal": round(fit_seconds / values.shape[0], 5),
         "ssim": None,
         "lpips": None,
+        **extra,
     }
     if splits.modality == "image":
         clipped, target = _as_images(pred.clamp(0.0, 1.0), splits.grid), _as_images(values, splits.grid)

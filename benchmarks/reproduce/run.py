@@ -36,12 +36,18 @@ class _Run:
         """Test-time fits of the held-out signals (and, with ``--eval-split both``, of the validation ones)."""
         config = self.config
         setting = method.fit_setting(config)
-        held_out = data.val if config.eval_split == "val" else data.test
-        out = evaluate(model, data, held_out, config.test_steps, setting)
+        split = "val" if config.eval_split == "val" else "test"
+        out = self._evaluate(model, data, split, setting)
         if config.eval_split == "both":
-            on_val = evaluate(model, data, data.val, config.test_steps, setting)
-            out["val"] = {k: on_val[k] for k in ("psnr", "psnr_std", "psnr_per_signal", "ssim")}
+            on_val = self._evaluate(model, data, "val", setting)
+            kept = ("psnr", "psnr_std", "psnr_per_signal", "ssim", "psnr_observed", "psnr_observed_per_signal")
+            out["val"] = {k: on_val[k] for k in (*kept, "test_loss", "test_loss_per_signal") if k in on_val}
         return out
+
+    def _evaluate(self, model: nn.Module | ContextPruningMetaLearner, data: Splits, split: str, setting: Any) -> Any:
+        """Fit and score the ``split`` ("val" or "test") signals of ``data``."""
+        values = data.val if split == "val" else data.test
+        return evaluate(model, data, values, self.config.test_steps, setting, objective=self.config.objective)
 
     def trained(self, method: Method) -> dict[str, Any]:
         """Meta-train ``method``'s model, then test it."""
@@ -93,7 +99,8 @@ def run(config: RunConfig, log: Callable[[str], None] = print) -> dict[str, Any]
 
 def _log_result(log: Callable[[str], None], method: str, record: dict[str, Any]) -> None:
     ssim_text = "" if record.get("ssim") is None else f"  SSIM {record['ssim']:.3f}"
-    log(f"  -> {method}: PSNR {record['psnr']:.2f} dB{ssim_text}")
+    loss_text = "" if "test_loss" not in record else f"  test loss {record['test_loss']:.4g}"
+    log(f"  -> {method}: PSNR {record['psnr']:.2f} dB{ssim_text}{loss_text}")
 
 
 def _memory_kind(device: torch.device) -> str:
@@ -110,6 +117,8 @@ def _meta(config: RunConfig, splits: Splits, device: torch.device) -> dict[str, 
         "eval_split": config.eval_split,
         "graph_free_dtype": config.graph_free_dtype,
         "graph_free_full_precision": config.graph_free_full_precision,
+        "loss": config.loss,
+        **({"huber_delta": config.huber_delta} if config.loss == "huber" else {}),
         "eval_signals": int(held_out_count(splits, config.eval_split)),
         "train_signals": len(splits.train),
         "psnr_data_range": splits.data_range,

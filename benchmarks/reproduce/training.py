@@ -17,14 +17,16 @@ from .config import RunConfig
 from .methods import Method, Training
 from .splits import Splits
 
-Batch = tuple[torch.Tensor, torch.Tensor]
-"""``(coords [M, C], values [B, M, D])``."""
+Batch = tuple[torch.Tensor, ...]
+"""``(coords [M, C], values [B, M, D])``, with ``weights [B, M]`` for masked data (0: a hidden point)."""
 
 
 def make_trainer(training: Training, model: nn.Module, config: RunConfig) -> ContextPruningMetaLearner | Reptile:
     """The meta-learner of a trained method (the library's learner for all but Reptile)."""
     if training.reptile:
-        return Reptile(model, training.hyper["K"], inner_lr=training.inner_lr, outer_lr=training.outer_lr)
+        return Reptile(
+            model, training.hyper["K"], inner_lr=training.inner_lr, outer_lr=training.outer_lr, **config.objective
+        )
     graph_free = None if config.graph_free_dtype == "float32" else getattr(torch, config.graph_free_dtype)
     settings = ECoPConfig(
         inner_lr=training.inner_lr,
@@ -32,6 +34,7 @@ def make_trainer(training: Training, model: nn.Module, config: RunConfig) -> Con
         coord_range=None,
         graph_free_dtype=graph_free,
         graph_free_full_precision=_full_precision_spec(config.graph_free_full_precision),
+        **config.objective,
         **training.hyper,
     )
     adapt = list(training.adapt) if training.adapt is not None else None
@@ -65,13 +68,14 @@ def train(
     log: Callable[[str], None],
     name: str,
 ) -> dict[str, Any]:
-    """Run ``steps`` outer steps; returns timing, the training PSNR curve and (on CUDA) peak memory."""
+    """Run ``steps`` outer steps; returns timing, the training PSNR curve (with a loss other than the MSE, the
+    training loss curve) and (on CUDA) peak memory."""
     cuda = next(trainer.model.parameters()).is_cuda
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     curve, started, cpu_started = [], time.perf_counter(), time.process_time()
-    diverged = None
+    diverged, measure = None, "psnr"
     for step in range(1, steps + 1):
         try:
             stats = trainer.meta_step(next(batches))
@@ -80,10 +84,12 @@ def train(
             diverged = {"step": step, "error": str(err).split(";")[0]}
             log(f"  {name}: DIVERGED at step {step}: {diverged['error']}; testing the last finite weights")
             break
-        curve.append(stats["psnr"] if math.isfinite(stats["psnr"]) else float("nan"))
+        measure = "psnr" if "psnr" in stats else "fit_loss"  # only the MSE has a PSNR
+        curve.append(stats[measure] if math.isfinite(stats[measure]) else float("nan"))
         if step % max(1, steps // 10) == 0 or step == steps:
             recent = sum(curve[-50:]) / len(curve[-50:])
-            log(f"  {name}: step {step}/{steps}  train PSNR(theta_K, last 50) {recent:.2f} dB")
+            shown = f"PSNR(theta_K, last 50) {recent:.2f} dB" if measure == "psnr" else f"loss(theta_K) {recent:.4g}"
+            log(f"  {name}: step {step}/{steps}  train {shown}")
     if cuda:
         torch.cuda.synchronize()
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
@@ -91,7 +97,7 @@ def train(
     out: dict[str, Any] = {
         "seconds_per_step": seconds / done,
         "cpu_seconds_per_step": cpu / done,
-        "train_psnr_curve": _thin(curve),
+        "train_psnr_curve" if measure == "psnr" else "train_loss_curve": _thin(curve),
         "diverged": diverged,
     }
     if cuda:
@@ -138,7 +144,7 @@ def train_method(
             **training.hyper,
             "outer_lr": training.outer_lr,
             "inner_lr": training.inner_lr,
-            "train_psnr_curve": stats["train_psnr_curve"],
+            **{k: v for k, v in stats.items() if k.startswith("train_")},
         },
     }
     rates = getattr(trainer, "inner_lrs", {})
@@ -149,5 +155,5 @@ def train_method(
 
 
 def _device_batches(batches: Iterator[Batch], device: torch.device) -> Iterator[Batch]:
-    for coords, values in batches:
-        yield coords.to(device), values.to(device)
+    for batch in batches:
+        yield tuple(t.to(device) for t in batch)
