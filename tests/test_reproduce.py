@@ -424,3 +424,72 @@ def test_a_loss_other_than_mse_reports_psnr_and_the_mean_test_loss(tmp_path, cap
         assert len(record["test_loss_curve"]) == 3 and len(record["psnr_curve"]) == 3
     assert "train_loss_curve" in results["ecop"]["train"] and "train_psnr_curve" not in results["ecop"]["train"]
     assert "test loss" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------ masked images (issue 22)
+def _with_hidden_values(splits, value: float):
+    """``splits`` with every hidden pixel of every split set to ``value`` (the observed ones untouched)."""
+    from ecop_wrap.data import SignalDataset
+
+    def fill(values, observed):
+        return torch.where(observed[..., None], values, torch.full_like(values, value))
+
+    train = SignalDataset(fill(splits.train.stacked(), splits.observed["train"]), splits.grid)
+    val, test = fill(splits.val, splits.observed["val"]), fill(splits.test, splits.observed["test"])
+    return dataclasses.replace(splits, train=train, val=val, test=test)
+
+
+def test_masked_images_never_use_a_hidden_pixel_in_training_or_test_time_fits():
+    pytest.importorskip("skimage")
+    from reproduce import METHOD_TABLE, RunConfig, build_model, evaluate, load_splits
+    from reproduce.training import train_method
+
+    config = RunConfig.from_args([*_TINY_IMAGES, "--mask-fraction", "0.3", "--mask-block", "2"])
+    splits = load_splits(config)
+    observed = splits.observed
+    assert set(observed) == {"train", "val", "test"} and observed["train"].shape == (4, 64)
+    assert (~observed["test"]).any() and observed["test"].any(dim=1).all()
+    assert torch.equal(observed["test"], load_splits(config).observed["test"])  # fixed by the seeds
+    device = torch.device("cpu")
+    for name in ("ecop", "learnit", "reptile"):
+        thetas, scores = [], []
+        for data in (splits, _with_hidden_values(splits, 7.0), _with_hidden_values(splits, -3.0)):
+            model = build_model(config, data)
+            _, trainer = train_method(METHOD_TABLE[name], model, data, config, device, lambda _: None)
+            thetas.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+            setting = METHOD_TABLE[name].fit_setting(config)
+            tested = model if isinstance(trainer, Reptile) else trainer
+            scores.append(evaluate(tested, data, data.test, 2, setting, observed=data.observed["test"]))
+        for other in thetas[1:]:
+            for key, value in thetas[0].items():
+                torch.testing.assert_close(other[key], value, rtol=0, atol=0, msg=f"{name}: {key}")
+        # the fits see the observed pixels only: their scores there are identical, the hidden ones differ
+        assert scores[0]["psnr_observed_per_signal"] == scores[1]["psnr_observed_per_signal"], name
+        assert scores[0]["psnr_per_signal"] != scores[1]["psnr_per_signal"], name
+
+
+def test_masked_images_report_hidden_and_observed_psnr_per_signal_and_pair(tmp_path, capsys):
+    pytest.importorskip("skimage")
+    from reproduce import RunConfig, compare_files, main
+
+    out = tmp_path / "masked.json"
+    flags = ["--mask-fraction", "0.25", "--mask-block", "2", "--eval-split", "both"]
+    main([*_TINY_IMAGES, "--methods", "random_init,learnit,ecop", *flags, "--json", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["_meta"]["mask_fraction"] == 0.25 and saved["_meta"]["mask_block"] == 2
+    for name in ("random_init", "learnit", "ecop"):
+        record = saved[name]
+        assert len(record["psnr_per_signal"]) == 2 and len(record["psnr_observed_per_signal"]) == 2
+        assert record["psnr"] == pytest.approx(sum(record["psnr_per_signal"]) / 2, abs=1e-3)
+        assert record["psnr_observed"] == pytest.approx(sum(record["psnr_observed_per_signal"]) / 2, abs=1e-3)
+        assert math.isfinite(record["psnr_all_pixels"]) and len(record["psnr_curve"]) == 3
+        assert len(record["val"]["psnr_observed_per_signal"]) == 2
+    gaps = compare_files(f"{out}:ecop", f"{out}:learnit")
+    assert set(gaps) == {"held_out", "val"}
+    assert "on hidden pixels" in capsys.readouterr().out
+    for bad in (["--mask-fraction", "1.0"], ["--sphere", "iris", "--mask-fraction", "0.2"]):
+        with pytest.raises(SystemExit):
+            RunConfig.from_args(bad)
+    with pytest.raises(SystemExit):
+        RunConfig.from_args(["--resolution", "8", "--mask-fraction", "0.2", "--mask-block", "8"])
+    assert RunConfig.from_args([]).mask_fraction == 0.0

@@ -101,6 +101,12 @@ def parse_config(argv: Sequence[str] | None = None) -> RunConfig:
         parser.error(f"--loss must be one of {tuple(LOSSES)} (or a name registered in ecop_wrap.LOSSES)")
     if not args.huber_delta > 0:
         parser.error("--huber-delta must be > 0")
+    if not 0.0 <= args.mask_fraction < 1.0:
+        parser.error("--mask-fraction must be in [0, 1)")
+    if args.mask_fraction > 0 and (args.audio or args.sphere or args.video):
+        parser.error("--mask-fraction hides blocks of images: use it with --images")
+    if args.mask_fraction > 0 and args.mask_block >= args.resolution:
+        parser.error("--mask-block must be smaller than --resolution (some pixels must stay observed)")
     if args.audio or args.sphere or args.video:
         values["images"] = None
     return RunConfig(**values, argv=tuple(sys.argv[1:] if argv is None else argv))

@@ -53,6 +53,13 @@ class RunConfig:
     resolution: int = option(32, "image crop side; video frame side", at_least=1)
     frames: int = option(16, "frames per video clip", at_least=1)
     crops_per_image: int = option(8, "random crops per image of an --images folder")
+    mask_fraction: float = option(
+        0.0,
+        "images: hide this fraction of each signal's --mask-block tiles (a fixed mask per signal, from the split's "
+        "seed and the signal's index); training and test-time fits see the observed pixels only, the headline "
+        "PSNR is over the hidden ones (0: off)",
+    )
+    mask_block: int = option(4, "side of the hidden square tiles of --mask-fraction, pixels", at_least=1)
     sample_rate: int = option(16000)
     seconds: float = option(1.0, "audio clip length")
     coord_scale: float | None = option(

@@ -47,7 +47,9 @@ class _Run:
     def _evaluate(self, model: nn.Module | ContextPruningMetaLearner, data: Splits, split: str, setting: Any) -> Any:
         """Fit and score the ``split`` ("val" or "test") signals of ``data``."""
         values = data.val if split == "val" else data.test
-        return evaluate(model, data, values, self.config.test_steps, setting, objective=self.config.objective)
+        observed = data.observed.get(split)
+        objective = self.config.objective
+        return evaluate(model, data, values, self.config.test_steps, setting, objective=objective, observed=observed)
 
     def trained(self, method: Method) -> dict[str, Any]:
         """Meta-train ``method``'s model, then test it."""
@@ -100,7 +102,8 @@ def run(config: RunConfig, log: Callable[[str], None] = print) -> dict[str, Any]
 def _log_result(log: Callable[[str], None], method: str, record: dict[str, Any]) -> None:
     ssim_text = "" if record.get("ssim") is None else f"  SSIM {record['ssim']:.3f}"
     loss_text = "" if "test_loss" not in record else f"  test loss {record['test_loss']:.4g}"
-    log(f"  -> {method}: PSNR {record['psnr']:.2f} dB{ssim_text}{loss_text}")
+    hidden = "" if "psnr_observed" not in record else f" on hidden pixels ({record['psnr_observed']:.2f} observed)"
+    log(f"  -> {method}: PSNR {record['psnr']:.2f} dB{hidden}{ssim_text}{loss_text}")
 
 
 def _memory_kind(device: torch.device) -> str:
@@ -118,6 +121,8 @@ def _meta(config: RunConfig, splits: Splits, device: torch.device) -> dict[str, 
         "graph_free_dtype": config.graph_free_dtype,
         "graph_free_full_precision": config.graph_free_full_precision,
         "loss": config.loss,
+        **({"mask_fraction": config.mask_fraction, "mask_block": config.mask_block} if splits.observed else {}),
+        **({"psnr_of": "hidden pixels (psnr_observed: the observed ones)"} if splits.observed else {}),
         **({"huber_delta": config.huber_delta} if config.loss == "huber" else {}),
         "eval_signals": int(held_out_count(splits, config.eval_split)),
         "train_signals": len(splits.train),

@@ -18,7 +18,10 @@ from .config import RunConfig
 
 @dataclass
 class Splits:
-    """Train/validation/test signals on one grid. values: ``[N, M, D]``; coords ``[M, C]``."""
+    """Train/validation/test signals on one grid. values: ``[N, M, D]``; coords ``[M, C]``.
+
+    ``observed`` (``--mask-fraction``): split name -> ``[N, M]`` bool, True where a pixel may be used (empty: all).
+    """
 
     coords: torch.Tensor
     train: SignalDataset
@@ -29,6 +32,7 @@ class Splits:
     data_range: float
     description: str
     meta: dict[str, Any] = field(default_factory=dict)
+    observed: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def _split_by_source(dataset: Any, key: Callable[[str], str]) -> dict[str, list[int]]:
@@ -180,13 +184,35 @@ _LOADERS: dict[str, Callable[[RunConfig], Splits]] = {
 def load_splits(config: RunConfig) -> Splits:
     """The data chosen by ``--images``/``--audio``/``--sphere``/``--video``."""
     chosen = next((flag for flag in _LOADERS if getattr(config, flag)), "images")
-    return _LOADERS[chosen](config)
+    splits = _LOADERS[chosen](config)
+    return _masked(splits, config) if config.mask_fraction > 0 else splits
+
+
+def _masked(splits: Splits, config: RunConfig) -> Splits:
+    """``--mask-fraction``: a fixed block mask per signal, seeded like each split's crops (train ``--seed``, val
+    ``--eval-seed + 1``, test ``--eval-seed``) and drawn in signal order (``ecop_wrap.data.block_masks``)."""
+    from ecop_wrap.data import block_masks
+
+    if splits.modality != "image":
+        raise ValueError("--mask-fraction hides blocks of images")
+    seeds = {"train": config.seed, "val": config.eval_seed + 1, "test": config.eval_seed}
+    counts = {"train": len(splits.train), "val": splits.val.shape[0], "test": splits.test.shape[0]}
+    observed = {
+        split: block_masks(counts[split], splits.grid, config.mask_fraction, config.mask_block, seeds[split])
+        for split in seeds
+    }
+    hidden = f"{config.mask_fraction:g} of its {config.mask_block}x{config.mask_block} tiles hidden per signal"
+    return dataclasses.replace(splits, observed=observed, description=f"{splits.description}; {hidden}")
 
 
 def on_device(splits: Splits, device: torch.device) -> Splits:
     """``splits`` with the coords and the held-out signals on ``device`` (training batches move per step)."""
     return dataclasses.replace(
-        splits, coords=splits.coords.to(device), val=splits.val.to(device), test=splits.test.to(device)
+        splits,
+        coords=splits.coords.to(device),
+        val=splits.val.to(device),
+        test=splits.test.to(device),
+        observed={k: v.to(device) if k != "train" else v for k, v in splits.observed.items()},
     )
 
 

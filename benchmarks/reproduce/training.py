@@ -12,6 +12,7 @@ from baselines import Reptile
 from torch import nn
 
 from ecop_wrap import ContextPruningMetaLearner, ECoPConfig, SavedTensorMeter
+from ecop_wrap.data import SignalDataset
 
 from .config import RunConfig
 from .methods import Method, Training
@@ -127,8 +128,8 @@ def train_method(
     """Meta-train ``model`` (in place) as ``method``; returns the training part of its results and the trainer."""
     training = method.training(config)
     trainer = make_trainer(training, model, config)
-    batches = _device_batches(splits.train.batches(config.batch, seed=config.seed, infinite=True), device)
-    first = next(_device_batches(splits.train.batches(config.batch, seed=config.seed), device))
+    batches = _device_batches(training_batches(splits, config, infinite=True), device)
+    first = next(_device_batches(training_batches(splits, config), device))
     memory = held_bytes(trainer, first) if device.type == "cpu" else None
     log(
         f"{method.name}: training {config.outer_steps} outer steps (outer lr {training.outer_lr:g}, "
@@ -152,6 +153,20 @@ def train_method(
         every = torch.cat([r.detach().flatten() for r in rates.values()])
         record["learned_inner_lr"] = {"mean": float(every.mean()), "min": float(every.min()), "max": float(every.max())}
     return record, trainer
+
+
+def training_batches(splits: Splits, config: RunConfig, *, infinite: bool = False) -> Iterator[Batch]:
+    """The training batches in ``--seed``'s order; with ``--mask-fraction`` ``(coords, values, weights)``, the
+    weights the observed mask (0 on a hidden pixel: its value is never used)."""
+    observed = splits.observed.get("train")
+    if observed is None:
+        yield from splits.train.batches(config.batch, seed=config.seed, infinite=infinite)
+        return
+    # the mask rides along as a last channel, so the batches are drawn in the unmasked run's order
+    values = splits.train.stacked()
+    both = SignalDataset(torch.cat([values, observed[..., None].to(values.dtype)], dim=-1), splits.grid)
+    for _, batch in both.batches(config.batch, seed=config.seed, infinite=infinite):
+        yield splits.train.coords, batch[..., :-1], batch[..., -1]
 
 
 def _device_batches(batches: Iterator[Batch], device: torch.device) -> Iterator[Batch]:
