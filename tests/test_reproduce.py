@@ -493,3 +493,48 @@ def test_masked_images_report_hidden_and_observed_psnr_per_signal_and_pair(tmp_p
     with pytest.raises(SystemExit):
         RunConfig.from_args(["--resolution", "8", "--mask-fraction", "0.2", "--mask-block", "8"])
     assert RunConfig.from_args([]).mask_fraction == 0.0
+
+
+# -------------------------------------------------------------------------- glyph SDFs (issue 22)
+def test_sdf_rows_use_the_examples_families_and_clamped_l1_registered_from_the_flag():
+    from example_helpers import load_example
+    from reproduce import METHOD_TABLE, RunConfig
+    from reproduce.sdf import TEST_FAMILIES, TRAIN_FAMILIES, VAL_FAMILIES
+    from reproduce.training import make_trainer
+
+    import ecop_wrap
+
+    example = load_example("sdf_glyphs")
+    assert (TRAIN_FAMILIES, VAL_FAMILIES, TEST_FAMILIES) == (
+        example.TRAIN_FAMILIES,
+        example.VAL_FAMILIES,
+        example.TEST_FAMILIES,
+    )
+    config = RunConfig.from_args(["--sdf", "glyphs", "--loss", "clamped_l1", "--sdf-clamp", "0.05"])
+    assert config.images is None and config.sdf == "glyphs" and config.w0_for("sdf") == 10.0
+    pred, target = torch.randn(3, 7, 1), torch.randn(3, 7, 1)
+    torch.testing.assert_close(ecop_wrap.LOSSES["clamped_l1"](pred, target), example.clamped_l1(0.05)(pred, target))
+    trainer = make_trainer(METHOD_TABLE["ecop"].training(config), TinySiren(2, 1), config)
+    assert trainer.config.loss == "clamped_l1"
+    with pytest.raises(SystemExit):
+        RunConfig.from_args(["--sdf", "glyphs", "--mask-fraction", "0.2"])
+    with pytest.raises(SystemExit):
+        RunConfig.from_args(["--sdf", "glyphs", "--sdf-clamp", "0"])
+
+
+def test_sdf_glyphs_report_band_error_and_iou_per_signal(tmp_path):
+    pytest.importorskip("matplotlib")
+    from reproduce import main
+
+    out = tmp_path / "sdf.json"
+    tiny = [*_TINY_IMAGES, "--train-size", "6", "--eval-size", "3", "--eval-split", "both"]
+    main(["--sdf", "glyphs", "--loss", "clamped_l1", *tiny, "--methods", "random_init,ecop", "--json", str(out)])
+    saved = json.loads(out.read_text())
+    meta = saved["_meta"]
+    assert meta["modality"] == "sdf" and meta["loss"] == "clamped_l1" and meta["sdf_clamp"] == 0.1
+    assert "DejaVu Sans Mono" in meta["data"] and meta["train_signals"] == 6
+    for name in ("random_init", "ecop"):
+        record = saved[name]
+        assert len(record["band_error_per_signal"]) == 3 and len(record["iou_per_signal"]) == 3
+        assert record["band_error"] >= 0 and 0 <= record["iou"] <= 1 and record["test_loss"] >= 0
+        assert "band_error" in record["val"] and "iou" in record["val"]

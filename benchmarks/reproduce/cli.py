@@ -19,6 +19,7 @@ from .methods import METHOD_TABLE, METHODS
 from .models import MODELS
 from .report import compare_files, format_gaps, format_table, paired_gaps, save_plot
 from .run import run
+from .sdf import register_losses
 from .workers import merge_results, run_parallel
 
 
@@ -97,17 +98,20 @@ def parse_config(argv: Sequence[str] | None = None) -> RunConfig:
             parser.error(f"{_flag(spec.name)} must be >= {bound}")
         values[spec.name] = tuple(value) if isinstance(value, list) else value
     values["methods"] = _requested_methods(parser, args)
+    if not args.sdf_clamp > 0 or not args.sdf_band > 0:
+        parser.error("--sdf-clamp and --sdf-band must be > 0")
+    register_losses(args.sdf_clamp)  # --loss clamped_l1
     if args.loss not in LOSSES:
         parser.error(f"--loss must be one of {tuple(LOSSES)} (or a name registered in ecop_wrap.LOSSES)")
     if not args.huber_delta > 0:
         parser.error("--huber-delta must be > 0")
     if not 0.0 <= args.mask_fraction < 1.0:
         parser.error("--mask-fraction must be in [0, 1)")
-    if args.mask_fraction > 0 and (args.audio or args.sphere or args.video):
+    if args.mask_fraction > 0 and (args.audio or args.sphere or args.video or args.sdf):
         parser.error("--mask-fraction hides blocks of images: use it with --images")
     if args.mask_fraction > 0 and args.mask_block >= args.resolution:
         parser.error("--mask-block must be smaller than --resolution (some pixels must stay observed)")
-    if args.audio or args.sphere or args.video:
+    if args.audio or args.sphere or args.video or args.sdf:
         values["images"] = None
     return RunConfig(**values, argv=tuple(sys.argv[1:] if argv is None else argv))
 

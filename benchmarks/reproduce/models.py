@@ -16,8 +16,8 @@ from .splits import Splits
 
 
 def _output_offset(splits: Splits) -> float:
-    """The models' output bias: 0.5 for signals in [0, 1], 0 for audio in [-1, 1]."""
-    return 0.0 if splits.modality == "audio" else 0.5
+    """The models' output bias: 0.5 for signals in [0, 1], 0 for audio in [-1, 1] and signed distances."""
+    return 0.0 if splits.modality in ("audio", "sdf") else 0.5
 
 
 def _siren(config: RunConfig, splits: Splits) -> nn.Module:

@@ -18,6 +18,7 @@ from .config import RunConfig
 from .evaluation import evaluate, held_out_count
 from .methods import METHOD_TABLE, Method
 from .models import MODELS, build_model, describe_model
+from .sdf import register_losses
 from .splits import Splits, frame_view, load_splits, on_device
 from .training import train_method
 
@@ -41,7 +42,8 @@ class _Run:
         if config.eval_split == "both":
             on_val = self._evaluate(model, data, "val", setting)
             kept = ("psnr", "psnr_std", "psnr_per_signal", "ssim", "psnr_observed", "psnr_observed_per_signal")
-            out["val"] = {k: on_val[k] for k in (*kept, "test_loss", "test_loss_per_signal") if k in on_val}
+            extra = ("test_loss", "test_loss_per_signal", "band_error", "iou")
+            out["val"] = {k: on_val[k] for k in (*kept, *extra) if k in on_val}
         return out
 
     def _evaluate(self, model: nn.Module | ContextPruningMetaLearner, data: Splits, split: str, setting: Any) -> Any:
@@ -78,6 +80,7 @@ class _Run:
 def run(config: RunConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train and test every requested method; returns the JSON-ready results."""
     torch.set_num_threads(config.threads)
+    register_losses(config.sdf_clamp)  # --loss clamped_l1 (also when run() is called without the CLI)
     device = torch.device(config.device)
     splits = load_splits(config)
     log(f"data: {splits.description}; train {len(splits.train)}, val {len(splits.val)}, test {len(splits.test)}")
@@ -102,6 +105,8 @@ def run(config: RunConfig, log: Callable[[str], None] = print) -> dict[str, Any]
 def _log_result(log: Callable[[str], None], method: str, record: dict[str, Any]) -> None:
     ssim_text = "" if record.get("ssim") is None else f"  SSIM {record['ssim']:.3f}"
     loss_text = "" if "test_loss" not in record else f"  test loss {record['test_loss']:.4g}"
+    if "iou" in record:
+        loss_text += f"  band error {record['band_error']:.4f}  IoU {record['iou']:.3f}"
     hidden = "" if "psnr_observed" not in record else f" on hidden pixels ({record['psnr_observed']:.2f} observed)"
     log(f"  -> {method}: PSNR {record['psnr']:.2f} dB{hidden}{ssim_text}{loss_text}")
 
@@ -124,6 +129,8 @@ def _meta(config: RunConfig, splits: Splits, device: torch.device) -> dict[str, 
         **({"mask_fraction": config.mask_fraction, "mask_block": config.mask_block} if splits.observed else {}),
         **({"psnr_of": "hidden pixels (psnr_observed: the observed ones)"} if splits.observed else {}),
         **({"huber_delta": config.huber_delta} if config.loss == "huber" else {}),
+        **({"sdf_clamp": config.sdf_clamp} if config.loss == "clamped_l1" else {}),
+        **({"sdf_band": config.sdf_band} if splits.modality == "sdf" else {}),
         "eval_signals": int(held_out_count(splits, config.eval_split)),
         "train_signals": len(splits.train),
         "psnr_data_range": splits.data_range,

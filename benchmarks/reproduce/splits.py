@@ -172,8 +172,15 @@ def _video_splits(config: RunConfig) -> Splits:
     return Splits(train.coords, train, val_set.stacked(), test, (t, r, r), "video", 1.0, desc)
 
 
+def _sdf_splits(config: RunConfig) -> Splits:
+    from .sdf import sdf_splits
+
+    return sdf_splits(config)
+
+
 # the data flag of each modality and its loader (the flags exclude each other; --images is the default)
 _LOADERS: dict[str, Callable[[RunConfig], Splits]] = {
+    "sdf": _sdf_splits,
     "audio": _audio_splits,
     "sphere": _sphere_splits,
     "video": _video_splits,
@@ -182,7 +189,7 @@ _LOADERS: dict[str, Callable[[RunConfig], Splits]] = {
 
 
 def load_splits(config: RunConfig) -> Splits:
-    """The data chosen by ``--images``/``--audio``/``--sphere``/``--video``."""
+    """The data chosen by ``--images``/``--audio``/``--sphere``/``--video``/``--sdf``."""
     chosen = next((flag for flag in _LOADERS if getattr(config, flag)), "images")
     splits = _LOADERS[chosen](config)
     return _masked(splits, config) if config.mask_fraction > 0 else splits

@@ -1,0 +1,78 @@
+"""Glyph signed distance fields (``--sdf glyphs``): the data, DeepSDF's clamped L1 loss and the SDF metrics of
+``examples/sdf_glyphs.py``, as rows of the comparison."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+
+import ecop_wrap
+
+if TYPE_CHECKING:
+    from .config import RunConfig
+    from .splits import Splits
+
+CLAMPED_L1 = "clamped_l1"
+"""The name ``--loss`` takes for DeepSDF's clamped L1 (clamp ``--sdf-clamp``)."""
+# disjoint font families, as examples/sdf_glyphs.py: the test set is typefaces never trained on
+TRAIN_FAMILIES = ("DejaVu Sans", "DejaVu Serif", "STIX General", "Computer Modern Roman")
+VAL_FAMILIES = ("Computer Modern Sans",)
+TEST_FAMILIES = ("DejaVu Sans Mono", "Computer Modern Typewriter")
+
+
+def clamped_l1(delta: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """DeepSDF's clamped L1 per point, ``|clamp(f, -d, d) - clamp(y, -d, d)|``: ``[..., M, D] -> [..., M]``."""
+
+    def loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return (pred.clamp(-delta, delta) - target.clamp(-delta, delta)).abs().mean(dim=-1)
+
+    return loss
+
+
+def register_losses(clamp: float) -> None:
+    """Register ``clamped_l1`` with clamp ``clamp`` in ``ecop_wrap.LOSSES`` (replacing an earlier one)."""
+    ecop_wrap.register_loss(CLAMPED_L1, clamped_l1(clamp), overwrite=True)
+
+
+def sdf_splits(config: RunConfig) -> Splits:
+    """``--sdf glyphs``: SDFs ``[N, R*R, 1]`` of every character of the training, validation and test font
+    families (``ecop_wrap.data.glyph_sdfs``), each split thinned evenly over fonts and characters to
+    ``--train-size`` / ``--eval-size`` signals."""
+    from ecop_wrap.data import glyph_sdfs
+
+    from .splits import Splits
+
+    r = config.resolution
+    sizes = {"train": config.train_size, "val": config.eval_size, "test": config.eval_size}
+    seeds = {"train": config.seed, "val": config.eval_seed + 1, "test": config.eval_seed}
+    families = {"train": TRAIN_FAMILIES, "val": VAL_FAMILIES, "test": TEST_FAMILIES}
+    parts = {}
+    for split, size in sizes.items():
+        data = glyph_sdfs(list(families[split]), resolution=r, seed=seeds[split])
+        keep = torch.linspace(0, len(data) - 1, min(size, len(data))).round().long().unique()
+        parts[split] = data.subset(keep.tolist())
+    train, val, test = parts["train"], parts["val"].stacked(), parts["test"].stacked()
+    desc = (
+        f"glyph SDFs {r}x{r} in [-1, 1]^2: train {', '.join(TRAIN_FAMILIES)}; val {', '.join(VAL_FAMILIES)}; "
+        f"test {', '.join(TEST_FAMILIES)}"
+    )
+    meta = {"band": config.sdf_band, "clamp": config.sdf_clamp}
+    return Splits(train.coords, train, val, test, (r, r), "sdf", 2.0, desc, meta)
+
+
+def sdf_scores(pred: torch.Tensor, truth: torch.Tensor, band: float) -> dict[str, float | list[float]]:
+    """Per signal and mean: ``band_error``, the mean ``|SDF error|`` where ``|truth| < band``, and ``iou``, the
+    IoU of the interiors (``< 0``); ``pred``, ``truth``: ``[N, M, 1]``."""
+    near = truth.abs() < band
+    error = ((pred - truth).abs() * near).sum(dim=(1, 2)) / near.sum(dim=(1, 2)).clamp_min(1)
+    inside_pred, inside_true = pred < 0, truth < 0
+    union = (inside_pred | inside_true).sum(dim=(1, 2)).clamp_min(1)
+    iou = (inside_pred & inside_true).sum(dim=(1, 2)) / union
+    return {
+        "band_error": float(error.mean()),
+        "band_error_per_signal": [round(float(v), 6) for v in error],
+        "iou": float(iou.mean()),
+        "iou_per_signal": [round(float(v), 5) for v in iou],
+    }
