@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from example_helpers import load_example
+from example_helpers import EXAMPLES, load_example
 
 from ecop_wrap.data import block_masks
 
@@ -16,11 +16,23 @@ from ecop_wrap.data import block_masks
     [(5, (16, 16), 0.25, 4, 0), (3, (10, 7), 0.5, 3, 7), (4, (2, 2), 0.9, 1, 1), (0, (8, 8), 0.3, 2, 0)],
 )
 def test_block_masks_match_the_masked_images_example(count, shape, fraction, block, seed):
+    if not (EXAMPLES / "masked_images.py").exists():
+        pytest.skip("examples/masked_images.py is not in this checkout")
     example = load_example("masked_images")
     expected = example.block_masks(count, shape, fraction, block, seed)
     got = block_masks(count, shape, fraction, block, seed)
     assert got.dtype == torch.bool and got.shape == (count, shape[0] * shape[1])
     assert torch.equal(got, expected)
+
+
+def test_block_masks_are_frozen():
+    """The masks the example drew when the function moved into the library (4x6 grid, 2x2 tiles, seed 0)."""
+    expected = [
+        [1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 1, 1, 0, 0],
+        [0, 0, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 0, 0, 1, 1, 0, 0, 0, 0, 1, 1, 0, 0],
+        [1, 1, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 0, 0],
+    ]
+    assert block_masks(3, (4, 6), 0.5, 2, 0).int().tolist() == expected
 
 
 def test_block_masks_hide_whole_blocks_a_fraction_of_the_tiles_and_depend_on_seed_and_index():
