@@ -39,9 +39,14 @@ methods of two result files. Example::
 
 The package, one concept per module: ``config`` (:class:`RunConfig`, every flag declared once), ``cli`` (the
 parser made from it, :func:`main`), ``methods`` (the method table), ``splits`` (the data of each modality),
-``models`` (the model registry), ``training``, ``evaluation``, ``run`` (one run of every method), ``report``
+``models`` (the model registry), ``sdf`` (``--sdf glyphs``: data, ``--loss clamped_l1``, SDF metrics),
+``training``, ``evaluation``, ``run`` (one run of every method), ``report``
 (tables, paired gaps, plot) and ``workers`` (``--workers`` subprocesses, ``--merge``). Run it as
 ``python benchmarks/reproduce ...`` (its ``__main__.py``) or ``python -m reproduce ...`` from ``benchmarks/``.
+
+Objectives and masks (issue 22): ``--loss`` (``mse``, ``l1``, ``huber``, ``clamped_l1`` or a registered name)
+for every learner and test-time fit; ``--mask-fraction``/``--mask-block`` hide fixed blocks of each image (fits
+see the observed pixels only; ``psnr`` is over the hidden ones, ``psnr_observed`` over the rest).
 
 docs/results.md has the commands and numbers of the runs we report (per-method outer lrs from a validation
 sweep, ``--outer-lr-for``).
