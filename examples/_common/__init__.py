@@ -16,13 +16,15 @@ without (scaling only makes sense for a learner trained on pruned sets).
 
 Modules: :mod:`.flags` (flags and settings), :mod:`.training` (methods, learners, meta-training, test fits),
 :mod:`.runner` (one run from start to end, summary.json), :mod:`.pictures` (the per-modality pictures),
-:mod:`.clips` (video data for the two video examples).
+:mod:`.clips` (video data for the two video examples), :mod:`.stats` (per-signal PSNR over chosen points, paired
+gaps).
 """
 
 from .clips import CLIP_FLAGS, add_clip_flags, load_clips
 from .flags import FLAGS, ExampleConfig, Flag, add_common_flags, add_flags, example_parser, setup
 from .pictures import frame_reconstructions, reconstructions, selection
 from .runner import Example, run
+from .stats import cycle_indices, paired_gap, weighted_psnr
 from .training import (
     ECOP,
     LEARNIT,
@@ -52,14 +54,17 @@ __all__ = [
     "add_flags",
     "build_learners",
     "compared_methods",
+    "cycle_indices",
     "evaluate",
     "example_parser",
     "frame_reconstructions",
     "load_clips",
     "meta_train",
+    "paired_gap",
     "reconstructions",
     "run",
     "selection",
     "setup",
     "siren_factory",
+    "weighted_psnr",
 ]
