@@ -28,7 +28,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +51,16 @@ from _common import (
     weighted_psnr,
 )
 
-from ecop_wrap import ContextPruningMetaLearner, GradScaledAdapter, SavedTensorMeter, make_grid
-from ecop_wrap.data import SKIMAGE_SPLITS, SignalDataset, collate_signals, skimage_photo
+from ecop_wrap import ContextPruningMetaLearner, GradScaledAdapter, SavedTensorMeter
+from ecop_wrap.data import (
+    SKIMAGE_SPLITS,
+    SignalDataset,
+    aspect_grid,
+    aspect_shape,
+    collate_signals,
+    skimage_aspect_crops,
+    skimage_photo,
+)
 from ecop_wrap.data.base import resize_images
 
 SPLITS = ("train", "val", "test")
@@ -74,73 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     return add_common_flags(parser, outer_steps=250, hidden_features=64, test_signals=64, train_signals=512)
 
 
-def aspect_grid(shape: Sequence[int]) -> torch.Tensor:
-    """Pixel centres of an ``H x W`` image, ``[H * W, 2]`` (row, column): the long side spans [-1, 1] and both
-    axes have the same spacing (``make_grid`` stretches each axis to [-1, 1] instead)."""
-    longest = max(shape)
-    scale = torch.tensor([(s - 1) / (longest - 1) if longest > 1 else 1.0 for s in shape])
-    return make_grid(shape) * scale
-
-
-def output_shape(height: int, width: int, long_side: int) -> tuple[int, int]:
-    """``(h, w)`` of an ``height x width`` image downscaled to a long side of ``long_side`` (each side >= 2)."""
-    if height >= width:
-        return long_side, max(2, round(long_side * width / height))
-    return max(2, round(long_side * height / width)), long_side
-
-
-def aspect_crops(
-    split: str, long_side: int, n: int, seed: int, *, max_aspect: float = 2.0, min_fraction: float = 0.25
-) -> SignalDataset:
-    """Crops of one split's photographs at random aspect ratios, each downscaled to a long side of ``long_side``.
-
-    A crop picks a photograph uniformly, an aspect ratio ``h / w`` log-uniform in ``[1/max_aspect, max_aspect]``
-    and a size (the geometric mean of its sides) uniform between ``min_fraction`` and all of the photo's short side,
-    shrunk to fit the photo; it is placed uniformly and resized (antialiased). Fully determined by ``seed``.
-
-    Args:
-        split: ``"train"``, ``"val"`` or ``"test"`` (:data:`~ecop_wrap.data.SKIMAGE_SPLITS`).
-        long_side: ``R``, the long side of every signal.
-        n: number of crops.
-        seed: random seed.
-        max_aspect: the largest ratio of long to short side, ``>= 1``.
-        min_fraction: smallest crop size as a fraction of the photo's short side, in ``(0, 1]``.
-
-    Returns:
-        A ragged :class:`SignalDataset`: signal ``i`` has values ``[h_i * w_i, 3]`` in ``[0, 1]``, grid shape
-        ``(h_i, w_i)``, coords :func:`aspect_grid`; ``names[i]`` = ``"photo:top,left,height,width"``.
-    """
-    if split not in SKIMAGE_SPLITS or long_side < 2 or n < 1 or max_aspect < 1 or not 0 < min_fraction <= 1:
-        raise ValueError(f"bad arguments: split={split!r}, long_side={long_side}, n={n}, max_aspect={max_aspect}")
-    photos = SKIMAGE_SPLITS[split]
-    rng = np.random.default_rng(seed)
-    values, shapes, names = [], [], []
-    for index in rng.integers(0, len(photos), size=n):
-        name = photos[int(index)]
-        photo = skimage_photo(name)
-        height, width = photo.shape[:2]
-        aspect = math.exp(rng.uniform(-math.log(max_aspect), math.log(max_aspect)))
-        size = rng.uniform(min_fraction, 1.0) * min(height, width)
-        h, w = size * math.sqrt(aspect), size / math.sqrt(aspect)
-        shrink = min(1.0, height / h, width / w)
-        h, w = max(2, min(height, round(h * shrink))), max(2, min(width, round(w * shrink)))
-        top, left = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
-        shape = output_shape(h, w, long_side)
-        crop = resize_images(photo[top : top + h, left : left + w], *shape).clamp(0.0, 1.0)
-        values.append(crop.reshape(-1, 3))
-        shapes.append(shape)
-        names.append(f"{name}:{top},{left},{h},{w}")
-    metadata = {"source": "skimage.data", "split": split, "photos": photos, "seed": seed}
-    coords = [aspect_grid(s) for s in shapes]
-    return SignalDataset(values, shapes, coords=coords, names=names, metadata=metadata)
-
-
 def whole_photos(split: str, long_side: int) -> SignalDataset:
     """Every photograph of a split, whole, downscaled to a long side of ``long_side`` at its own aspect ratio."""
     values, shapes = [], []
     for name in SKIMAGE_SPLITS[split]:
         photo = skimage_photo(name)
-        shape = output_shape(photo.shape[0], photo.shape[1], long_side)
+        shape = aspect_shape(photo.shape[0], photo.shape[1], long_side)
         values.append(resize_images(photo, *shape).clamp(0.0, 1.0).reshape(-1, 3))
         shapes.append(shape)
     coords = [aspect_grid(s) for s in shapes]
@@ -314,7 +261,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     sizes = {"train": config.train_signals, "val": args.val_signals, "test": config.test_signals}
     data = {
-        split: aspect_crops(split, args.resolution, sizes[split], config.seed + offset, max_aspect=args.max_aspect)
+        split: skimage_aspect_crops(
+            split, args.resolution, sizes[split], config.seed + offset, max_aspect=args.max_aspect
+        )
         for offset, split in enumerate(SPLITS)
     }
     whole = whole_photos("test", args.resolution)

@@ -178,12 +178,12 @@ def test_ragged_crops_keep_their_aspect_and_pad_with_weight_zero():
     grid = module.aspect_grid((3, 5))
     assert grid.shape == (15, 2) and float(grid[:, 1].min()) == -1.0 and float(grid[:, 1].max()) == 1.0
     assert torch.allclose(grid[5, 0] - grid[0, 0], grid[1, 1] - grid[0, 1])  # the same spacing on both axes
-    assert module.output_shape(100, 50, 32) == (32, 16) and module.output_shape(30, 90, 12) == (4, 12)
-    crops = module.aspect_crops("val", 12, 8, seed=0, max_aspect=2.0)
+    assert module.aspect_shape(100, 50, 32) == (32, 16) and module.aspect_shape(30, 90, 12) == (4, 12)
+    crops = module.skimage_aspect_crops("val", 12, 8, seed=0, max_aspect=2.0)
     assert crops.ragged and len(set(crops.shapes)) > 1
     assert all(max(s) == 12 and max(s) / min(s) <= 2.0 + 1 / 6 for s in crops.shapes)
     assert all(float(v.min()) >= 0.0 and float(v.max()) <= 1.0 for v in crops.values)
-    assert crops.names == module.aspect_crops("val", 12, 8, seed=0, max_aspect=2.0).names
+    assert crops.names == module.skimage_aspect_crops("val", 12, 8, seed=0, max_aspect=2.0).names
     batches = module.loader(crops, 8)
     assert batches.collate_fn is module.collate_signals
     _, values, weights = next(iter(batches))
@@ -196,7 +196,7 @@ def test_ragged_crops_keep_their_aspect_and_pad_with_weight_zero():
 def test_ragged_fit_scores_each_signal_over_its_own_points():
     module = load_example("ragged_images")
     _, config = _tiny_setup(module, TINY_RAGGED)
-    crops = module.aspect_crops("test", 12, 4, seed=0, max_aspect=2.0)
+    crops = module.skimage_aspect_crops("test", 12, 4, seed=0, max_aspect=2.0)
     assert len(set(crops.shapes)) > 1  # the batch of 4 is padded
     torch.manual_seed(0)
     model = module.siren_factory(config, 2, 3)()

