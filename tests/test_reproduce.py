@@ -538,3 +538,82 @@ def test_sdf_glyphs_report_band_error_and_iou_per_signal(tmp_path):
         assert len(record["band_error_per_signal"]) == 3 and len(record["iou_per_signal"]) == 3
         assert record["band_error"] >= 0 and 0 <= record["iou"] <= 1 and record["test_loss"] >= 0
         assert "band_error" in record["val"] and "iou" in record["val"]
+
+
+# ------------------------------------------------------------------- images at their own aspect ratios (issue 22)
+_TINY_ASPECT = [*_TINY_IMAGES, "--eval-size", "4", "--test-steps", "3", "--aspect-crops", "2"]
+
+
+def test_aspect_crops_run_writes_per_signal_psnr_of_ragged_held_out_signals(tmp_path):
+    pytest.importorskip("skimage")
+    from reproduce import compare_files, main
+
+    out = tmp_path / "aspect.json"
+    main([*_TINY_ASPECT, "--methods", "random_init,learnit,ecop", "--eval-split", "both", "--json", str(out)])
+    saved = json.loads(out.read_text())
+    meta = saved["_meta"]
+    assert meta["aspect_crops"] == 2.0 and meta["eval_signals"] == 4
+    assert meta["points_per_signal"]["test"]["min"] < meta["points_per_signal"]["test"]["max"] <= 64
+    for name in ("random_init", "learnit", "ecop"):
+        record = saved[name]
+        assert len(record["psnr_per_signal"]) == 4 and len(record["val"]["psnr_per_signal"]) == 4
+        assert all(math.isfinite(p) for p in record["psnr_per_signal"])
+        assert record["psnr"] == pytest.approx(sum(record["psnr_per_signal"]) / 4, abs=1e-3)
+        assert record["ssim"] is None and "ssim_note" in record
+    assert saved["ecop"]["psnr_per_signal"] != saved["learnit"]["psnr_per_signal"]
+    assert set(compare_files(f"{out}:ecop", f"{out}:learnit")) == {"held_out", "val"}
+
+
+def test_aspect_crops_pad_training_batches_and_score_each_held_out_signal_as_if_fitted_alone():
+    pytest.importorskip("skimage")
+    from reproduce import METHOD_TABLE, RunConfig, build_model, evaluate, load_splits
+    from reproduce.training import train_method, training_batches
+
+    from ecop_wrap.data import skimage_aspect_crops
+
+    config = RunConfig.from_args(_TINY_ASPECT)
+    splits = load_splits(config)
+    crops = skimage_aspect_crops("test", 8, 4, seed=config.eval_seed, max_aspect=2.0)
+    coords, weights = splits.ragged["test"]
+    sizes = [int(torch.tensor(s).prod()) for s in crops.shapes]
+    assert len(set(sizes)) > 1 and weights.sum(dim=1).tolist() == sizes and splits.test.shape == (4, max(sizes), 3)
+    for i, size in enumerate(sizes):  # the held-out signals are the library's crops, padded
+        assert torch.equal(splits.test[i, :size], crops.values[i]) and torch.equal(coords[i, :size], crops.coords[i])
+    batch = next(training_batches(splits, config))
+    assert len(batch) == 3 and batch[0].shape[:2] == batch[2].shape and batch[0].dim() == 3  # per-signal coords
+    for name in ("ecop", "learnit", "ecop_test_pruned"):
+        method = METHOD_TABLE[name]
+        model = build_model(config, splits)
+        _, trainer = train_method(
+            METHOD_TABLE[method.trained_as or name], model, splits, config, torch.device("cpu"), print
+        )
+        setting = method.fit_setting(config)
+        together = evaluate(trainer, splits, splits.test, 3, setting, ragged=(coords, weights))["psnr_per_signal"]
+        alone = [
+            evaluate(
+                trainer,
+                splits,
+                splits.test[i : i + 1, :n],
+                3,
+                setting,
+                ragged=(coords[i : i + 1, :n], weights[i : i + 1, :n]),
+            )["psnr_per_signal"][0]
+            for i, n in enumerate(sizes)
+        ]
+        assert together == pytest.approx(alone, abs=1e-3), name
+
+
+def test_aspect_crops_flag_errors():
+    from reproduce import RunConfig
+
+    assert RunConfig.from_args([]).aspect_crops is None
+    assert RunConfig.from_args(["--aspect-crops", "1.5"]).aspect_crops == 1.5
+    for bad in (
+        ["--aspect-crops", "0.5"],
+        ["--aspect-crops", "nan"],
+        ["--aspect-crops", "2", "--sphere", "iris"],
+        ["--aspect-crops", "2", "--images", "some/folder"],
+        ["--aspect-crops", "2", "--mask-fraction", "0.25"],
+    ):
+        with pytest.raises(SystemExit):
+            RunConfig.from_args(bad)

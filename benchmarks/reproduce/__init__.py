@@ -46,7 +46,9 @@ parser made from it, :func:`main`), ``methods`` (the method table), ``splits`` (
 
 Objectives and masks (issue 22): ``--loss`` (``mse``, ``l1``, ``huber``, ``clamped_l1`` or a registered name)
 for every learner and test-time fit; ``--mask-fraction``/``--mask-block`` hide fixed blocks of each image (fits
-see the observed pixels only; ``psnr`` is over the hidden ones, ``psnr_observed`` over the rest).
+see the observed pixels only; ``psnr`` is over the hidden ones, ``psnr_observed`` over the rest);
+``--aspect-crops MAX_ASPECT`` trains and tests on photo crops at their own aspect ratios (padded weighted batches,
+each held-out signal scored over its own points).
 
 docs/results.md has the commands and numbers of the runs we report (per-method outer lrs from a validation
 sweep, ``--outer-lr-for``).

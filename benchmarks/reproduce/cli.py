@@ -111,6 +111,15 @@ def parse_config(argv: Sequence[str] | None = None) -> RunConfig:
         parser.error("--mask-fraction hides blocks of images: use it with --images")
     if args.mask_fraction > 0 and args.mask_block >= args.resolution:
         parser.error("--mask-block must be smaller than --resolution (some pixels must stay observed)")
+    if args.aspect_crops is not None:
+        if not args.aspect_crops >= 1:  # also refuses NaN
+            parser.error("--aspect-crops MAX_ASPECT must be >= 1")
+        if args.images != "builtin" or args.audio or args.sphere or args.video or args.sdf:
+            parser.error("--aspect-crops crops the built-in photos: use it with --images builtin (the default)")
+        if args.mask_fraction > 0:
+            parser.error("--aspect-crops and --mask-fraction do not combine")
+        if args.resolution < 2:
+            parser.error("--aspect-crops needs --resolution >= 2")
     if args.audio or args.sphere or args.video or args.sdf:
         values["images"] = None
     return RunConfig(**values, argv=tuple(sys.argv[1:] if argv is None else argv))

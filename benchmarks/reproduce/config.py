@@ -68,6 +68,13 @@ class RunConfig:
         "PSNR is over the hidden ones (0: off)",
     )
     mask_block: int = option(4, "side of the hidden square tiles of --mask-fraction, pixels", at_least=1)
+    aspect_crops: float | None = option(
+        None,
+        "built-in images at their own aspect ratios: crops with long side --resolution and aspect ratios up to "
+        "MAX_ASPECT:1 (ecop_wrap.data.skimage_aspect_crops), trained in padded weighted batches, each held-out "
+        "signal fitted and scored over its own points (default: square crops)",
+        metavar="MAX_ASPECT",
+    )
     sample_rate: int = option(16000)
     seconds: float = option(1.0, "audio clip length")
     coord_scale: float | None = option(

@@ -100,6 +100,7 @@ def evaluate(
     *,
     objective: dict[str, Any] | None = None,
     observed: torch.Tensor | None = None,
+    ragged: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Fit every held-out signal from ``model`` and score it.
 
@@ -107,6 +108,9 @@ def evaluate(
         objective: the adapter's ``loss`` and ``huber_delta`` (None: the MSE).
         observed: ``[N, M]`` bool, the points each fit may use (None: all); then the headline PSNR is over the
             hidden points (``psnr_observed*``: over the observed ones).
+        ragged: ``(coords [N, M_max, C], weights [N, M_max])`` of signals of different sizes padded by
+            ``collate_signals`` (``values`` ``[N, M_max, D]``): each is fitted and scored over its own points
+            (weight > 0) only, from those coords instead of ``splits.coords``; no SSIM/LPIPS (no common grid).
 
     Returns:
         ``psnr`` (mean of per-signal PSNR, dB, data range of the modality), ``psnr_std``, ``psnr_curve``
@@ -115,15 +119,17 @@ def evaluate(
         and ``test_loss_curve``.
     """
     objective = objective or {"loss": "mse"}
-    traced = objective.get("loss", "mse") != "mse" or observed is not None
+    traced = objective.get("loss", "mse") != "mse" or observed is not None or ragged is not None
     preds, histories, scales, losses = [], [], [], []
     started = time.perf_counter()
     for start in range(0, values.shape[0], chunk):
         rows = slice(start, start + chunk)
         if traced:
             weights = None if observed is None else observed[rows].to(values.dtype)
+            coords = splits.coords if ragged is None else ragged[0][rows]
+            weights = weights if ragged is None else ragged[1][rows]
             pred, hist, loss_hist, scale_hist = _fit_traced(
-                model, splits.coords, values[rows], weights, steps, test, objective
+                model, coords, values[rows], weights, steps, test, objective
             )
             losses.append(loss_hist)
         else:
@@ -137,7 +143,8 @@ def evaluate(
     if not traced:
         psnr_hist = 10.0 * torch.log10(splits.data_range**2 / hist)
     else:
-        psnr_hist = _psnr(hist, None if observed is None else ~observed, splits.data_range)
+        scored = None if observed is None else ~observed  # masked: the hidden points; ragged: the signal's own
+        psnr_hist = _psnr(hist, scored if ragged is None else ragged[1] > 0, splits.data_range)
         if observed is not None:
             seen = _psnr(hist[-1], observed, splits.data_range)
             extra |= {"psnr_observed": float(seen.mean()), "psnr_observed_per_signal": _rounded(seen)}
@@ -165,7 +172,9 @@ def evaluate(
     }
     if splits.modality == "sdf":
         out |= sdf_scores(pred, values, splits.meta["band"])
-    if splits.modality == "image":
+    if splits.modality == "image" and ragged is not None:
+        out["ssim_note"] = "no SSIM/LPIPS for signals of different shapes (--aspect-crops)"
+    elif splits.modality == "image":
         clipped, target = _as_images(pred.clamp(0.0, 1.0), splits.grid), _as_images(values, splits.grid)
         if min(splits.grid) >= 11:
             out["ssim"] = float(ssim(clipped, target).mean())

@@ -49,9 +49,11 @@ class _Run:
     def _evaluate(self, model: nn.Module | ContextPruningMetaLearner, data: Splits, split: str, setting: Any) -> Any:
         """Fit and score the ``split`` ("val" or "test") signals of ``data``."""
         values = data.val if split == "val" else data.test
-        observed = data.observed.get(split)
+        observed, ragged = data.observed.get(split), data.ragged.get(split)
         objective = self.config.objective
-        return evaluate(model, data, values, self.config.test_steps, setting, objective=objective, observed=observed)
+        return evaluate(
+            model, data, values, self.config.test_steps, setting, objective=objective, observed=observed, ragged=ragged
+        )
 
     def trained(self, method: Method) -> dict[str, Any]:
         """Meta-train ``method``'s model, then test it."""
@@ -111,6 +113,16 @@ def _log_result(log: Callable[[str], None], method: str, record: dict[str, Any])
     log(f"  -> {method}: PSNR {record['psnr']:.2f} dB{hidden}{ssim_text}{loss_text}")
 
 
+def _points(splits: Splits) -> dict[str, dict[str, float]]:
+    """``--aspect-crops``: the smallest, largest and mean number of points of each split's signals."""
+    sizes = {"train": torch.tensor([int(v.shape[0]) for v in splits.train.values])}
+    sizes |= {split: weights.sum(dim=1).round() for split, (_, weights) in splits.ragged.items()}
+    return {
+        k: {"min": int(v.min()), "max": int(v.max()), "mean": round(float(v.double().mean()), 1)}
+        for k, v in sizes.items()
+    }
+
+
 def _memory_kind(device: torch.device) -> str:
     if device.type == "cuda":
         return "torch.cuda.max_memory_allocated during meta-training"
@@ -129,6 +141,7 @@ def _meta(config: RunConfig, splits: Splits, device: torch.device) -> dict[str, 
         **({"mask_fraction": config.mask_fraction, "mask_block": config.mask_block} if splits.observed else {}),
         **({"psnr_of": "hidden pixels (psnr_observed: the observed ones)"} if splits.observed else {}),
         **({"huber_delta": config.huber_delta} if config.loss == "huber" else {}),
+        **({"aspect_crops": config.aspect_crops, "points_per_signal": _points(splits)} if splits.ragged else {}),
         **({"sdf_clamp": config.sdf_clamp} if config.loss == "clamped_l1" else {}),
         **({"sdf_band": config.sdf_band} if splits.modality == "sdf" else {}),
         "eval_signals": int(held_out_count(splits, config.eval_split)),

@@ -21,6 +21,10 @@ class Splits:
     """Train/validation/test signals on one grid. values: ``[N, M, D]``; coords ``[M, C]``.
 
     ``observed`` (``--mask-fraction``): split name -> ``[N, M]`` bool, True where a pixel may be used (empty: all).
+    ``ragged`` (``--aspect-crops``): "val"/"test" -> ``(coords [N, M_max, C], weights [N, M_max])``, the held-out
+    signals padded by ``collate_signals`` (``val``/``test`` are their values ``[N, M_max, D]``; weight 0 on the
+    padding); ``train`` is then a ragged dataset whose batches are padded, ``coords``/``grid`` the ``R x R``
+    square's (the model's input size only).
     """
 
     coords: torch.Tensor
@@ -33,6 +37,7 @@ class Splits:
     description: str
     meta: dict[str, Any] = field(default_factory=dict)
     observed: dict[str, torch.Tensor] = field(default_factory=dict)
+    ragged: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
 
 def _split_by_source(dataset: Any, key: Callable[[str], str]) -> dict[str, list[int]]:
@@ -51,6 +56,8 @@ def _image_splits(config: RunConfig) -> Splits:
     from ecop_wrap.data import ImageFolder, skimage_crops
 
     r = config.resolution
+    if config.aspect_crops is not None:
+        return _aspect_splits(config)
     if config.images == "builtin":
         train = skimage_crops("train", r, n=config.train_size, seed=config.seed)
         val = skimage_crops("val", r, n=config.eval_size, seed=config.eval_seed + 1).stacked()
@@ -63,6 +70,28 @@ def _image_splits(config: RunConfig) -> Splits:
         val, test = folder.subset(parts["val"]).stacked(), folder.subset(parts["test"]).stacked()
         desc = f"{config.images}: {len(folder.files)} images, random {r}x{r} crops, split by file"
     return Splits(train.coords, train, val[: config.eval_size], test[: config.eval_size], (r, r), "image", 1.0, desc)
+
+
+def _aspect_splits(config: RunConfig) -> Splits:
+    """``--aspect-crops MAX_ASPECT``: crops of the scikit-image photos at their own aspect ratios (long side
+    ``--resolution``; ``ecop_wrap.data.skimage_aspect_crops``), seeded like the square crops; the held-out signals
+    padded into one weighted batch per split."""
+    from ecop_wrap.data import aspect_grid, collate_signals, skimage_aspect_crops
+
+    r, most = config.resolution, config.aspect_crops
+    assert most is not None
+    train = skimage_aspect_crops("train", r, config.train_size, config.seed, max_aspect=most)
+    held, ragged = {}, {}
+    for split, seed in (("val", config.eval_seed + 1), ("test", config.eval_seed)):
+        data = skimage_aspect_crops(split, r, config.eval_size, seed, max_aspect=most)
+        coords, held[split], weights = collate_signals([data[i] for i in range(len(data))])
+        ragged[split] = (coords, weights)
+    desc = (
+        f"scikit-image photo crops at aspect ratios up to {most:g}:1, long side {r}, padded batches "
+        "(train/val/test photos disjoint)"
+    )
+    square = aspect_grid((r, r))
+    return Splits(square, train, held["val"], held["test"], (r, r), "image", 1.0, desc, ragged=ragged)
 
 
 _SENTENCES = (
@@ -220,6 +249,7 @@ def on_device(splits: Splits, device: torch.device) -> Splits:
         val=splits.val.to(device),
         test=splits.test.to(device),
         observed={k: v.to(device) if k != "train" else v for k, v in splits.observed.items()},
+        ragged={k: (coords.to(device), weights.to(device)) for k, (coords, weights) in splits.ragged.items()},
     )
 
 
