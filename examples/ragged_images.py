@@ -1,7 +1,7 @@
 """Meta-learn photographs of different shapes in one batch: crops at their own aspect ratios, padded by
 ``collate_signals``, with ECoP and Learnit.
 
-Each signal is a crop of one of scikit-image's bundled photographs (``ecop_wrap.data.skimage_photo``; the
+Each signal is a crop of one of scikit-image's bundled photographs (``ecop_wrap.data.skimage_aspect_crops``; the
 training, validation and test photographs are disjoint) with its own aspect ratio, drawn between
 ``1:--max-aspect`` and ``--max-aspect:1``, downscaled so that its long side is ``--resolution`` pixels: a 2:1
 crop at R = 32 is 16 x 32 = 512 points, a square one 32 x 32 = 1,024. Coordinates keep the aspect: the long side
