@@ -48,7 +48,7 @@ from _common import (
 )
 
 from ecop_wrap import ContextPruningMetaLearner, GradScaledAdapter, SavedTensorMeter
-from ecop_wrap.data import SKIMAGE_SPLITS, SignalDataset, skimage_crops
+from ecop_wrap.data import SKIMAGE_SPLITS, SignalDataset, block_masks, skimage_crops
 
 SPLITS = ("train", "val", "test")
 
@@ -67,39 +67,6 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--val-signals", type=int, default=32, help="validation crops the learning rate is picked on")
     data.add_argument("--lr-grid", default="3e-5,1e-4,3e-4,1e-3", help="outer learning rates tried for each method")
     return add_common_flags(parser, outer_steps=250, hidden_features=64, w0=10.0, test_signals=64, train_signals=512)
-
-
-def block_masks(count: int, shape: tuple[int, int], fraction: float, block: int, seed: int) -> torch.Tensor:
-    """Observed-pixel masks with ``fraction`` of each signal hidden in random square blocks.
-
-    The ``H x W`` grid is cut into ``block x block`` tiles (smaller at the bottom and right edges when ``block``
-    does not divide the side); each signal hides ``round(fraction * tiles)`` of them (at least 1, at most all
-    but 1), drawn in turn from one generator seeded with ``seed``, so the masks are fixed by the seed.
-
-    Args:
-        count: number of signals ``N``.
-        shape: grid ``(H, W)``.
-        fraction: share of tiles to hide, in ``(0, 1)``.
-        block: tile side in pixels, ``>= 1``.
-        seed: seed of the generator.
-
-    Returns:
-        ``[N, H * W]`` bool, True where the pixel is observed (row-major like ``make_grid``).
-    """
-    if not 0.0 < fraction < 1.0 or block < 1:
-        raise ValueError(f"fraction must be in (0, 1) and block >= 1, got {fraction} and {block}")
-    height, width = shape
-    rows, cols = math.ceil(height / block), math.ceil(width / block)
-    tiles = rows * cols
-    if tiles < 2:
-        raise ValueError(f"a {height}x{width} grid has one {block}x{block} block: nothing could stay observed")
-    hidden = min(tiles - 1, max(1, round(fraction * tiles)))
-    generator = torch.Generator().manual_seed(seed)
-    masks = torch.ones(count, rows * cols, dtype=torch.bool)
-    for i in range(count):
-        masks[i, torch.randperm(tiles, generator=generator)[:hidden]] = False
-    pixels = masks.view(count, rows, cols).repeat_interleave(block, 1).repeat_interleave(block, 2)
-    return pixels[:, :height, :width].reshape(count, height * width)
 
 
 def nearest_fill(coords: torch.Tensor, values: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
