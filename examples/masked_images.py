@@ -38,12 +38,15 @@ from _common import (
     Method,
     Progress,
     add_common_flags,
+    best_rate,
     compared_methods,
     cycle_indices,
     example_parser,
     paired_gap,
     setup,
     siren_factory,
+    summary_mean,
+    summary_std,
     weighted_psnr,
 )
 
@@ -202,21 +205,6 @@ def draw(
     return path
 
 
-def _mean(values: torch.Tensor) -> float:
-    """The mean of per-signal scores, rounded for the summary."""
-    return round(float(values.double().mean()), 3)
-
-
-def _std(values: torch.Tensor) -> float:
-    """The spread (sample std) of per-signal scores over the signals, rounded; 0 for one signal."""
-    return round(float(values.double().std()), 3) if values.numel() > 1 else 0.0
-
-
-def _best(sweep: dict[float, float | None]) -> float:
-    """The learning rate with the highest finite validation PSNR (the first of equals; None: diverged)."""
-    return max(sweep, key=lambda lr: score if (score := sweep[lr]) is not None and math.isfinite(score) else -math.inf)
-
-
 def _check(args: argparse.Namespace, lrs: list[float]) -> None:
     """Exit clearly for flags of this script that cannot work."""
     if not lrs or args.val_signals < 1 or args.block < 1 or args.resolution < 2:
@@ -264,10 +252,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 sweep[method.name][lr] = None
                 print(f"  {method.name} outer lr {lr:g}: diverged ({str(error).split(':')[0]})")
                 continue
-            score = _mean(scores(recon, val.stacked(), val_observed)["hidden"])
+            score = summary_mean(scores(recon, val.stacked(), val_observed)["hidden"])
             sweep[method.name][lr] = score
             print(f"  {method.name} outer lr {lr:g}: validation hidden-pixel PSNR {score:.3f} dB")
-            if lr == _best(sweep[method.name]):
+            if lr == best_rate(sweep[method.name]):
                 chosen[method.name] = (lr, learner)
         if method.name not in chosen:
             raise SystemExit(f"error: {method.name} diverged at every outer lr of --lr-grid; try smaller ones")
@@ -285,11 +273,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         held = held_bytes(learner, *data["train"], config)
         results[method.name] = {
             "outer_lr": lr,
-            "hidden_psnr": _mean(per_signal[method.name]["hidden"]),
-            "hidden_psnr_std": _std(per_signal[method.name]["hidden"]),
-            "observed_psnr": _mean(per_signal[method.name]["observed"]),
-            "observed_psnr_std": _std(per_signal[method.name]["observed"]),
-            "init_hidden_psnr": _mean(scores(prior, truth, observed)["hidden"]),
+            "hidden_psnr": summary_mean(per_signal[method.name]["hidden"]),
+            "hidden_psnr_std": summary_std(per_signal[method.name]["hidden"]),
+            "observed_psnr": summary_mean(per_signal[method.name]["observed"]),
+            "observed_psnr_std": summary_std(per_signal[method.name]["observed"]),
+            "init_hidden_psnr": summary_mean(scores(prior, truth, observed)["hidden"]),
             "held_bytes_per_meta_loss": held,
             "held_mib_per_meta_loss": round(held / 2**20, 2),
         }
@@ -318,8 +306,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f"(better on {gap['better_on']} of {gap['signals']})"
             )
     print(
-        f"references: nearest observed pixel, hidden {_mean(fill['hidden']):.2f} dB; the random init fitted the same "
-        f"way, hidden {_mean(plain['hidden']):.2f} dB, observed {_mean(plain['observed']):.2f} dB"
+        f"references: nearest observed pixel, hidden {summary_mean(fill['hidden']):.2f} dB; the random init "
+        f"fitted the same way, hidden {summary_mean(plain['hidden']):.2f} dB, "
+        f"observed {summary_mean(plain['observed']):.2f} dB"
     )
     R = args.resolution
     shown = torch.linspace(0, len(test) - 1, min(config.show, len(test))).round().long().unique()
@@ -342,7 +331,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "test": results,
         "paired_gaps": gaps,
         "reference": {
-            name: {f"{part}_psnr": _mean(v) for part, v in ref.items()} | {"hidden_psnr_std": _std(ref["hidden"])}
+            name: {f"{part}_psnr": summary_mean(v) for part, v in ref.items()}
+            | {"hidden_psnr_std": summary_std(ref["hidden"])}
             for name, ref in references.items()
         },
         "per_signal": {

@@ -43,11 +43,14 @@ from _common import (
     Method,
     Progress,
     add_common_flags,
+    best_rate,
     compared_methods,
     example_parser,
     paired_gap,
     setup,
     siren_factory,
+    summary_mean,
+    summary_std,
     weighted_psnr,
 )
 
@@ -203,21 +206,6 @@ def draw(rows: list[tuple[str, torch.Tensor, dict[str, torch.Tensor], dict[str, 
     return path
 
 
-def _mean(values: torch.Tensor) -> float:
-    """The mean of per-signal scores, rounded for the summary."""
-    return round(float(values.double().mean()), 3)
-
-
-def _std(values: torch.Tensor) -> float:
-    """The spread (sample std) of per-signal scores over the signals, rounded; 0 for one signal."""
-    return round(float(values.double().std()), 3) if values.numel() > 1 else 0.0
-
-
-def _best(sweep: dict[float, float | None]) -> float:
-    """The learning rate with the highest finite validation PSNR (the first of equals; None: diverged)."""
-    return max(sweep, key=lambda lr: score if (score := sweep[lr]) is not None and math.isfinite(score) else -math.inf)
-
-
 def _points(data: SignalDataset) -> dict[str, float]:
     """The smallest, largest and mean number of points of the signals."""
     sizes = [int(np.prod(s)) for s in data.shapes]
@@ -278,14 +266,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for lr in lrs:
             try:
                 learner = train(model, method, lr, data["train"], config)
-                score = _mean(fit(learner, method.test_scaling, data["val"], config)[0])
+                score = summary_mean(fit(learner, method.test_scaling, data["val"], config)[0])
             except FloatingPointError as error:  # the rate is too large for this model: not a candidate
                 sweep[method.name][lr] = None
                 print(f"  {method.name} outer lr {lr:g}: diverged ({str(error).split(':')[0]})")
                 continue
             sweep[method.name][lr] = score
             print(f"  {method.name} outer lr {lr:g}: validation PSNR {score:.3f} dB")
-            if lr == _best(sweep[method.name]):
+            if lr == best_rate(sweep[method.name]):
                 chosen[method.name] = (lr, learner)
         if method.name not in chosen:
             raise SystemExit(f"error: {method.name} diverged at every outer lr of --lr-grid; try smaller ones")
@@ -299,8 +287,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         held = held_bytes(learner, data["train"], config)
         results[method.name] = {
             "outer_lr": lr,
-            "psnr": _mean(psnr[method.name]),
-            "psnr_std": _std(psnr[method.name]),
+            "psnr": summary_mean(psnr[method.name]),
+            "psnr_std": summary_std(psnr[method.name]),
             "whole_photos_psnr": {
                 n: round(float(p), 3) for n, p in zip(whole.names, whole_psnr[method.name], strict=True)
             },
@@ -319,7 +307,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"of {gap['signals']} crops)"
     )
     plain = fit(model, "none", data["test"], config)[0]  # the random init fitted the same way: no meta-learning
-    print(f"reference, the random init fitted the same way: {_mean(plain):.2f} dB")
+    print(f"reference, the random init fitted the same way: {summary_mean(plain):.2f} dB")
     test = data["test"]
     shown = torch.linspace(0, len(test) - 1, min(config.show, len(test))).round().long().unique().tolist()
     picture = draw(
@@ -338,7 +326,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "validation_psnr": {n: {str(lr): s for lr, s in v.items()} for n, v in sweep.items()},
         "test": results,
         "paired_gaps": {f"{first} - {second}": gap},
-        "reference": {"random_init_fit": {"psnr": _mean(plain), "psnr_std": _std(plain)}},
+        "reference": {"random_init_fit": {"psnr": summary_mean(plain), "psnr_std": summary_std(plain)}},
         "per_signal": {
             "names": list(test.names),
             "shapes": [list(s) for s in test.shapes],

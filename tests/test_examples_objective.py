@@ -109,8 +109,8 @@ def test_paired_gap_on_known_differences():
 def test_rate_picking_skips_diverged_rates():
     for name in ("masked_images", "ragged_images"):
         module = load_example(name)
-        assert module._best({1e-4: 20.0, 3e-4: 21.5, 1e-3: None, 3e-3: float("nan")}) == 3e-4
-        assert module._best({1e-4: 20.0, 3e-4: 20.0}) == 1e-4  # the first of equals
+        assert module.best_rate({1e-4: 20.0, 3e-4: 21.5, 1e-3: None, 3e-3: float("nan")}) == 3e-4
+        assert module.best_rate({1e-4: 20.0, 3e-4: 20.0}) == 1e-4  # the first of equals
 
 
 def _tiny_setup(module, argv):

@@ -24,7 +24,7 @@ from .clips import CLIP_FLAGS, add_clip_flags, load_clips
 from .flags import FLAGS, ExampleConfig, Flag, add_common_flags, add_flags, example_parser, setup
 from .pictures import frame_reconstructions, reconstructions, selection
 from .runner import Example, run
-from .stats import cycle_indices, paired_gap, weighted_psnr
+from .stats import best_rate, cycle_indices, paired_gap, summary_mean, summary_std, weighted_psnr
 from .training import (
     ECOP,
     LEARNIT,
@@ -52,6 +52,7 @@ __all__ = [
     "add_clip_flags",
     "add_common_flags",
     "add_flags",
+    "best_rate",
     "build_learners",
     "compared_methods",
     "cycle_indices",
@@ -66,5 +67,7 @@ __all__ = [
     "selection",
     "setup",
     "siren_factory",
+    "summary_mean",
+    "summary_std",
     "weighted_psnr",
 ]

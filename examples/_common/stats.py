@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["cycle_indices", "paired_gap", "weighted_psnr"]
+__all__ = ["best_rate", "cycle_indices", "paired_gap", "summary_mean", "summary_std", "weighted_psnr"]
 
 
 def weighted_psnr(
@@ -58,3 +58,18 @@ def cycle_indices(count: int, batch_size: int, seed: int) -> Iterator[torch.Tens
         order = torch.randperm(count, generator=generator)
         for start in range(0, count - count % batch_size, batch_size):
             yield order[start : start + batch_size]
+
+
+def summary_mean(values: torch.Tensor) -> float:
+    """The mean of per-signal scores, rounded for a summary."""
+    return round(float(values.double().mean()), 3)
+
+
+def summary_std(values: torch.Tensor) -> float:
+    """The spread (sample std) of per-signal scores over the signals, rounded; 0 for one signal."""
+    return round(float(values.double().std()), 3) if values.numel() > 1 else 0.0
+
+
+def best_rate(sweep: dict[float, float | None]) -> float:
+    """The learning rate with the highest finite validation score (the first of equals; None: diverged)."""
+    return max(sweep, key=lambda lr: score if (score := sweep[lr]) is not None and math.isfinite(score) else -math.inf)
