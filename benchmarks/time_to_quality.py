@@ -231,6 +231,7 @@ def plot(curves: dict[str, Curve], path: Path) -> None:
         if base in curves:
             ax.axhline(curves[base].best()[0], color="grey", lw=0.6, ls="--")
     ax.set_xscale("symlog", linthresh=10.0)
+    ax.set_xlim(left=0.0)
     ax.set_xlabel("CPU seconds of meta-steps")
     ax.set_ylabel("validation PSNR after test-time fit (dB)")
     ax.legend()
