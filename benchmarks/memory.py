@@ -9,6 +9,9 @@ Usage:
     python benchmarks/memory.py --quick
     # memory against signal size (pinned thresholds, as in docs/benchmarks.md)
     python benchmarks/memory.py --sides 64,128,256 --batch 1 --allocators pinned --budget-gb 8 --plot memory.png
+    # padding costs no graph: a ragged batch (photo crops at their own aspect ratios, padded by collate_signals)
+    # against the sum over its signals run one by one, per memory mode (bytes autograd holds; seconds)
+    python benchmarks/memory.py --ragged --sides 32 --width 64 --layers 3 --batch 4
 
 Every (mode, allocator, side) runs in a fresh subprocess, so the numbers are independent of each other: it
 builds a SIREN and a random signal batch, then runs ``--steps`` full meta-steps (meta-loss, backward, optimizer
@@ -98,6 +101,70 @@ QUICK = {
     "allocators": "default,pinned,configured",
 }
 MIB = 2**20
+
+
+# ----------------------------------------------------------------------------------------------- ragged
+def ragged_saved_bytes(
+    signals: list[tuple[Any, Any]], settings: dict[str, Any], width: int, layers: int, seed: int = 0
+) -> dict[str, int]:
+    """Bytes autograd holds for one meta-loss of a padded ragged batch and, summed, of its signals one by one.
+
+    Args:
+        signals: ``(coords [M_i, C], values [M_i, D])`` of different sizes, padded by ``collate_signals``.
+        settings: the learner's settings (a row of :data:`MODES`; SIREN modes only).
+        width, layers: the SIREN's hidden width and sine layers.
+
+    Returns:
+        ``{"padded": ..., "one_by_one": ...}``: :class:`ecop_wrap.SavedTensorMeter` live bytes.
+    """
+    import torch
+
+    from ecop_wrap import ContextPruningMetaLearner, SavedTensorMeter, Siren
+    from ecop_wrap.data import collate_signals
+
+    def held(batch: tuple[Any, ...]) -> int:
+        torch.manual_seed(seed)
+        model = Siren(signals[0][0].shape[-1], signals[0][1].shape[-1], width, layers)
+        learner = ContextPruningMetaLearner(model, **settings, coord_range=None, seed=seed)
+        with SavedTensorMeter() as meter:
+            loss = learner.meta_loss(batch)
+            live = int(meter.live_bytes())
+        del loss
+        return live
+
+    alone = sum(held((coords, values.unsqueeze(0))) for coords, values in signals)
+    return {"padded": held(collate_signals(signals)), "one_by_one": alone}
+
+
+def _ragged(args: argparse.Namespace) -> None:
+    """``--ragged``: :func:`ragged_saved_bytes` of aspect crops (long side ``--sides``' first) per SIREN mode."""
+    import torch
+
+    from ecop_wrap.data import skimage_aspect_crops
+
+    torch.set_num_threads(args.threads)
+    side = int(args.sides.split(",")[0])
+    crops = skimage_aspect_crops("train", side, n=args.batch, seed=0)
+    signals = [crops[i] for i in range(len(crops))]
+    sizes = [int(v.shape[0]) for _, v in signals]
+    print(f"ragged batch: {len(signals)} crops of long side {side}, {sizes} points; SIREN {args.layers}x{args.width}")
+    rows = {}
+    for mode in [m.strip() for m in args.modes.split(";") if m.strip()]:
+        if "model" in MODES[mode]:
+            continue
+        settings = dict(MODES[mode])
+        if "chunk_size" in settings:
+            settings["chunk_size"] = max(1, min(sizes) // 3)  # several chunks at these sizes
+        r = ragged_saved_bytes(signals, settings, args.width, args.layers)
+        r["ratio"] = r["padded"] / r["one_by_one"]
+        rows[mode] = r
+        print(
+            f"{mode:32s} padded {r['padded'] / MIB:8.2f} MiB  one by one {r['one_by_one'] / MIB:8.2f} MiB  "
+            f"ratio {r['ratio']:.3f}"
+        )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"ragged": rows, "points": sizes, "side": side, "torch": _torch_version()}, f, indent=2)
 
 
 # ------------------------------------------------------------------------------------------------ child
@@ -241,6 +308,9 @@ def _parse_args() -> argparse.Namespace:
     ap.add_argument("--budget-gb", type=float, default=8.0)
     ap.add_argument("--json", default=None)
     ap.add_argument("--plot", default=None, help="PNG of peak memory against number of points (needs matplotlib)")
+    ap.add_argument(
+        "--ragged", action="store_true", help="padded ragged batch against its signals one by one (saved bytes)"
+    )
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--mode", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--allocator", default="default", help=argparse.SUPPRESS)
@@ -256,6 +326,9 @@ def main() -> None:
     args = _parse_args()
     if args.child:
         _child(args)
+        return
+    if args.ragged:
+        _ragged(args)
         return
     sides = [int(s) for s in args.sides.split(",")]
     modes = [m.strip() for m in args.modes.split(";") if m.strip()]

@@ -8,6 +8,8 @@ shapes only), so the bounds below are deterministic; the comments give the numbe
 from __future__ import annotations
 
 import gc
+import os
+import sys
 
 import pytest
 import torch
@@ -185,3 +187,21 @@ def test_chunk_size_holds_less_at_paper_scale():
     whole = held_bytes(model, batch, **ECOP)
     chunked = held_bytes(model, batch, **ECOP, chunk_size=512)
     assert chunked <= 0.92 * whole, f"{chunked} vs {whole} B ({chunked / whole:.4f}x)"
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{}, {"chunk_size": 7}, {"checkpoint": True}, {"checkpoint": True, "chunk_size": 9}],
+    ids=["default", "chunk", "checkpoint", "checkpoint+chunk"],
+)
+def test_padding_a_ragged_batch_costs_no_graph(settings):
+    """Issue 22: the bytes autograd holds for a padded ragged batch are <= 1.05x its signals' run one by one."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    from memory import ragged_saved_bytes
+
+    torch.manual_seed(0)
+    signals = [(torch.rand(m, 2) * 2 - 1, torch.rand(m, 3)) for m in (40, 64, 25)]
+    held = ragged_saved_bytes(signals, {"gamma": 0.25, "K": 3, "L": 2, **settings}, width=16, layers=2)
+    assert held["one_by_one"] > 0 and held["padded"] > 0
+    # padded to 64 points each, the three signals would hold about 192 / 129 = 1.5x as much
+    assert held["padded"] <= 1.05 * held["one_by_one"], held
