@@ -21,11 +21,11 @@ Needs ``pip install 'ecop-wrap[examples,images]'``.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
     ExampleConfig,
     Method,
-    Progress,
     add_common_flags,
     best_rate,
     compared_methods,
@@ -47,6 +46,7 @@ from _common import (
     siren_factory,
     summary_mean,
     summary_std,
+    train_at_rate,
     weighted_psnr,
 )
 
@@ -104,24 +104,14 @@ def train(
 ) -> ContextPruningMetaLearner:
     """Meta-train a copy of ``model`` as ``method`` at outer lr ``lr`` on the observed pixels only (weight 1
     observed, 0 hidden; the same batches for every run)."""
-    learner = ContextPruningMetaLearner.from_config(
-        copy.deepcopy(model), method.settings, outer_lr=lr, seed=config.seed
-    )
-    progress = Progress(config.outer_steps, f"{method.name} lr={lr:g}", config.no_progress, unit="step")
     coords, values = data.coords.to(config.device), data.stacked()
-    batches = cycle_indices(len(data), config.batch_size, config.seed)
-    smooth = None
-    try:
-        for _ in range(config.outer_steps):
-            picked = next(batches)
+
+    def batches() -> Iterator[tuple[torch.Tensor, ...]]:
+        for picked in cycle_indices(len(data), config.batch_size, config.seed):
             weights = observed[picked].to(values.dtype)
-            stats = learner.meta_step((coords, values[picked].to(config.device), weights.to(config.device)))
-            if math.isfinite(stats["psnr"]):
-                smooth = stats["psnr"] if smooth is None else 0.9 * smooth + 0.1 * stats["psnr"]
-            progress.update(f"observed {smooth if smooth is not None else float('nan'):.1f} dB")
-    finally:
-        progress.close()
-    return learner
+            yield coords, values[picked].to(config.device), weights.to(config.device)
+
+    return train_at_rate(model, method, lr, batches(), config)
 
 
 def fit(

@@ -23,9 +23,7 @@ Needs ``pip install 'ecop-wrap[examples,images]'``.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
-import math
 import sys
 import time
 from collections.abc import Iterator
@@ -41,7 +39,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
     ExampleConfig,
     Method,
-    Progress,
     add_common_flags,
     best_rate,
     compared_methods,
@@ -51,6 +48,7 @@ from _common import (
     siren_factory,
     summary_mean,
     summary_std,
+    train_at_rate,
     weighted_psnr,
 )
 
@@ -126,21 +124,8 @@ def train(
 ) -> ContextPruningMetaLearner:
     """Meta-train a copy of ``model`` as ``method`` at outer lr ``lr`` on padded ragged batches (the same batches
     for every run)."""
-    learner = ContextPruningMetaLearner.from_config(
-        copy.deepcopy(model), method.settings, outer_lr=lr, seed=config.seed
-    )
-    progress = Progress(config.outer_steps, f"{method.name} lr={lr:g}", config.no_progress, unit="step")
     batches = endless(loader(data, min(config.batch_size, len(data)), seed=config.seed))
-    smooth = None
-    try:
-        for _ in range(config.outer_steps):
-            stats = learner.meta_step(_to(next(batches), config.device))
-            if math.isfinite(stats["psnr"]):
-                smooth = stats["psnr"] if smooth is None else 0.9 * smooth + 0.1 * stats["psnr"]
-            progress.update(f"{smooth if smooth is not None else float('nan'):.1f} dB")
-    finally:
-        progress.close()
-    return learner
+    return train_at_rate(model, method, lr, (_to(batch, config.device) for batch in batches), config)
 
 
 def fit(

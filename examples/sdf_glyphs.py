@@ -17,7 +17,6 @@ the test metrics: mean |SDF error| within ``--band`` of the outline and IoU of t
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import json
 import sys
@@ -33,12 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
     ExampleConfig,
     Method,
-    Progress,
     add_common_flags,
     compared_methods,
     example_parser,
     setup,
     siren_factory,
+    train_at_rate,
 )
 
 import ecop_wrap
@@ -114,21 +113,9 @@ def train(
     model: torch.nn.Module, method: Method, lr: float, data: SignalDataset, config: ExampleConfig
 ) -> ContextPruningMetaLearner:
     """Meta-train a copy of ``model`` as ``method`` at outer lr ``lr`` (the same batches for every run)."""
-    learner = ContextPruningMetaLearner.from_config(
-        copy.deepcopy(model), method.settings, outer_lr=lr, seed=config.seed
-    )
-    progress = Progress(config.outer_steps, f"{method.name} lr={lr:g}", config.no_progress, unit="step")
     batches = data.batches(min(config.batch_size, len(data)), seed=config.seed, infinite=True)
-    smooth = None
-    try:
-        for _ in range(config.outer_steps):
-            coords, values = next(batches)
-            stats = learner.meta_step((coords.to(config.device), values.to(config.device)))
-            smooth = stats["fit_loss"] if smooth is None else 0.9 * smooth + 0.1 * stats["fit_loss"]
-            progress.update(f"clamped L1 {smooth:.4f}")
-    finally:
-        progress.close()
-    return learner
+    on_device = ((coords.to(config.device), values.to(config.device)) for coords, values in batches)
+    return train_at_rate(model, method, lr, on_device, config, lambda stats: stats["fit_loss"], "clamped L1")
 
 
 def held_mib(learner: ContextPruningMetaLearner, data: SignalDataset, config: ExampleConfig) -> float:

@@ -36,6 +36,7 @@ from .training import (
     evaluate,
     meta_train,
     siren_factory,
+    train_at_rate,
 )
 
 __all__ = [
@@ -69,5 +70,6 @@ __all__ = [
     "siren_factory",
     "summary_mean",
     "summary_std",
+    "train_at_rate",
     "weighted_psnr",
 ]

@@ -26,6 +26,7 @@ __all__ = [
     "evaluate",
     "meta_train",
     "siren_factory",
+    "train_at_rate",
 ]
 
 ECOP, LEARNIT = "ECoP", "Learnit"
@@ -181,6 +182,34 @@ def meta_train(
     finally:
         progress.close()
     return history
+
+
+def train_at_rate(
+    model: nn.Module,
+    method: Method,
+    lr: float,
+    batches: Iterator[tuple[torch.Tensor, ...]],
+    config: ExampleConfig,
+    shown: Callable[[dict[str, float]], float] = lambda stats: stats["psnr"],
+    unit: str = "dB",
+) -> ContextPruningMetaLearner:
+    """Meta-train a copy of ``model`` as ``method`` at outer lr ``lr`` for ``config.outer_steps`` steps of
+    ``batches`` (already on the device), with a progress bar of the smoothed ``shown(stats)`` (a learning-rate
+    sweep: every rate gets the same batches when ``batches`` is rebuilt the same way)."""
+    learner = ContextPruningMetaLearner.from_config(
+        copy.deepcopy(model), method.settings, outer_lr=lr, seed=config.seed
+    )
+    progress = Progress(config.outer_steps, f"{method.name} lr={lr:g}", config.no_progress, unit="step")
+    smooth = None
+    try:
+        for _ in range(config.outer_steps):
+            value = shown(learner.meta_step(next(batches)))
+            if math.isfinite(value):
+                smooth = value if smooth is None else 0.9 * smooth + 0.1 * value
+            progress.update(f"{smooth if smooth is not None else float('nan'):.4g} {unit}")
+    finally:
+        progress.close()
+    return learner
 
 
 def evaluate(
