@@ -184,3 +184,24 @@ def spawn_ranks(
 def load_rank_results(out_dir: str, world: int) -> list[dict]:
     """What every rank saved to ``out_dir/rank{r}.pt``, in rank order."""
     return [torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=False) for r in range(world)]
+
+
+def record_selections(learner: ContextPruningMetaLearner) -> list:
+    """Record the pruned set of every inner step the learner takes from now on (wraps its evaluators'
+    ``sgd_step``); returns the list the sets are appended to."""
+    seen: list = []
+    make_evaluator = learner.evaluator
+
+    def evaluator(*args, **kwargs):
+        ctx = make_evaluator(*args, **kwargs)
+        step = ctx.sgd_step
+
+        def recording(params, pruned_idx, *rest, **step_kwargs):
+            seen.append(pruned_idx)
+            return step(params, pruned_idx, *rest, **step_kwargs)
+
+        ctx.sgd_step = recording  # type: ignore[method-assign]
+        return ctx
+
+    learner.evaluator = evaluator  # type: ignore[method-assign]
+    return seen

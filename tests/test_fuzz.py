@@ -11,6 +11,7 @@ import math
 
 import pytest
 import torch
+from helpers import record_selections
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reference import TinySiren
@@ -60,26 +61,6 @@ def _batch(p: dict) -> tuple[torch.Tensor, torch.Tensor]:
     return coords, torch.rand(p["B"], p["M"], p["D"], generator=gen, dtype=torch.float64)
 
 
-def _record_selections(learner: ContextPruningMetaLearner) -> list:
-    """Record the pruned set of every inner step the learner takes (wraps its evaluators' ``sgd_step``)."""
-    seen: list = []
-    make_evaluator = learner.evaluator
-
-    def evaluator(*args, **kwargs):
-        ctx = make_evaluator(*args, **kwargs)
-        step = ctx.sgd_step
-
-        def recording(params, pruned_idx, rates, **step_kwargs):
-            seen.append(pruned_idx)
-            return step(params, pruned_idx, rates, **step_kwargs)
-
-        ctx.sgd_step = recording  # type: ignore[method-assign]
-        return ctx
-
-    learner.evaluator = evaluator  # type: ignore[method-assign]
-    return seen
-
-
 def _check_selections(seen: list, p: dict) -> None:
     k = max(1, int(p["learner"]["gamma"] * p["M"]))
     assert len(seen) == p["learner"]["K"]  # one ranking per inner step
@@ -109,7 +90,7 @@ def _run(model: torch.nn.Module, p: dict, backend: str):
         coord_range=None,
         **p["learner"],
     )
-    seen = _record_selections(learner)
+    seen = record_selections(learner)
     batch = _batch(p)
     stats = learner.meta_step(batch)
     fit = GradScaledAdapter(learner, steps=2).fit(batch)

@@ -13,7 +13,16 @@ from typing import Any
 import pytest
 import torch
 import torch.distributed as dist
-from helpers import SqrtSiren, assert_all_close, init_gloo, load_rank_results, meta_grads, spawn_ranks, state_snapshot
+from helpers import (
+    SqrtSiren,
+    assert_all_close,
+    init_gloo,
+    load_rank_results,
+    meta_grads,
+    record_selections,
+    spawn_ranks,
+    state_snapshot,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reference import TinySiren
@@ -47,26 +56,6 @@ def _state_bytes(learner: ContextPruningMetaLearner) -> tuple[dict[str, bytes], 
     optim = learner.optimizer.state_dict()
     tensors = {f"optim.{i}.{k}": v for i, state in optim["state"].items() for k, v in state.items()}
     return {n: _raw(t) for n, t in {**state_snapshot(learner.model), **tensors}.items()}, optim["param_groups"]
-
-
-def _record_selections(learner: ContextPruningMetaLearner) -> list:
-    """The pruned set of every inner step the learner takes from now on (wraps its evaluators' ``sgd_step``)."""
-    seen: list = []
-    make_evaluator = learner.evaluator
-
-    def evaluator(*args, **kwargs):
-        ctx = make_evaluator(*args, **kwargs)
-        step = ctx.sgd_step
-
-        def recording(params, pruned_idx, *rest, **kw):
-            seen.append(pruned_idx)
-            return step(params, pruned_idx, *rest, **kw)
-
-        ctx.sgd_step = recording
-        return ctx
-
-    learner.evaluator = evaluator
-    return seen
 
 
 def _assert_kept(idx: Any, weights: torch.Tensor, gamma: float) -> None:
@@ -130,7 +119,7 @@ def test_fuzzed_weights_train_on_positive_points_or_are_refused_untouched(w, sha
         assert _state_bytes(learner) == before and learner.step_count == 1
         assert [_raw(t) for t in batch] == data
         return
-    seen = _record_selections(learner)
+    seen = record_selections(learner)
     stats = learner.meta_step(batch)
     assert stats["skipped"] == 0.0 and all(math.isfinite(v) for v in stats.values()), stats
     assert len(seen) == K
@@ -203,7 +192,7 @@ def test_bf16_graph_free_passes_with_weights(cfg, exact):
         )
     dtypes, forward = [], learner.backend.forward_capture
     learner.backend.forward_capture = lambda *a: ((out := forward(*a)), dtypes.append(out[0].dtype))[0]
-    seen = _record_selections(learner)
+    seen = record_selections(learner)
     got = meta_grads(learner, batch)
     assert torch.bfloat16 in dtypes and len(seen) == 2
     for idx in seen:
@@ -233,7 +222,7 @@ def test_compiled_graph_free_passes_with_weights_match_eager(monkeypatch, reques
     cfg = {"gamma": 0.25, "K": 2, "L": 1, "coord_range": None}
     eager = ContextPruningMetaLearner(model, **cfg)
     compiled = ContextPruningMetaLearner(model, compile=True, **cfg)
-    seen = _record_selections(compiled)
+    seen = record_selections(compiled)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # a fallback to eager would hide that nothing was compiled
         got = meta_grads(compiled, batch)
