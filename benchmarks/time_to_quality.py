@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from collections.abc import Sequence
@@ -39,6 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from diagnose.cli import machine
 from reproduce.config import RunConfig
 from reproduce.evaluation import evaluate
 from reproduce.methods import METHOD_TABLE, Method
@@ -241,17 +241,6 @@ def plot(curves: dict[str, Curve], path: Path) -> None:
     plt.close(fig)
 
 
-def cpu_model() -> str:
-    """The processor's model name (``lscpu``'s "Model name"), else the architecture."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -281,10 +270,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "outer_lr": {m: config.outer_lr_of(m) for m in methods},
         "data": splits.description,
         "machine": {
-            "cpu": cpu_model(),
-            "cpus": os.cpu_count(),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
+            **machine(),
             "load_average_before": [round(x, 2) for x in load_before],
             "load_average_after": [round(x, 2) for x in os.getloadavg()],
         },

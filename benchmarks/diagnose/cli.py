@@ -147,14 +147,23 @@ def run_one(args: argparse.Namespace, build: Callable[[], torch.nn.Module], spli
     return report
 
 
-def _machine() -> dict[str, Any]:
-    model = platform.processor()
+def machine() -> dict[str, Any]:
+    """The CPU's model name (``lscpu``'s "Model name"), whether it has AVX512-BF16, the core count and the versions."""
+    model, flags = platform.processor() or platform.machine(), ""
     try:
         with open("/proc/cpuinfo") as info:
-            model = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), model)
+            lines = info.read().splitlines()
+        model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), model)
+        flags = next((line for line in lines if line.startswith("flags")), "")
     except OSError:
         pass
-    return {"cpu": model, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()}
+    return {
+        "cpu": model,
+        "avx512_bf16": "avx512_bf16" in flags.split(),
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -164,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     grid = {k: [_value(v) for v in values.split(",")] for k, values in _pairs(args.sweep).items()}
     combinations = [dict(zip(grid, c, strict=True)) for c in itertools.product(*grid.values())] or [{}]
     meta = {"command": "python benchmarks/diagnose " + " ".join(sys.argv[1:] if argv is None else argv)}
-    meta |= {"machine": _machine(), "threads": args.threads, **described}
+    meta |= {"machine": machine(), "threads": args.threads, **described}
     runs = []
     for combination in combinations:
         report = run_one(args, build, splits, learner_settings(args, combination))
