@@ -125,7 +125,10 @@ def _live_tensor_bytes() -> int:
     for obj in gc.get_objects():
         if issubclass(type(obj), torch.Tensor) and obj.device.type == "cpu" and not obj.is_sparse:
             storage = obj.untyped_storage()
-            storages[storage.data_ptr()] = storage.nbytes()
+            try:
+                storages[storage.data_ptr()] = storage.nbytes()
+            except RuntimeError:  # a fake tensor left by torch.compile's tracing (tests/test_weights.py): no data
+                continue
     return sum(storages.values())
 
 
