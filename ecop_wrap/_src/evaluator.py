@@ -196,14 +196,14 @@ class ContextEvaluator:
         if self._norm is None:
             return errors.sum(dim=1) / (self.num_points * self.channels)
         assert self.weights is not None
-        return _weighted(errors, self.weights).sum(dim=1) / self._norm
+        return (errors * self.weights).sum(dim=1) / self._norm
 
     def selected_loss(self, errors: torch.Tensor, pruned_idx: Points) -> torch.Tensor:
         """``[B]`` loss of the pruned context from the per-point losses ``errors`` of its points ``[B, k]``."""
         if self.weights is None:
             return errors.mean(dim=1) / self.channels
         weights = self.selected_weights(pruned_idx)
-        return _weighted(errors, weights).sum(dim=1) / (weights.sum(dim=1) * self.channels)
+        return (errors * weights).sum(dim=1) / (weights.sum(dim=1) * self.channels)
 
     def selected_weights(self, pruned_idx: Points) -> torch.Tensor:
         """``[B, k]`` weights of the points ``pruned_idx`` (the batch must have weights)."""
@@ -258,7 +258,7 @@ class ContextEvaluator:
     def _weighted_sum(self, errors: torch.Tensor, chunk: slice) -> torch.Tensor:
         """The chunk's share of the batch's summed full-context loss (weights normalised per signal)."""
         assert self.weights is not None and self._norm is not None
-        return (_weighted(errors, self.weights[:, chunk]) / self._norm.unsqueeze(1)).sum()
+        return (errors * self.weights[:, chunk] / self._norm.unsqueeze(1)).sum()
 
     # --------------------------------------------------------------------------------------- with graph
     def loss(self, params: Params, pruned_idx: Points, *, graph_free: bool = False) -> torch.Tensor:
@@ -330,12 +330,6 @@ class ContextEvaluator:
         for n, p in self.shared.items():
             inner = inner + (p.unsqueeze(0) * full.shared_grads[n]).flatten(1).sum(1)
         return full.loss + inner - inner.detach()
-
-
-def _weighted(errors: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """``w_j l_j`` with exactly 0 where ``w_j = 0``: a point of weight 0 counts for nothing even where its
-    graph-free loss is not finite (a huge placeholder value overflows, ``inf * 0`` would be NaN)."""
-    return torch.where(weights > 0, errors * weights, torch.zeros_like(errors))
 
 
 def _sgd_step(ctx: ContextEvaluator, params: Params, pruned_idx: Points, rates: Rates, create_graph: bool) -> Params:
