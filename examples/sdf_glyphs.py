@@ -42,12 +42,10 @@ from _common import (
 
 import ecop_wrap
 from ecop_wrap import ContextPruningMetaLearner, GradScaledAdapter, SavedTensorMeter
-from ecop_wrap.data import FONT_FAMILIES, SignalDataset, glyph_sdfs
+from ecop_wrap.data import FONT_FAMILIES, FONT_FAMILY_SPLITS, SignalDataset, glyph_sdfs
 
 LOSS = "clamped_l1"
-TRAIN_FAMILIES = ("DejaVu Sans", "DejaVu Serif", "STIX General", "Computer Modern Roman")
-VAL_FAMILIES = ("Computer Modern Sans",)
-TEST_FAMILIES = ("DejaVu Sans Mono", "Computer Modern Typewriter")
+TRAIN_FAMILIES, VAL_FAMILIES, TEST_FAMILIES = (FONT_FAMILY_SPLITS[s] for s in ("train", "val", "test"))
 
 
 def build_parser() -> argparse.ArgumentParser:

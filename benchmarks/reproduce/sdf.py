@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 
 import ecop_wrap
+from ecop_wrap.data import FONT_FAMILY_SPLITS
 
 if TYPE_CHECKING:
     from .config import RunConfig
@@ -17,9 +18,7 @@ if TYPE_CHECKING:
 CLAMPED_L1 = "clamped_l1"
 """The name ``--loss`` takes for DeepSDF's clamped L1 (clamp ``--sdf-clamp``)."""
 # disjoint font families, as examples/sdf_glyphs.py: the test set is typefaces never trained on
-TRAIN_FAMILIES = ("DejaVu Sans", "DejaVu Serif", "STIX General", "Computer Modern Roman")
-VAL_FAMILIES = ("Computer Modern Sans",)
-TEST_FAMILIES = ("DejaVu Sans Mono", "Computer Modern Typewriter")
+TRAIN_FAMILIES, VAL_FAMILIES, TEST_FAMILIES = (FONT_FAMILY_SPLITS[s] for s in ("train", "val", "test"))
 
 
 def clamped_l1(delta: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:

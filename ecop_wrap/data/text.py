@@ -23,6 +23,7 @@ from .base import SignalDataset, as_generator, import_optional
 
 __all__ = [
     "FONT_FAMILIES",
+    "FONT_FAMILY_SPLITS",
     "GLYPH_CLASSES",
     "TEXT_ALPHABET",
     "bundled_fonts",
@@ -57,6 +58,14 @@ FONT_FAMILIES: dict[str, tuple[str, ...]] = {
     "Computer Modern Roman": ("cmr10.ttf", "cmb10.ttf", "cmti10.ttf"),
     "Computer Modern Sans": ("cmss10.ttf",),
     "Computer Modern Typewriter": ("cmtt10.ttf",),
+}
+
+#: a split of :data:`FONT_FAMILIES` into disjoint training, validation and test families (typefaces a test never
+#: trained on), as :data:`~ecop_wrap.data.SKIMAGE_SPLITS` splits the photographs.
+FONT_FAMILY_SPLITS: dict[str, tuple[str, ...]] = {
+    "train": ("DejaVu Sans", "DejaVu Serif", "STIX General", "Computer Modern Roman"),
+    "val": ("Computer Modern Sans",),
+    "test": ("DejaVu Sans Mono", "Computer Modern Typewriter"),
 }
 
 # Font families whose glyphs cover Latin letters and digits (symbol-only files such as cmex10, cmsy10,
