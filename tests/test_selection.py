@@ -14,7 +14,16 @@ from torch.func import functional_call
 
 from ecop_wrap import ContextPruningMetaLearner, GradScaledAdapter, Siren, make_grid, make_selection
 from ecop_wrap._src.numerics import expand_params
-from ecop_wrap.extend import ALL_POINTS, ContextEvaluator, InnerRates, inner_loop, make_backend, num_selected, select
+from ecop_wrap.extend import (
+    ALL_POINTS,
+    ContextEvaluator,
+    InnerRates,
+    inner_loop,
+    make_backend,
+    make_loss,
+    num_selected,
+    select,
+)
 
 
 class Selector:
@@ -349,3 +358,34 @@ def test_gradncp_without_bias_uses_the_weight_gradient_only():
         loss = 0.5 * ((functional_call(model, leaves, (coords[i : i + 1],)) - values[0, i : i + 1]) ** 2).sum()
         (grad,) = torch.autograd.grad(loss, [leaves["2.weight"]])
         torch.testing.assert_close(scores[0, i].sqrt(), grad.norm(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize(("loss_name", "delta"), [("l1", 1.0), ("huber", 0.05)])
+def test_gradncp_with_a_loss_and_weights_ranks_by_the_weighted_loss_gradient(loss_name, delta):
+    """Issue 22: with any loss, GradNCP scores are the per-point ``||d (w_j l_j) / d (out.weight, out.bias)||^2``
+    (an independent autograd call per point; equal up to one constant factor per loss)."""
+    model, coords, values = _problem(batch=2, side=5)
+    backend = make_backend("torch.func", model)
+    params = {n: p + 0.05 * torch.randn_like(p) for n, p in expand_params(_model_params(model), 2).items()}
+    weights = torch.rand(2, 25, dtype=torch.float64) + 0.5
+    weights[:, :3] = 0.0
+    ctx = ContextEvaluator(backend, coords, values, weights, loss=make_loss(loss_name, delta))
+    scores = make_selection("gradncp", model).scores(ctx, params, torch.Generator())
+    names = {id(p): n for n, p in model.named_parameters()}
+    wanted = [names[id(model.out.weight)], names[id(model.out.bias)]]
+    for b in range(2):
+        want = []
+        for i in range(25):
+            leaves = {n: p[b].detach().clone().requires_grad_(True) for n, p in params.items()}
+            diff = functional_call(model, leaves, (_signal_coords(coords, b)[i : i + 1],)) - values[b, i : i + 1]
+            point = (
+                diff.abs()
+                if loss_name == "l1"
+                else torch.where(diff.abs() <= delta, 0.5 * diff**2, delta * (diff.abs() - 0.5 * delta))
+            )
+            grads = torch.autograd.grad(weights[b, i] * point.mean(), [leaves[n] for n in wanted])
+            want.append(sum((g**2).sum() for g in grads))
+        want = torch.stack(want)
+        assert bool((scores[b, :3] == 0).all()) and bool((want[:3] == 0).all())
+        ratio = scores[b, 3:] / want[3:]
+        torch.testing.assert_close(ratio, ratio[0].expand_as(ratio), rtol=1e-8, atol=0)
