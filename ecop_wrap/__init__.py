@@ -8,6 +8,7 @@ under ``ecop_wrap._src`` is private.
 
 from ._src.adapter import FitResult, FitStep, GradScaledAdapter
 from ._src.algorithm import MetaLossOutput
+from ._src.calibrate import TEST_RULES, Calibration, calibrate_adapter
 from ._src.config import ECoPConfig
 from ._src.learner import ContextPruningMetaLearner
 from ._src.losses import LOSSES, register_loss
@@ -32,6 +33,8 @@ __all__ = [
     "LOSSES",
     "SCALING_RULES",
     "SELECTION_RULES",
+    "TEST_RULES",
+    "Calibration",
     "ContextPruningMetaLearner",
     "ECoPConfig",
     "FitResult",
@@ -48,6 +51,7 @@ __all__ = [
     "SelectionTrace",
     "Siren",
     "array_to_signal",
+    "calibrate_adapter",
     "default_trace_steps",
     "image_to_signal",
     "make_grid",

@@ -149,8 +149,11 @@ def ref_meta_loss(
     weights=None,
     huber_delta=1.0,
     loss_fn=None,
+    lam_mode="absolute",
 ):
     """Mean over signals of MSE(theta_K; full) + lam * ||theta_K - stopgrad(theta_boot)||.
+
+    ``lam_mode="relative"``: lam times the (constant) norm of the full-context loss gradient at theta_K.
 
     ``adapted``: names of the parameters adapted per signal (None: every trainable one); the others are the
     model's own in every forward. ``rates``/``mode``: learned step sizes (see ``ref_rate``). ``loss``
@@ -177,15 +180,18 @@ def ref_meta_loss(
         loss = full_loss(theta_k)
         if L > 0 and lam != 0:
             boot = {n: p.detach().requires_grad_(True) for n, p in theta_k.items()}
-            for _ in range(L):
+            weight = lam
+            for step in range(L):
                 boot_loss = full_loss(boot)
                 grads = torch.autograd.grad(boot_loss, list(boot.values()))
+                if step == 0 and lam_mode == "relative":
+                    weight = lam * torch.sqrt(sum((g**2).sum() for g in grads))
                 boot = {
                     n: (p - boot_lr * g).detach().requires_grad_(True)
                     for (n, p), g in zip(boot.items(), grads, strict=True)
                 }
             sq = sum(((theta_k[n] - boot[n].detach()) ** 2).sum() for n in theta_k)
-            loss = loss + lam * torch.sqrt(sq)
+            loss = loss + weight * torch.sqrt(sq)
         total = total + loss
     return total / values.shape[0]
 

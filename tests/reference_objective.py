@@ -48,10 +48,26 @@ def _inner(model, params, x, y, w, *, gamma, K, lr, loss, delta, fn, rates=None)
 
 
 def ref_objective_grads(
-    model, coords, values, weights, *, gamma, K, L, lam, lr, loss="mse", delta=1.0, fn=None, adapted=None, rates=None
+    model,
+    coords,
+    values,
+    weights,
+    *,
+    gamma,
+    K,
+    L,
+    lam,
+    lr,
+    loss="mse",
+    delta=1.0,
+    fn=None,
+    adapted=None,
+    rates=None,
+    lam_mode="absolute",
 ):
     """Meta-loss (mean over signals) and its gradient w.r.t. the model's trainable parameters (then the rates,
-    one per adapted element: Meta-SGD)."""
+    one per adapted element: Meta-SGD). ``lam_mode="relative"``: lam times the constant norm of the loss
+    gradient at theta_K."""
     theta0 = {n: p for n, p in model.named_parameters() if p.requires_grad and (adapted is None or n in adapted)}
     total = 0.0
     for b in range(values.shape[0]):
@@ -61,14 +77,17 @@ def ref_objective_grads(
         )
         fit = _weighted(point_loss(loss, functional_call(model, theta_k, (x,)), y, delta, fn), w)
         boot = {n: p.detach().requires_grad_(True) for n, p in theta_k.items()}
-        for _ in range(L):
+        weight = lam
+        for step in range(L):
             boot_loss = _weighted(point_loss(loss, functional_call(model, boot, (x,)), y, delta, fn), w)
             grads = torch.autograd.grad(boot_loss, list(boot.values()))
+            if step == 0 and lam_mode == "relative":
+                weight = lam * torch.sqrt(sum((g**2).sum() for g in grads))
             boot = {
                 n: (p - lr * g).detach().requires_grad_(True) for (n, p), g in zip(boot.items(), grads, strict=True)
             }
         distance = torch.sqrt(sum(((theta_k[n] - boot[n].detach()) ** 2).sum() for n in theta_k))
-        total = total + fit + lam * distance
+        total = total + fit + weight * distance
     meta = total / values.shape[0]
     wrt = [p for p in model.parameters() if p.requires_grad] + list((rates or {}).values())
     return meta.detach(), torch.autograd.grad(meta, wrt)

@@ -97,6 +97,18 @@ def test_learned_rates_and_adapt_match_the_reference(loss, options):
     _close(lib[:2], _ref(model, coords, values, weights, loss, options, adapted=adapted, rates=lib[2].inner_lrs))
 
 
+@pytest.mark.parametrize(("loss", "options"), LOSS_CASES, ids=[c[0] for c in LOSS_CASES])
+@pytest.mark.parametrize("settings", [{}, {"chunk_size": 7}], ids=["default", "chunk"])
+def test_relative_lambda_with_weights_and_rates_matches_the_reference(loss, options, settings):
+    """lam_mode="relative" scales lambda by each signal's weighted loss-gradient norm at theta_K."""
+    coords, values, weights = _problem()
+    model = TinySiren(2, 2).double()
+    lib = _library(
+        model, (coords, values, weights), loss, options, lam_mode="relative", learn_inner_lr="per_element", **settings
+    )
+    _close(lib[:2], _ref(model, coords, values, weights, loss, options, rates=lib[2].inner_lrs, lam_mode="relative"))
+
+
 @pytest.mark.parametrize(("loss", "options"), [("mse", {}), *LOSS_CASES], ids=["mse", *[c[0] for c in LOSS_CASES]])
 def test_fit_matches_the_reference(loss, options):
     coords, values, weights = _problem()

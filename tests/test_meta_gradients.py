@@ -54,3 +54,30 @@ def test_clipping_scales_the_global_norm():
     assert stats["grad_norm"] == pytest.approx(float(norm), rel=1e-9)
     for p, p0, g in zip(model.parameters(), before, ref_grads, strict=True):
         torch.testing.assert_close(p.detach(), p0 - g * (1e-3 / (norm + 1e-6)), rtol=1e-9, atol=1e-12)
+
+
+RELATIVE_MODES = [{}, {"chunk_size": 5}, {"checkpoint": True}, {"bootstrap_chunk": "whole"}, {"first_order": True}]
+
+
+@pytest.mark.parametrize("backend", ["torch.func", "higher"])
+@pytest.mark.parametrize("mode", RELATIVE_MODES, ids=["default", "chunk", "checkpoint", "boot-whole", "first-order"])
+@pytest.mark.parametrize("shared", [False, True])
+def test_relative_lambda_matches_reference(backend, mode, shared):
+    """lam_mode="relative": lam times the constant norm of the loss gradient at theta_K, per signal."""
+    model, coords, values = make_problem(d=2, shared=shared)
+    kw = {"gamma": 0.25, "K": 3, "L": 2, "lam": 10.0}
+    ref_loss, ref_grads = ref_meta_grads(
+        model, coords, values, lr=1e-2, lam_mode="relative", first_order=mode.get("first_order", False), **kw
+    )
+    learner = ContextPruningMetaLearner(model, backend=backend, lam_mode="relative", coord_range=None, **kw, **mode)
+    loss, grads = meta_grads(learner, (coords, values))
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-9, atol=0)
+    assert_all_close(grads, ref_grads, rtol=1e-8, atol=1e-11)
+    absolute, _ = ref_meta_grads(model, coords, values, lr=1e-2, first_order=mode.get("first_order", False), **kw)
+    assert not torch.allclose(absolute, ref_loss)  # the two modes differ on this problem
+
+
+def test_relative_lambda_rejects_unknown_modes():
+    model, _, _ = make_problem(d=1, shared=True)
+    with pytest.raises(ValueError, match="lam_mode must be one of"):
+        ContextPruningMetaLearner(model, lam_mode="squared")

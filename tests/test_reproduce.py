@@ -307,10 +307,14 @@ def test_learned_rates_are_declared_by_the_row_and_reach_training_and_test_time(
         "learnit_lr_element": "per_element",
         "ecop_latent": "per_element",
         "learnit_latent": "per_element",
+        "ecop_lr_tensor_test_calibrated": "per_tensor",  # tests ecop_lr_tensor's model, at its learned rates
+        "ecop_latent_test_calibrated": "per_element",
     }
     for name, method in METHOD_TABLE.items():
-        hyper = method.training(config).hyper if method.train is not None else {}
-        assert hyper.get("learn_inner_lr") == learned.get(name), name
+        if method.train is not None:
+            assert method.training(config).hyper.get("learn_inner_lr") == learned.get(name), name
+        else:  # an evaluation-only row declares the rates of the model it tests
+            assert method.learn_inner_lr == METHOD_TABLE.get(method.trained_as or "", method).learn_inner_lr, name
         assert (method.fit_setting(config).lr is None) == (name in learned), name
 
 
@@ -617,3 +621,44 @@ def test_aspect_crops_flag_errors():
     ):
         with pytest.raises(SystemExit):
             RunConfig.from_args(bad)
+
+
+# --------------------------------------------------------------- issue 24: lam_mode and calibrated test rules
+def test_lam_mode_reaches_the_bootstrap_methods_only():
+    from reproduce import METHOD_TABLE, RunConfig
+    from reproduce.training import make_trainer
+
+    relative = RunConfig.from_args(["--lam-mode", "relative"])
+    assert (
+        make_trainer(METHOD_TABLE["ecop"].training(relative), TinySiren(2, 1), relative).config.lam_mode == "relative"
+    )
+    assert "lam_mode" not in METHOD_TABLE["learnit"].training(relative).hyper
+    assert "lam_mode" not in METHOD_TABLE["ecop"].training(RunConfig.from_args([])).hyper  # stored as before
+
+
+def test_a_calibrated_method_tests_the_source_model_under_the_rule_picked_on_training_signals(tmp_path):
+    pytest.importorskip("skimage")
+    from reproduce import main
+
+    from ecop_wrap import TEST_RULES
+
+    out = tmp_path / "calibrated.json"
+    main(
+        [
+            *_TINY_IMAGES,
+            "--methods",
+            "ecop,ecop_test_unscaled,ecop_test_pruned,ecop_test_calibrated",
+            "--json",
+            str(out),
+        ]
+    )
+    saved = json.loads(out.read_text())
+    picked = saved["ecop_test_calibrated"]["calibration"]
+    assert picked["rule"] in TEST_RULES and picked["split"] == "train" and picked["signals"] == 4
+    assert set(picked["scores"]) == set(TEST_RULES)
+    assert picked["scores"][picked["rule"]] == min(picked["scores"].values())
+    # the chosen rule's test fit is the one its own row makes from the same trained model
+    same = {"norm": "ecop", "none": "ecop_test_unscaled", "pruned": "ecop_test_pruned"}.get(picked["rule"])
+    if same is not None:
+        assert saved["ecop_test_calibrated"]["psnr_per_signal"] == saved[same]["psnr_per_signal"]
+    assert saved["ecop_test_calibrated"]["trained_as"] == "ecop"

@@ -110,6 +110,12 @@ class RunConfig:
     ecop_steps: int = option(16, "K of the pruned methods; Learnit gets gamma*K")
     boot_steps: int = option(5, "L")
     lam: float = option(100.0, "lambda")
+    lam_mode: str = option(
+        "absolute",
+        "how lambda weighs the bootstrap distance (ECoPConfig.lam_mode): absolute (the paper's) or relative "
+        "(times the norm of the loss gradient at theta_K)",
+        choices=["absolute", "relative"],
+    )
     boot_lr: float = option(5e-2)
     inner_lr: float = option(1e-2)
     learnit_tuned_inner_lr: float = option(3e-2)
@@ -190,7 +196,8 @@ class RunConfig:
     @property
     def bootstrap(self) -> dict[str, Any]:
         """The bootstrap settings of the methods that use it (``L``, ``lam``, ``boot_lr``)."""
-        return {"L": self.boot_steps, "lam": self.lam, "boot_lr": self.boot_lr}
+        boot = {"L": self.boot_steps, "lam": self.lam, "boot_lr": self.boot_lr}
+        return boot if self.lam_mode == "absolute" else {**boot, "lam_mode": self.lam_mode}
 
     @property
     def objective(self) -> dict[str, Any]:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
 import torch
 from torch import nn
 
-from ecop_wrap import ContextPruningMetaLearner, GradScaledAdapter
+from ecop_wrap import TEST_RULES, ContextPruningMetaLearner, GradScaledAdapter, calibrate_adapter
 from ecop_wrap.quality import lpips_distance, lpips_status, ssim
 
 from .methods import FitSetting
@@ -32,6 +33,39 @@ def _adapter(
         pruned_steps=steps if test.context == "pruned" else 0,
         **objective,
     )
+
+
+CALIBRATION_SIGNALS = 32
+"""Training signals (the first of the training set) the calibrated test rule is picked on."""
+
+
+def calibrated_setting(
+    model: nn.Module | ContextPruningMetaLearner, splits: Splits, test: FitSetting, config: Any
+) -> tuple[FitSetting, dict[str, Any]]:
+    """The test rule :func:`ecop_wrap.calibrate_adapter` picks on training signals, as a :class:`FitSetting`,
+    and the record of the choice (the rule and every rule's mean log loss)."""
+    if not isinstance(model, ContextPruningMetaLearner):
+        raise TypeError("a calibrated test rule needs a meta-learned ContextPruningMetaLearner")
+    if splits.observed or splits.ragged:
+        raise ValueError("a calibrated test rule supports fully observed signals on one grid (no masks, no ragged)")
+    count = min(CALIBRATION_SIGNALS, len(splits.train))
+    values = splits.train.subset(range(count)).stacked().to(splits.coords.device)
+    chosen = calibrate_adapter(
+        model,
+        (splits.coords, values),
+        steps=config.test_steps,
+        lr=test.lr,
+        gamma=test.gamma,
+        selection=test.selection,
+        coord_range=None,
+        max_consecutive_skips=config.test_steps + 1,
+        **config.objective,
+    )
+    rule = TEST_RULES[chosen.rule]
+    pruned = rule.get("pruned_steps", 0) != 0
+    setting = dataclasses.replace(test, scaling=rule["scaling"], context="pruned" if pruned else "full")
+    record = {"rule": chosen.rule, "scores": chosen.scores, "signals": count, "split": "train"}
+    return setting, record
 
 
 def _fit(

@@ -25,6 +25,7 @@ class FitSetting:
     lr: float | None
     """The test-time step size; None: the learner's meta-learned inner rates."""
     scaling: str = "none"
+    """A registered scaling rule, or ``"calibrated"``: the rule ``calibrate_adapter`` picks on training signals."""
     context: str = "full"
     gamma: float = 0.25
     selection: str = "error"
@@ -196,6 +197,23 @@ _METHOD_ROWS = (
     Method("hashgrid_ecop", ecop, test_scaling="norm", cost=0.8, model="hashgrid"),
     Method("hashgrid_learnit", learnit, cost=0.5, model="hashgrid"),
 )
+
+
+def _calibrated(source: Method) -> Method:
+    """``source``'s trained model, fitted under the test rule :func:`ecop_wrap.calibrate_adapter` picks on
+    training signals (issue 24: Eq. 6 is not the best rule for every model)."""
+    return Method(
+        f"{source.name}_test_calibrated",
+        trained_as=source.name,
+        learn_inner_lr=source.learn_inner_lr,
+        test_scaling="calibrated",
+        model=source.model,
+        adapt=source.adapt,
+    )
+
+
+_CALIBRATED_OF = ("ecop", "ecop_lr_tensor", "ecop_latent", "nerv_ecop", "hashgrid_ecop")
+_METHOD_ROWS += tuple(_calibrated(m) for m in _METHOD_ROWS if m.name in _CALIBRATED_OF)
 METHOD_TABLE: dict[str, Method] = {m.name: m for m in _METHOD_ROWS}
 METHODS = tuple(METHOD_TABLE)
 

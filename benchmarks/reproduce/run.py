@@ -15,7 +15,7 @@ from ecop_wrap import ContextPruningMetaLearner
 from ecop_wrap.quality import lpips_status
 
 from .config import RunConfig
-from .evaluation import evaluate, held_out_count
+from .evaluation import calibrated_setting, evaluate, held_out_count
 from .methods import METHOD_TABLE, Method
 from .models import MODELS, build_model, describe_model
 from .sdf import register_losses
@@ -37,8 +37,13 @@ class _Run:
         """Test-time fits of the held-out signals (and, with ``--eval-split both``, of the validation ones)."""
         config = self.config
         setting = method.fit_setting(config)
+        calibration = None
+        if setting.scaling == "calibrated":
+            setting, calibration = calibrated_setting(model, data, setting, config)
         split = "val" if config.eval_split == "val" else "test"
         out = self._evaluate(model, data, split, setting)
+        if calibration is not None:
+            out["calibration"] = calibration
         if config.eval_split == "both":
             on_val = self._evaluate(model, data, "val", setting)
             kept = ("psnr", "psnr_std", "psnr_per_signal", "ssim", "psnr_observed", "psnr_observed_per_signal")

@@ -9,7 +9,8 @@ For every signal of a batch, starting from the shared initialization theta_0:
 3. **bootstrap** (§2.3): L more first-order SGD steps on the full context from theta_K give the target
    theta_boot, a constant;
 4. **meta-loss** (Eq. 5 and §2.3): ``mean_b [ loss(theta_K; full) + lambda * ||theta_K - theta_boot|| ]``
-   (the loss is the MSE by default; any registered per-point loss, weighted by the batch's weights).
+   (the loss is the MSE by default; any registered per-point loss, weighted by the batch's weights;
+   ``lam_mode="relative"`` scales lambda per signal by the loss gradient's norm at theta_K).
 
 Every pass over the model goes through a :class:`~ecop_wrap._src.evaluator.ContextEvaluator`, which owns the
 memory modes (chunking, the surrogate outer loss, checkpointing); the rules deciding which points are kept
@@ -141,14 +142,20 @@ def meta_objective(
     # With the chunked outer loss, one graph-free full pass at theta_K serves both the bootstrap's first step
     # and the outer loss's surrogate.
     at_theta_k = ctx.full_grad(adapted, with_shared=True, low_precision=config.uses_bootstrap) if ctx.chunked else None
+    lam: float | torch.Tensor = config.lam
     if config.uses_bootstrap:
-        boot_params = bootstrap(ctx, adapted, steps=config.L, lr=config.boot_lr, first=at_theta_k)  # type: ignore[arg-type]
+        first = at_theta_k
+        if first is None and config.lam_mode == "relative":  # the bootstrap's first pass, made here to read g
+            first = ctx.full_grad(adapted, low_precision=True)
+        boot_params = bootstrap(ctx, adapted, steps=config.L, lr=config.boot_lr, first=first)  # type: ignore[arg-type]
         distance = param_distance(adapted, boot_params)
+        if first is not None and config.lam_mode == "relative":
+            lam = config.lam * global_norm(list(first.grads.values()))
     else:
         distance = torch.zeros(ctx.batch, dtype=ctx.values.dtype, device=ctx.values.device)
     # after the bootstrap, so that its transient memory never meets this graph
     fit_loss = ctx.full_mse(adapted, at_params=at_theta_k)
-    loss = (fit_loss + config.lam * distance).mean() if config.uses_bootstrap else fit_loss.mean()
+    loss = (fit_loss + lam * distance).mean() if config.uses_bootstrap else fit_loss.mean()
     return MetaLossOutput(
         loss=loss,
         fit_loss=fit_loss.detach(),

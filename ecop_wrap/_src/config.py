@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, get_args
 
@@ -20,13 +20,18 @@ from ..typing import BackendName, BatchingMode, LearnInnerLR
 from .losses import LOSSES
 from .rules import SELECTION_RULES, check_rule_name
 from .validation import (
+    Check,
     check_autocast_dtype,
     check_fraction,
-    check_int,
     check_module_names,
     check_piece,
-    check_positive,
     check_range,
+    choice_check,
+    flag_check,
+    int_at_least,
+    non_negative_check,
+    optional_check,
+    positive_check,
 )
 
 __all__ = [
@@ -40,7 +45,6 @@ __all__ = [
 ]
 
 _DTYPES = {str(d): d for d in (torch.float16, torch.bfloat16, torch.float32, torch.float64)}
-Check = Callable[[str, Any], Any]
 
 
 def _hyper(
@@ -66,37 +70,6 @@ def _hyper(
     """
     meta = {"doc": doc, "check": check, "algorithm": algorithm, "test_time": test_time, "positional": positional}
     return field(default=default, metadata={**meta, "dtype": dtype})
-
-
-def _optional(check: Check) -> Check:
-    return lambda name, value: None if value is None else check(name, value)
-
-
-def _choice(choices: Iterable[str]) -> Check:
-    options = tuple(choices)
-
-    def check(name: str, value: Any) -> str:
-        if value not in options:
-            raise ValueError(f"{name} must be one of {options}, got {value!r}")
-        return str(value)
-
-    return check
-
-
-def _int_at_least(minimum: int) -> Check:
-    return lambda name, value: check_int(name, value, minimum)
-
-
-def _positive(name: str, value: Any) -> float:
-    return check_positive(name, value)
-
-
-def _non_negative(name: str, value: Any) -> float:
-    return check_positive(name, value, allow_zero=True)
-
-
-def _flag(name: str, value: Any) -> bool:
-    return bool(value)
 
 
 def _selection(name: str, value: Any) -> str:
@@ -126,28 +99,38 @@ class ECoPConfig:
         test_time=True,
         positional=True,
     )
-    K: int = _hyper(16, "inner steps (>= 1).", _int_at_least(1), algorithm=True, positional=True)
+    K: int = _hyper(16, "inner steps (>= 1).", int_at_least(1), algorithm=True, positional=True)
     L: int = _hyper(
         5,
         "bootstrap steps on the full context after the inner loop (>= 0; 0 disables the bootstrap).",
-        _int_at_least(0),
+        int_at_least(0),
         algorithm=True,
         positional=True,
     )
     lam: float = _hyper(
         100.0,
         "weight lambda of the bootstrap distance (0 disables the bootstrap).",
-        _non_negative,
+        non_negative_check,
         algorithm=True,
         positional=True,
     )
+    lam_mode: str = _hyper(
+        "absolute",
+        'how lambda weighs the bootstrap distance mu per signal: ``"absolute"`` (the paper\'s ``lam * mu``) or '
+        '``"relative"`` (``lam * stopgrad(||g||) * mu``, g the full-context loss gradient at theta_K: the '
+        "bootstrap's pull on theta_K is then ``lam`` times the fit term's, whatever the number of adapted "
+        "elements, the signal's scale or how far meta-training has come; the paper's term pulls with the "
+        "constant size ``lam``, which dwarfs the fit term as training converges).",
+        choice_check(("absolute", "relative")),
+        algorithm=True,
+    )
     inner_lr: float = _hyper(
-        1e-2, "inner step size alpha (and the learned rates' initial value).", _positive, algorithm=True
+        1e-2, "inner step size alpha (and the learned rates' initial value).", positive_check, algorithm=True
     )
     boot_lr: float | None = _hyper(
         None,
         "bootstrap step size (None: ``inner_lr``; resolved on construction).",
-        _optional(_positive),
+        optional_check(positive_check),
         algorithm=True,
     )
     selection: str = _hyper(
@@ -170,41 +153,44 @@ class ECoPConfig:
     huber_delta: float = _hyper(
         1.0,
         'the ``delta`` of ``loss="huber"`` (quadratic below it, linear above).',
-        _positive,
+        positive_check,
         algorithm=True,
         test_time=True,
     )
     data_range: float = _hyper(
         1.0,
         'the signal\'s value range for PSNR (``10 log10(data_range^2 / MSE)``), reported only with ``loss="mse"``.',
-        _positive,
+        positive_check,
         test_time=True,
     )
     first_order: bool = _hyper(
-        False, "drop the second-order terms of the inner steps (FOMAML when ``gamma=1``).", _flag, algorithm=True
+        False, "drop the second-order terms of the inner steps (FOMAML when ``gamma=1``).", flag_check, algorithm=True
     )
     max_grad_norm: float | None = _hyper(
         None,
         "clip the meta-gradient's global norm to this value (None: no clipping).",
-        _optional(_positive),
+        optional_check(positive_check),
         algorithm=True,
     )
     learn_inner_lr: LearnInnerLR | None = _hyper(
         None,
         'None (fixed ``inner_lr``), ``"per_tensor"`` (one rate per adapted tensor and inner step, MAML++) or '
         '``"per_element"`` (one rate per adapted element, Meta-SGD).',
-        _optional(_choice(get_args(LearnInnerLR))),
+        optional_check(choice_check(get_args(LearnInnerLR))),
         algorithm=True,
     )
     max_inner_lr: float = _hyper(
-        1.0, "upper bound of learned inner rates (they are kept in ``[0, max_inner_lr]``).", _positive, algorithm=True
+        1.0,
+        "upper bound of learned inner rates (they are kept in ``[0, max_inner_lr]``).",
+        positive_check,
+        algorithm=True,
     )
     chunk_size: int | None = _hyper(
         None,
         "points per chunk of every full-context pass that needs no graph back to theta_0, and of the outer loss "
         "(chunked surrogate). None: graph-free passes run in pieces of the pruned-set size (at test time too) "
         "and the outer loss keeps one full-context graph.",
-        _optional(_int_at_least(1)),
+        optional_check(int_at_least(1)),
         test_time=True,
     )
     bootstrap_chunk: str | int = _hyper(
@@ -216,12 +202,12 @@ class ECoPConfig:
         check_piece,
     )
     checkpoint: bool = _hyper(
-        False, "recompute each inner step's graph in the backward pass instead of keeping all K.", _flag
+        False, "recompute each inner step's graph in the backward pass instead of keeping all K.", flag_check
     )
     backend: BackendName = _hyper(
         "torch.func",
         'how the model is evaluated with per-signal parameters: ``"torch.func"`` or ``"higher"``.',
-        _choice(get_args(BackendName)),
+        choice_check(get_args(BackendName)),
         test_time=True,
     )
     batching: BatchingMode = _hyper(
@@ -229,7 +215,7 @@ class ECoPConfig:
         'how the torch.func backend batches signals: ``"auto"``, ``"bmm"``, ``"vmap"`` or ``"loop"``. '
         '``"auto"`` keeps the modes that reproduce the per-signal loop on a probe and, with '
         "``batching_benchmark``, the fastest of them.",
-        _choice(get_args(BatchingMode)),
+        choice_check(get_args(BatchingMode)),
         test_time=True,
     )
     batching_benchmark: bool = _hyper(
@@ -243,7 +229,7 @@ class ECoPConfig:
         'torch.distributed (every rank must run the same mode): the first correct mode of ``"bmm"``, '
         '``"vmap"``, else ``"loop"``, deterministically. The modes agree to rounding, not bit for bit: turn '
         "timing off where two runs must give identical float32 numbers.",
-        _flag,
+        flag_check,
         test_time=True,
     )
     autocast_dtype: torch.dtype | None = _hyper(
@@ -278,14 +264,14 @@ class ECoPConfig:
         "not supported, so the inner steps stay eager); falls back with one warning. The learners and adapters "
         "of a process share one cache of compiled graphs (at least 64); a pass that would need one more runs "
         "eagerly, after one warning.",
-        _flag,
+        flag_check,
         test_time=True,
     )
     max_consecutive_skips: int = _hyper(
         10,
         "raise ``FloatingPointError`` after this many consecutive non-finite steps (meta-steps; at test time, "
         "one signal's updates).",
-        _int_at_least(1),
+        int_at_least(1),
         test_time=True,
     )
     monitor_window: int = _hyper(
@@ -293,12 +279,12 @@ class ECoPConfig:
         "meta-steps the training monitor looks at: one warning when the meta-gradient norm is above "
         "``max_grad_norm`` for this many consecutive steps, one when a window's mean meta-loss is 1.5x the "
         "best window's (0: no warnings).",
-        _int_at_least(0),
+        int_at_least(0),
     )
     coord_range: tuple[float, float] | None = _hyper(
         (-1.0, 1.0),
         "expected coordinate range; coordinates outside it warn once (None: no check).",
-        _optional(check_range),
+        optional_check(check_range),
         test_time=True,
     )
 

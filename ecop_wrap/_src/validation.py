@@ -8,12 +8,14 @@ import os
 import sys
 import warnings
 import weakref
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from torch import nn
 
 __all__ = [
+    "Check",
     "check_autocast_dtype",
     "check_fraction",
     "check_int",
@@ -24,6 +26,12 @@ __all__ = [
     "check_range",
     "check_signal",
     "check_signal_batch",
+    "choice_check",
+    "flag_check",
+    "int_at_least",
+    "non_negative_check",
+    "optional_check",
+    "positive_check",
     "register_in",
     "user_stacklevel",
 ]
@@ -116,6 +124,44 @@ def check_positive(name: str, value: Any, *, allow_zero: bool = False) -> float:
     if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         raise ValueError(f"{name} must be a finite number {'>=' if allow_zero else '>'} 0, got {value}")
     return float(value)
+
+
+Check = Callable[[str, Any], Any]
+"""``check(name, value) -> value``: a hyper-parameter's check, raising an error that names the argument."""
+
+
+def optional_check(check: Check) -> Check:
+    """``check``, letting None through."""
+    return lambda name, value: None if value is None else check(name, value)
+
+
+def choice_check(choices: Iterable[str]) -> Check:
+    """A check that the value is one of ``choices``."""
+    options = tuple(choices)
+
+    def check(name: str, value: Any) -> str:
+        if value not in options:
+            raise ValueError(f"{name} must be one of {options}, got {value!r}")
+        return str(value)
+
+    return check
+
+
+def int_at_least(minimum: int) -> Check:
+    """A check for an integer ``>= minimum``."""
+    return lambda name, value: check_int(name, value, minimum)
+
+
+def positive_check(name: str, value: Any) -> float:
+    return check_positive(name, value)
+
+
+def non_negative_check(name: str, value: Any) -> float:
+    return check_positive(name, value, allow_zero=True)
+
+
+def flag_check(name: str, value: Any) -> bool:
+    return bool(value)
 
 
 def check_autocast_dtype(value: Any, name: str = "autocast_dtype") -> torch.dtype | None:
