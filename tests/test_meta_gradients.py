@@ -81,3 +81,29 @@ def test_relative_lambda_rejects_unknown_modes():
     model, _, _ = make_problem(d=1, shared=True)
     with pytest.raises(ValueError, match="lam_mode must be one of"):
         ContextPruningMetaLearner(model, lam_mode="squared")
+
+
+@pytest.mark.parametrize("backend", ["torch.func", "higher"])
+@pytest.mark.parametrize("mode", [{}, {"chunk_size": 5}, {"checkpoint": True}], ids=["default", "chunk", "checkpoint"])
+@pytest.mark.parametrize("lam_mode", ["absolute", "relative"])
+def test_a_bootstrap_that_does_not_train_shared_parameters(backend, mode, lam_mode):
+    """boot_trains_shared=False: shared parameters get the fit term's gradient only, the adapted ones' theta_0
+    and the learned rates the whole meta-loss's."""
+    model, coords, values = make_problem(d=2, shared=False)
+    adapted = [n for n, _ in model.named_parameters()][-2:]
+    kw = {"gamma": 0.25, "K": 3, "L": 2, "lam": 10.0}
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    learner = ContextPruningMetaLearner(
+        model, backend=backend, adapt=adapted, boot_trains_shared=False, lam_mode=lam_mode, optimizer=opt,
+        coord_range=None, **kw, **mode,
+    )  # fmt: skip
+    ref = {"adapted": adapted, "lr": 1e-2, "lam_mode": lam_mode}
+    _, total = ref_meta_grads(model, coords, values, **ref, **kw)
+    _, fit_only = ref_meta_grads(model, coords, values, **ref, **{**kw, "lam": 0.0})
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    want = [t if n in adapted else f for n, t, f in zip(names, total, fit_only, strict=True)]
+    before = [p.detach().clone() for p in model.parameters()]
+    learner.meta_step((coords, values))
+    got = [p0 - p.detach() for p, p0 in zip(model.parameters(), before, strict=True)]  # SGD at lr 1: the gradient
+    assert_all_close(got, want, rtol=1e-7, atol=1e-10)
+    assert not torch.allclose(total[0], fit_only[0])  # the bootstrap does reach a shared parameter by default

@@ -46,12 +46,16 @@ class MetaLossOutput:
         fit_loss: ``[B]`` full-context loss at theta_K (the MSE by default; also as :attr:`mse`).
         boot_distance: ``[B]`` mu(theta_K, theta_boot) (zeros when the bootstrap is off).
         adapted: name -> ``[B, *shape]`` theta_K of the adapted parameters, detached.
+        fit_term, boot_term: the two terms of ``loss``, differentiable (``mean_b fit_loss`` and
+            ``mean_b lambda * mu``; the learner differentiates them apart for ``boot_trains_shared=False``).
     """
 
     loss: torch.Tensor
     fit_loss: torch.Tensor
     boot_distance: torch.Tensor
     adapted: Params
+    fit_term: torch.Tensor | None = None
+    boot_term: torch.Tensor | None = None
 
     @property
     def mse(self) -> torch.Tensor:
@@ -161,4 +165,6 @@ def meta_objective(
         fit_loss=fit_loss.detach(),
         boot_distance=distance.detach(),
         adapted={n: p.detach() for n, p in adapted.items()},
+        fit_term=fit_loss.mean(),
+        boot_term=(lam * distance).mean(),
     )

@@ -124,6 +124,16 @@ class ECoPConfig:
         choice_check(("absolute", "relative")),
         algorithm=True,
     )
+    boot_trains_shared: bool = _hyper(
+        True,
+        "whether the bootstrap term's gradient reaches the shared (not adapted) trainable parameters, e.g. the "
+        "network of a latent-modulated model. False: they learn from the fit term alone, and the bootstrap trains "
+        "theta_0 of the adapted parameters and the learned rates (the paper adapts every weight, so this changes "
+        "nothing there). Costs one more backward pass through the inner loop in ``meta_step`` when the model "
+        "has shared parameters.",
+        flag_check,
+        algorithm=True,
+    )
     inner_lr: float = _hyper(
         1e-2, "inner step size alpha (and the learned rates' initial value).", positive_check, algorithm=True
     )

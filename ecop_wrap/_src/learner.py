@@ -242,9 +242,7 @@ class ContextPruningMetaLearner(LearnerState, Sharing):
         with status_guard(self.step_count + 1, self.process_group, device=self._meta_params[0].device):
             out = self.meta_objective(batch)
             with record_function("ecop.outer_backward"):
-                grads = list(
-                    torch.autograd.grad(out.loss, self._meta_params, allow_unused=True, materialize_grads=True)
-                )
+                grads = self._meta_gradient(out)
         local_stats = torch.stack([out.loss.detach(), out.fit_loss.mean(), out.boot_distance.mean()])
         with record_function("ecop.all_reduce"):
             signals = float(out.fit_loss.shape[0])
@@ -271,6 +269,25 @@ class ContextPruningMetaLearner(LearnerState, Sharing):
             "skipped": 0.0 if finite else 1.0,
             "step": float(self.step_count),
         }
+
+    def _meta_gradient(self, out: MetaLossOutput) -> list[torch.Tensor]:
+        """d loss / d (theta_0, rates); with ``boot_trains_shared=False`` the shared parameters' part from the fit
+        term alone (two backward passes through the inner loop)."""
+        params = self._meta_params
+        shared = {id(p) for p in self.shared_params().values()}
+        if self.config.boot_trains_shared or not self.config.uses_bootstrap or not shared:
+            return list(torch.autograd.grad(out.loss, params, allow_unused=True, materialize_grads=True))
+        assert out.fit_term is not None and out.boot_term is not None
+        fit = torch.autograd.grad(out.fit_term, params, retain_graph=True, allow_unused=True, materialize_grads=True)
+        own = [p for p in params if id(p) not in shared]
+        boot = dict(
+            zip(
+                map(id, own),
+                torch.autograd.grad(out.boot_term, own, allow_unused=True, materialize_grads=True),
+                strict=True,
+            )
+        )
+        return [g + boot[id(p)] if id(p) in boot else g for p, g in zip(params, fit, strict=True)]
 
     def _apply(self, grads: list[torch.Tensor], grad_norm: torch.Tensor) -> None:
         if self.config.max_grad_norm is not None:
