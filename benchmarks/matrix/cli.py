@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from .cells import Cell, Setting, absent_cells, describe, documented, lr_text, parse_cells
-from .report import format_table, machine, markdown, notes, summarise
-from .runner import Execute, Plan, execute, pick, run_cells, val_score
+from .report import format_table, machine, markdown, notes, source_state, summarise
+from .runner import ROOT, Execute, Plan, execute, pick, run_cells, val_score
 
 QUICK = {"steps": 2, "eval_size": 3}
 """``--quick``: outer steps and held-out signals per cell (with :data:`cells.QUICK_FLAGS`' tiny models)."""
@@ -124,6 +124,7 @@ def run_matrix(
 ) -> dict[str, Any]:
     """Run every requested cell; returns ``{"_meta": ..., "cells": {key: summary}}``."""
     started = time.perf_counter()
+    source = source_state(ROOT)
     cells: list[Cell] = args.cell_list
     with tempfile.TemporaryDirectory(prefix="ecop-matrix-") as tmp:
         work = args.keep_runs or Path(tmp)
@@ -183,6 +184,8 @@ def run_matrix(
         "quick": args.quick,
         "machine": machine(args.threads, args.workers),
         "absent": absent_cells(),
+        "source": source,
+        "source_changed_during_run": source_state(ROOT) != source,
         "wall_seconds": round(time.perf_counter() - started, 1),
         "note": "each cell: ECoP and Learnit on the same model, data, batches and held-out signals, at equal "
         "memory (benchmarks/reproduce's method pairs); per-signal PSNRs are kept, so gaps are paired",

@@ -171,6 +171,19 @@ def machine(threads: int, workers: int) -> dict[str, Any]:
     }
 
 
+def source_state(root: Path) -> dict[str, Any]:
+    """The git commit and the uncommitted files of the code a run uses (the library and benchmarks/reproduce)."""
+    paths = ["ecop_wrap", "benchmarks/reproduce", "benchmarks/baselines.py", "benchmarks/matrix"]
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=False)
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--", *paths], cwd=root, capture_output=True, text=True, check=False
+        )
+    except OSError:
+        return {"commit": None, "uncommitted": None}
+    return {"commit": head.stdout.strip() or None, "uncommitted": [line[3:] for line in status.stdout.splitlines()]}
+
+
 def _lr(value: float | None) -> str:
     return "-" if value is None else lr_text(value)
 
@@ -285,6 +298,14 @@ def _sweep_text(sweep: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def _code_line(meta: dict[str, Any]) -> str:
+    source = meta.get("source") or {}
+    dirty = source.get("uncommitted")
+    text = f"Code: commit {source.get('commit')}"
+    text += f", with uncommitted changes to {', '.join(dirty)}" if dirty else " (clean)" if dirty == [] else ""
+    return text + ("; the code changed during the run." if meta.get("source_changed_during_run") else ".")
+
+
 QUICK_NOTE = " (--quick: a smoke test of every cell, not a measurement)"
 
 
@@ -302,6 +323,8 @@ def markdown(matrix: dict[str, Any]) -> str:
         f"{m['threads_per_run']} thread per run, {m['parallel_runs']} run(s) at a time; wall time "
         f"{meta.get('wall_seconds', 0) / 60:.1f} min. Learning rates: {meta['lrs']}; {meta['steps']} outer steps; "
         f"up to {meta['eval_size']} held-out signals per cell{QUICK_NOTE if meta['quick'] else ''}.",
+        "",
+        _code_line(meta),
         "",
         format_table(matrix["cells"], markdown=True),
         "",
