@@ -5,6 +5,8 @@ All functions work on a batch of signals: ``B`` signals of ``M`` points with ``D
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from ..typing import Params
@@ -121,15 +123,41 @@ def per_signal(vector: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 def sgd_update(params: Params, grads: Params, rates: dict[str, float | torch.Tensor] | float) -> Params:
     """One SGD step ``p - rate * g`` for every parameter: the library's only parameter update.
 
+    Where no autograd graph is recorded (the bootstrap, test-time fitting), two ``torch._foreach_*`` ops over
+    all parameters (a multiply, a subtraction) instead of two per parameter: each computes what ``p - rate * g``
+    computes, tensor by tensor (same operands in the same order, so the same numbers and layouts). With a graph
+    (the inner loop), or rates of mixed kinds, the per-parameter ops.
+
     Args:
         params: name -> ``[B, *shape]``.
         grads: name -> ``[B, *shape]`` (the same names).
         rates: one step size for all, or per name a float, a scalar tensor or a tensor broadcasting against
             the parameter (learned rates).
     """
-    if isinstance(rates, dict):
-        return {n: p - rates[n] * grads[n] for n, p in params.items()}
-    return {n: p - rates * grads[n] for n, p in params.items()}
+    names = list(params)
+    rate_of = rates if isinstance(rates, dict) else dict.fromkeys(names, rates)
+    ps, gs, values = [params[n] for n in names], [grads[n] for n in names], [rate_of[n] for n in names]
+    if names and not _records_graph(ps, gs, values):
+        floats = [r for r in values if type(r) is float]
+        tensors = [r for r in values if isinstance(r, torch.Tensor)]
+        steps: list[torch.Tensor] | None = None
+        if len(floats) == len(names):
+            # ``rate * g`` with a Python float is ``g.mul(rate)``
+            steps = list(torch._foreach_mul(gs, floats[0]) if len(set(floats)) == 1 else torch._foreach_mul(gs, floats))
+        elif len(tensors) == len(names):
+            steps = list(torch._foreach_mul(tensors, gs))  # ``rate.mul(g)``: the rate first, as the layout follows it
+        if steps is not None:
+            return dict(zip(names, torch._foreach_sub(ps, steps), strict=True))
+    return {n: params[n] - rate_of[n] * grads[n] for n in names}
+
+
+def _records_graph(*groups: Sequence[float | torch.Tensor]) -> bool:
+    """Whether ops on these tensors record an autograd graph. The per-parameter ops then stay: the autograd
+    formulas of ``torch._foreach_mul``/``_foreach_sub`` save their inputs for backward, which ``p - rate * g``
+    with a float rate never does (the inner loop's graph would hold one more parameter-sized tensor per step)."""
+    if not torch.is_grad_enabled():
+        return False
+    return any(isinstance(t, torch.Tensor) and t.requires_grad for group in groups for t in group)
 
 
 def expand_params(named: dict[str, torch.Tensor], batch: int) -> Params:
