@@ -225,7 +225,8 @@ class ContextEvaluator:
         if with_shared:  # per-signal copies, so that each signal's gradient w.r.t. them comes out separately
             for n, p in self.shared.items():
                 leaves[n] = p.detach().expand(self.batch, *p.shape).clone().requires_grad_(True)
-        grads: Params = {}
+        inputs = list(leaves.values())
+        sums: list[torch.Tensor] = []
         scale = self.num_points * self.channels
         chunk_errors = []
         with torch.enable_grad():
@@ -235,15 +236,13 @@ class ContextEvaluator:
                 pred = self.backend.graph_free(leaves, coords, low_precision=low_precision)[0]
                 errors = self.loss_fn.summed(pred, values)
                 total = errors.sum() / scale if self.weights is None else self._weighted_sum(errors, chunk)
-                chunk_grads = torch.autograd.grad(
-                    total, list(leaves.values()), allow_unused=True, materialize_grads=True
-                )
-                for n, g in zip(leaves, chunk_grads, strict=True):
-                    if n in grads:
-                        grads[n] += g
-                    else:  # laid out like the parameter: the layout decides later products' rounding
-                        grads[n] = g if g.stride() == leaves[n].stride() else torch.zeros_like(leaves[n]).add_(g)
+                chunk_grads = list(torch.autograd.grad(total, inputs, allow_unused=True, materialize_grads=True))
+                if sums:
+                    torch._foreach_add_(sums, chunk_grads)
+                else:
+                    sums = _laid_out_like(chunk_grads, inputs)
                 chunk_errors.append(errors.detach())
+        grads = dict(zip(leaves, sums, strict=True))
         errors = chunk_errors[0] if len(chunk_errors) == 1 else torch.cat(chunk_errors, dim=1)
         result = FullGrad(
             loss=self.full_loss(errors),
@@ -330,6 +329,20 @@ class ContextEvaluator:
         for n, p in self.shared.items():
             inner = inner + (p.unsqueeze(0) * full.shared_grads[n]).flatten(1).sum(1)
         return full.loss + inner - inner.detach()
+
+
+def _laid_out_like(grads: list[torch.Tensor], leaves: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The first piece's gradients, each laid out like its parameter (the layout decides later products'
+    rounding): one that is not is added onto zeros of the parameter's layout, all such in one op."""
+    wrong = [i for i, (g, leaf) in enumerate(zip(grads, leaves, strict=True)) if g.stride() != leaf.stride()]
+    if not wrong:
+        return grads
+    zeros = [torch.zeros_like(leaves[i]) for i in wrong]
+    torch._foreach_add_(zeros, [grads[i] for i in wrong])
+    out = list(grads)
+    for i, z in zip(wrong, zeros, strict=True):
+        out[i] = z
+    return out
 
 
 def _sgd_step(ctx: ContextEvaluator, params: Params, pruned_idx: Points, rates: Rates, create_graph: bool) -> Params:
