@@ -49,6 +49,9 @@ __all__ = ["ContextEvaluator", "FullGrad", "Rates"]
 Rates = dict[str, "float | torch.Tensor"]
 """Step size per adapted parameter name: a float, a scalar tensor or a tensor of the parameter's shape."""
 
+Piece = tuple[torch.Tensor, torch.Tensor]
+"""``(coords, values)`` of some of the context's points."""
+
 PointFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
 
@@ -126,6 +129,8 @@ class ContextEvaluator:
         self.shared = shared or {}
         self._identical: Params | None = None
         self._errors_memo: tuple[Params, torch.Tensor] | None = None
+        self._pieces_memo: dict[int | None, tuple[torch.Tensor, torch.Tensor, list[Piece]]] = {}
+        """chunk size -> (coords, values, their pieces)"""
 
     @property
     def batch(self) -> int:
@@ -174,12 +179,21 @@ class ContextEvaluator:
             out.append(fn(pred, values, hidden))
         return out[0] if len(out) == 1 else torch.cat(out, dim=1)
 
-    def _pieces(self, chunk_size: int | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """``(coords, values)`` of the context in pieces of ``chunk_size`` points (one piece: the tensors)."""
+    def _pieces(self, chunk_size: int | None) -> list[Piece]:
+        """``(coords, values)`` of the context in pieces of ``chunk_size`` points (one piece: the tensors).
+
+        The slices are made once per evaluator and chunk size (every bootstrap pass reads the same pieces).
+        """
+        memo = self._pieces_memo.get(chunk_size)
+        if memo is not None and memo[0] is self.coords and memo[1] is self.values:
+            return memo[2]
         chunks = point_chunks(self.num_points, chunk_size)
         if len(chunks) == 1:
-            return [(self.coords, self.values)]
-        return [(coords_chunk(self.coords, chunk), self.values[:, chunk]) for chunk in chunks]
+            pieces = [(self.coords, self.values)]
+        else:
+            pieces = [(coords_chunk(self.coords, chunk), self.values[:, chunk]) for chunk in chunks]
+        self._pieces_memo[chunk_size] = (self.coords, self.values, pieces)
+        return pieces
 
     def errors(self, params: Params) -> torch.Tensor:
         """Per-point losses times D, ``[B, M]``, unweighted, without a graph (for MSE the squared errors
