@@ -106,7 +106,23 @@ def gather_points(tensor: torch.Tensor, idx: Points) -> torch.Tensor:
         return tensor
     if tensor.ndim == 2:
         return tensor[idx]
-    return torch.gather(tensor, 1, idx.unsqueeze(-1).expand(-1, -1, tensor.shape[-1]))
+    if tensor.requires_grad:  # gather's backward (a scatter-add), as it always was
+        return torch.gather(tensor, 1, idx.unsqueeze(-1).expand(-1, -1, tensor.shape[-1]))
+    return tensor[_batch_rows(idx), idx]  # one op; gather needs the index unsqueezed and expanded first
+
+
+_ROWS: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+
+def _batch_rows(idx: torch.Tensor) -> torch.Tensor:
+    """``arange(B)[:, None]`` on ``idx``'s device (row b's index), kept per batch size and device."""
+    if torch.is_inference_mode_enabled() or torch.compiler.is_compiling():
+        return torch.arange(idx.shape[0], device=idx.device).unsqueeze(1)
+    key = (idx.shape[0], idx.device)
+    rows = _ROWS.get(key)
+    if rows is None:
+        rows = _ROWS[key] = torch.arange(idx.shape[0], device=idx.device).unsqueeze(1)
+    return rows
 
 
 def global_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
