@@ -17,10 +17,15 @@ decided here:
   passes the same graph-free pass at theta_K to the bootstrap's first step (``full_mse(params, at_params=...)``);
 * ``checkpoint`` recomputes each inner step's graph in the backward pass instead of keeping all K;
 * while every signal still has the shared initialization (the first ranking), a shared grid needs one forward.
+
+Passes over the same parameter dict share what the backend derives from the parameters alone (the bmm
+backend's transposed weights and unsqueezed biases): the ranking at theta_k and the pruned step after it, and
+every piece of a chunked graph-free pass. This saves ops, not memory, and changes no number.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -129,6 +134,7 @@ class ContextEvaluator:
         self.shared = shared or {}
         self._identical: Params | None = None
         self._errors_memo: tuple[Params, torch.Tensor] | None = None
+        self._views: tuple[Params, dict[object, object]] | None = None
         self._pieces_memo: dict[int | None, tuple[torch.Tensor, torch.Tensor, list[Piece]]] = {}
         """chunk size -> (coords, values, their pieces)"""
 
@@ -158,6 +164,15 @@ class ContextEvaluator:
         self._identical = expand_params(init, self.batch)
         return self._identical
 
+    def _reusing(self, params: Params) -> contextlib.AbstractContextManager[None]:
+        """Passes over ``params`` inside this block share what the backend derives from them alone (the bmm
+        backend's transposed weights; :meth:`Backend.reusing`), with the passes over the same dict before and
+        after: the ranking at theta_k with the pruned step at theta_k, every piece of a chunked pass. The
+        evaluator keeps it for the latest parameter dict only (as the error memo keeps its parameters)."""
+        if self._views is None or self._views[0] is not params:
+            self._views = (params, {})
+        return self.backend.reusing(*self._views)
+
     # ------------------------------------------------------------------------------------ graph-free
     @torch.no_grad()
     def map_points(self, fn: PointFn, params: Params, capture: nn.Module | None = None) -> torch.Tensor:
@@ -171,12 +186,13 @@ class ContextEvaluator:
         if identical:
             params = {n: p[:1] for n, p in params.items()}
         out = []
-        for coords, values in self._pieces(self.rank_chunk):
-            pred, hidden = self.backend.graph_free(params, coords, capture, low_precision=True)
-            if identical:
-                pred = pred.expand(self.batch, *pred.shape[1:])
-                hidden = hidden.expand(self.batch, *hidden.shape[1:]) if hidden is not None else None
-            out.append(fn(pred, values, hidden))
+        with self._reusing(params):
+            for coords, values in self._pieces(self.rank_chunk):
+                pred, hidden = self.backend.graph_free(params, coords, capture, low_precision=True)
+                if identical:
+                    pred = pred.expand(self.batch, *pred.shape[1:])
+                    hidden = hidden.expand(self.batch, *hidden.shape[1:]) if hidden is not None else None
+                out.append(fn(pred, values, hidden))
         return out[0] if len(out) == 1 else torch.cat(out, dim=1)
 
     def _pieces(self, chunk_size: int | None) -> list[Piece]:
@@ -243,7 +259,7 @@ class ContextEvaluator:
         sums: list[torch.Tensor] = []
         scale = self.num_points * self.channels
         chunk_errors = []
-        with torch.enable_grad():
+        with torch.enable_grad(), self._reusing(leaves):
             for chunk, (coords, values) in zip(
                 point_chunks(self.num_points, self.free_chunk), self._pieces(self.free_chunk), strict=True
             ):
@@ -284,9 +300,11 @@ class ContextEvaluator:
         rounding of the predictions inflates it (bf16 here cost 11 dB at test time; docs/benchmarks.md).
         """
         if self.weights is not None:
-            return weighted_graph_loss(self, params, pruned_idx, graph_free=graph_free).sum()
+            with self._reusing(params):
+                return weighted_graph_loss(self, params, pruned_idx, graph_free=graph_free).sum()
         coords, values = gather_points(self.coords, pruned_idx), gather_points(self.values, pruned_idx)
-        pred = self.backend.graph_free(params, coords)[0] if graph_free else self.backend(params, coords)
+        with self._reusing(params):
+            pred = self.backend.graph_free(params, coords)[0] if graph_free else self.backend(params, coords)
         return self.loss_fn.summed(pred, values).mean(dim=1).sum() / self.channels
 
     def grad(self, params: Params, pruned_idx: Points) -> Params:
@@ -330,9 +348,12 @@ class ContextEvaluator:
 
     def _full_mse(self, params: Params, at_params: FullGrad | None) -> torch.Tensor:
         if self.chunk_size is None and self.weights is not None:
-            return weighted_graph_loss(self, params, ALL_POINTS, graph_free=False)
+            with self._reusing(params):
+                return weighted_graph_loss(self, params, ALL_POINTS, graph_free=False)
         if self.chunk_size is None:
-            return self.loss_fn.summed(self.backend(params, self.coords), self.values).mean(dim=1) / self.channels
+            with self._reusing(params):
+                pred = self.backend(params, self.coords)
+            return self.loss_fn.summed(pred, self.values).mean(dim=1) / self.channels
         reusable = at_params is not None and not at_params.low_precision
         full = at_params if reusable else self.full_grad(params, with_shared=True)
         assert full is not None

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -42,6 +46,28 @@ class Backend:
         )
         self.precision = precision if precision is not None else Precision(model)
         self.compiler = CompiledForward(lambda p, x: self.capture(p, x, None)[0]) if compile else None
+        self._memo: tuple[Params, dict[Any, Any]] | None = None
+
+    @contextlib.contextmanager
+    def reusing(self, params: Params, memo: dict[Any, Any]) -> Iterator[None]:
+        """Within this block, passes over ``params`` (this very dict) may keep in ``memo`` what they derive from
+        its tensors alone, and take it from there on the next pass over them; the caller owns ``memo`` and
+        decides how long it lives (:class:`~ecop_wrap._src.evaluator.ContextEvaluator`: one per parameter set,
+        for the evaluator's life). What is kept must be exactly what the pass would compute again, so results
+        do not change. Backends that keep nothing ignore it."""
+        previous, self._memo = self._memo, (params, memo)
+        try:
+            yield
+        finally:
+            self._memo = previous
+
+    def memo_for(self, params: Params) -> dict[Any, Any] | None:
+        """The memo of :meth:`reusing` if ``params`` is its parameter set and it may be used here (not while
+        ``torch.compile`` traces, nor under inference mode), else None."""
+        memo = self._memo
+        if memo is None or memo[0] is not params or torch.compiler.is_compiling():
+            return None
+        return None if torch.is_inference_mode_enabled() else memo[1]
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:

@@ -4,6 +4,7 @@ batched matmul per ``nn.Linear`` (``"bmm"``), :func:`torch.func.vmap` or a loop 
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -91,7 +92,7 @@ class TorchFuncBackend(Backend):
         self, mode: BatchingMode, params: Params, coords: torch.Tensor, capture: nn.Module | None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if mode == "bmm":
-            with _BatchedLinear():
+            with _BatchedLinear(self.memo_for(params)):
                 return call_with_capture(lambda: functional_call(self.model, params, (coords,)), capture)
         if mode == "vmap":
             return self._vmap_forward(params, coords, capture)
@@ -194,7 +195,16 @@ def _call_kind(params: Params, coords: torch.Tensor) -> tuple[object, ...]:
 
 
 class _BatchedLinear(TorchFunctionMode):
-    """Turns ``F.linear`` with a batched ``[B, out, in]`` weight or ``[B, out]`` bias into a batched matmul."""
+    """Turns ``F.linear`` with a batched ``[B, out, in]`` weight or ``[B, out]`` bias into a batched matmul.
+
+    Args:
+        memo: where the transposed weights ``[B, in, out]`` and unsqueezed biases ``[B, 1, out]`` of these
+            parameters are kept for the next pass over them (see :meth:`Backend.reusing`), or None.
+    """
+
+    def __init__(self, memo: dict[Any, Any] | None = None) -> None:
+        super().__init__()
+        self.memo = memo
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
@@ -203,17 +213,39 @@ class _BatchedLinear(TorchFunctionMode):
             weight = args[1] if len(args) > 1 else kwargs["weight"]
             bias = args[2] if len(args) > 2 else kwargs.get("bias")
             if weight.ndim == 3 or (bias is not None and bias.ndim == 2):
-                return _batched_linear(x, weight, bias)
+                return _batched_linear(x, weight, bias, self.memo)
         return func(*args, **kwargs)
 
 
-def _batched_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def _batched_linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, memo: dict[Any, Any] | None = None
+) -> torch.Tensor:
     if weight.ndim == 3 and x.ndim == 3 and bias is not None and bias.ndim == 2:
-        return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
-    out = torch.matmul(x, weight.transpose(-1, -2))
+        return torch.baddbmm(_view(memo, bias, 1), x, _view(memo, weight, 2))
+    out = torch.matmul(x, _view(memo, weight, 2) if weight.ndim == 3 else weight.transpose(-1, -2))
     if bias is not None:
-        out = out + (bias.unsqueeze(-2) if bias.ndim == 2 else bias)
+        out = out + (_view(memo, bias, 1) if bias.ndim == 2 else bias)
     return out
+
+
+def _view(memo: dict[Any, Any] | None, tensor: torch.Tensor, ndim: int) -> torch.Tensor:
+    """A batched weight ``[B, out, in]`` (``ndim`` 2) transposed to ``[B, in, out]``, or a batched bias ``[B, out]``
+    (``ndim`` 1) unsqueezed to ``[B, 1, out]``: from ``memo`` when an earlier pass over these parameters made it.
+
+    The views are made with autograd recording (when the tensor requires grad), even inside a graph-free pass,
+    so that a later pass with a graph can use them: a graph-free ranking's views serve the pruned step after it.
+    A tensor changed in place since, or whose ``requires_grad`` changed, gets a new view.
+    """
+    if memo is None:
+        return tensor.transpose(1, 2) if ndim == 2 else tensor.unsqueeze(1)
+    key = (id(tensor), ndim)
+    entry = memo.get(key)
+    if entry is not None and entry[0] is tensor and entry[1] == (tensor._version, tensor.requires_grad):
+        return entry[2]  # type: ignore[no-any-return]
+    with torch.enable_grad():
+        view = tensor.transpose(1, 2) if ndim == 2 else tensor.unsqueeze(1)
+    memo[key] = (tensor, (tensor._version, tensor.requires_grad), view)
+    return view
 
 
 def _keep(tensor: torch.Tensor) -> torch.Tensor:
