@@ -42,7 +42,6 @@ from .numerics import (
     AllPoints,
     Points,
     coords_chunk,
-    expand_params,
     gather_points,
     point_chunks,
     sgd_update,
@@ -133,6 +132,7 @@ class ContextEvaluator:
         self.checkpoint = checkpoint
         self.shared = shared or {}
         self._identical: Params | None = None
+        self._single: Params = {}
         self._errors_memo: tuple[Params, torch.Tensor] | None = None
         self._views: tuple[Params, dict[object, object]] | None = None
         self._pieces_memo: dict[int | None, tuple[torch.Tensor, torch.Tensor, list[Piece]]] = {}
@@ -161,7 +161,9 @@ class ContextEvaluator:
         Until a step replaces them, every signal has the same parameters, so graph-free passes on a shared
         grid evaluate the model once.
         """
-        self._identical = expand_params(init, self.batch)
+        # expand_params's ops, keeping the [1, *shape] step: the first ranking's parameters
+        self._single = {n: p.unsqueeze(0) for n, p in init.items()}
+        self._identical = {n: p.expand(self.batch, *p.shape[1:]) for n, p in self._single.items()}
         return self._identical
 
     def _reusing(self, params: Params) -> contextlib.AbstractContextManager[None]:
@@ -184,7 +186,7 @@ class ContextEvaluator:
     def _map_points(self, fn: PointFn, params: Params, capture: nn.Module | None) -> torch.Tensor:
         identical = params is self._identical and self.coords.ndim == 2
         if identical:
-            params = {n: p[:1] for n, p in params.items()}
+            params = self._single  # the first signal's parameters, [1, *shape] (no slicing)
         out = []
         with self._reusing(params):
             for coords, values in self._pieces(self.rank_chunk):
