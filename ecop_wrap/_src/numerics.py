@@ -127,7 +127,8 @@ def _batch_rows(idx: torch.Tensor) -> torch.Tensor:
 
 def global_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
     """Per-signal L2 norm over all tensors together: list of ``[B, ...]`` -> ``[B]``."""
-    norms: torch.Tensor = torch.linalg.vector_norm(torch.cat([t.flatten(1) for t in tensors], dim=1), dim=1)
+    flat = [t if t.ndim == 2 else t.flatten(1) for t in tensors]  # flatten(1) of a 2-d tensor is itself
+    norms: torch.Tensor = torch.linalg.vector_norm(torch.cat(flat, dim=1), dim=1)
     return norms
 
 
