@@ -65,6 +65,9 @@ class InnerRates:
 
     @torch.no_grad()
     def clamp_(self) -> None:
-        """Keep every learned rate in ``[0, max_inner_lr]`` (after an outer update)."""
-        for rate in self.tensors.values():
-            rate.clamp_(0.0, self.max_inner_lr)
+        """Keep every learned rate in ``[0, max_inner_lr]`` (after an outer update): two ``torch._foreach_*`` ops
+        over all rates, elementwise ``min(max(r, 0), max_inner_lr)`` as ``clamp_`` computes it."""
+        rates = list(self.tensors.values())
+        if rates:
+            torch._foreach_clamp_min_(rates, 0.0)
+            torch._foreach_clamp_max_(rates, self.max_inner_lr)
