@@ -107,10 +107,17 @@ def parser() -> argparse.ArgumentParser:
     modes.add_argument("--ops", action="store_true", help="top-level aten ops per meta-step, ECoP vs Learnit")
     modes.add_argument("--compare", action="store_true", help="Learnit vs ECoP default / bf16 / compile / both")
     modes.add_argument("--fit", action="store_true", help="time to quality of test-time fitting schedules")
-    ap.add_argument_group("--ops").add_argument(
+    ops_group = ap.add_argument_group("--ops")
+    ops_group.add_argument(
         "--ops-configs",
         default=",".join(ops.OPS_CONFIGS),
         help="backend configurations to count, subset of: " + ", ".join(ops.OPS_CONFIGS),
+    )
+    ops_group.add_argument(
+        "--ops-before",
+        default=None,
+        metavar="JSON",
+        help="an earlier --ops JSON: its counts next to this run's (before -> now, also per range)",
     )
     ap.add_argument_group("--phases").add_argument(
         "--phases-settings",

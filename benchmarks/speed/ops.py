@@ -10,13 +10,16 @@ engine dispatch, not the ones an op calls internally (``aten::linear`` counts on
 an op). On a GPU each such op is at least one kernel launch. Counts per step are medians over the repeats (they
 repeat exactly; a note is printed where they do not). Reported: ECoP's and Learnit's counts per configuration
 and their ratio; in the JSON also, per method and configuration, the count inside each ``ecop.*`` range (its
-innermost one; "outside any ecop.* range" for the rest) and per op name.
+innermost one; "outside any ecop.* range" for the rest) and per op name. ``--ops-before JSON`` (an earlier
+``--ops`` JSON, e.g. of the code before a change) adds its counts to the table and prints every configuration's
+per-range counts as ``before -> now``.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import statistics
 from collections import Counter
 from typing import Any
@@ -91,24 +94,62 @@ def run_ops(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
             counts[method] = _counted(args, learner, batch, f"{method} {config}")
         rows[config] = {**counts, "ratio": counts[ECOP]["total"] / max(counts[LEARNIT]["total"], 1)}
         print(f"counted {config}: ECoP {counts[ECOP]['total']:g}, Learnit {counts[LEARNIT]['total']:g}", flush=True)
-    _print_ops(args, rows, what)
-    return {"rows": rows, "data": what}
+    before = _before(args)
+    _print_ops(args, rows, what, before)
+    result: dict[str, Any] = {"rows": rows, "data": what}
+    if before is not None:
+        result["before"] = {"path": args.ops_before, "rows": before}
+    return result
 
 
-def _print_ops(args: argparse.Namespace, rows: dict[str, dict[str, Any]], what: str) -> None:
+def _before(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The rows of the ``--ops-before`` JSON (None without it)."""
+    path = getattr(args, "ops_before", None)
+    if not path:
+        return None
+    with open(path) as f:
+        payload = json.load(f)
+    rows = payload.get("ops", payload).get("rows")
+    if not isinstance(rows, dict):
+        raise SystemExit(f"--ops-before {path}: no --ops rows in it")
+    return rows
+
+
+def _print_ops(
+    args: argparse.Namespace, rows: dict[str, dict[str, Any]], what: str, before: dict[str, Any] | None = None
+) -> None:
     print(
         f"\n--ops: top-level aten ops per meta-step (torch.profiler, CPU activity), medians of {args.repeats} "
         f"steps; side {args.side}, SIREN {args.layers + 1}x{args.width}, B={args.batch}, {what}; ECoP "
         f"gamma={args.gamma} K={args.K} L={args.L} vs Learnit K={args.learnit_K}; {describe(args)}"
     )
-    print(f"{'configuration':22s} {'batching':>13s} {'ECoP ops':>9s} {'Learnit ops':>12s} {'ECoP / Learnit':>15s}")
+    header = f"{'configuration':22s} {'batching':>13s} {'ECoP ops':>9s} {'Learnit ops':>12s} {'ECoP / Learnit':>15s}"
+    if before is not None:
+        header += f" {'before: ECoP':>13s} {'Learnit':>8s} {'ratio':>7s}"
+    print(header)
     for config, row in rows.items():
         batching = row[ECOP]["batching"] or row[ECOP]["backend"]
         ecop, learnit = row[ECOP]["total"], row[LEARNIT]["total"]
-        print(f"{config:22s} {batching:>13s} {ecop:9g} {learnit:12g} {row['ratio']:14.2f}x")
+        line = f"{config:22s} {batching:>13s} {ecop:9g} {learnit:12g} {row['ratio']:14.2f}x"
+        if before is not None and config in before:
+            old = before[config]
+            line += f" {old[ECOP]['total']:13g} {old[LEARNIT]['total']:8g} {old['ratio']:6.2f}x"
+        print(line)
+    for config, row in rows.items():
+        for method in (ECOP, LEARNIT):
+            now = row[method]["per_range"]
+            if before is not None and config in before:
+                old = before[config][method]["per_range"]
+                names = sorted(set(now) | set(old))
+                split = ", ".join(f"{_short(n)} {old.get(n, 0)} -> {now.get(n, 0)}" for n in names)
+            else:
+                split = ", ".join(f"{_short(n)} {k}" for n, k in now.items())
+            print(f"{method} {config}, per range: {split}")
     first = next(iter(rows))
     for method in (ECOP, LEARNIT):
-        split = ", ".join(f"{name} {n}" for name, n in rows[first][method]["per_range"].items())
         common = ", ".join(f"{name[6:]} {n}" for name, n in list(rows[first][method]["per_op"].items())[:TOP_OPS_SHOWN])
-        print(f"{method} {first}, per range: {split}")
         print(f"{method} {first}, most frequent: {common}")
+
+
+def _short(range_name: str) -> str:
+    return range_name[5:] if range_name.startswith("ecop.") else range_name
