@@ -196,11 +196,22 @@ def ref_meta_loss(
     return total / values.shape[0]
 
 
-def ref_meta_grads(model, coords, values, **kw):
-    """Loss and its gradient w.r.t. every trainable parameter of the model, then every learned rate."""
+def ref_meta_grads(model, coords, values, *, shared_from_fit=False, **kw):
+    """Loss and its gradient w.r.t. every trainable parameter of the model, then every learned rate.
+
+    ``shared_from_fit``: the gradient of the parameters that are not adapted (shared) is the fit term's alone
+    (the loss at ``lam = 0``), as the learner's ``boot_trains_shared=False``; the others' the whole loss's.
+    """
     loss = ref_meta_loss(model, coords, values, **kw)
     params = [p for p in model.parameters() if p.requires_grad] + list((kw.get("rates") or {}).values())
-    return loss.detach(), torch.autograd.grad(loss, params)
+    grads = torch.autograd.grad(loss, params)
+    adapted = kw.get("adapted")
+    if not shared_from_fit or adapted is None:
+        return loss.detach(), grads
+    fit_grads = torch.autograd.grad(ref_meta_loss(model, coords, values, **{**kw, "lam": 0.0}), params)
+    shared = [n not in adapted for n, p in model.named_parameters() if p.requires_grad]
+    shared += [False] * (len(params) - len(shared))  # the rates
+    return loss.detach(), tuple(f if s else g for s, g, f in zip(shared, grads, fit_grads, strict=True))
 
 
 def ref_fit(

@@ -39,6 +39,10 @@ def _randomize_rates(learner: ContextPruningMetaLearner, seed: int = 0) -> dict[
     return {n: r.detach().clone().requires_grad_(True) for n, r in learner.inner_lrs.items()}
 
 
+def _reference(model, coords, values, boot_trains_shared: bool, **kw):
+    return ref_meta_grads(model, coords, values, shared_from_fit=not boot_trains_shared, **kw)
+
+
 def _assert_matches(library, reference) -> None:
     (loss, grads), (ref_loss, ref_grads) = library, reference
     torch.testing.assert_close(loss, ref_loss, rtol=1e-6, atol=0)
@@ -67,22 +71,25 @@ ADAPT = {
 }
 
 
+@pytest.mark.parametrize("boot_trains_shared", [False, True], ids=["default", "paper"])
 @pytest.mark.parametrize("adapt", list(ADAPT), ids=list(ADAPT))
 @pytest.mark.parametrize(("backend", "mode", "shared"), CASES, ids=CASE_IDS)
-def test_partial_adaptation_meta_gradients_match_reference(adapt, backend, mode, shared):
+def test_partial_adaptation_meta_gradients_match_reference(adapt, backend, mode, shared, boot_trains_shared):
     mode = MODES[mode]
     spec, names = ADAPT[adapt]
     model, coords, values = make_problem(2, 6, 3, shared)
-    learner = ContextPruningMetaLearner(model, backend=backend, adapt=spec, coord_range=None, **KW, **mode)
-    assert learner.adapted == names
-    ref = ref_meta_grads(
-        model, coords, values, lr=1e-2, adapted=names, first_order=mode.get("first_order", False), **KW
+    learner = ContextPruningMetaLearner(
+        model, backend=backend, adapt=spec, boot_trains_shared=boot_trains_shared, coord_range=None, **KW, **mode
     )
+    assert learner.adapted == names
+    first_order = mode.get("first_order", False)
+    ref = _reference(model, coords, values, boot_trains_shared, lr=1e-2, adapted=names, first_order=first_order, **KW)
     _assert_matches(meta_grads(learner, (coords, values)), ref)
 
 
+@pytest.mark.parametrize("boot_trains_shared", [False, True], ids=["default", "paper"])
 @pytest.mark.parametrize(("backend", "mode", "shared"), CASES, ids=CASE_IDS)
-def test_latent_only_with_learned_rates_matches_reference(backend, mode, shared):
+def test_latent_only_with_learned_rates_matches_reference(backend, mode, shared, boot_trains_shared):
     mode = MODES[mode]
     torch.manual_seed(0)
     model = ModulatedSiren(2, 3, 12, 2, latent_dim=4).double()
@@ -90,13 +97,21 @@ def test_latent_only_with_learned_rates_matches_reference(backend, mode, shared)
         model.latent.normal_(0, 0.1)
     _, coords, values = make_problem(2, 6, 3, shared)
     learner = ContextPruningMetaLearner(
-        model, backend=backend, adapt=["latent"], learn_inner_lr="per_element", coord_range=None, **KW, **mode
+        model,
+        backend=backend,
+        adapt=["latent"],
+        learn_inner_lr="per_element",
+        boot_trains_shared=boot_trains_shared,
+        coord_range=None,
+        **KW,
+        **mode,
     )
     rates = _randomize_rates(learner)
-    ref = ref_meta_grads(
+    ref = _reference(
         model,
         coords,
         values,
+        boot_trains_shared,
         lr=1e-2,
         adapted=["latent"],
         rates=rates,

@@ -311,6 +311,7 @@ def test_masked_meta_gradients_match_reference_py(loss_id, backend, memory, rate
         lr=REF_LR,
         weights=weights,
         adapted=learner.adapted,
+        shared_from_fit=True,  # boot_trains_shared=False, the default
         rates=rates,
         mode=rates_mode,
         **_ref_options(loss_id),

@@ -42,7 +42,9 @@ class MetaLossOutput:
     """The meta-loss and per-signal diagnostics (all diagnostics detached).
 
     Attributes:
-        loss: scalar meta-loss, differentiable w.r.t. theta_0 (and learned inner rates).
+        loss: scalar meta-loss, differentiable w.r.t. theta_0 (and learned inner rates); its gradient is the
+            paper's, with the bootstrap term reaching shared parameters too (the learner's ``meta_loss`` and
+            ``meta_step`` keep it from them unless ``boot_trains_shared=True``).
         fit_loss: ``[B]`` full-context loss at theta_K (the MSE by default; also as :attr:`mse`).
         boot_distance: ``[B]`` mu(theta_K, theta_boot) (zeros when the bootstrap is off).
         adapted: name -> ``[B, *shape]`` theta_K of the adapted parameters, detached.

@@ -125,12 +125,14 @@ class ECoPConfig:
         algorithm=True,
     )
     boot_trains_shared: bool = _hyper(
-        True,
+        False,
         "whether the bootstrap term's gradient reaches the shared (not adapted) trainable parameters, e.g. the "
-        "network of a latent-modulated model. False: they learn from the fit term alone, and the bootstrap trains "
-        "theta_0 of the adapted parameters and the learned rates (the paper adapts every weight, so this changes "
-        "nothing there). Costs one more backward pass through the inner loop in ``meta_step`` when the model "
-        "has shared parameters.",
+        "network of a latent-modulated model. False (the default): they learn from the fit term alone and the "
+        "bootstrap trains theta_0 of the adapted parameters and the learned rates, at the cost of one more "
+        "backward pass through the inner loop when the model has shared parameters. True: the paper's gradient, "
+        "with which a latent-only model does not train at lambda >= 1 (the shared network learns to make the "
+        "latent's gradient, and so the distance, vanish). Without shared parameters (the paper's setting: every "
+        "weight adapted) both are the same, bit for bit.",
         flag_check,
         algorithm=True,
     )

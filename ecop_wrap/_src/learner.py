@@ -211,8 +211,16 @@ class ContextPruningMetaLearner(LearnerState, Sharing):
 
         For custom optimizers, AMP scalers or gradient accumulation. Under ``torch.distributed`` call
         :meth:`all_reduce_grads` after the backward.
+
+        With ``boot_trains_shared=False`` (the default) and shared parameters, the meta-gradient is computed
+        here (two backward passes) and the returned tensor has the meta-loss's value and that gradient.
         """
-        return self.meta_objective(batch).loss
+        out = self.meta_objective(batch)
+        if not self._splits_bootstrap():
+            return out.loss
+        grads = self._meta_gradient(out)
+        linear = sum(((p * g).sum() for p, g in zip(self._meta_params, grads, strict=True)), out.loss.new_zeros(()))
+        return out.loss.detach() + linear - linear.detach()
 
     def all_reduce_grads(self, num_signals: int = 1) -> None:
         """Average the ``.grad`` of theta_0 and the learned rates over the process group (weighted by signals)."""
@@ -270,23 +278,23 @@ class ContextPruningMetaLearner(LearnerState, Sharing):
             "step": float(self.step_count),
         }
 
+    def _splits_bootstrap(self) -> bool:
+        """Whether the bootstrap term's gradient must be kept from shared parameters."""
+        config = self.config
+        return not config.boot_trains_shared and config.uses_bootstrap and bool(self.shared_params())
+
     def _meta_gradient(self, out: MetaLossOutput) -> list[torch.Tensor]:
         """d loss / d (theta_0, rates); with ``boot_trains_shared=False`` the shared parameters' part from the fit
         term alone (two backward passes through the inner loop)."""
         params = self._meta_params
-        shared = {id(p) for p in self.shared_params().values()}
-        if self.config.boot_trains_shared or not self.config.uses_bootstrap or not shared:
+        if not self._splits_bootstrap():
             return list(torch.autograd.grad(out.loss, params, allow_unused=True, materialize_grads=True))
+        shared = {id(p) for p in self.shared_params().values()}
         assert out.fit_term is not None and out.boot_term is not None
         fit = torch.autograd.grad(out.fit_term, params, retain_graph=True, allow_unused=True, materialize_grads=True)
         own = [p for p in params if id(p) not in shared]
-        boot = dict(
-            zip(
-                map(id, own),
-                torch.autograd.grad(out.boot_term, own, allow_unused=True, materialize_grads=True),
-                strict=True,
-            )
-        )
+        own_grads = torch.autograd.grad(out.boot_term, own, allow_unused=True, materialize_grads=True)
+        boot = {id(p): g for p, g in zip(own, own_grads, strict=True)}
         return [g + boot[id(p)] if id(p) in boot else g for p, g in zip(params, fit, strict=True)]
 
     def _apply(self, grads: list[torch.Tensor], grad_norm: torch.Tensor) -> None:
