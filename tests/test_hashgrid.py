@@ -11,8 +11,9 @@ import pytest
 import torch
 from helpers import TINY_HASHGRID, assert_all_close, meta_grads
 from reference import ref_meta_grads
+from torch import nn
 
-from ecop_wrap import ContextPruningMetaLearner, make_grid
+from ecop_wrap import ContextPruningMetaLearner, ECoPConfig, make_grid
 from ecop_wrap.models import HashGridINR
 
 INNER_LR = 1e-2
@@ -135,3 +136,31 @@ def test_adapting_only_the_tables_or_only_the_mlp_matches_reference(backend, par
     assert_all_close(grads, ref_grads, rtol=1e-7, atol=1e-12)
     shared = [g for (n, _), g in zip(model.named_parameters(), grads, strict=True) if n not in adapted]
     assert shared and all(float(g.abs().sum()) > 0 for g in shared), "the shared part is meta-learned too"
+
+
+def test_the_model_recommends_its_inner_lr_where_the_caller_gives_none():
+    """HashGridINR.ecop_defaults: inner (and so bootstrap) lr 1.0 unless the call or a config says otherwise."""
+    model = _tiny_grid_inr()
+    assert ContextPruningMetaLearner(model).config.inner_lr == 1.0
+    assert ContextPruningMetaLearner(model).config.boot_lr == 1.0
+    assert ContextPruningMetaLearner(model, inner_lr=0.3).config.inner_lr == 0.3
+    assert ContextPruningMetaLearner(model, boot_lr=0.5).config.boot_lr == 0.5
+    assert ContextPruningMetaLearner(model, config=ECoPConfig()).config.inner_lr == 1e-2  # a config is complete
+
+
+def test_a_models_recommendations_are_checked():
+    class Bad(nn.Module):
+        def __init__(self, defaults):
+            super().__init__()
+            self.lin = nn.Linear(2, 1)
+            self.ecop_defaults = defaults
+
+        def forward(self, x):
+            return self.lin(x)
+
+    with pytest.raises(TypeError, match=r"Bad\.ecop_defaults got unexpected keyword"):
+        ContextPruningMetaLearner(Bad({"inner_rate": 1.0}))
+    with pytest.raises(ValueError, match="inner_lr"):
+        ContextPruningMetaLearner(Bad({"inner_lr": -1.0}))
+    with pytest.raises(TypeError, match="must be a dict"):
+        ContextPruningMetaLearner(Bad(1.0))

@@ -7,20 +7,28 @@ import fnmatch
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..typing import AdaptSpec
 from .backends import Backend, Precision, make_backend
-from .config import ECoPConfig
+from .config import ECoPConfig, split_config_kwargs
 from .losses import PointLoss, make_loss
 from .numerics import num_selected
 from .rates import InnerRates
 from .rules import SelectionRule, make_selection
 from .validation import user_stacklevel
 
-__all__ = ["Components", "build_components", "free_chunk", "resolve_adapted", "warn_if_bf16_is_emulated"]
+__all__ = [
+    "Components",
+    "build_components",
+    "free_chunk",
+    "model_defaults",
+    "resolve_adapted",
+    "warn_if_bf16_is_emulated",
+]
 
 
 @dataclass
@@ -42,6 +50,15 @@ class Components:
     rates: InnerRates
     generator: torch.Generator
     loss: PointLoss
+
+
+def model_defaults(model: nn.Module) -> dict[str, Any]:
+    """The settings a model recommends for itself (its ``ecop_defaults``: a dict of :class:`ECoPConfig` fields,
+    e.g. ``HashGridINR``'s inner lr 1.0), applied where the caller gives neither the setting nor a config."""
+    recommended = getattr(model, "ecop_defaults", None) or {}
+    if not isinstance(recommended, dict):
+        raise TypeError(f"{type(model).__name__}.ecop_defaults must be a dict of ECoPConfig settings")
+    return split_config_kwargs(f"{type(model).__name__}.ecop_defaults", dict(recommended))
 
 
 def build_components(

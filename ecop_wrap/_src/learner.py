@@ -20,7 +20,7 @@ from ..distributed import status_guard, weighted_all_reduce
 from ..metrics import mse_to_psnr
 from ..typing import AdaptSpec, SignalBatch
 from .algorithm import MetaLossOutput, meta_objective
-from .builder import build_components, free_chunk, resolve_adapted
+from .builder import build_components, free_chunk, model_defaults, resolve_adapted
 from .checkpoint import read_checkpoint
 from .config import FIELDS, POSITIONAL_KEYS, ECoPConfig, config_args_doc, config_parameters, split_config_kwargs
 from .evaluator import ContextEvaluator
@@ -66,7 +66,7 @@ class ContextPruningMetaLearner(LearnerState, Sharing):
         **settings: Any,
     ) -> None:
         check_model(model)
-        self.config = _resolve_config(config, positional, settings)
+        self.config = _resolve_config(config, positional, settings, model)
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer or None, got {type(optimizer).__name__}")
         self.model = model
@@ -323,8 +323,11 @@ def _unpack(batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None
     return batch[0], batch[1], (batch[2] if len(batch) == 3 else None)
 
 
-def _resolve_config(config: ECoPConfig | None, positional: tuple[Any, ...], settings: dict[str, Any]) -> ECoPConfig:
-    """The learner's configuration: ``config`` (or the defaults) with the positional and keyword settings."""
+def _resolve_config(
+    config: ECoPConfig | None, positional: tuple[Any, ...], settings: dict[str, Any], model: nn.Module
+) -> ECoPConfig:
+    """The learner's configuration: ``config`` (or the defaults, with the model's own recommendations) with the
+    positional and keyword settings."""
     if config is not None and not isinstance(config, ECoPConfig):
         raise TypeError(f"config must be an ECoPConfig or None, got {type(config).__name__}")
     if len(positional) > len(POSITIONAL_KEYS):
@@ -337,7 +340,7 @@ def _resolve_config(config: ECoPConfig | None, positional: tuple[Any, ...], sett
             raise TypeError(f"ContextPruningMetaLearner got multiple values for argument {name!r}")
         settings[name] = value
     changes = split_config_kwargs("ContextPruningMetaLearner", settings)
-    return config.replace(**changes) if config is not None else ECoPConfig(**changes)
+    return config.replace(**changes) if config is not None else ECoPConfig(**(model_defaults(model) | changes))
 
 
 def _signature() -> inspect.Signature:
