@@ -113,10 +113,10 @@ def bootstrap(ctx: ContextEvaluator, params: Params, *, steps: int, lr: float, f
     ``first``: the graph-free full pass at ``params``, if the caller already made it.
     """
     boot_params = params
-    with record_function("ecop.bootstrap"):
+    with record_function("ecop.bootstrap"), torch.no_grad():  # the updates record no graph (full_grad enables its own)
         for step in range(steps):
             full = first if step == 0 and first is not None else ctx.full_grad(boot_params, low_precision=True)
-            boot_params = sgd_update({n: p.detach() for n, p in boot_params.items()}, full.grads, lr)
+            boot_params = sgd_update(boot_params, full.grads, lr)
     return boot_params
 
 
