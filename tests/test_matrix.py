@@ -28,7 +28,7 @@ from matrix.cells import (  # noqa: E402 - benchmarks/ is put on sys.path just a
     parse_cells,
 )
 from matrix.cli import parse_args, run_matrix  # noqa: E402
-from matrix.report import collapse, format_table, markdown, summarise  # noqa: E402
+from matrix.report import collapse, format_table, markdown, notes, summarise  # noqa: E402
 from matrix.runner import Outcome, Plan, group, pick, run_argv  # noqa: E402
 from reproduce import METHOD_TABLE, parse_config  # noqa: E402
 
@@ -212,6 +212,17 @@ def test_summary_pairs_the_same_signals_flags_the_bar_and_formats_rows():
     page = markdown({"_meta": meta, "cells": cells})
     assert "with AVX512-BF16" in page and "nerv:images" in page and "No module named 'skvideo'" in page
     assert "docs/results.md, Learning rates, picked on validation photos only" in page
+
+
+def test_sdf_cells_list_band_error_and_iou_under_the_table():
+    cell = parse_cells("siren:glyphs")[0]
+    ecop, learnit = _record([20.0, 21.0], [20.0], 1e-3), _record([21.0, 21.5], [20.5], 1e-4)
+    ecop |= {"band_error": 0.03, "iou": 0.8}
+    learnit |= {"band_error": 0.05, "iou": 0.4}
+    entry = summarise(cell, documented(cell), {"ecop": ecop, "learnit": learnit}, steps=5, command="c")
+    assert entry["below_bar"] and entry["ecop"]["band_error"] == 0.03 and entry["learnit"]["iou"] == 0.4
+    lines = notes({"_meta": {"absent": []}, "cells": {cell.key: entry}})
+    assert "* siren:glyphs: band error 0.0300 / 0.0500, IoU 0.800 / 0.400" in lines
 
 
 # ------------------------------------------------------------------------- runs (a fake reproduce)

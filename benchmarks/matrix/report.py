@@ -249,6 +249,8 @@ def notes(matrix: dict[str, Any]) -> list[str]:
         "",
         "Learning rates and settings of each cell:",
     ]
+    if meta.get("lrs") == "sweep":
+        out.insert(1, "The sweep picked the lrs on the validation signals, so the validation gap is not held out.")
     for key, entry in cells.items():
         lrs = entry["lrs"]
         extra = "".join(
@@ -264,6 +266,18 @@ def notes(matrix: dict[str, Any]) -> list[str]:
         if lrs["mode"] == "sweep":
             picked = f"validation sweep ({_sweep_text(lrs['sweep'])}); the other settings: {lrs['ref']}"
         out.append(f"* {key}: {picked}{extra}")
+    sdf = {k: e for k, e in cells.items() if e["status"] == "ok" and "band_error" in e["ecop"]}
+    if sdf:
+        out += [
+            "",
+            "SDF cells: the PSNR is over the whole field, most of which the clamped L1 loss does not fit (errors "
+            "beyond the clamp cost nothing); the SDF scores, ECoP / Learnit (band error: mean |error| near the "
+            "outline, lower is better; IoU of the interiors, higher is better):",
+        ]
+        for key, e in sdf.items():
+            a, b = e["ecop"], e["learnit"]
+            band = f"band error {a['band_error']:.4f} / {b['band_error']:.4f}"
+            out.append(f"* {key}: {band}, IoU {a['iou']:.3f} / {b['iou']:.3f}")
     refs = {e["data"]: e["data_ref"] for e in cells.values()}
     out += ["", "Data and shared settings:"] + [f"* {data}: {ref}" for data, ref in refs.items()]
     if meta.get("absent"):
