@@ -355,3 +355,16 @@ def test_quick_sweep_of_one_cell_and_the_package_runs_as_a_module(tmp_path):
         cwd=os.path.join(ROOT, "benchmarks"),
     )
     assert listed.returncode == 0 and "nerv:images" in listed.stdout and "inherited from" in listed.stdout
+
+
+def test_quick_with_the_calibrated_test_rule_scores_ecops_retest(tmp_path):
+    out = tmp_path / "c.json"
+    command = [sys.executable, MATRIX, "--quick", "--ecop-test", "calibrated", "--cells", "latent:images"]
+    done = subprocess.run(
+        [*command, "--json", str(out)], check=False, capture_output=True, text=True, timeout=600, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    entry = json.loads(out.read_text())["cells"]["latent:images"]
+    assert entry["status"] == "ok" and entry["ecop"]["method"] == "ecop_latent_test_calibrated"
+    assert entry["ecop"]["calibration"]["split"] == "train" and entry["ecop"]["outer_lr"] is not None
+    assert "--outer-lr-for ecop_latent=" in entry["command"] and "ecop_latent_test_calibrated" in entry["command"]

@@ -224,6 +224,9 @@ class Cell:
 
     model: MatrixModel
     data: DataSpec
+    ecop_test: str = "paper"
+    """How ECoP's model is fitted at test time: ``"paper"`` (Eq. 6) or ``"calibrated"`` (the rule
+    ``ecop_wrap.calibrate_adapter`` picks on training signals: reproduce's ``*_test_calibrated`` rows)."""
 
     @property
     def key(self) -> str:
@@ -231,8 +234,14 @@ class Cell:
 
     @property
     def methods(self) -> tuple[str, str]:
-        """``(ECoP method, Learnit method)`` of ``benchmarks/reproduce``."""
+        """``(ECoP method, Learnit method)`` of ``benchmarks/reproduce``: the trained ones."""
         return self.model.ecop, self.model.learnit
+
+    @property
+    def scored(self) -> tuple[str, str]:
+        """``(ECoP, Learnit)`` as scored: ECoP's calibrated retest with ``ecop_test="calibrated"``."""
+        ecop = f"{self.model.ecop}_test_calibrated" if self.ecop_test == "calibrated" else self.model.ecop
+        return ecop, self.model.learnit
 
     def flags(self, quick: bool = False) -> dict[str, str]:
         """The shared (not per-method) ``benchmarks/reproduce`` flags of this cell's run."""

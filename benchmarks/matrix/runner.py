@@ -88,7 +88,7 @@ def run_argv(
     argv = as_argv(flags)
     for cell in cells:
         argv += method_flags(cell, settings[cell.key], outer_lr)
-    methods = [m for cell in cells for m in cell.methods]
+    methods = [m for cell in cells for m in (cell.methods if split == "val" else cell.scored)]
     return [*argv, *plan.extra, "--methods", ",".join(methods), "--no-plot"]
 
 
