@@ -13,7 +13,7 @@ from helpers import TINY_HASHGRID, assert_all_close, meta_grads
 from reference import ref_meta_grads
 from torch import nn
 
-from ecop_wrap import ContextPruningMetaLearner, ECoPConfig, make_grid
+from ecop_wrap import ContextPruningMetaLearner, ECoPConfig, GradScaledAdapter, make_grid
 from ecop_wrap.models import HashGridINR
 
 INNER_LR = 1e-2
@@ -164,3 +164,9 @@ def test_a_models_recommendations_are_checked():
         ContextPruningMetaLearner(Bad({"inner_lr": -1.0}))
     with pytest.raises(TypeError, match="must be a dict"):
         ContextPruningMetaLearner(Bad(1.0))
+
+
+def test_an_adapter_of_a_bare_model_takes_its_recommended_step_size():
+    model = _tiny_grid_inr()
+    assert GradScaledAdapter(model).lr == 1.0
+    assert GradScaledAdapter(model, lr=0.2).lr == 0.2

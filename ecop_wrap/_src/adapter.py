@@ -21,7 +21,7 @@ from ..metrics import mse_to_psnr
 from ..typing import AdaptSpec, Params
 from .algorithm import select
 from .backends import Backend
-from .builder import build_components, free_chunk, resolve_adapted
+from .builder import build_components, free_chunk, model_defaults, resolve_adapted
 from .config import TEST_TIME_KEYS, ECoPConfig, config_args_doc, config_parameters, split_config_kwargs
 from .evaluator import ContextEvaluator, FullGrad
 from .learner import ContextPruningMetaLearner
@@ -117,7 +117,7 @@ class GradScaledAdapter:
         model = learner.model if learner is not None else source
         check_model(model)
         assert isinstance(model, nn.Module)  # for type checkers: check_model raised otherwise
-        base = learner.config if learner is not None else ECoPConfig()
+        base = learner.config if learner is not None else ECoPConfig(**model_defaults(model))
         changes = split_config_kwargs("GradScaledAdapter", settings, TEST_TIME_KEYS)
         # None keeps the learner's setting (coord_range=None turns the range check off, as everywhere)
         self.config = base.replace(**{k: v for k, v in changes.items() if v is not None or k == "coord_range"})
