@@ -170,3 +170,20 @@ def test_an_adapter_of_a_bare_model_takes_its_recommended_step_size():
     model = _tiny_grid_inr()
     assert GradScaledAdapter(model).lr == 1.0
     assert GradScaledAdapter(model, lr=0.2).lr == 0.2
+
+
+def test_the_model_recommends_its_outer_lr_where_the_caller_gives_none():
+    model = _tiny_grid_inr()
+    assert ContextPruningMetaLearner(model).optimizer.param_groups[0]["lr"] == 1e-2
+    assert ContextPruningMetaLearner(model, outer_lr=1e-4).optimizer.param_groups[0]["lr"] == 1e-4
+    siren = TinySirenForDefaults()
+    assert ContextPruningMetaLearner(siren).optimizer.param_groups[0]["lr"] == 3e-4  # the library's default
+
+
+class TinySirenForDefaults(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(2, 1)
+
+    def forward(self, x):
+        return torch.sin(self.lin(x))

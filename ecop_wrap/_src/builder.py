@@ -26,6 +26,7 @@ __all__ = [
     "build_components",
     "free_chunk",
     "model_defaults",
+    "model_outer_lr",
     "resolve_adapted",
     "warn_if_bf16_is_emulated",
 ]
@@ -52,13 +53,25 @@ class Components:
     loss: PointLoss
 
 
+DEFAULT_OUTER_LR = 3e-4
+"""The learner's outer lr where neither the call nor the model (``ecop_defaults["outer_lr"]``) gives one."""
+
+
 def model_defaults(model: nn.Module) -> dict[str, Any]:
-    """The settings a model recommends for itself (its ``ecop_defaults``: a dict of :class:`ECoPConfig` fields,
-    e.g. ``HashGridINR``'s inner lr 1.0), applied where the caller gives neither the setting nor a config."""
+    """The configuration settings a model recommends for itself (its ``ecop_defaults``: a dict of
+    :class:`ECoPConfig` fields, plus ``outer_lr`` for the learner; e.g. ``HashGridINR``'s inner lr 1.0), applied
+    where the caller gives neither the setting nor a config."""
     recommended = getattr(model, "ecop_defaults", None) or {}
     if not isinstance(recommended, dict):
         raise TypeError(f"{type(model).__name__}.ecop_defaults must be a dict of ECoPConfig settings")
-    return split_config_kwargs(f"{type(model).__name__}.ecop_defaults", dict(recommended))
+    settings = {k: v for k, v in recommended.items() if k != "outer_lr"}
+    return split_config_kwargs(f"{type(model).__name__}.ecop_defaults", settings)
+
+
+def model_outer_lr(model: nn.Module) -> float:
+    """The outer lr a model recommends (``ecop_defaults["outer_lr"]``), else :data:`DEFAULT_OUTER_LR`."""
+    recommended = getattr(model, "ecop_defaults", None) or {}
+    return float(recommended.get("outer_lr", DEFAULT_OUTER_LR)) if isinstance(recommended, dict) else DEFAULT_OUTER_LR
 
 
 def build_components(

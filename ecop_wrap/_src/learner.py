@@ -20,7 +20,7 @@ from ..distributed import status_guard, weighted_all_reduce
 from ..metrics import mse_to_psnr
 from ..typing import AdaptSpec, SignalBatch
 from .algorithm import MetaLossOutput, meta_objective
-from .builder import build_components, free_chunk, model_defaults, resolve_adapted
+from .builder import build_components, free_chunk, model_defaults, model_outer_lr, resolve_adapted
 from .checkpoint import read_checkpoint
 from .config import FIELDS, POSITIONAL_KEYS, ECoPConfig, config_args_doc, config_parameters, split_config_kwargs
 from .evaluator import ContextEvaluator
@@ -35,9 +35,10 @@ _OWN_ARGS_DOC = """\
         config: an :class:`~ecop_wrap.ECoPConfig` to start from (the keyword settings above replace its fields).
         optimizer: outer optimizer over the model's parameters (None: ``Adam(lr=outer_lr)``). With learned
             inner rates, a parameter group for them is added to it (learning rate ``rates_lr``).
-        outer_lr: outer learning rate beta when ``optimizer`` is None. The default, 3e-4, is the largest
-            that trained SIREN, a latent-only ``ModulatedSiren`` and ``HashGridINR`` without diverging in 100
-            steps (``benchmarks/results/diagnose_defaults_*.json``); the paper's 1e-5 is for its 150,000 steps.
+        outer_lr: outer learning rate beta when ``optimizer`` is None. None: the model's recommendation
+            (``ecop_defaults["outer_lr"]``; ``HashGridINR``: 1e-2), else 3e-4, the largest that trained SIREN, a
+            latent-only ``ModulatedSiren`` and ``HashGridINR`` without diverging in 100 steps
+            (``benchmarks/results/diagnose_defaults_*.json``); the paper's 1e-5 is for its 150,000 steps.
         rates_lr: outer learning rate of the learned rates (None: the optimizer's, ``outer_lr`` by default).
         adapt: which parameters are adapted per signal: names or glob patterns (``["output.*"]``), or a
             predicate ``(name, param) -> bool``; None: every trainable parameter. The other trainable
@@ -57,7 +58,7 @@ class ContextPruningMetaLearner(LearnerState, Sharing):
         *positional: Any,
         config: ECoPConfig | None = None,
         optimizer: torch.optim.Optimizer | None = None,
-        outer_lr: float = 3e-4,
+        outer_lr: float | None = None,
         rates_lr: float | None = None,
         adapt: AdaptSpec = None,
         gradncp_layer: nn.Module | None = None,
@@ -81,6 +82,8 @@ class ContextPruningMetaLearner(LearnerState, Sharing):
         self.rates, self.generator, self.loss_fn = parts.rates, parts.generator, parts.loss
         self.process_group = process_group
         self._params = [p for p in model.parameters() if p.requires_grad]
+        if outer_lr is None:
+            outer_lr = model_outer_lr(model)
         self.optimizer = optimizer or torch.optim.Adam(self._params, lr=check_positive("outer_lr", outer_lr))
         if self.rates.learned:
             group: dict[str, Any] = {"params": list(self.rates.tensors.values())}
