@@ -40,6 +40,7 @@ from ._src.rules import (
     NormScaling,
     NoScaling,
     RandomSelection,
+    SoftSelection,
     make_scaling,
     make_selection,
 )
@@ -64,6 +65,7 @@ __all__ = [
     "Points",
     "Precision",
     "RandomSelection",
+    "SoftSelection",
     "bootstrap",
     "gather_points",
     "global_norm",

@@ -213,15 +213,16 @@ def test_both_backends_agree(family):
     assert_all_close(torch_func[1], higher[1], rtol=1e-10, atol=1e-13)
 
 
+@pytest.mark.parametrize("selection", ["random", "soft"])
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("family", FAMILIES, ids=FAMILY_IDS)
-def test_random_selection_matches_the_reference_for_the_subsets_it_drew(family, backend):
+def test_random_selection_matches_the_reference_for_the_subsets_it_drew(family, backend, selection):
     """4 points, 2 kept per step, K = 2: the library's draw must be one of the 36 possible subset sequences."""
     model = family.model()
     coords, values = family.signals(batch=1, points=4)
     config = {"gamma": 0.5, "K": 2, "L": 2, "lam": 10.0}
     # the paper's gradient (the reference differentiates one loss), for the families with shared parameters too
-    learner = family.learner(model, backend=backend, selection="random", seed=3, boot_trains_shared=True, **config)
+    learner = family.learner(model, backend=backend, selection=selection, seed=3, boot_trains_shared=True, **config)
     loss, grads = meta_grads(learner, (coords, values))
     ref_kw = {"L": 2, "lam": 10.0, "lr": family.inner_lr, "adapted": family.adapted(model)}
     matches = []

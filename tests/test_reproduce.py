@@ -662,3 +662,14 @@ def test_a_calibrated_method_tests_the_source_model_under_the_rule_picked_on_tra
     if same is not None:
         assert saved["ecop_test_calibrated"]["psnr_per_signal"] == saved[same]["psnr_per_signal"]
     assert saved["ecop_test_calibrated"]["trained_as"] == "ecop"
+
+
+def test_selection_flag_reaches_the_ecop_methods_only():
+    from reproduce import METHOD_TABLE, RunConfig
+
+    soft = RunConfig.from_args(["--selection", "soft"])
+    for name in ("ecop", "ecop_lr_tensor", "ecop_latent", "hashgrid_ecop", "nerv_ecop"):
+        assert METHOD_TABLE[name].training(soft).hyper["selection"] == "soft", name
+    assert "selection" not in METHOD_TABLE["ecop"].training(RunConfig.from_args([])).hyper
+    assert METHOD_TABLE["random_pruning"].training(soft).hyper["selection"] == "random"
+    assert "selection" not in METHOD_TABLE["learnit"].training(soft).hyper

@@ -6,6 +6,8 @@ independent ``argsort``, never from ecop_wrap's own scoring code.
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from reference import TinySiren, make_problem
@@ -18,6 +20,7 @@ from ecop_wrap.extend import (
     ALL_POINTS,
     ContextEvaluator,
     InnerRates,
+    SoftSelection,
     inner_loop,
     make_backend,
     make_loss,
@@ -389,3 +392,53 @@ def test_gradncp_with_a_loss_and_weights_ranks_by_the_weighted_loss_gradient(los
         assert bool((scores[b, :3] == 0).all()) and bool((want[:3] == 0).all())
         ratio = scores[b, 3:] / want[3:]
         torch.testing.assert_close(ratio, ratio[0].expand_as(ratio), rtol=1e-8, atol=0)
+
+
+class _FixedErrors:
+    """The part of a ContextEvaluator a selection rule reads: errors ``[B, M]`` and weights."""
+
+    def __init__(self, errors, weights=None):
+        self._errors, self.weights = errors, weights
+
+    def errors(self, params):
+        return self._errors
+
+
+def test_soft_selection_draws_each_point_with_probability_proportional_to_its_error():
+    """The Gumbel-top-1 of 40,000 seeded draws: point j is kept with frequency e_j / sum(e) (sd <= 0.0025)."""
+    errors = torch.tensor([0.0, 0.05, 0.1, 0.15, 0.2, 0.5], dtype=torch.float64)
+    rule = make_selection("soft", None)
+    scores = rule.scores(_FixedErrors(errors.expand(40_000, -1)), {}, torch.Generator().manual_seed(0))
+    frequency = torch.bincount(scores.argmax(1), minlength=6).double() / 40_000
+    torch.testing.assert_close(frequency, errors / errors.sum(), rtol=0, atol=0.01)
+    assert frequency[0] == 0  # a point without error is never drawn before the others
+
+
+def test_soft_selection_temperature_interpolates_between_error_ranking_and_uniform():
+    errors = torch.tensor([[0.3, 0.1, 0.9, 0.2, 0.6]], dtype=torch.float64).expand(20_000, -1)
+    cold = SoftSelection(temperature=1e-3).scores(_FixedErrors(errors), {}, torch.Generator().manual_seed(1))
+    assert bool((cold.argmax(1) == 2).all())  # the paper's rule
+    hot = SoftSelection(temperature=1e3).scores(_FixedErrors(errors), {}, torch.Generator().manual_seed(1))
+    frequency = torch.bincount(hot.argmax(1), minlength=5).double() / 20_000
+    torch.testing.assert_close(frequency, torch.full((5,), 0.2, dtype=torch.float64), rtol=0, atol=0.015)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        SoftSelection(temperature=0.0)
+
+
+def test_soft_selection_keeps_k_distinct_points_of_positive_weight_and_the_learner_is_seeded():
+    model, coords, values = _problem(batch=2)
+    weights = torch.ones(2, 36, dtype=torch.float64)
+    weights[0, :30] = 0  # six points of signal 0 may be kept
+    ctx = ContextEvaluator(make_backend("torch.func", model), coords, values, weights)
+    params = expand_params(_model_params(model), 2)
+    idx = select(ctx, params, make_selection("soft", model), 0.5, torch.Generator().manual_seed(0))
+    kept = idx[0, :3].tolist()  # 3 of signal 0's 6 points; its later ranks point at a weight-0 placeholder
+    assert set(kept) <= set(range(30, 36)) and len(set(kept)) == 3
+    assert len(set(idx[1].tolist())) == idx.shape[1] == 18
+    runs = [
+        ContextPruningMetaLearner(copy.deepcopy(model), selection="soft", K=2, L=1, seed=5, coord_range=None)
+        .meta_objective((coords, values))
+        .loss
+        for _ in range(2)
+    ]
+    assert torch.equal(runs[0], runs[1])

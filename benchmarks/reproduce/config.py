@@ -110,6 +110,12 @@ class RunConfig:
     ecop_steps: int = option(16, "K of the pruned methods; Learnit gets gamma*K")
     boot_steps: int = option(5, "L")
     lam: float = option(100.0, "lambda")
+    selection: str = option(
+        "error",
+        "selection rule of the ECoP methods (ECoPConfig.selection): error (the paper's), soft (drawn with "
+        "probabilities proportional to the error), random, gradncp",
+        choices=["error", "soft", "random", "gradncp"],
+    )
     lam_mode: str = option(
         "absolute",
         "how lambda weighs the bootstrap distance (ECoPConfig.lam_mode): absolute (the paper's) or relative "

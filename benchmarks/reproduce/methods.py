@@ -132,8 +132,8 @@ def _pruned(config: RunConfig, selection: str = "error", bootstrap: bool = True)
 
 
 def ecop(config: RunConfig) -> Hyper:
-    """ECoP: error-based pruning to ``--gamma`` for ``--ecop-steps`` steps, with the bootstrap."""
-    return _pruned(config)
+    """ECoP: error-based pruning (or ``--selection``) to ``--gamma`` for ``--ecop-steps`` steps, with the bootstrap."""
+    return _pruned(config, selection=config.selection)
 
 
 def learnit(config: RunConfig) -> Hyper:

@@ -147,8 +147,9 @@ class ECoPConfig:
     )
     selection: str = _hyper(
         "error",
-        'name of a registered selection rule: ``"error"`` (the paper\'s), ``"random"``, ``"gradncp"`` (the '
-        "authors' code) or one added with :func:`~ecop_wrap.register_selection`.",
+        'name of a registered selection rule: ``"error"`` (the paper\'s), ``"random"``, ``"soft"`` (drawn with '
+        'probabilities proportional to the error), ``"gradncp"`` (the authors\' code) or one added with '
+        ":func:`~ecop_wrap.register_selection`.",
         _selection,
         algorithm=True,
         test_time=True,

@@ -34,6 +34,7 @@ __all__ = [
     "RandomSelection",
     "ScalingRule",
     "SelectionRule",
+    "SoftSelection",
     "make_scaling",
     "make_selection",
     "register_scaling",
@@ -144,6 +145,35 @@ class RandomSelection:
         return torch.rand(ctx.values.shape[:2], generator=generator, device=ctx.values.device)
 
 
+class SoftSelection:
+    """Soft mining: a random subset drawn without replacement with probabilities proportional to
+    ``error ** (1 / temperature)`` (with weights, ``w_j l_j``), by the Gumbel-top-k trick: the top ``k`` of
+    ``log(error) / temperature + Gumbel noise``. Hard points are kept most often, but every point with a
+    non-zero error can be drawn (soft mining, EVOS and NINT also keep a part of the context that error ranking
+    would never pick). ``temperature -> 0`` is the paper's rule, large temperatures uniform sampling.
+
+    Register other temperatures with ``register_selection("soft2", lambda model, layer=None:
+    SoftSelection(model, temperature=2.0))``.
+    """
+
+    name = "soft"
+    uses_generator = True
+
+    def __init__(self, model: nn.Module | None = None, layer: nn.Module | None = None, temperature: float = 1.0):
+        del model, layer
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature!r}")
+        self.temperature = float(temperature)
+
+    def scores(self, ctx: ContextEvaluator, params: Params, generator: torch.Generator) -> torch.Tensor:
+        errors = ctx.errors(params)
+        errors = errors if ctx.weights is None else errors * ctx.weights
+        tiny = torch.finfo(errors.dtype).tiny
+        uniform = torch.rand(errors.shape, generator=generator, device=errors.device, dtype=errors.dtype)
+        gumbel = -torch.log(-torch.log(uniform.clamp(tiny, 1.0 - 1e-7)))
+        return errors.clamp_min(tiny).log() / self.temperature + gumbel
+
+
 class GradNCPSelection:
     """The authors' released code: rank by the norm of the per-point gradient w.r.t. the output layer.
 
@@ -242,6 +272,7 @@ class NoScaling:
 
 register_selection("error", ErrorSelection)
 register_selection("random", RandomSelection)
+register_selection("soft", SoftSelection)
 register_selection("gradncp", GradNCPSelection)
 register_scaling("norm", NormScaling)
 register_scaling("loss", LossRatioScaling)
