@@ -275,3 +275,28 @@ def test_bad_adapt_is_a_clear_error(adapt, error, match):
 def test_bad_rate_options_are_clear_errors(kw, match):
     with pytest.raises(ValueError, match=match):
         ContextPruningMetaLearner(TinySiren(2, 3), **kw)
+
+
+def test_the_split_meta_loss_keeps_its_graph_until_backward():
+    """meta_loss with shared parameters: the same graph held (SavedTensorMeter) as the paper's meta-loss, and
+    a backward that fills .grad with the split meta-gradient; nothing is computed before the backward."""
+    from ecop_wrap import SavedTensorMeter
+
+    torch.manual_seed(0)
+    model = ModulatedSiren(2, 3, 12, 2, latent_dim=4).double()
+    _, coords, values = make_problem(2, 6, 3, True)
+    held = {}
+    for split in (False, True):
+        learner = ContextPruningMetaLearner(
+            model, adapt=["latent"], boot_trains_shared=not split, coord_range=None, **KW
+        )
+        with SavedTensorMeter() as meter:
+            loss = learner.meta_loss((coords, values))
+            held[split] = meter.live_bytes()
+        assert all(p.grad is None for p in model.parameters())
+        loss.backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad(set_to_none=True)
+        want = _reference(model, coords, values, not split, lr=1e-2, adapted=["latent"], **KW)
+        assert_all_close(grads, want[1], rtol=1e-6, atol=1e-10)
+    assert held[True] == held[False] > 0

@@ -215,15 +215,16 @@ class ContextPruningMetaLearner(LearnerState, Sharing):
         For custom optimizers, AMP scalers or gradient accumulation. Under ``torch.distributed`` call
         :meth:`all_reduce_grads` after the backward.
 
-        With ``boot_trains_shared=False`` (the default) and shared parameters, the meta-gradient is computed
-        here (two backward passes) and the returned tensor has the meta-loss's value and that gradient.
+        With ``boot_trains_shared=False`` (the default) and shared parameters, the returned tensor has the
+        meta-loss's value and graph, and its backward takes the split meta-gradient (two backward passes).
         """
         out = self.meta_objective(batch)
         if not self._splits_bootstrap():
             return out.loss
-        grads = self._meta_gradient(out)
-        linear = sum(((p * g).sum() for p, g in zip(self._meta_params, grads, strict=True)), out.loss.new_zeros(()))
-        return out.loss.detach() + linear - linear.detach()
+        loss: torch.Tensor = _SplitGradient.apply(  # type: ignore[no-untyped-call]
+            out.loss.detach(), lambda: self._meta_gradient(out), *self._meta_params
+        )
+        return loss
 
     def all_reduce_grads(self, num_signals: int = 1) -> None:
         """Average the ``.grad`` of theta_0 and the learned rates over the process group (weighted by signals)."""
@@ -320,6 +321,23 @@ class ContextPruningMetaLearner(LearnerState, Sharing):
             )
 
     # ------------------------------------------------------------------ sharing (ecop_wrap/_src/pretrained.py)
+
+
+class _SplitGradient(torch.autograd.Function):
+    """The meta-loss's value, whose backward gives ``meta_gradient()`` to the meta-parameters (the graph of the
+    loss stays alive until then, held by the closure, as a plain loss's would)."""
+
+    @staticmethod
+    def forward(ctx: Any, loss: torch.Tensor, meta_gradient: Any, *params: torch.Tensor) -> torch.Tensor:
+        ctx.meta_gradient = meta_gradient
+        return loss.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        with torch.enable_grad():
+            grads = ctx.meta_gradient()
+        ctx.meta_gradient = None  # frees the graph
+        return (None, None, *(grad_output * g for g in grads))
 
 
 def _unpack(batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
