@@ -37,7 +37,6 @@ from _common import (
     ExampleConfig,
     Method,
     add_common_flags,
-    best_rate,
     compared_methods,
     cycle_indices,
     example_parser,
@@ -46,6 +45,7 @@ from _common import (
     siren_factory,
     summary_mean,
     summary_std,
+    sweep_outer_lrs,
     train_at_rate,
     weighted_psnr,
 )
@@ -231,24 +231,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.manual_seed(config.seed)
     model = siren_factory(config, 2, 3)().to(config.device)
     val, val_observed = data["val"]
-    chosen, sweep, start = {}, {}, time.perf_counter()
-    for method in methods:
-        sweep[method.name] = {}
-        for lr in lrs:
-            try:
-                learner = train(model, method, lr, *data["train"], config)
-                recon = fit(learner, method.test_scaling, val, val_observed, config)
-            except FloatingPointError as error:  # the rate is too large for this model: not a candidate
-                sweep[method.name][lr] = None
-                print(f"  {method.name} outer lr {lr:g}: diverged ({str(error).split(':')[0]})")
-                continue
-            score = summary_mean(scores(recon, val.stacked(), val_observed)["hidden"])
-            sweep[method.name][lr] = score
-            print(f"  {method.name} outer lr {lr:g}: validation hidden-pixel PSNR {score:.3f} dB")
-            if lr == best_rate(sweep[method.name]):
-                chosen[method.name] = (lr, learner)
-        if method.name not in chosen:
-            raise SystemExit(f"error: {method.name} diverged at every outer lr of --lr-grid; try smaller ones")
+
+    def train_and_score(method: Method, lr: float) -> tuple[ContextPruningMetaLearner, float]:
+        learner = train(model, method, lr, *data["train"], config)
+        recon = fit(learner, method.test_scaling, val, val_observed, config)
+        return learner, summary_mean(scores(recon, val.stacked(), val_observed)["hidden"])
+
+    start = time.perf_counter()
+    chosen, sweep = sweep_outer_lrs(methods, lrs, train_and_score, "validation hidden-pixel PSNR")
     seconds = time.perf_counter() - start
     test, observed = data["test"]
     truth, coords = test.stacked(), test.coords

@@ -40,7 +40,6 @@ from _common import (
     ExampleConfig,
     Method,
     add_common_flags,
-    best_rate,
     compared_methods,
     example_parser,
     paired_gap,
@@ -48,6 +47,7 @@ from _common import (
     siren_factory,
     summary_mean,
     summary_std,
+    sweep_outer_lrs,
     train_at_rate,
     weighted_psnr,
 )
@@ -245,23 +245,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     methods = compared_methods(config, (-1.0, 1.0))
     torch.manual_seed(config.seed)
     model = siren_factory(config, 2, 3)().to(config.device)
-    chosen, sweep, start = {}, {}, time.perf_counter()
-    for method in methods:
-        sweep[method.name] = {}
-        for lr in lrs:
-            try:
-                learner = train(model, method, lr, data["train"], config)
-                score = summary_mean(fit(learner, method.test_scaling, data["val"], config)[0])
-            except FloatingPointError as error:  # the rate is too large for this model: not a candidate
-                sweep[method.name][lr] = None
-                print(f"  {method.name} outer lr {lr:g}: diverged ({str(error).split(':')[0]})")
-                continue
-            sweep[method.name][lr] = score
-            print(f"  {method.name} outer lr {lr:g}: validation PSNR {score:.3f} dB")
-            if lr == best_rate(sweep[method.name]):
-                chosen[method.name] = (lr, learner)
-        if method.name not in chosen:
-            raise SystemExit(f"error: {method.name} diverged at every outer lr of --lr-grid; try smaller ones")
+
+    def train_and_score(method: Method, lr: float) -> tuple[ContextPruningMetaLearner, float]:
+        learner = train(model, method, lr, data["train"], config)
+        return learner, summary_mean(fit(learner, method.test_scaling, data["val"], config)[0])
+
+    start = time.perf_counter()
+    chosen, sweep = sweep_outer_lrs(methods, lrs, train_and_score)
     seconds = time.perf_counter() - start
     results, psnr, recons, whole_psnr, whole_recons = {}, {}, {}, {}, {}
     for method in methods:

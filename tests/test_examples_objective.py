@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 
 import pytest
 import torch
@@ -109,8 +110,26 @@ def test_paired_gap_on_known_differences():
 def test_rate_picking_skips_diverged_rates():
     for name in ("masked_images", "ragged_images"):
         module = load_example(name)
-        assert module.best_rate({1e-4: 20.0, 3e-4: 21.5, 1e-3: None, 3e-3: float("nan")}) == 3e-4
-        assert module.best_rate({1e-4: 20.0, 3e-4: 20.0}) == 1e-4  # the first of equals
+        common = sys.modules[module.sweep_outer_lrs.__module__]  # examples/_common, which both examples use
+        assert common.best_rate({1e-4: 20.0, 3e-4: 21.5, 1e-3: None, 3e-3: float("nan")}) == 3e-4
+        assert common.best_rate({1e-4: 20.0, 3e-4: 20.0}) == 1e-4  # the first of equals
+
+
+def test_the_sweep_keeps_each_methods_best_rate_and_records_diverged_ones():
+    module = load_example("masked_images")
+    methods = module.compared_methods(_tiny_setup(module, TINY_MASKED)[1], (-1.0, 1.0))
+    scores = {1e-4: 20.0, 3e-4: 21.5, 1e-3: None}
+
+    def train_and_score(method, lr):
+        if scores[lr] is None:
+            raise FloatingPointError("meta_step 3: not finite")
+        return f"{method.name}@{lr:g}", scores[lr]
+
+    chosen, sweep = module.sweep_outer_lrs(methods, list(scores), train_and_score)
+    assert chosen == {m.name: (3e-4, f"{m.name}@0.0003") for m in methods}
+    assert sweep == {m.name: scores for m in methods}
+    with pytest.raises(SystemExit, match="diverged at every outer lr"):
+        module.sweep_outer_lrs(methods, [1e-3], train_and_score)
 
 
 def _tiny_setup(module, argv):

@@ -36,6 +36,7 @@ from .training import (
     evaluate,
     meta_train,
     siren_factory,
+    sweep_outer_lrs,
     train_at_rate,
 )
 
@@ -70,6 +71,7 @@ __all__ = [
     "siren_factory",
     "summary_mean",
     "summary_std",
+    "sweep_outer_lrs",
     "train_at_rate",
     "weighted_psnr",
 ]

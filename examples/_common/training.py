@@ -14,6 +14,7 @@ from ecop_wrap import ContextPruningMetaLearner, ECoPConfig, GradScaledAdapter, 
 from ecop_wrap.data import SignalDataset
 
 from .flags import ExampleConfig
+from .stats import best_rate
 
 __all__ = [
     "ECOP",
@@ -210,6 +211,36 @@ def train_at_rate(
     finally:
         progress.close()
     return learner
+
+
+def sweep_outer_lrs(
+    methods: tuple[Method, ...],
+    lrs: list[float],
+    train_and_score: Callable[[Method, float], tuple[ContextPruningMetaLearner, float]],
+    label: str = "validation PSNR",
+) -> tuple[dict[str, tuple[float, ContextPruningMetaLearner]], dict[str, dict[float, float | None]]]:
+    """Each method at each outer lr of ``lrs``: ``train_and_score(method, lr) -> (learner, validation score)``;
+    a rate whose training raises ``FloatingPointError`` diverged (score None). Returns ``chosen`` (method name ->
+    the best rate and its learner, by :func:`best_rate`) and ``sweep`` (method name -> rate -> score); exits with
+    an error when a method diverged at every rate."""
+    chosen: dict[str, tuple[float, ContextPruningMetaLearner]] = {}
+    sweep: dict[str, dict[float, float | None]] = {}
+    for method in methods:
+        sweep[method.name] = {}
+        for lr in lrs:
+            try:
+                learner, score = train_and_score(method, lr)
+            except FloatingPointError as error:  # the rate is too large for this model: not a candidate
+                sweep[method.name][lr] = None
+                print(f"  {method.name} outer lr {lr:g}: diverged ({str(error).split(':')[0]})")
+                continue
+            sweep[method.name][lr] = score
+            print(f"  {method.name} outer lr {lr:g}: {label} {score:.3f} dB")
+            if lr == best_rate(sweep[method.name]):
+                chosen[method.name] = (lr, learner)
+        if method.name not in chosen:
+            raise SystemExit(f"error: {method.name} diverged at every outer lr of --lr-grid; try smaller ones")
+    return chosen, sweep
 
 
 def evaluate(
