@@ -9,6 +9,8 @@ measured with torch 2.13 CPU; another torch version may dispatch a few ops more 
 
 from __future__ import annotations
 
+import os
+import sys
 from collections import Counter
 
 import pytest
@@ -22,28 +24,17 @@ from ecop_wrap._src.evaluator import ContextEvaluator
 from ecop_wrap._src.numerics import gather_points, point_chunks, sgd_update
 from ecop_wrap._src.rates import InnerRates
 
-OUTSIDE = "outside"
-
-
-def _enclosing(event, prefix: str) -> str | None:
-    parent = event.cpu_parent
-    while parent is not None:
-        if parent.name.startswith(prefix):
-            return str(parent.name)
-        parent = parent.cpu_parent
-    return None
-
-
-def _top_level(prof) -> list:
-    return [e for e in prof.events() if e.name.startswith("aten::") and _enclosing(e, "aten::") is None]
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+from speed.ops import top_level_ops  # benchmarks/ is put on sys.path just above: the counting the --ops table uses
+from speed.phases import OUTSIDE, enclosing_range
 
 
 def _count(fn) -> tuple[int, Counter, Counter]:
     """Top-level aten ops of ``fn()``: total, per innermost ``ecop.*`` range, per (range, op name)."""
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()
-    ops = _top_level(prof)
-    ranges = [_enclosing(e, "ecop.") or OUTSIDE for e in ops]
+    ops = top_level_ops(prof)
+    ranges = [enclosing_range(e) or OUTSIDE for e in ops]
     return len(ops), Counter(ranges), Counter(zip(ranges, (e.name for e in ops), strict=True))
 
 
