@@ -48,8 +48,9 @@ class MetaLossOutput:
         fit_loss: ``[B]`` full-context loss at theta_K (the MSE by default; also as :attr:`mse`).
         boot_distance: ``[B]`` mu(theta_K, theta_boot) (zeros when the bootstrap is off).
         adapted: name -> ``[B, *shape]`` theta_K of the adapted parameters, detached.
-        fit_term, boot_term: the two terms of ``loss``, differentiable (``mean_b fit_loss`` and
-            ``mean_b lambda * mu``; the learner differentiates them apart for ``boot_trains_shared=False``).
+        fit_term, boot_term: ``[B]`` the two terms of ``loss`` per signal, with their graphs (``fit_loss`` and
+            ``lambda * mu``; ``boot_term`` None without the bootstrap): the learner differentiates their means
+            apart for ``boot_trains_shared=False``.
     """
 
     loss: torch.Tensor
@@ -148,25 +149,29 @@ def meta_objective(
     # With the chunked outer loss, one graph-free full pass at theta_K serves both the bootstrap's first step
     # and the outer loss's surrogate.
     at_theta_k = ctx.full_grad(adapted, with_shared=True, low_precision=config.uses_bootstrap) if ctx.chunked else None
-    lam: float | torch.Tensor = config.lam
+    boot_term = None
     if config.uses_bootstrap:
+        relative = config.lam_mode == "relative"
         first = at_theta_k
-        if first is None and config.lam_mode == "relative":  # the bootstrap's first pass, made here to read g
+        if first is None and relative:  # the bootstrap's first pass, made here to read g
             first = ctx.full_grad(adapted, low_precision=True)
         boot_params = bootstrap(ctx, adapted, steps=config.L, lr=config.boot_lr, first=first)  # type: ignore[arg-type]
         distance = param_distance(adapted, boot_params)
-        if first is not None and config.lam_mode == "relative":
+        lam: float | torch.Tensor = config.lam
+        if relative:
+            assert first is not None
             lam = config.lam * global_norm(list(first.grads.values()))
+        boot_term = lam * distance
     else:
         distance = torch.zeros(ctx.batch, dtype=ctx.values.dtype, device=ctx.values.device)
     # after the bootstrap, so that its transient memory never meets this graph
     fit_loss = ctx.full_mse(adapted, at_params=at_theta_k)
-    loss = (fit_loss + lam * distance).mean() if config.uses_bootstrap else fit_loss.mean()
+    loss = (fit_loss + boot_term).mean() if boot_term is not None else fit_loss.mean()
     return MetaLossOutput(
         loss=loss,
         fit_loss=fit_loss.detach(),
         boot_distance=distance.detach(),
         adapted={n: p.detach() for n, p in adapted.items()},
-        fit_term=fit_loss.mean(),
-        boot_term=(lam * distance).mean(),
+        fit_term=fit_loss,
+        boot_term=boot_term,
     )

@@ -91,6 +91,7 @@ class ContextPruningMetaLearner(LearnerState, Sharing):
                 group["lr"] = check_positive("rates_lr", rates_lr)
             self.optimizer.add_param_group(group)
         self._meta_params = self._params + list(self.rates.tensors.values())
+        self._shared_ids = frozenset(id(p) for p in self.shared_params().values())
         self.step_count = 0
         self._consecutive_skips = 0
         self._monitor = TrainingMonitor(self.config.monitor_window, self.config.max_grad_norm)
@@ -285,7 +286,7 @@ class ContextPruningMetaLearner(LearnerState, Sharing):
     def _splits_bootstrap(self) -> bool:
         """Whether the bootstrap term's gradient must be kept from shared parameters."""
         config = self.config
-        return not config.boot_trains_shared and config.uses_bootstrap and bool(self.shared_params())
+        return not config.boot_trains_shared and config.uses_bootstrap and bool(self._shared_ids)
 
     def _meta_gradient(self, out: MetaLossOutput) -> list[torch.Tensor]:
         """d loss / d (theta_0, rates); with ``boot_trains_shared=False`` the shared parameters' part from the fit
@@ -293,11 +294,11 @@ class ContextPruningMetaLearner(LearnerState, Sharing):
         params = self._meta_params
         if not self._splits_bootstrap():
             return list(torch.autograd.grad(out.loss, params, allow_unused=True, materialize_grads=True))
-        shared = {id(p) for p in self.shared_params().values()}
         assert out.fit_term is not None and out.boot_term is not None
-        fit = torch.autograd.grad(out.fit_term, params, retain_graph=True, allow_unused=True, materialize_grads=True)
-        own = [p for p in params if id(p) not in shared]
-        own_grads = torch.autograd.grad(out.boot_term, own, allow_unused=True, materialize_grads=True)
+        fit_term, boot_term = out.fit_term.mean(), out.boot_term.mean()
+        fit = torch.autograd.grad(fit_term, params, retain_graph=True, allow_unused=True, materialize_grads=True)
+        own = [p for p in params if id(p) not in self._shared_ids]
+        own_grads = torch.autograd.grad(boot_term, own, allow_unused=True, materialize_grads=True)
         boot = {id(p): g for p, g in zip(own, own_grads, strict=True)}
         return [g + boot[id(p)] if id(p) in boot else g for p, g in zip(params, fit, strict=True)]
 
