@@ -166,8 +166,7 @@ class SoftSelection:
         self.temperature = float(temperature)
 
     def scores(self, ctx: ContextEvaluator, params: Params, generator: torch.Generator) -> torch.Tensor:
-        errors = ctx.errors(params)
-        errors = errors if ctx.weights is None else errors * ctx.weights
+        errors = ErrorSelection().scores(ctx, params, generator)  # the paper's (weighted) per-point errors
         tiny = torch.finfo(errors.dtype).tiny
         uniform = torch.rand(errors.shape, generator=generator, device=errors.device, dtype=errors.dtype)
         gumbel = -torch.log(-torch.log(uniform.clamp(tiny, 1.0 - 1e-7)))
