@@ -164,6 +164,12 @@ def test_a_models_recommendations_are_checked():
         ContextPruningMetaLearner(Bad({"inner_lr": -1.0}))
     with pytest.raises(TypeError, match="must be a dict"):
         ContextPruningMetaLearner(Bad(1.0))
+    # one reader checks the recommendation, also where a config makes the other settings moot
+    for outer_lr in (0.0, "1e-3", True):
+        with pytest.raises(ValueError, match=r"Bad\.ecop_defaults\['outer_lr'\] must be a positive number"):
+            ContextPruningMetaLearner(Bad({"outer_lr": outer_lr}), config=ECoPConfig())
+    with pytest.raises(TypeError, match="must be a dict"):
+        ContextPruningMetaLearner(Bad([("inner_lr", 1.0)]), config=ECoPConfig())
 
 
 def test_an_adapter_of_a_bare_model_takes_its_recommended_step_size():

@@ -57,21 +57,31 @@ DEFAULT_OUTER_LR = 3e-4
 """The learner's outer lr where neither the call nor the model (``ecop_defaults["outer_lr"]``) gives one."""
 
 
+def _recommended(model: nn.Module) -> dict[str, Any]:
+    """The model's ``ecop_defaults`` (``{}`` without one), checked to be a dict with a positive ``outer_lr``."""
+    name = f"{type(model).__name__}.ecop_defaults"
+    recommended = getattr(model, "ecop_defaults", None) or {}
+    if not isinstance(recommended, dict):
+        raise TypeError(
+            f"{name} must be a dict of ECoPConfig settings (and outer_lr), got {type(recommended).__name__}"
+        )
+    outer_lr = recommended.get("outer_lr", DEFAULT_OUTER_LR)
+    if isinstance(outer_lr, bool) or not isinstance(outer_lr, (int, float)) or not outer_lr > 0:
+        raise ValueError(f"{name}['outer_lr'] must be a positive number, got {outer_lr!r}")
+    return recommended
+
+
 def model_defaults(model: nn.Module) -> dict[str, Any]:
     """The configuration settings a model recommends for itself (its ``ecop_defaults``: a dict of
     :class:`ECoPConfig` fields, plus ``outer_lr`` for the learner; e.g. ``HashGridINR``'s inner lr 1.0), applied
     where the caller gives neither the setting nor a config."""
-    recommended = getattr(model, "ecop_defaults", None) or {}
-    if not isinstance(recommended, dict):
-        raise TypeError(f"{type(model).__name__}.ecop_defaults must be a dict of ECoPConfig settings")
-    settings = {k: v for k, v in recommended.items() if k != "outer_lr"}
+    settings = {k: v for k, v in _recommended(model).items() if k != "outer_lr"}
     return split_config_kwargs(f"{type(model).__name__}.ecop_defaults", settings)
 
 
 def model_outer_lr(model: nn.Module) -> float:
     """The outer lr a model recommends (``ecop_defaults["outer_lr"]``), else :data:`DEFAULT_OUTER_LR`."""
-    recommended = getattr(model, "ecop_defaults", None) or {}
-    return float(recommended.get("outer_lr", DEFAULT_OUTER_LR)) if isinstance(recommended, dict) else DEFAULT_OUTER_LR
+    return float(_recommended(model).get("outer_lr", DEFAULT_OUTER_LR))
 
 
 def build_components(
