@@ -29,7 +29,7 @@ from matrix.cells import (  # noqa: E402 - benchmarks/ is put on sys.path just a
 )
 from matrix.cli import parse_args, run_matrix  # noqa: E402
 from matrix.report import collapse, format_table, markdown, notes, summarise  # noqa: E402
-from matrix.runner import Outcome, Plan, group, pick, run_argv  # noqa: E402
+from matrix.runner import Outcome, Plan, group, pick, run_argv, val_score  # noqa: E402
 from reproduce import METHOD_TABLE, parse_config  # noqa: E402
 
 MATRIX = os.path.join(ROOT, "benchmarks", "matrix")
@@ -220,9 +220,29 @@ def test_sdf_cells_list_band_error_and_iou_under_the_table():
     ecop |= {"band_error": 0.03, "iou": 0.8}
     learnit |= {"band_error": 0.05, "iou": 0.4}
     entry = summarise(cell, documented(cell), {"ecop": ecop, "learnit": learnit}, steps=5, command="c")
+    # without band PSNRs (records of older runs) the whole field's PSNR stays the headline
+    assert entry["metric"] == "psnr" and "gap_whole_field" not in entry
     assert entry["below_bar"] and entry["ecop"]["band_error"] == 0.03 and entry["learnit"]["iou"] == 0.4
     lines = notes({"_meta": {"absent": []}, "cells": {cell.key: entry}})
-    assert "* siren:glyphs: band error 0.0300 / 0.0500, IoU 0.800 / 0.400" in lines
+    assert "* siren:glyphs: band error 0.0300 / 0.0500, IoU 0.800 / 0.400, whole-field PSNR 20.50 / 21.25" in lines
+
+
+def test_sdf_cells_pair_the_band_psnr_and_keep_the_whole_field_gap_beside_it():
+    cell = parse_cells("siren:glyphs")[0]
+    ecop, learnit = _record([20.0, 21.0], [20.0], 1e-3), _record([21.0, 21.5], [20.5], 1e-4)
+    ecop |= {"band_error": 0.03, "iou": 0.8, "band_psnr": 30.5, "band_psnr_per_signal": [30.0, 31.0]}
+    learnit |= {"band_error": 0.05, "iou": 0.4, "band_psnr": 28.0, "band_psnr_per_signal": [29.0, 27.0]}
+    ecop["val"] |= {"band_psnr_per_signal": [25.0]}
+    learnit["val"] |= {"band_psnr_per_signal": [26.0]}
+    entry = summarise(cell, documented(cell), {"ecop": ecop, "learnit": learnit}, steps=5, command="c")
+    assert entry["metric"] == "band_psnr" and not entry["below_bar"]
+    assert entry["gap"]["mean_db"] == 2.5 and entry["gap"]["stderr_db"] == 1.5 and entry["gap"]["wins"] == 2
+    assert entry["gap_val"]["mean_db"] == -1.0
+    assert entry["gap_whole_field"]["mean_db"] == -0.75 and entry["gap_whole_field"]["wins"] == 0
+    row = format_table({cell.key: entry}, markdown=True).splitlines()[-1]
+    assert "| 30.50 (band) | 28.00 (band) | +2.50 ± 1.50 | 2/2 | -1.00 ± nan |" in row
+    lines = notes({"_meta": {"absent": []}, "cells": {cell.key: entry}})
+    assert any(line.endswith("whole-field PSNR 20.50 / 21.25 (gap -0.75 ± 0.25)") for line in lines)
 
 
 # ------------------------------------------------------------------------- runs (a fake reproduce)
@@ -275,6 +295,13 @@ def test_a_failed_run_is_retried_cell_by_cell_and_its_cells_skipped_with_the_rea
     # one run per data, then the failed video run once per cell
     assert sorted(len(j.cells) for j in jobs) == [1, 1, 1, 1, 1, 1, 5]
     assert matrix["_meta"]["command"] == "python benchmarks/matrix --steps 3 --cells '*:video,siren:images'"
+
+
+def test_a_sweep_scores_sdf_runs_by_their_band_psnr():
+    assert val_score({"psnr": 20.0}) == 20.0
+    assert val_score({"psnr": 20.0, "band_psnr": 31.5}) == 31.5
+    assert val_score({"psnr": 20.0, "band_psnr": float("nan")}) == -math.inf
+    assert val_score(None) == -math.inf and val_score({"psnr": None}) == -math.inf
 
 
 def test_the_sweep_picks_each_methods_lr_on_validation_and_never_on_test():

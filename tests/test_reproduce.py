@@ -542,6 +542,20 @@ def test_sdf_glyphs_report_band_error_and_iou_per_signal(tmp_path):
         assert len(record["band_error_per_signal"]) == 3 and len(record["iou_per_signal"]) == 3
         assert record["band_error"] >= 0 and 0 <= record["iou"] <= 1 and record["test_loss"] >= 0
         assert "band_error" in record["val"] and "iou" in record["val"]
+        assert len(record["band_psnr_per_signal"]) == 3 and len(record["val"]["band_psnr_per_signal"]) == 3
+
+
+def test_sdf_band_psnr_scores_only_the_points_near_the_outline():
+    from reproduce.sdf import sdf_scores
+
+    truth = torch.tensor([[[0.05], [-0.02], [0.5], [-0.9]], [[0.01], [0.3], [0.4], [0.6]]])
+    error = torch.tensor([[[0.1], [0.2], [5.0], [-7.0]], [[0.02], [1.0], [1.0], [1.0]]])
+    scores = sdf_scores(truth + error, truth, band=0.1, data_range=2.0)
+    # signal 0: band points 0 and 1, MSE (0.01 + 0.04) / 2; signal 1: point 0 only, MSE 4e-4
+    expected = [10 * math.log10(4.0 / 0.025), 10 * math.log10(4.0 / 4e-4)]
+    assert scores["band_psnr_per_signal"] == pytest.approx(expected, abs=1e-3)
+    assert scores["band_psnr"] == pytest.approx(sum(expected) / 2, abs=1e-4)
+    assert scores["band_error_per_signal"] == pytest.approx([0.15, 0.02], abs=1e-6)
 
 
 # ------------------------------------------------------------------- images at their own aspect ratios (issue 22)

@@ -91,7 +91,26 @@ def _method(name: str, record: dict[str, Any]) -> dict[str, Any]:
         "test_psnr_curve": record.get("psnr_curve"),
         "psnr_per_signal": record.get("psnr_per_signal"),
         "val_psnr_per_signal": val.get("psnr_per_signal"),
+        **_band_psnr(record, val),
     }
+
+
+def _band_psnr(record: dict[str, Any], val: dict[str, Any]) -> dict[str, Any]:
+    """An SDF run's PSNR over the band near the outline (reproduce's ``band_psnr``), where it has one."""
+    if record.get("band_psnr_per_signal") is None:
+        return {}
+    return {
+        "band_psnr": record["band_psnr"],
+        "band_psnr_per_signal": record["band_psnr_per_signal"],
+        "val_band_psnr_per_signal": val.get("band_psnr_per_signal"),
+    }
+
+
+def headline(a: dict[str, Any], b: dict[str, Any]) -> str:
+    """The score a cell's gap and bar use: ``"band_psnr"`` when both methods have it (SDF cells: the clamped
+    loss fits only the band near the outline, so the whole field's PSNR mostly scores what no loss asked for),
+    else ``"psnr"``."""
+    return "band_psnr" if a.get("band_psnr_per_signal") and b.get("band_psnr_per_signal") else "psnr"
 
 
 def summarise(
@@ -130,9 +149,11 @@ def summarise(
     if results is None or ecop not in results or learnit not in results:
         return {**out, "status": "skipped", "reason": error or "no results"}
     a, b = _method(ecop, results[ecop]), _method(learnit, results[learnit])
-    gap = paired_gap(a["psnr_per_signal"], b["psnr_per_signal"])
-    both_val = a["val_psnr_per_signal"] and b["val_psnr_per_signal"]
-    gap_val = paired_gap(a["val_psnr_per_signal"], b["val_psnr_per_signal"]) if both_val else None
+    metric = headline(a, b)
+    gap = paired_gap(a[f"{metric}_per_signal"], b[f"{metric}_per_signal"])
+    both_val = a[f"val_{metric}_per_signal"] and b[f"val_{metric}_per_signal"]
+    gap_val = paired_gap(a[f"val_{metric}_per_signal"], b[f"val_{metric}_per_signal"]) if both_val else None
+    field_gap = paired_gap(a["psnr_per_signal"], b["psnr_per_signal"]) if metric != "psnr" else None
     memory = a["memory_bytes"] / b["memory_bytes"] if a["memory_bytes"] and b["memory_bytes"] else None
     cpu = [m["cpu_seconds_per_step"] for m in (a, b)]
     return {
@@ -141,8 +162,10 @@ def summarise(
         "data_description": results.get("_meta", {}).get("data"),
         "ecop": a,
         "learnit": b,
+        "metric": metric,
         "gap": gap,
         "gap_val": gap_val,
+        **({"gap_whole_field": field_gap} if field_gap is not None else {}),
         "below_bar": gap["mean_db"] < BAR_DB,
         "memory_ratio": round(memory, 4) if memory is not None else None,
         "cpu_minutes_at_1000_steps": round(sum(cpu) * 1000 / 60, 1) if all(c is not None for c in cpu) else None,
@@ -198,8 +221,7 @@ def _row(entry: dict[str, Any]) -> list[str]:
     collapsed = "; ".join(f"{who}: {m['collapsed']}" for who, m in (("ECoP", a), ("Learnit", b)) if m["collapsed"])
     return [
         *head,
-        f"{a['psnr']:.2f}",
-        f"{b['psnr']:.2f}",
+        *(_score(m, entry.get("metric", "psnr")) for m in (a, b)),
         f"{gap['mean_db']:+.2f} ± {gap['stderr_db']:.2f}",
         f"{gap['wins']}/{gap['signals']}",
         "-" if val is None else f"{val['mean_db']:+.2f} ± {val['stderr_db']:.2f}",
@@ -209,6 +231,10 @@ def _row(entry: dict[str, Any]) -> list[str]:
         "BELOW" if entry["below_bar"] else "ok",
         collapsed or "no",
     ]
+
+
+def _score(method: dict[str, Any], metric: str) -> str:
+    return f"{method[metric]:.2f}" + (" (band)" if metric == "band_psnr" else "")
 
 
 HEADER = [
@@ -270,14 +296,19 @@ def notes(matrix: dict[str, Any]) -> list[str]:
     if sdf:
         out += [
             "",
-            "SDF cells: the PSNR is over the whole field, most of which the clamped L1 loss does not fit (errors "
-            "beyond the clamp cost nothing); the SDF scores, ECoP / Learnit (band error: mean |error| near the "
-            "outline, lower is better; IoU of the interiors, higher is better):",
+            "SDF cells: their PSNR and gap (marked band) are over the points near the outline (|SDF| < the band), "
+            "where the clamped L1 loss fits the field; the whole field's PSNR, most of which no loss asked for "
+            "(errors beyond the clamp cost nothing), is given here with the other SDF scores, ECoP / Learnit (band "
+            "error: mean |error| near the outline, lower is better; IoU of the interiors, higher is better):",
         ]
         for key, e in sdf.items():
             a, b = e["ecop"], e["learnit"]
             band = f"band error {a['band_error']:.4f} / {b['band_error']:.4f}"
-            out.append(f"* {key}: {band}, IoU {a['iou']:.3f} / {b['iou']:.3f}")
+            field = f"whole-field PSNR {a['psnr']:.2f} / {b['psnr']:.2f}"
+            if e.get("gap_whole_field"):
+                g = e["gap_whole_field"]
+                field += f" (gap {g['mean_db']:+.2f} ± {g['stderr_db']:.2f})"
+            out.append(f"* {key}: {band}, IoU {a['iou']:.3f} / {b['iou']:.3f}, {field}")
     refs = {e["data"]: e["data_ref"] for e in cells.values()}
     out += ["", "Data and shared settings:"] + [f"* {data}: {ref}" for data, ref in refs.items()]
     if meta.get("absent"):

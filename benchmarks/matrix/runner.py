@@ -192,10 +192,12 @@ def _cost(job: Job) -> float:
 
 
 def val_score(record: dict[str, Any] | None) -> float:
-    """A method's validation PSNR in a sweep run (``--eval-split val``); -inf if missing or not finite."""
-    if not record or not isinstance(record.get("psnr"), (int, float)) or not math.isfinite(record["psnr"]):
+    """A method's validation PSNR in a sweep run (``--eval-split val``), over the band near the outline for SDFs
+    (the score the cell's gap uses); -inf if missing or not finite."""
+    key = "band_psnr" if record and "band_psnr" in record else "psnr"
+    if not record or not isinstance(record.get(key), (int, float)) or not math.isfinite(record[key]):
         return -math.inf
-    return float(record["psnr"])
+    return float(record[key])
 
 
 def pick(scores: dict[float, float]) -> float | None:

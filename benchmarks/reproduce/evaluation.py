@@ -205,7 +205,7 @@ def evaluate(
         **extra,
     }
     if splits.modality == "sdf":
-        out |= sdf_scores(pred, values, splits.meta["band"])
+        out |= sdf_scores(pred, values, splits.meta["band"], splits.data_range)
     if splits.modality == "image" and ragged is not None:
         out["ssim_note"] = "no SSIM/LPIPS for signals of different shapes (--aspect-crops)"
     elif splits.modality == "image":

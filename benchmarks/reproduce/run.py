@@ -47,7 +47,7 @@ class _Run:
         if config.eval_split == "both":
             on_val = self._evaluate(model, data, "val", setting)
             kept = ("psnr", "psnr_std", "psnr_per_signal", "ssim", "psnr_observed", "psnr_observed_per_signal")
-            extra = ("test_loss", "test_loss_per_signal", "band_error", "iou")
+            extra = ("test_loss", "test_loss_per_signal", "band_error", "iou", "band_psnr", "band_psnr_per_signal")
             out["val"] = {k: on_val[k] for k in (*kept, *extra) if k in on_val}
         return out
 
@@ -113,7 +113,8 @@ def _log_result(log: Callable[[str], None], method: str, record: dict[str, Any])
     ssim_text = "" if record.get("ssim") is None else f"  SSIM {record['ssim']:.3f}"
     loss_text = "" if "test_loss" not in record else f"  test loss {record['test_loss']:.4g}"
     if "iou" in record:
-        loss_text += f"  band error {record['band_error']:.4f}  IoU {record['iou']:.3f}"
+        loss_text += f"  band error {record['band_error']:.4f}  band PSNR {record['band_psnr']:.2f}"
+        loss_text += f"  IoU {record['iou']:.3f}"
     hidden = "" if "psnr_observed" not in record else f" on hidden pixels ({record['psnr_observed']:.2f} observed)"
     log(f"  -> {method}: PSNR {record['psnr']:.2f} dB{hidden}{ssim_text}{loss_text}")
 

@@ -61,17 +61,26 @@ def sdf_splits(config: RunConfig) -> Splits:
     return Splits(train.coords, train, val, test, (r, r), "sdf", 2.0, desc, meta)
 
 
-def sdf_scores(pred: torch.Tensor, truth: torch.Tensor, band: float) -> dict[str, float | list[float]]:
-    """Per signal and mean: ``band_error``, the mean ``|SDF error|`` where ``|truth| < band``, and ``iou``, the
-    IoU of the interiors (``< 0``); ``pred``, ``truth``: ``[N, M, 1]``."""
+def sdf_scores(
+    pred: torch.Tensor, truth: torch.Tensor, band: float, data_range: float
+) -> dict[str, float | list[float]]:
+    """Per signal and mean: ``band_error``, the mean ``|SDF error|`` where ``|truth| < band``; ``band_psnr``, the
+    PSNR over the same points (``10 log10(data_range^2 / MSE)``: the field's PSNR where the clamped loss is
+    fitted, so beyond the clamp nothing counts); and ``iou``, the IoU of the interiors (``< 0``); ``pred``,
+    ``truth``: ``[N, M, 1]``."""
     near = truth.abs() < band
-    error = ((pred - truth).abs() * near).sum(dim=(1, 2)) / near.sum(dim=(1, 2)).clamp_min(1)
+    count = near.sum(dim=(1, 2)).clamp_min(1)
+    error = ((pred - truth).abs() * near).sum(dim=(1, 2)) / count
+    band_mse = ((pred - truth).pow(2) * near).sum(dim=(1, 2)) / count
+    band_psnr = 10.0 * torch.log10(data_range**2 / band_mse.clamp_min(torch.finfo(band_mse.dtype).tiny))
     inside_pred, inside_true = pred < 0, truth < 0
     union = (inside_pred | inside_true).sum(dim=(1, 2)).clamp_min(1)
     iou = (inside_pred & inside_true).sum(dim=(1, 2)) / union
     return {
         "band_error": float(error.mean()),
         "band_error_per_signal": [round(float(v), 6) for v in error],
+        "band_psnr": float(band_psnr.mean()),
+        "band_psnr_per_signal": [round(float(v), 3) for v in band_psnr],
         "iou": float(iou.mean()),
         "iou_per_signal": [round(float(v), 5) for v in iou],
     }
