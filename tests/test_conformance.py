@@ -213,7 +213,7 @@ def test_both_backends_agree(family):
     assert_all_close(torch_func[1], higher[1], rtol=1e-10, atol=1e-13)
 
 
-@pytest.mark.parametrize("selection", ["random", "soft"])
+@pytest.mark.parametrize("selection", ["random", "soft", "mixed"])
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("family", FAMILIES, ids=FAMILY_IDS)
 def test_random_selection_matches_the_reference_for_the_subsets_it_drew(family, backend, selection):

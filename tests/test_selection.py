@@ -20,6 +20,7 @@ from ecop_wrap.extend import (
     ALL_POINTS,
     ContextEvaluator,
     InnerRates,
+    MixedSelection,
     SoftSelection,
     inner_loop,
     make_backend,
@@ -423,6 +424,43 @@ def test_soft_selection_temperature_interpolates_between_error_ranking_and_unifo
     torch.testing.assert_close(frequency, torch.full((5,), 0.2, dtype=torch.float64), rtol=0, atol=0.015)
     with pytest.raises(ValueError, match="temperature must be > 0"):
         SoftSelection(temperature=0.0)
+
+
+def _kept_frequency(rule, errors, keep, draws=20_000, weights=None):
+    """How often each of the points of ``errors [M]`` is among the top ``keep`` scores, over seeded draws."""
+    batch = errors.expand(draws, -1)
+    scores = rule.scores(
+        _FixedErrors(batch, None if weights is None else weights.expand(draws, -1)),
+        {},
+        torch.Generator().manual_seed(0),
+    )
+    kept = torch.zeros_like(batch).scatter_(1, scores.topk(keep, dim=1).indices, 1.0)
+    return kept.mean(0)
+
+
+def test_mixed_selection_interpolates_between_error_ranking_and_uniform_sampling():
+    errors = torch.tensor([0.5, 0.1, 0.9, 0.0, 0.3, 0.7, 0.2, 0.8, 0.4, 0.6], dtype=torch.float64)
+    top = errors.topk(4).indices
+    paper = torch.zeros(10, dtype=torch.float64).index_fill_(0, top, 1.0)
+    assert torch.equal(_kept_frequency(MixedSelection(uniform_share=0.0), errors, 4, draws=50), paper)
+    uniform = _kept_frequency(MixedSelection(uniform_share=1.0), errors, 4)
+    torch.testing.assert_close(uniform, torch.full((10,), 0.4, dtype=torch.float64), rtol=0, atol=0.015)
+    # half and half: about half of the kept points are the top errors of the rest, the others uniform, so the
+    # lowest-error point is kept about as often as a uniform draw of half the kept points keeps it (2 of 10)
+    half = _kept_frequency(MixedSelection(uniform_share=0.5), errors, 4)
+    assert 0.12 < float(half[3]) < 0.28 and float(half[2]) > 0.6  # 0.0 error vs 0.9 error
+    assert float(half[top].sum()) / 4 > 0.5 + 0.05
+    torch.testing.assert_close(half.sum(), torch.tensor(4.0, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"uniform_share must be in \[0, 1\]"):
+        MixedSelection(uniform_share=1.5)
+
+
+def test_mixed_selection_never_draws_a_point_of_weight_zero():
+    errors = torch.tensor([0.0, 0.0, 0.0, 0.1, 0.2, 0.3, 0.4, 0.5], dtype=torch.float64)
+    weights = torch.tensor([0, 0, 0, 1, 1, 1, 1, 1], dtype=torch.float64)
+    frequency = _kept_frequency(MixedSelection(uniform_share=1.0), errors, 3, weights=weights)
+    assert bool((frequency[:3] == 0).all())
+    torch.testing.assert_close(frequency[3:], torch.full((5,), 0.6, dtype=torch.float64), rtol=0, atol=0.02)
 
 
 def test_soft_selection_keeps_k_distinct_points_of_positive_weight_and_the_learner_is_seeded():

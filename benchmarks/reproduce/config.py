@@ -113,8 +113,8 @@ class RunConfig:
     selection: str = option(
         "error",
         "selection rule of the ECoP methods (ECoPConfig.selection): error (the paper's), soft (drawn with "
-        "probabilities proportional to the error), random, gradncp",
-        choices=["error", "soft", "random", "gradncp"],
+        "probabilities proportional to the error), mixed (error ranking with a uniformly drawn half), random, gradncp",
+        choices=["error", "soft", "mixed", "random", "gradncp"],
     )
     lam_mode: str = option(
         "absolute",

@@ -148,7 +148,8 @@ class ECoPConfig:
     selection: str = _hyper(
         "error",
         'name of a registered selection rule: ``"error"`` (the paper\'s), ``"random"``, ``"soft"`` (drawn with '
-        'probabilities proportional to the error), ``"gradncp"`` (the authors\' code) or one added with '
+        'probabilities proportional to the error), ``"mixed"`` (error ranking with a uniformly drawn half), '
+        '``"gradncp"`` (the authors\' code) or one added with '
         ":func:`~ecop_wrap.register_selection`.",
         _selection,
         algorithm=True,

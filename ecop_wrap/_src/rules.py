@@ -29,6 +29,7 @@ __all__ = [
     "ErrorSelection",
     "GradNCPSelection",
     "LossRatioScaling",
+    "MixedSelection",
     "NoScaling",
     "NormScaling",
     "RandomSelection",
@@ -173,6 +174,38 @@ class SoftSelection:
         return errors.clamp_min(tiny).log() / self.temperature + gumbel
 
 
+class MixedSelection:
+    """Error ranking with an unbiased part (as EVOS and NINT keep one): every point is scored by its error's rank
+    in its signal, ``rank / M`` in ``(0, 1]``, except that, independently with probability ``uniform_share``, a
+    point is scored by a uniform draw from ``[0, 1)`` instead. The draws follow the ranks' distribution, so in
+    expectation a ``uniform_share`` of the kept points are drawn uniformly (whatever their error) and the rest are
+    the points of largest error among the others. ``uniform_share=0`` is the paper's rule, ``1`` uniform
+    sampling. Points of weight 0 (a ragged batch's padding) come last.
+
+    Register other shares with ``register_selection("mixed25", lambda model, layer=None:
+    MixedSelection(model, uniform_share=0.25))``.
+    """
+
+    name = "mixed"
+    uses_generator = True
+
+    def __init__(self, model: nn.Module | None = None, layer: nn.Module | None = None, uniform_share: float = 0.5):
+        del model, layer
+        if not 0.0 <= uniform_share <= 1.0:
+            raise ValueError(f"uniform_share must be in [0, 1], got {uniform_share!r}")
+        self.uniform_share = float(uniform_share)
+
+    def scores(self, ctx: ContextEvaluator, params: Params, generator: torch.Generator) -> torch.Tensor:
+        errors = ErrorSelection().scores(ctx, params, generator)  # [B, M], weighted
+        num_points = errors.shape[1]
+        steps = torch.arange(1, num_points + 1, device=errors.device, dtype=errors.dtype) / num_points
+        ranks = torch.empty_like(errors).scatter_(1, errors.argsort(dim=1), steps.expand_as(errors))
+        draws = torch.rand(errors.shape, generator=generator, device=errors.device, dtype=errors.dtype)
+        uniform = torch.rand(errors.shape, generator=generator, device=errors.device) < self.uniform_share
+        scores = torch.where(uniform, draws, ranks)
+        return scores if ctx.weights is None else scores.masked_fill(ctx.weights <= 0, -1.0)  # padding: last
+
+
 class GradNCPSelection:
     """The authors' released code: rank by the norm of the per-point gradient w.r.t. the output layer.
 
@@ -272,6 +305,7 @@ class NoScaling:
 register_selection("error", ErrorSelection)
 register_selection("random", RandomSelection)
 register_selection("soft", SoftSelection)
+register_selection("mixed", MixedSelection)
 register_selection("gradncp", GradNCPSelection)
 register_scaling("norm", NormScaling)
 register_scaling("loss", LossRatioScaling)
