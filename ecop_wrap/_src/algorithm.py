@@ -28,7 +28,7 @@ from torch.profiler import record_function
 from ..typing import Params
 from .config import ECoPConfig
 from .evaluator import ContextEvaluator, FullGrad
-from .numerics import ALL_POINTS, Points, global_norm, num_selected, sgd_update, topk_indices, weighted_topk
+from .numerics import ALL_POINTS, Points, flat_cat, global_norm, num_selected, sgd_update, topk_indices, weighted_topk
 from .rates import InnerRates
 from .rules import SelectionRule
 
@@ -123,7 +123,12 @@ def bootstrap(ctx: ContextEvaluator, params: Params, *, steps: int, lr: float, f
 
 def param_distance(params: Params, target: Params) -> torch.Tensor:
     """mu: per-signal global L2 norm (not squared) of ``params - target`` over the adapted parameters, ``[B]``."""
-    return global_norm([params[n] - target[n] for n in params])
+    # one subtraction of the concatenated parameters (the same elementwise differences as one per tensor, in
+    # three fewer ops for a 5-layer SIREN); the cat saves nothing for the backward, the norm saves the difference
+    distance: torch.Tensor = torch.linalg.vector_norm(
+        flat_cat(params.values()) - flat_cat(target[n] for n in params), dim=1
+    )
+    return distance
 
 
 def meta_objective(

@@ -5,7 +5,7 @@ All functions work on a batch of signals: ``B`` signals of ``M`` points with ``D
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 
@@ -17,6 +17,7 @@ __all__ = [
     "Points",
     "coords_chunk",
     "expand_params",
+    "flat_cat",
     "gather_points",
     "global_norm",
     "num_selected",
@@ -125,10 +126,14 @@ def _batch_rows(idx: torch.Tensor) -> torch.Tensor:
     return rows
 
 
+def flat_cat(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
+    """Tensors ``[B, ...]`` flattened per signal and concatenated: ``[B, sum of their sizes]``."""
+    return torch.cat([t if t.ndim == 2 else t.flatten(1) for t in tensors], dim=1)  # flatten(1) of 2-d: itself
+
+
 def global_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
     """Per-signal L2 norm over all tensors together: list of ``[B, ...]`` -> ``[B]``."""
-    flat = [t if t.ndim == 2 else t.flatten(1) for t in tensors]  # flatten(1) of a 2-d tensor is itself
-    norms: torch.Tensor = torch.linalg.vector_norm(torch.cat(flat, dim=1), dim=1)
+    norms: torch.Tensor = torch.linalg.vector_norm(flat_cat(tensors), dim=1)
     return norms
 
 
