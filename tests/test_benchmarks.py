@@ -1,5 +1,5 @@
-"""benchmarks/speed's measurement modes (--phases, --ops, --compare, --fit) at tiny sizes: the tables have their
-rows, the JSON its fields, and the phase and op accounting adds up. No timing is asserted."""
+"""benchmarks/speed's measurement modes (--phases, --ops, --compare, --fit, --scale) at tiny sizes: the tables have
+their rows, the JSON its fields, and the phase and op accounting adds up. No timing is asserted."""
 
 from __future__ import annotations
 
@@ -121,6 +121,21 @@ def test_ops_counts_every_configuration_for_both_methods(tmp_path):
         assert any(line.startswith(config) for line in stdout.splitlines()), config
     assert rows["torch.func loop"]["ECoP"]["batching"] == "loop"
     assert "ECoP / Learnit" in stdout
+
+
+@pytest.mark.parametrize("method", ["ecop", "learnit"])
+def test_scale_reports_each_steps_cpu_split_faults_and_peak_rss(tmp_path, method):
+    argv = ["--scale", *TINY, "--repeats", "2", "--scale-method", method, "--scale-settings", "chunk_size=16"]
+    stdout, result = _run(argv, tmp_path)
+    scale = result["scale"]
+    assert scale["method"] == method and scale["settings"] == {"chunk_size": "16"} and len(scale["steps"]) == 2
+    assert scale["hyper"]["gamma"] == (0.25 if method == "ecop" else 1.0)
+    for step in scale["steps"]:
+        assert step["wall_s"] > 0 and step["user_s"] >= 0 and step["sys_s"] >= 0 and step["minor_faults"] >= 0
+        assert step["peak_rss_gib"] > 0
+    walls = [step["wall_s"] for step in scale["steps"]]
+    assert scale["median_wall_s"] == pytest.approx(sum(walls) / 2)  # the median of two steps
+    assert f"--scale: {method} meta-step at side 8 (M = 64)" in stdout
 
 
 def test_top_level_ops_leave_out_the_ops_an_op_calls():

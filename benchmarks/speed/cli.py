@@ -26,12 +26,18 @@ from typing import Any
 
 import torch
 
-from . import backends, compare, fit, ops, phases
+from . import backends, compare, fit, ops, phases, scale
 from .common import load_average, parse_ints, run_info, write_json
 
-MEASUREMENTS = ("phases", "ops", "compare", "fit")
+MEASUREMENTS = ("phases", "ops", "compare", "fit", "scale")
 """The measurement flags, in the order they run (and the keys of the JSON they write)."""
-RUNNERS = {"phases": phases.run_phases, "ops": ops.run_ops, "compare": compare.run_compare, "fit": fit.run_fit}
+RUNNERS = {
+    "phases": phases.run_phases,
+    "ops": ops.run_ops,
+    "compare": compare.run_compare,
+    "fit": fit.run_fit,
+    "scale": scale.run_scale,
+}
 
 
 def strip_option(argv: list[str], option: str) -> list[str]:
@@ -78,7 +84,7 @@ def _print_compare_per_thread_count(runs: list[dict[str, Any]]) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    docs = "\n".join(m.__doc__ or "" for m in (sys.modules[__name__], backends, phases, ops, compare, fit))
+    docs = "\n".join(m.__doc__ or "" for m in (sys.modules[__name__], backends, phases, ops, compare, fit, scale))
     ap = argparse.ArgumentParser(
         prog="benchmarks/speed", description=docs, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -107,6 +113,7 @@ def parser() -> argparse.ArgumentParser:
     modes.add_argument("--ops", action="store_true", help="top-level aten ops per meta-step, ECoP vs Learnit")
     modes.add_argument("--compare", action="store_true", help="Learnit vs ECoP default / bf16 / compile / both")
     modes.add_argument("--fit", action="store_true", help="time to quality of test-time fitting schedules")
+    modes.add_argument("--scale", action="store_true", help="one unprofiled meta-step in a memory mode, at scale")
     ops_group = ap.add_argument_group("--ops")
     ops_group.add_argument(
         "--ops-configs",
@@ -131,6 +138,14 @@ def parser() -> argparse.ArgumentParser:
         help="ECoP modes to time against Learnit, subset of: " + ", ".join(compare.SPEED_MODES),
     )
     _add_fit_options(ap.add_argument_group("--fit"))
+    scale_group = ap.add_argument_group("--scale")
+    scale_group.add_argument("--scale-method", choices=["ecop", "learnit"], default="ecop")
+    scale_group.add_argument(
+        "--scale-settings",
+        default=scale.DEFAULT_SETTINGS,
+        metavar="KEY=VALUE,...",
+        help="learner settings of the step (default: the memory modes of issue 25's item 5)",
+    )
     return ap
 
 
@@ -181,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("--repeats must be >= 1")
     if len(threads) > 1:
         if not chosen:
-            raise SystemExit("a list of --threads needs --phases, --ops, --compare or --fit")
+            raise SystemExit("a list of --threads needs --phases, --ops, --compare, --fit or --scale")
         run_per_thread_count(args, argv, threads)
         return
     if threads[0]:
