@@ -103,9 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(group, ("gamma", "inner_steps", "bootstrap_steps", "lam"), {"lam": lam}, lam=0.1)
     group.add_argument(
         "--selection",
-        choices=("error", "random", "gradncp"),
+        choices=("error", "mixed", "soft", "random", "gradncp"),
         default="error",
-        help="how ECoP prunes the context: largest errors (the paper), at random, or GradNCP scores",
+        help="how ECoP prunes the context: largest errors (the paper), half of them largest errors and half "
+        "uniform (mixed), drawn in proportion to the error (soft), at random, or GradNCP scores",
     )
     group.add_argument(
         "--boot-lr", type=float, default=None, help="step size of the bootstrap steps (default: --inner-lr)"

@@ -21,6 +21,7 @@ from matrix.cells import (  # noqa: E402 - benchmarks/ is put on sys.path just a
     DATA,
     DOCUMENTED,
     MODELS,
+    Setting,
     absent_cells,
     all_cells,
     documented,
@@ -81,6 +82,17 @@ def test_every_cell_has_documented_lrs_with_a_reference_or_says_whose_it_inherit
     assert (documented(parse_cells("siren:images")[0]).ecop_lr, DOCUMENTED["siren:images"].learnit_lr) == (3e-4, 1e-3)
     assert documented(parse_cells("lr_tensor:sphere")[0]).inherited_from == "siren:sphere"
     assert [lr_text(v) for v in (3e-4, 1e-2, 1.0, 0.05)] == ["3e-4", "1e-2", "1", "5e-2"]
+
+
+def test_a_cell_may_give_learnit_its_own_validated_inner_lr():
+    cell = parse_cells("hashgrid:sphere")[0]
+    setting = Setting(1e-2, 3e-3, "a sweep", inner_lr=0.1, learnit_inner_lr=0.3)
+    config = parse_config(run_argv([cell], Plan(steps=3, eval_size=2), {cell.key: setting}, split="test", steps=3))
+    ecop, learnit = (METHOD_TABLE[m].training(config) for m in ("hashgrid_ecop", "hashgrid_learnit"))
+    assert ecop.inner_lr == 0.1 and ecop.hyper["boot_lr"] == 0.1 and learnit.inner_lr == 0.3
+    same = Setting(1e-2, 3e-3, "a sweep", inner_lr=0.1)
+    config = parse_config(run_argv([cell], Plan(steps=3, eval_size=2), {cell.key: same}, split="test", steps=3))
+    assert METHOD_TABLE["hashgrid_learnit"].training(config).inner_lr == 0.1
 
 
 def test_run_arguments_reach_reproduce_as_each_cell_documents():

@@ -140,6 +140,7 @@ def summarise(
             "ecop_outer_lr": setting.ecop_lr,
             "learnit_outer_lr": setting.learnit_lr,
             "inner_lr": setting.inner_lr,
+            "learnit_inner_lr": setting.learnit_inner_lr,
             "ecop_lam": setting.ecop_lam,
             **({"sweep": sweep} if sweep is not None else {}),
         },
@@ -282,6 +283,7 @@ def notes(matrix: dict[str, Any]) -> list[str]:
         extra = "".join(
             [
                 f"; inner and bootstrap lr {lrs['inner_lr']:g}" if lrs["inner_lr"] is not None else "",
+                f" (Learnit's inner lr {lrs['learnit_inner_lr']:g})" if lrs.get("learnit_inner_lr") is not None else "",
                 f"; ECoP lambda {lrs['ecop_lam']:g}" if lrs["ecop_lam"] is not None else "",
                 f"; {entry['note']}" if entry["note"] else "",
             ]
