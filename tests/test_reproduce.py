@@ -390,6 +390,23 @@ _TINY_IMAGES = [
 ]  # fmt: skip
 
 
+@pytest.mark.parametrize("timed", [False, True])
+def test_runs_repeat_their_numbers_unless_auto_batching_is_timed(tmp_path, monkeypatch, timed):
+    """Untimed (the default), batching='auto' takes the first correct mode whatever the load; the JSON says which
+    mode each learner ran and whether auto was timed."""
+    from reproduce import main
+
+    monkeypatch.setenv("ECOP_WRAP_BATCHING_BENCHMARK", "1")
+    out = tmp_path / "run.json"
+    main([*_TINY_IMAGES, "--methods", "ecop", *(["--timed-batching"] if timed else []), "--json", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["_meta"]["batching_auto_timed"] is timed
+    assert os.environ["ECOP_WRAP_BATCHING_BENCHMARK"] == ("1" if timed else "0")
+    assert saved["ecop"]["train"]["batching"] in ("bmm", "vmap", "loop")
+    if not timed:
+        assert saved["ecop"]["train"]["batching"] == "bmm"  # a SIREN's first correct mode
+
+
 def test_loss_flags_reach_every_learner_and_the_test_time_adapter():
     from reproduce import METHOD_TABLE, RunConfig
     from reproduce.evaluation import _adapter

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 import types
@@ -14,7 +15,7 @@ from typing import Any
 
 from ecop_wrap import LOSSES
 
-from .config import DATA, RunConfig
+from .config import BATCHING_BENCHMARK_ENV, DATA, RunConfig
 from .methods import METHOD_TABLE, METHODS
 from .models import MODELS
 from .report import compare_files, format_gaps, format_table, paired_gaps, save_plot
@@ -128,6 +129,8 @@ def parse_config(argv: Sequence[str] | None = None) -> RunConfig:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the comparison (or ``--merge`` / ``--paired`` result files), print the tables, write ``--json``."""
     config = parse_config(argv)
+    if not config.timed_batching:  # before any learner exists; worker processes inherit it
+        os.environ[BATCHING_BENCHMARK_ENV] = "0"
     started = time.perf_counter()
 
     def log(text: str) -> None:

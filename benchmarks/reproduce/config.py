@@ -19,6 +19,8 @@ DATA = "data"
 ``--sdf``)."""
 NERV = "NeRV (nerv_* methods)"
 HASH_GRID = "hash grid (hashgrid_* methods)"
+BATCHING_BENCHMARK_ENV = "ECOP_WRAP_BATCHING_BENCHMARK"
+"""The library's switch of ``batching="auto"``'s timing (``"0"``: off), set by ``--timed-batching``'s absence."""
 
 
 def option(
@@ -166,6 +168,14 @@ class RunConfig:
     device: str = option("cuda" if torch.cuda.is_available() else "cpu")
     json: Path | None = option(None, "write results here (and a PNG next to it)")  # noqa: RUF009 - a field()
     no_plot: bool = option(False)
+    timed_batching: bool = option(
+        False,
+        "let batching='auto' time the correct modes on the first call and keep the fastest (the library's "
+        "default). Off here: the timed choice follows the machine's load, modes differ in float32's last bits, and "
+        "outer steps grow those into tenths of a dB between two runs of one command; untimed, auto takes the first "
+        "correct mode and a run repeats its numbers",
+        action="store_true",
+    )
     paired: tuple[str, str] | None = option(
         None,
         "instead of running, print the paired PSNR gap between two methods of (possibly different) "

@@ -14,7 +14,7 @@ from torch import nn
 from ecop_wrap import ContextPruningMetaLearner
 from ecop_wrap.quality import lpips_status
 
-from .config import RunConfig
+from .config import BATCHING_BENCHMARK_ENV, RunConfig
 from .evaluation import calibrated_setting, evaluate, held_out_count
 from .methods import METHOD_TABLE, Method
 from .models import MODELS, build_model, describe_model
@@ -162,6 +162,7 @@ def _meta(config: RunConfig, splits: Splits, device: torch.device) -> dict[str, 
         "eval_seed": config.eval_seed,
         "device": str(device),
         "threads": config.threads,
+        "batching_auto_timed": os.environ.get(BATCHING_BENCHMARK_ENV, "1") != "0",
         "memory_measure": _memory_kind(device),
         "torch": torch.__version__,
         "python": platform.python_version(),

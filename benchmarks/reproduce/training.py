@@ -148,6 +148,9 @@ def train_method(
             **{k: v for k, v in stats.items() if k.startswith("train_")},
         },
     }
+    backend = getattr(trainer, "backend", None)
+    if backend is not None:  # the batching mode the learner ran (auto's choice)
+        record["train"]["batching"] = str(backend.batching)
     rates = getattr(trainer, "inner_lrs", {})
     if rates:  # where the meta-learned step sizes ended up
         every = torch.cat([r.detach().flatten() for r in rates.values()])
