@@ -106,7 +106,7 @@ def test_run_arguments_reach_reproduce_as_each_cell_documents():
     methods = ("ecop", "learnit", "ecop_latent", "learnit_latent", "hashgrid_ecop", "hashgrid_learnit")
     assert set(config.methods) == set(methods)
     lrs = {m: config.outer_lr_of(m) for m in methods}
-    assert lrs == dict(zip(methods, (3e-4, 1e-3, 1e-4, 3e-4, 1e-2, 3e-3), strict=True))
+    assert lrs == dict(zip(methods, (3e-4, 1e-3, 3e-4, 3e-4, 1e-2, 3e-3), strict=True))
     training = {m: METHOD_TABLE[m].training(config) for m in methods}
     assert training["ecop_latent"].hyper["lam"] == 0.1 and training["ecop"].hyper["lam"] == 100.0
     assert training["hashgrid_ecop"].inner_lr == 1.0 and training["hashgrid_ecop"].hyper["boot_lr"] == 1.0

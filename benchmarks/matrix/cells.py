@@ -198,9 +198,22 @@ DOCUMENTED: dict[str, Setting] = {
         validated=False,
     ),
     "latent:images": Setting(
-        1e-4,
         3e-4,
-        f"{_RESULTS}, Latent-only adaptation (latent300_sweep.json; ECoP lambda 0.1 from latent150_lam_probe_*.json)",
+        3e-4,
+        f"{_RESULTS}, The matrix (matrix_100_latent_sweep_lam0.1.json: outer lrs picked on validation from 1e-4, "
+        "3e-4, 1e-3 at 100 steps, boot_trains_shared=False; ECoP lambda 0.1 from latent150_lam_probe_*.json)",
+        ecop_lam=0.1,
+    ),
+    "latent:video": Setting(
+        3e-4,
+        1e-3,
+        f"{_RESULTS}, The matrix (matrix_100_latent_sweep_lam0.1.json, as latent:images)",
+        ecop_lam=0.1,
+    ),
+    "latent:sphere": Setting(
+        1e-3,
+        1e-3,
+        f"{_RESULTS}, The matrix (matrix_100_latent_sweep_lam0.1.json, as latent:images)",
         ecop_lam=0.1,
     ),
     "hashgrid:images": Setting(
