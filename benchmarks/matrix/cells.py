@@ -192,10 +192,10 @@ DOCUMENTED: dict[str, Setting] = {
         "both at an edge of the grid)",
     ),
     "lr_tensor:images": Setting(
-        3e-4,
         1e-3,
-        f"{_RESULTS}, Beyond the paper: meta-learned inner step sizes (the base methods' validated lrs, not re-picked)",
-        validated=False,
+        1e-3,
+        f"{_RESULTS}, The matrix (matrix_100_sweep_rates_sphere_latentglyphs.json: outer lrs picked on validation "
+        "from 1e-4, 3e-4, 1e-3 at 100 steps; the base methods' 3e-4 / 1e-3 before)",
     ),
     "latent:images": Setting(
         3e-4,
@@ -214,6 +214,12 @@ DOCUMENTED: dict[str, Setting] = {
         1e-3,
         1e-3,
         f"{_RESULTS}, The matrix (matrix_100_latent_sweep_lam0.1.json, as latent:images)",
+        ecop_lam=0.1,
+    ),
+    "latent:glyphs": Setting(
+        1e-4,
+        1e-4,
+        f"{_RESULTS}, The matrix (matrix_100_sweep_rates_sphere_latentglyphs.json, as lr_tensor:images)",
         ecop_lam=0.1,
     ),
     "hashgrid:images": Setting(
