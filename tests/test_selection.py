@@ -461,6 +461,11 @@ def test_mixed_selection_never_draws_a_point_of_weight_zero():
     frequency = _kept_frequency(MixedSelection(uniform_share=1.0), errors, 3, weights=weights)
     assert bool((frequency[:3] == 0).all())
     torch.testing.assert_close(frequency[3:], torch.full((5,), 0.6, dtype=torch.float64), rtol=0, atol=0.02)
+    # padding changes nothing for the real points: the same frequencies as the 5 real points alone
+    half = _kept_frequency(MixedSelection(uniform_share=0.5), errors, 3, weights=weights)
+    alone = _kept_frequency(MixedSelection(uniform_share=0.5), errors[3:], 3)
+    assert bool((half[:3] == 0).all())
+    torch.testing.assert_close(half[3:], alone, rtol=0, atol=0.02)
 
 
 def test_soft_selection_keeps_k_distinct_points_of_positive_weight_and_the_learner_is_seeded():

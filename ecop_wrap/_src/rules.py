@@ -202,8 +202,12 @@ class MixedSelection:
         ranks = torch.empty_like(errors).scatter_(1, errors.argsort(dim=1), steps.expand_as(errors))
         draws = torch.rand(errors.shape, generator=generator, device=errors.device, dtype=errors.dtype)
         uniform = torch.rand(errors.shape, generator=generator, device=errors.device) < self.uniform_share
-        scores = torch.where(uniform, draws, ranks)
-        return scores if ctx.weights is None else scores.masked_fill(ctx.weights <= 0, -1.0)  # padding: last
+        if ctx.weights is None:
+            return torch.where(uniform, draws, ranks)
+        padding = ctx.weights <= 0  # ranked lowest (weighted error 0): draw over the real points' ranks only
+        low = padding.sum(dim=1, keepdim=True).to(errors.dtype) / num_points
+        scores = torch.where(uniform, low + draws * (1.0 - low), ranks)
+        return scores.masked_fill(padding, -1.0)  # padding last
 
 
 class GradNCPSelection:
