@@ -106,11 +106,15 @@ def _band_psnr(record: dict[str, Any], val: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def score_key(record: dict[str, Any]) -> str:
+    """The score a run is judged by: ``"band_psnr"`` where it has one (SDF runs: the clamped loss fits only the
+    band near the outline, so the whole field's PSNR mostly scores what no loss asked for), else ``"psnr"``."""
+    return "band_psnr" if record.get("band_psnr") is not None else "psnr"
+
+
 def headline(a: dict[str, Any], b: dict[str, Any]) -> str:
-    """The score a cell's gap and bar use: ``"band_psnr"`` when both methods have it (SDF cells: the clamped
-    loss fits only the band near the outline, so the whole field's PSNR mostly scores what no loss asked for),
-    else ``"psnr"``."""
-    return "band_psnr" if a.get("band_psnr_per_signal") and b.get("band_psnr_per_signal") else "psnr"
+    """The score a cell's gap and bar use: :func:`score_key`'s where both methods agree on it, else ``"psnr"``."""
+    return "band_psnr" if score_key(a) == score_key(b) == "band_psnr" else "psnr"
 
 
 def summarise(

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .cells import Cell, Setting, as_argv, method_flags
+from .report import score_key
 
 BENCHMARKS = Path(__file__).resolve().parent.parent
 ROOT = BENCHMARKS.parent
@@ -194,7 +195,7 @@ def _cost(job: Job) -> float:
 def val_score(record: dict[str, Any] | None) -> float:
     """A method's validation PSNR in a sweep run (``--eval-split val``), over the band near the outline for SDFs
     (the score the cell's gap uses); -inf if missing or not finite."""
-    key = "band_psnr" if record and "band_psnr" in record else "psnr"
+    key = score_key(record) if record else "psnr"
     if not record or not isinstance(record.get(key), (int, float)) or not math.isfinite(record[key]):
         return -math.inf
     return float(record[key])
