@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import Progress, add_flags, example_parser
 
-from ecop_wrap import ContextPruningMetaLearner, GradScaledAdapter, ModulatedSiren
+from ecop_wrap import SELECTION_RULES, ContextPruningMetaLearner, GradScaledAdapter, ModulatedSiren
 from ecop_wrap.data import FONT_FAMILIES, GLYPH_CLASSES, LatentDataset, SignalDataset, glyph_images
 from ecop_wrap.plotting import plot_psnr_curves
 
@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(group, ("gamma", "inner_steps", "bootstrap_steps", "lam"), {"lam": lam}, lam=0.1)
     group.add_argument(
         "--selection",
-        choices=("error", "mixed", "soft", "random", "gradncp"),
+        choices=tuple(SELECTION_RULES),
         default="error",
         help="how ECoP prunes the context: largest errors (the paper), half of them largest errors and half "
         "uniform (mixed), drawn in proportion to the error (soft), at random, or GradNCP scores",

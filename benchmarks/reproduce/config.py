@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from ecop_wrap import SELECTION_RULES
+
 from .methods import method_list, method_rate
 
 INVOCATION = "python benchmarks/reproduce"
@@ -116,7 +118,7 @@ class RunConfig:
         "error",
         "selection rule of the ECoP methods (ECoPConfig.selection): error (the paper's), soft (drawn with "
         "probabilities proportional to the error), mixed (error ranking with a uniformly drawn half), random, gradncp",
-        choices=["error", "soft", "mixed", "random", "gradncp"],
+        choices=list(SELECTION_RULES),  # the library's registry: every rule it knows
     )
     lam_mode: str = option(
         "absolute",
