@@ -55,6 +55,7 @@ from typing import Any
 MODES: dict[str, dict[str, Any]] = {
     "Learnit (gamma=1, K=4)": {"gamma": 1.0, "K": 4, "L": 0, "lam": 0.0},
     "ECoP default": {"gamma": 0.25, "K": 16, "L": 5, "lam": 100.0},
+    "ECoP bootstrap pruned": {"gamma": 0.25, "K": 16, "L": 5, "lam": 100.0, "bootstrap_chunk": "pruned"},
     "ECoP chunk_size": {"gamma": 0.25, "K": 16, "L": 5, "lam": 100.0, "chunk_size": 4096},
     "ECoP checkpoint": {"gamma": 0.25, "K": 16, "L": 5, "lam": 100.0, "checkpoint": True},
     "ECoP checkpoint + chunk_size": {
@@ -68,10 +69,13 @@ MODES: dict[str, dict[str, Any]] = {
 }
 # Latent-only adaptation of a ModulatedSiren (same width and depth, --latent-dim): only the code is per signal.
 _LATENT = {"model": "modulated", "adapt": ["latent"]}
+# the bootstrap in pruned-size pieces (the default before it went to one piece), with checkpointing too
+MODES["ECoP checkpoint bootstrap pruned"] = {**MODES["ECoP checkpoint"], "bootstrap_chunk": "pruned"}
 MODES.update(
     {
         "Learnit latent-only (gamma=1, K=4)": {**MODES["Learnit (gamma=1, K=4)"], **_LATENT},
         "ECoP latent-only": {**MODES["ECoP default"], **_LATENT},
+        "ECoP latent-only bootstrap pruned": {**MODES["ECoP bootstrap pruned"], **_LATENT},
         "ECoP latent-only chunk_size": {**MODES["ECoP chunk_size"], **_LATENT},
         "ECoP latent-only checkpoint": {**MODES["ECoP checkpoint"], **_LATENT},
         "ECoP latent-only checkpoint + chunk_size": {**MODES["ECoP checkpoint + chunk_size"], **_LATENT},

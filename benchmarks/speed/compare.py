@@ -42,6 +42,8 @@ SPEED_MODES: dict[str, dict[str, Any]] = {
     "bf16": {"graph_free_dtype": torch.bfloat16},
     "compile": {"compile": True},
     "bf16+compile": {"graph_free_dtype": torch.bfloat16, "compile": True},
+    # the bootstrap in pruned-size pieces: the default before issue 25's fourth pass
+    "bootstrap-pruned": {"bootstrap_chunk": "pruned"},
     # every product of the graph-free passes in bf16: what "bf16" measured before graph_free_full_precision
     "bf16-all": {"graph_free_dtype": torch.bfloat16, "graph_free_full_precision": ()},
     "bf16-all+compile": {"graph_free_dtype": torch.bfloat16, "graph_free_full_precision": (), "compile": True},

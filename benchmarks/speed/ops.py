@@ -38,7 +38,7 @@ OPS_CONFIGS: dict[str, dict[str, Any]] = {
     "torch.func vmap": {"backend": "torch.func", "batching": "vmap"},
     "torch.func loop": {"backend": "torch.func", "batching": "loop"},
     "higher": {"backend": "higher"},
-    "bmm + bootstrap whole": {"backend": "torch.func", "batching": "bmm", "bootstrap_chunk": "whole"},
+    "bmm + bootstrap pruned": {"backend": "torch.func", "batching": "bmm", "bootstrap_chunk": "pruned"},
 }
 ECOP = "ECoP"
 TOP_OPS_SHOWN = 12

@@ -202,17 +202,18 @@ class ECoPConfig:
     chunk_size: int | None = _hyper(
         None,
         "points per chunk of every full-context pass that needs no graph back to theta_0, and of the outer loss "
-        "(chunked surrogate). None: graph-free passes run in pieces of the pruned-set size (at test time too) "
-        "and the outer loss keeps one full-context graph.",
+        "(chunked surrogate). None: graph-free passes run over the whole context (the bootstrap's in pieces of "
+        "``bootstrap_chunk``) and the outer loss keeps one full-context graph.",
         optional_check(int_at_least(1)),
         test_time=True,
     )
     bootstrap_chunk: str | int = _hyper(
-        "pruned",
+        "whole",
         "points per piece of the bootstrap's full-context passes while meta-learning, when ``chunk_size`` is not "
-        'set: ``"pruned"`` (the pruned-set size: a piece never holds more than one pruned step\'s graph, the '
-        "paper's equal-memory budget), ``\"whole\"`` (one piece: a quarter of the default's ops for the bootstrap "
-        "at ``gamma=0.25``, for a transient graph over the whole context) or a number of points.",
+        'set: ``"whole"`` (one piece; the bootstrap runs before the outer loss, whose graph spans the whole context '
+        'anyway, so the step\'s peak moves by about 1%: docs/benchmarks.md), ``"pruned"`` (the pruned-set size: '
+        "a piece never holds more than one pruned step's graph, about 4x the bootstrap's ops at ``gamma=0.25``) or "
+        "a number of points.",
         check_piece,
     )
     checkpoint: bool = _hyper(

@@ -9,8 +9,10 @@ context, with a graph), ``full_grad(params)`` (graph-free full-context gradient,
 test-time fitting) and ``full_mse(params)`` (the outer loss at theta_K). How much memory these hold is
 decided here:
 
-* graph-free passes run in chunks of ``free_chunk`` points (by default the pruned-set size, so their
-  transient memory stays within what one pruned step holds: the paper's equal-memory budget);
+* graph-free passes run in chunks of ``free_chunk`` points (by default, while meta-learning, the whole
+  context: the bootstrap runs before the outer loss, whose full-context graph is the larger of the two, so one
+  piece keeps the step's peak within about 1%; ``bootstrap_chunk="pruned"`` bounds each piece by one pruned
+  step's graph);
 * ``chunk_size`` also bounds the outer loss: the full-context MSE is replaced by a surrogate whose value is
   the MSE and whose gradient w.r.t. theta_K is the MSE's, accumulated chunk by chunk with no graph, so the
   backward pushes it through the inner-loop graph without ever holding a full-context graph. The algorithm
@@ -26,7 +28,7 @@ every piece of a chunked graph-free pass. This saves ops, not memory, and change
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -253,7 +255,10 @@ class ContextEvaluator:
             low_precision: the forward may run in the backend's ``graph_free_dtype`` (bootstrap passes).
         """
         low_precision = low_precision and self.backend.graph_free_dtype is not None
-        leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
+        with _grad_leaves(params) as leaves:
+            return self._full_grad(params, leaves, with_shared=with_shared, low_precision=low_precision)
+
+    def _full_grad(self, params: Params, leaves: Params, *, with_shared: bool, low_precision: bool) -> FullGrad:
         if with_shared:  # per-signal copies, so that each signal's gradient w.r.t. them comes out separately
             for n, p in self.shared.items():
                 leaves[n] = p.detach().expand(self.batch, *p.shape).clone().requires_grad_(True)
@@ -311,8 +316,7 @@ class ContextEvaluator:
 
     def grad(self, params: Params, pruned_idx: Points) -> Params:
         """Graph-free per-signal gradient of the pruned-context MSE at ``params``."""
-        leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
-        with torch.enable_grad():
+        with _grad_leaves(params) as leaves, torch.enable_grad():
             grads = torch.autograd.grad(
                 self.loss(leaves, pruned_idx, graph_free=True),
                 list(leaves.values()),
@@ -366,6 +370,24 @@ class ContextEvaluator:
         for n, p in self.shared.items():
             inner = inner + (p.unsqueeze(0) * full.shared_grads[n]).flatten(1).sum(1)
         return full.loss + inner - inner.detach()
+
+
+@contextlib.contextmanager
+def _grad_leaves(params: Params) -> Iterator[Params]:
+    """``params`` as a new dict of tensors that require grad and carry no history (``p.detach()
+    .requires_grad_()``), for one graph-free gradient pass. A tensor that already is a leaf without grad (what
+    the bootstrap's and test-time fitting's ``no_grad`` updates make) is flagged in place for the block and
+    unflagged after, which spares a ``detach`` op per parameter and pass. The dict is new, so views the backend
+    derived from ``params`` (no grad) are never reused for the leaves."""
+    flagged = [p for p in params.values() if p.is_leaf and not p.requires_grad]
+    ids = {id(p) for p in flagged}
+    try:
+        for p in flagged:
+            p.requires_grad_(True)
+        yield {n: p if id(p) in ids else p.detach().requires_grad_(True) for n, p in params.items()}
+    finally:
+        for p in flagged:
+            p.requires_grad_(False)
 
 
 def _laid_out_like(grads: list[torch.Tensor], leaves: list[torch.Tensor]) -> list[torch.Tensor]:
