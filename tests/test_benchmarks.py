@@ -109,7 +109,7 @@ def test_phases_compare_and_fit_print_their_rows(tmp_path):
 def test_ops_counts_every_configuration_for_both_methods(tmp_path):
     stdout, result = _run(["--ops", *TINY], tmp_path)
     rows = result["ops"]["rows"]
-    assert list(rows) == list(ops.OPS_CONFIGS)
+    assert list(rows) == list(ops.DEFAULT_OPS_CONFIGS)
     for config, row in rows.items():
         for method in ("ECoP", "Learnit"):
             counts = row[method]

@@ -288,6 +288,74 @@ def test_compile_falls_back_to_eager_with_one_warning(monkeypatch):
     )
 
 
+def _recording_compile(monkeypatch) -> list[dict]:
+    """Replace torch.compile by one that records its keyword arguments and returns the function itself."""
+    calls: list[dict] = []
+
+    def record(fn, **kwargs):
+        calls.append(kwargs)
+        return fn
+
+    monkeypatch.setattr(torch, "compile", record)
+    return calls
+
+
+def test_cuda_graph_mode_off_cuda_warns_once_and_compiles_in_default_mode(monkeypatch):
+    calls = _recording_compile(monkeypatch)
+    model = TinySiren(2, 3).double()
+    batch = _batch(dtype=torch.float64)
+    eager = meta_grads(ContextPruningMetaLearner(model, K=2, L=1, coord_range=None), batch)
+    learner = ContextPruningMetaLearner(model, K=2, L=1, compile="reduce-overhead", coord_range=None)
+    assert learner.config.compile == "reduce-overhead"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        compiled = meta_grads(learner, batch)
+        meta_grads(learner, batch)
+    messages = [str(w.message) for w in caught if "CUDA graphs" in str(w.message)]
+    assert len(messages) == 1 and "compile='reduce-overhead'" in messages[0] and "on cpu" in messages[0]
+    assert calls == [{"dynamic": False}]  # torch's default mode, compiled once
+    assert not learner.backend.compiler._graphs
+    assert torch.equal(eager[0], compiled[0]) and all(
+        torch.equal(a, b) for a, b in zip(eager[1], compiled[1], strict=True)
+    )
+
+
+def test_compile_takes_torch_compile_modes(monkeypatch):
+    calls = _recording_compile(monkeypatch)
+    model = TinySiren(2, 3)
+    learner = ContextPruningMetaLearner(model, K=2, L=1, compile="max-autotune-no-cudagraphs", coord_range=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # not a CUDA-graph mode: no warning
+        meta_grads(learner, _batch())
+    assert calls == [{"dynamic": False, "mode": "max-autotune-no-cudagraphs"}]
+    assert type(learner.config).from_dict(learner.config.to_dict()).compile == "max-autotune-no-cudagraphs"
+    with pytest.raises(ValueError, match=r"compile must be True, False or one of torch\.compile's modes"):
+        ContextPruningMetaLearner(model, compile="fast")
+    with pytest.raises(TypeError, match=r"compile must be a bool or a torch\.compile mode string, got float"):
+        ContextPruningMetaLearner(model, compile=1.5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_cuda_graph_mode_matches_eager_on_cuda():
+    """On a GPU: the replayed passes give the eager meta-gradients, and an output survives the next replay."""
+    torch.manual_seed(0)
+    model = Siren(2, 3, 32, 2).cuda()
+    coords, values = make_grid((16, 16)).cuda(), torch.rand(4, 256, 3, device="cuda")
+    eager = meta_grads(ContextPruningMetaLearner(copy.deepcopy(model), K=4, L=2, seed=0), (coords, values))
+    learner = ContextPruningMetaLearner(copy.deepcopy(model), K=4, L=2, seed=0, compile="reduce-overhead")
+    for _ in range(3):  # the first calls record, the later ones replay
+        graphs = meta_grads(learner, (coords, values))
+    assert learner.backend.compiler._graphs and not learner.backend.compiler.failed
+    torch.testing.assert_close(graphs[0], eager[0], rtol=1e-4, atol=1e-6)
+    for a, b in zip(graphs[1], eager[1], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+    params = {n: p.detach().unsqueeze(0).expand(4, *p.shape) for n, p in model.named_parameters()}
+    first = learner.backend.graph_free(params, coords)[0]
+    kept = first.clone()
+    learner.backend.graph_free({n: p * 1.01 for n, p in params.items()}, coords)
+    assert torch.equal(first, kept)
+
+
 @pytest.fixture
 def dynamo_without_inductor(monkeypatch):
     """torch.compile with dynamo's ``"eager"`` backend (its graph cache and guards, no C++ compilation: fast),

@@ -117,7 +117,7 @@ def parser() -> argparse.ArgumentParser:
     ops_group = ap.add_argument_group("--ops")
     ops_group.add_argument(
         "--ops-configs",
-        default=",".join(ops.OPS_CONFIGS),
+        default=",".join(ops.DEFAULT_OPS_CONFIGS),
         help="backend configurations to count, subset of: " + ", ".join(ops.OPS_CONFIGS),
     )
     ops_group.add_argument(

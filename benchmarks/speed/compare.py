@@ -42,6 +42,10 @@ SPEED_MODES: dict[str, dict[str, Any]] = {
     "bf16": {"graph_free_dtype": torch.bfloat16},
     "compile": {"compile": True},
     "bf16+compile": {"graph_free_dtype": torch.bfloat16, "compile": True},
+    # the graph-free passes replayed as CUDA graphs (on a GPU; elsewhere compiled without them, after a warning)
+    "cuda-graphs": {"compile": "reduce-overhead"},
+    # activation checkpointing (the paper configuration's memory row)
+    "checkpoint": {"checkpoint": True},
     # the bootstrap in pruned-size pieces: the default before issue 25's fourth pass
     "bootstrap-pruned": {"bootstrap_chunk": "pruned"},
     # every product of the graph-free passes in bf16: what "bf16" measured before graph_free_full_precision

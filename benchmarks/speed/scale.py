@@ -33,17 +33,26 @@ DEFAULT_SETTINGS = "checkpoint=True,chunk_size=16384"
 
 
 def _one_step(learner: ContextPruningMetaLearner, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, float]:
+    cuda = batch[1].device.type == "cuda"
+    if cuda:  # the step's own peak of allocated GPU memory, and a wall time that waits for its kernels
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     usage, times, started = resource.getrusage(resource.RUSAGE_SELF), os.times(), time.perf_counter()
     learner.meta_step(batch)
+    if cuda:
+        torch.cuda.synchronize()
     wall = time.perf_counter() - started
     usage_after, times_after = resource.getrusage(resource.RUSAGE_SELF), os.times()
-    return {
+    step = {
         "wall_s": round(wall, 3),
         "user_s": round(times_after.user - times.user, 2),
         "sys_s": round(times_after.system - times.system, 2),
         "minor_faults": usage_after.ru_minflt - usage.ru_minflt,
         "peak_rss_gib": round(usage_after.ru_maxrss / 2**20, 3),  # Linux: KiB
     }
+    if cuda:
+        step["cuda_peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+    return step
 
 
 def run_scale(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from .rules import SELECTION_RULES, check_rule_name
 from .validation import (
     Check,
     check_autocast_dtype,
+    check_compile,
     check_fraction,
     check_module_names,
     check_piece,
@@ -273,13 +274,16 @@ class ECoPConfig:
         check_module_names,
         test_time=True,
     )
-    compile: bool = _hyper(
+    compile: bool | str = _hyper(
         False,
         "run every graph-free forward through :func:`torch.compile` (double backward through compiled graphs is "
-        "not supported, so the inner steps stay eager); falls back with one warning. The learners and adapters "
+        "not supported, so the inner steps stay eager); falls back with one warning. ``True`` compiles in "
+        'torch\'s default mode; a mode string is passed on: ``"reduce-overhead"`` replays each graph-free pass '
+        "(ranking, bootstrap, test-time full-context steps) as a CUDA graph, one launch instead of one per op "
+        "(on another device it warns once and compiles in the default mode). The learners and adapters "
         "of a process share one cache of compiled graphs (at least 64); a pass that would need one more runs "
         "eagerly, after one warning.",
-        flag_check,
+        check_compile,
         test_time=True,
     )
     max_consecutive_skips: int = _hyper(

@@ -164,6 +164,23 @@ def flag_check(name: str, value: Any) -> bool:
     return bool(value)
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+"""``torch.compile``'s modes, accepted by the ``compile`` hyper-parameter as well as True / False."""
+
+
+def check_compile(name: str, value: Any) -> bool | str:
+    """``True``/``False``, or one of :data:`COMPILE_MODES` (``torch.compile``'s ``mode``)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        if value not in COMPILE_MODES:
+            raise ValueError(
+                f"{name} must be True, False or one of torch.compile's modes {COMPILE_MODES}, got {value!r}"
+            )
+        return value
+    raise TypeError(f"{name} must be a bool or a torch.compile mode string, got {type(value).__name__}")
+
+
 def check_autocast_dtype(value: Any, name: str = "autocast_dtype") -> torch.dtype | None:
     """``None`` or a ``torch.dtype`` for ``torch.autocast``."""
     if value is not None and not isinstance(value, torch.dtype):

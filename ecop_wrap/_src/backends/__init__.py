@@ -50,7 +50,7 @@ def make_backend(
     adapted: list[str] | None = None,
     *,
     precision: Precision | None = None,
-    compile: bool = False,
+    compile: bool | str = False,
     benchmark: bool = True,
 ) -> Backend:
     """Build the backend called ``name`` (one of :data:`BACKENDS`) for ``model``, complete.
@@ -61,7 +61,7 @@ def make_backend(
         batching: the torch.func batching mode (``"auto"``, ``"bmm"``, ``"vmap"``, ``"loop"``).
         adapted: names of the parameters that will be passed per signal (default: every trainable one).
         precision: the autocast policy (default: the model's dtype everywhere).
-        compile: ``torch.compile`` the graph-free forwards.
+        compile: ``torch.compile`` the graph-free forwards (``True`` or a ``torch.compile`` mode).
         benchmark: with ``batching="auto"``, time the correct modes on the first call and keep the fastest.
     """
     if batching not in BATCHING_MODES:

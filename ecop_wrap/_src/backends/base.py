@@ -27,7 +27,8 @@ class Backend:
         adapted: names of the parameters passed per signal (default: every trainable one); the others are
             the model's own, shared by every signal.
         precision: the autocast policy (default: the model's dtype everywhere).
-        compile: run the graph-free forwards through :func:`torch.compile`.
+        compile: run the graph-free forwards through :func:`torch.compile` (``True``: its default mode; a
+            string: that mode, e.g. ``"reduce-overhead"`` for CUDA graphs).
     """
 
     name: str = "base"
@@ -38,14 +39,14 @@ class Backend:
         adapted: list[str] | None = None,
         *,
         precision: Precision | None = None,
-        compile: bool = False,
+        compile: bool | str = False,
     ) -> None:
         self.model = model
         self.param_names = (
             adapted if adapted is not None else [n for n, p in model.named_parameters() if p.requires_grad]
         )
         self.precision = precision if precision is not None else Precision(model)
-        self.compiler = CompiledForward(lambda p, x: self.capture(p, x, None)[0]) if compile else None
+        self.compiler = CompiledForward(self._prediction, compile) if compile else None
         self._memo: tuple[Params, dict[Any, Any]] | None = None
 
     @contextlib.contextmanager
@@ -127,6 +128,9 @@ class Backend:
         if self.compiler is None or layer is not None:
             return self.capture(params, coords, layer)
         return self.compiler(params, coords), None
+
+    def _prediction(self, params: Params, coords: torch.Tensor) -> torch.Tensor:
+        return self.capture(params, coords, None)[0]
 
     def forward_capture(
         self, params: Params, coords: torch.Tensor, capture: nn.Module | None

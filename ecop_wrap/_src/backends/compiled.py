@@ -11,7 +11,7 @@ import torch
 from ...typing import Params
 from ..validation import user_stacklevel
 
-__all__ = ["RECOMPILE_LIMIT", "CompiledForward"]
+__all__ = ["CUDA_GRAPH_MODES", "RECOMPILE_LIMIT", "CompiledForward"]
 
 RECOMPILE_LIMIT = 64
 """Cached graphs allowed for the compiled forward (raised from torch's default of 8 for these calls only).
@@ -24,50 +24,80 @@ adapters needs about 6, so torch's default would run a second learner with anoth
 Forward = Callable[[Params, torch.Tensor], torch.Tensor]
 
 
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+"""``torch.compile`` modes that capture CUDA graphs (cudagraph trees) on CUDA tensors."""
+
+
 class CompiledForward:
     """``forward(params, coords)`` through :func:`torch.compile`, falling back to eager with one warning.
 
     Args:
         forward: the eager forward (``[B, *shape]`` params, coords -> ``[B, M, D]``).
+        mode: ``torch.compile``'s mode (``True``: ``"default"``). A CUDA-graph mode (:data:`CUDA_GRAPH_MODES`)
+            off CUDA warns once and compiles in ``"default"`` mode; on CUDA each output is cloned, since the
+            next replay of a CUDA graph overwrites the memory its outputs live in.
     """
 
-    def __init__(self, forward: Forward) -> None:
+    def __init__(self, forward: Forward, mode: bool | str = "default") -> None:
         self.eager = forward
+        self.option = mode  # as the user spelled it, for messages
+        self.mode = "default" if mode is True else str(mode)
         self.compiled: Forward | None = None
         self.failed = False
         self._warned_limit = False
+        self._graphs = False
 
     def __call__(self, params: Params, coords: torch.Tensor) -> torch.Tensor:
         if self.failed:
             return self.eager(params, coords)
         if self.compiled is None:
             self.eager(params, coords)  # settles lazy choices (batching="auto") eagerly, outside compiled code
-            self.compiled = torch.compile(self.eager, dynamic=False)
+            mode = self._mode_for(coords.device)
+            if mode == "default":  # no mode argument: the same call as compile=True always made
+                self.compiled = torch.compile(self.eager, dynamic=False)
+            else:
+                self.compiled = torch.compile(self.eager, dynamic=False, mode=mode)
         limits, limit_hit = _recompile_limits()
         try:
             with limits:
-                return self.compiled(params, coords)
+                out = self.compiled(params, coords)
+            return out.clone() if self._graphs else out
         except limit_hit:  # the graphs compiled so far stay in use; this new shape or mode runs eagerly
             self._warn_limit()
             return self.eager(params, coords)
         except Exception as exc:  # noqa: BLE001 - any compiler failure: warn once, run eagerly from now on
             self.failed = True
             warnings.warn(
-                f"compile=True: torch.compile failed for this model ({type(exc).__name__}: {str(exc)[:200]}); "
-                "the graph-free passes run eagerly instead",
+                f"compile={self.option!r}: torch.compile failed for this model ({type(exc).__name__}: "
+                f"{str(exc)[:200]}); the graph-free passes run eagerly instead",
                 RuntimeWarning,
                 stacklevel=user_stacklevel(),
             )
             return self.eager(params, coords)
+
+    def _mode_for(self, device: torch.device) -> str:
+        """The mode to compile with on ``device``: a CUDA-graph mode only on CUDA (else one warning)."""
+        if self.mode not in CUDA_GRAPH_MODES:
+            return self.mode
+        if device.type == "cuda":
+            self._graphs = True
+            return self.mode
+        warnings.warn(
+            f"compile={self.option!r} captures CUDA graphs, which need CUDA tensors; on {device.type} the "
+            'graph-free passes are compiled in torch.compile\'s "default" mode instead',
+            RuntimeWarning,
+            stacklevel=user_stacklevel(),
+        )
+        return "default"
 
     def _warn_limit(self) -> None:
         if self._warned_limit:
             return
         self._warned_limit = True
         warnings.warn(
-            "compile=True: torch.compile's cache of the graph-free forward is full (one graph per model, shape, "
-            f"grad mode and dtype in this process; at least {RECOMPILE_LIMIT}); passes that need a new graph run "
-            "eagerly. Set torch._dynamo.config.recompile_limit higher, or call torch._dynamo.reset() between "
+            f"compile={self.option!r}: torch.compile's cache of the graph-free forward is full (one graph per "
+            f"model, shape, grad mode and dtype in this process; at least {RECOMPILE_LIMIT}); passes that need a new "
+            "graph run eagerly. Set torch._dynamo.config.recompile_limit higher, or call torch._dynamo.reset() between "
             "unrelated runs",
             RuntimeWarning,
             stacklevel=user_stacklevel(),

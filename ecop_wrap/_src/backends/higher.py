@@ -31,7 +31,7 @@ class HigherBackend(Backend):
         adapted: list[str] | None = None,
         *,
         precision: Precision | None = None,
-        compile: bool = False,
+        compile: bool | str = False,
     ) -> None:
         super().__init__(model, adapted, precision=precision, compile=compile)
         containers = [

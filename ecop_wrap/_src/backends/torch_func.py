@@ -49,7 +49,7 @@ class TorchFuncBackend(Backend):
         adapted: list[str] | None = None,
         *,
         precision: Precision | None = None,
-        compile: bool = False,
+        compile: bool | str = False,
         benchmark: bool = True,
     ) -> None:
         super().__init__(model, adapted, precision=precision, compile=compile)
