@@ -178,7 +178,13 @@ DOCUMENTED: dict[str, Setting] = {
     "siren:video": Setting(
         1e-3, 1e-3, f"{_RESULTS}, Video (video_sweep.json: 3e-4 vs 1e-3 on the validation clips; 1e-3 is the edge)"
     ),
-    "siren:sphere": Setting(3e-4, 1e-3, f"{_RESULTS}, Sphere (sphere_val_sweep.json, 100 steps)"),
+    "siren:sphere": Setting(
+        1e-4,
+        1e-3,
+        f"{_RESULTS}, The matrix, fourth session (ECoP's outer lr picked on the validation fields at 1,000 steps "
+        "between 3e-4, the pick of sphere_val_sweep.json at 100 steps, which collapses after step 400, and 1e-4; "
+        "Learnit's 1e-3 from sphere_val_sweep.json)",
+    ),
     "siren:audio": Setting(
         3e-4,
         3e-4,
@@ -192,10 +198,11 @@ DOCUMENTED: dict[str, Setting] = {
         "both at an edge of the grid)",
     ),
     "lr_tensor:images": Setting(
+        3e-4,
         1e-3,
-        1e-3,
-        f"{_RESULTS}, The matrix (matrix_100_sweep_rates_sphere_latentglyphs.json: outer lrs picked on validation "
-        "from 1e-4, 3e-4, 1e-3 at 100 steps; the base methods' 3e-4 / 1e-3 before)",
+        f"{_RESULTS}, The matrix, fourth session (ECoP's outer lr picked on the validation photos at 1,000 steps "
+        "between 1e-3 and 3e-4: 1e-3, the pick of 100- and 300-step sweeps, collapses after step 300 "
+        "(matrix_1000_logs/); Learnit's 1e-3 from matrix_100_sweep_rates_sphere_latentglyphs.json)",
     ),
     "latent:images": Setting(
         3e-4,
