@@ -80,7 +80,7 @@ def test_every_cell_has_documented_lrs_with_a_reference_or_says_whose_it_inherit
             assert setting.inherited_from in DOCUMENTED and not setting.validated
             assert setting.source == f"inherited from {setting.inherited_from}"
     assert (documented(parse_cells("siren:images")[0]).ecop_lr, DOCUMENTED["siren:images"].learnit_lr) == (3e-4, 1e-3)
-    assert documented(parse_cells("lr_tensor:sphere")[0]).inherited_from == "siren:sphere"
+    assert documented(parse_cells("lr_tensor:glyphs")[0]).inherited_from == "siren:glyphs"
     assert [lr_text(v) for v in (3e-4, 1e-2, 1.0, 0.05)] == ["3e-4", "1e-2", "1", "5e-2"]
 
 

@@ -185,6 +185,12 @@ DOCUMENTED: dict[str, Setting] = {
         "between 3e-4, the pick of sphere_val_sweep.json at 100 steps, which collapses after step 400, and 1e-4; "
         "Learnit's 1e-3 from sphere_val_sweep.json)",
     ),
+    "lr_tensor:sphere": Setting(
+        1e-4,
+        3e-4,
+        f"{_RESULTS}, The matrix, fourth session (picked on the validation fields at 1,000 steps: ECoP 1e-4 against "
+        "3e-4, which collapses; Learnit 3e-4 against 1e-4 and 1e-3, which collapses; matrix_1000_logs/rerun_*)",
+    ),
     "siren:audio": Setting(
         3e-4,
         3e-4,
