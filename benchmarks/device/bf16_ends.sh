@@ -3,10 +3,9 @@
 # PSNR with bf16 graph-free passes against float32, two seeds, 1000 outer steps.
 # Usage (repository root): bash benchmarks/device/bf16_ends.sh OUTDIR cuda [tiny]
 O=$1; DEV=$2; TINY=$3
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD:$PYTHONPATH  # ecop-wrap and its dependencies must be importable
-PY=python3; LOG=$O/log_ends.txt
-{ date; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null; nproc;
-  $PY -c "import torch,sys;print(sys.version);print('torch',torch.__version__,'cuda',torch.version.cuda)"; } 2>&1 | tee $LOG
+. benchmarks/device/machine.sh
+LOG=$O/log_ends.txt
+machine_header $LOG
 if [ -n "$TINY" ]; then
   CMP="--side 16 --width 32 --layers 2 --batch 2 --K 4 --L 2 --repeats 2"
   REP="--outer-steps 4 --eval-size 4 --train-size 16 --test-steps 4"; T1=300; T2=300

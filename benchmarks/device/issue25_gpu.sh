@@ -3,11 +3,9 @@
 # Usage (repository root): bash benchmarks/device/issue25_gpu.sh OUTDIR cuda [tiny]
 # "tiny" shrinks every size for a smoke run (on the CPU too: DEVICE cpu; the CUDA-graph test then skips).
 O=$1; DEV=$2; TINY=$3
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD:$PYTHONPATH  # ecop-wrap and its dependencies must be importable
-PY=python3
+. benchmarks/device/machine.sh
 LOG=$O/log.txt
-{ date; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null; nproc;
-  $PY -c "import torch,sys;print(sys.version);print('torch',torch.__version__,'cuda',torch.version.cuda, torch.cuda.is_available() and torch.cuda.get_device_name())"; } 2>&1 | tee $LOG
+machine_header $LOG
 if [ -n "$TINY" ]; then
   S64="--side 16 --width 32 --layers 2 --batch 2 --K 4 --L 2 --repeats 2"; OPS="$S64"
   PAPER="--side 24 --width 32 --layers 2 --batch 2 --K 4 --L 2 --repeats 1"; BIG="--side 64 --width 32 --layers 2"

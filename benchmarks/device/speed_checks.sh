@@ -4,11 +4,10 @@
 # CKPT: an initialization saved by `benchmarks/speed --fit --fit-train-steps 1000 --fit-save-checkpoint PATH`.
 # "tiny" shrinks every size for a smoke run (on the CPU too: DEVICE cpu).
 O=$1; DEV=$2; TINY=$3
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD:$PYTHONPATH  # ecop-wrap and its dependencies must be importable
-PY=python3
+. benchmarks/device/machine.sh
 LOG=$O/log.txt
-{ date; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null; nproc;
-  $PY -c "import torch,sys,skimage;print(sys.version);print('torch',torch.__version__,'cuda',torch.version.cuda, torch.cuda.is_available() and torch.cuda.get_device_name());print('skimage',skimage.__version__)"; } 2>&1 | tee $LOG
+machine_header $LOG
+$PY -c "import skimage;print('skimage',skimage.__version__)" 2>&1 | tee -a $LOG
 if [ -n "$TINY" ]; then
   CMP="--side 16 --width 32 --layers 2 --batch 2 --K 4 --L 2 --repeats 2"
   REP="--outer-steps 4 --eval-size 4 --train-size 16 --test-steps 4"
