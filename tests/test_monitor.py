@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import pytest
@@ -41,3 +42,66 @@ def test_healthy_training_or_window_zero_gives_no_warning(settings):
 def test_monitor_window_is_checked():
     with pytest.raises(ValueError, match="monitor_window must be >= 0"):
         ContextPruningMetaLearner(TinySiren(2, 1), monitor_window=-1)
+
+
+def _learner(**settings) -> tuple[ContextPruningMetaLearner, tuple[torch.Tensor, torch.Tensor]]:
+    torch.manual_seed(0)
+    coords, values = make_grid((6, 6), dtype=torch.float64), torch.rand(2, 36, 1, dtype=torch.float64)
+    model = TinySiren(2, 1).double()
+    learner = ContextPruningMetaLearner(model, K=2, L=1, coord_range=None, monitor_window=5, **settings)
+    return learner, (coords, values)
+
+
+def test_divergence_backoff_changes_nothing_while_training_is_healthy():
+    finals = []
+    for backoff in (None, 0.5):
+        learner, batch = _learner(outer_lr=1e-3, learn_inner_lr="per_tensor", divergence_backoff=backoff)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # neither a warning nor a roll-back
+            for _ in range(30):
+                learner.meta_step(batch)
+        finals.append([p.detach().clone() for p in learner._meta_params])
+    assert all(torch.equal(a, b) for a, b in zip(*finals, strict=True))
+
+
+def test_divergence_backoff_rolls_back_to_the_best_window_start_and_lowers_the_lr():
+    learner, batch = _learner(outer_lr=0.5, learn_inner_lr="per_tensor", divergence_backoff=0.25)
+    before = {}  # meta-step number -> the weights and learned rates it started from
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for step in range(1, 21):
+            before[step] = [p.detach().clone() for p in learner._meta_params]
+            learner.meta_step(batch)
+    messages = [str(w.message) for w in caught if w.category is UserWarning]
+    assert len(messages) == 1 and "the meta-loss rose" in messages[0], messages
+    found = re.search(r"rolled back to the state before meta_step (\d+)", messages[0])
+    assert found is not None and int(found.group(1)) in (1, 6, 11, 16)  # a window's first step
+    back_to = int(found.group(1))
+    assert all(torch.equal(p, q) for p, q in zip(learner._meta_params, before[back_to], strict=True))
+    adam_steps = {float(s["step"]) for s in learner.optimizer.state_dict()["state"].values()}
+    assert adam_steps <= {float(back_to - 1)}  # Adam's moments are those of that step too
+    assert [g["lr"] for g in learner.optimizer.param_groups] == [0.5 * 0.25, 0.5 * 0.25]
+    assert learner.step_count == 20  # the counter goes on
+
+
+def test_divergence_backoff_ends_lower_than_a_diverging_run():
+    losses = {}
+    for backoff in (None, 0.5):
+        learner, batch = _learner(outer_lr=0.5, divergence_backoff=backoff)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            losses[backoff] = [learner.meta_step(batch)["loss"] for _ in range(60)][-5:]
+    assert max(losses[0.5]) < min(losses[None]) / 10, losses
+
+
+@pytest.mark.parametrize(
+    ("settings", "error", "match"),
+    [
+        ({"divergence_backoff": 1.0}, ValueError, r"divergence_backoff must be in \(0, 1\), got 1.0"),
+        ({"divergence_backoff": True}, TypeError, "divergence_backoff must be a float in"),
+        ({"divergence_backoff": 0.5, "monitor_window": 0}, ValueError, "divergence_backoff needs the monitor"),
+    ],
+)
+def test_divergence_backoff_is_checked(settings, error, match):
+    with pytest.raises(error, match=match):
+        ContextPruningMetaLearner(TinySiren(2, 1), **settings)

@@ -141,6 +141,11 @@ class RunConfig:
         (), "bootstrap weight lambda", type=method_rate, action="append", metavar="METHOD=LAM"
     )
     max_grad_norm: float | None = option(None)
+    divergence_backoff: float | None = option(
+        None,
+        "ECoPConfig.divergence_backoff of every learner (ECoP and Learnit alike): roll back and multiply the outer "
+        "lr by this factor when the meta-loss rises (default: warn only)",
+    )
     loss: str = option(
         "mse",
         "per-point loss of every trained method and test-time fit: mse, l1, huber or a name registered in "

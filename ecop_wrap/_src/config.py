@@ -25,6 +25,7 @@ from .validation import (
     check_compile,
     check_fraction,
     check_module_names,
+    check_open_fraction,
     check_piece,
     check_range,
     choice_check,
@@ -300,6 +301,16 @@ class ECoPConfig:
         "best window's (0: no warnings).",
         int_at_least(0),
     )
+    divergence_backoff: float | None = _hyper(
+        None,
+        "what a rising meta-loss (the monitor's check over ``monitor_window`` steps) does: None warns once; a "
+        "factor in (0, 1) rolls the model, the learned rates and the optimizer state back to the end of the "
+        "window with the lowest mean meta-loss, multiplies every parameter group's learning rate by it, warns, "
+        "and goes on (again at each later rise). Costs one copy of the meta-parameters and the optimizer state, "
+        "taken at each new best window; the step counter and the pruning RNG go on. A scheduler that sets "
+        "absolute learning rates overrides the lowered ones.",
+        optional_check(check_open_fraction),
+    )
     coord_range: tuple[float, float] | None = _hyper(
         (-1.0, 1.0),
         "expected coordinate range; coordinates outside it warn once (None: no check).",
@@ -316,6 +327,11 @@ class ECoPConfig:
             raise ValueError(
                 f"max_inner_lr ({self.max_inner_lr}) must be >= inner_lr ({self.inner_lr}), the learned "
                 "rates' initial value"
+            )
+        if self.divergence_backoff is not None and self.monitor_window == 0:
+            raise ValueError(
+                "divergence_backoff needs the monitor: set monitor_window >= 1 (the steps whose mean meta-loss "
+                "is compared), or divergence_backoff=None"
             )
 
     @property

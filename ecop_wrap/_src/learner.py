@@ -8,8 +8,10 @@ checkpoint state is :class:`~.learner_state.LearnerState`, sharing :class:`~.sha
 
 from __future__ import annotations
 
+import copy
 import inspect
 import os
+import warnings
 from typing import Any
 
 import torch
@@ -27,7 +29,7 @@ from .evaluator import ContextEvaluator
 from .learner_state import LearnerState
 from .monitor import TrainingMonitor
 from .sharing import Sharing
-from .validation import check_model, check_positive, check_signal_batch
+from .validation import check_model, check_positive, check_signal_batch, user_stacklevel
 
 __all__ = ["ContextPruningMetaLearner"]
 
@@ -94,7 +96,13 @@ class ContextPruningMetaLearner(LearnerState, Sharing):
         self._shared_ids = frozenset(id(p) for p in self.shared_params().values())
         self.step_count = 0
         self._consecutive_skips = 0
-        self._monitor = TrainingMonitor(self.config.monitor_window, self.config.max_grad_norm)
+        self._monitor = TrainingMonitor(
+            self.config.monitor_window,
+            self.config.max_grad_norm,
+            warn_on_rise=self.config.divergence_backoff is None,
+        )
+        self._window_state: dict[str, Any] | None = None  # state before the monitor's current window
+        self._best_state: dict[str, Any] | None = None  # state before the window with the lowest mean meta-loss
 
     @classmethod
     def from_config(cls, model: nn.Module, config: ECoPConfig, **kwargs: Any) -> ContextPruningMetaLearner:
@@ -265,6 +273,7 @@ class ContextPruningMetaLearner(LearnerState, Sharing):
         self.step_count += 1
         finite = bool(torch.isfinite(grad_norm) & torch.isfinite(stats).all())
         if finite:
+            self._keep_window_start()
             with record_function("ecop.optimizer"):
                 self._apply(grads, grad_norm)
             self._consecutive_skips = 0
@@ -272,7 +281,7 @@ class ContextPruningMetaLearner(LearnerState, Sharing):
             self._skip()
         loss, fit_loss, distance = (float(v) for v in stats)
         if finite:
-            self._monitor.update(self.step_count, float(grad_norm), loss)
+            self._watch(float(grad_norm), loss)
         report = {"loss": loss, "fit_loss": fit_loss}
         if self.loss_fn.is_mse:
             report |= {"mse": fit_loss, "psnr": float(mse_to_psnr(fit_loss, self.config.data_range))}
@@ -310,6 +319,42 @@ class ContextPruningMetaLearner(LearnerState, Sharing):
             p.grad = g
         self.optimizer.step()
         self.rates.clamp_()
+
+    def _keep_window_start(self) -> None:
+        """With ``divergence_backoff``: copy the state a window starts from (before this step's update)."""
+        if self.config.divergence_backoff is not None and self._monitor.window_starts:
+            self._window_state = self._snapshot()
+
+    def _watch(self, grad_norm: float, loss: float) -> None:
+        """The monitor's checks; with ``divergence_backoff``, keep the state the best window started from (its
+        losses were measured on it and the states after it) and roll back to it when the meta-loss rises."""
+        event = self._monitor.update(self.step_count, grad_norm, loss)
+        backoff = self.config.divergence_backoff
+        if backoff is None:
+            return
+        if event == "best":
+            self._best_state = self._window_state
+        elif event == "rise" and self._best_state is not None:
+            self._roll_back(self._best_state, backoff, loss)
+
+    def _roll_back(self, best: dict[str, Any], backoff: float, loss: float) -> None:
+        lrs = [group["lr"] for group in self.optimizer.param_groups]
+        self.model.load_state_dict(best["model"])
+        with torch.no_grad():
+            for name, rate in best["inner_lrs"].items():
+                self.rates.tensors[name].copy_(rate)
+        self.optimizer.load_state_dict(copy.deepcopy(best["optimizer"]))
+        for group, lr in zip(self.optimizer.param_groups, lrs, strict=True):
+            group["lr"] = lr * backoff
+        self._monitor.restart_window()
+        warnings.warn(
+            f"meta_step {self.step_count}: the meta-loss rose (last {loss:.4g}, best window's mean "
+            f"{self._monitor.best_mean:.4g}): rolled back to the state before meta_step {best['step']} and "
+            f"multiplied the outer learning rates by divergence_backoff={backoff:g} (now "
+            f"{', '.join(f'{lr * backoff:.3g}' for lr in lrs)}).",
+            UserWarning,
+            stacklevel=user_stacklevel(),
+        )
 
     def _skip(self) -> None:
         self._consecutive_skips += 1

@@ -1,17 +1,22 @@
-"""Warnings for meta-training that has stopped learning: a meta-gradient that sits at the clip, or a training
-loss (the meta-loss) that rises. Each warns once per learner; ``monitor_window=0`` turns both off."""
+"""Watching meta-training: a warning when the meta-gradient sits at the clip, and a rising training loss (the
+meta-loss) that either warns or, with ``divergence_backoff``, rolls the learner back to its best window and lowers
+its outer learning rate. ``monitor_window=0`` turns every check off."""
 
 from __future__ import annotations
 
 import math
 import warnings
+from typing import Literal
 
 from .validation import user_stacklevel
 
-__all__ = ["TrainingMonitor"]
+__all__ = ["RISE", "MonitorEvent", "TrainingMonitor"]
 
 RISE = 1.5
 """A window's mean meta-loss this many times the best window's counts as rising."""
+
+MonitorEvent = Literal["best", "rise"]
+"""What a completed window showed: a new best mean meta-loss, or a rise above ``RISE`` times the best."""
 
 
 class TrainingMonitor:
@@ -21,22 +26,45 @@ class TrainingMonitor:
     Args:
         window: consecutive steps the two checks look at (0: no checks).
         max_grad_norm: the clip (None: no clip, no clip check).
+        warn_on_rise: warn (once) when the meta-loss rises; False when the caller acts on the ``"rise"`` event
+            itself (the learner's ``divergence_backoff``).
     """
 
-    def __init__(self, window: int, max_grad_norm: float | None) -> None:
+    def __init__(self, window: int, max_grad_norm: float | None, *, warn_on_rise: bool = True) -> None:
         self.window = window
         self.max_grad_norm = max_grad_norm
+        self.warn_on_rise = warn_on_rise
         self._clipped_run = 0
         self._losses: list[float] = []
         self._best_mean = math.inf
         self._warned: set[str] = set()
 
-    def update(self, step: int, grad_norm: float, loss: float) -> None:
-        """Record one taken step; warn (once each) when a check fires."""
+    @property
+    def best_mean(self) -> float:
+        """The lowest mean meta-loss over a completed window so far (inf before the first)."""
+        return self._best_mean
+
+    @property
+    def window_starts(self) -> bool:
+        """Whether the next recorded step begins a window (its state is the one a roll-back returns to)."""
+        return self.window > 0 and not self._losses
+
+    def update(self, step: int, grad_norm: float, loss: float) -> MonitorEvent | None:
+        """Record one taken step; warn (once each) when a check fires.
+
+        Returns:
+            ``"best"`` when this step completed a window with the lowest mean meta-loss so far, ``"rise"`` when it
+            completed one whose mean is ``RISE`` times the best, else None.
+        """
         if self.window <= 0:
-            return
+            return None
         self._check_clip(step, grad_norm)
-        self._check_rise(step, loss)
+        return self._check_rise(step, loss)
+
+    def restart_window(self) -> None:
+        """Start a new window (after a roll-back: the steps since the best window no longer count)."""
+        self._losses.clear()
+        self._clipped_run = 0
 
     def _check_clip(self, step: int, grad_norm: float) -> None:
         if self.max_grad_norm is None:
@@ -51,20 +79,26 @@ class TrainingMonitor:
                 "max_grad_norm.",
             )
 
-    def _check_rise(self, step: int, loss: float) -> None:
+    def _check_rise(self, step: int, loss: float) -> MonitorEvent | None:
         self._losses.append(loss)
         if len(self._losses) < self.window:
-            return
+            return None
         mean = sum(self._losses) / len(self._losses)
         self._losses.clear()
         if mean > RISE * self._best_mean:
-            self._warn(
-                "rise",
-                f"meta_step {step}: the meta-loss rose from a mean of {self._best_mean:.4g} to "
-                f"{mean:.4g} over windows of {self.window} steps: meta-training is diverging. Lower the outer "
-                "learning rate (or inner_lr), or clip the meta-gradient with max_grad_norm.",
-            )
-        self._best_mean = min(self._best_mean, mean)
+            if self.warn_on_rise:
+                self._warn(
+                    "rise",
+                    f"meta_step {step}: the meta-loss rose from a mean of {self._best_mean:.4g} to "
+                    f"{mean:.4g} over windows of {self.window} steps: meta-training is diverging. Lower the outer "
+                    "learning rate (or inner_lr), clip the meta-gradient with max_grad_norm, or set "
+                    "divergence_backoff to roll back and lower it automatically.",
+                )
+            return "rise"
+        if mean < self._best_mean:
+            self._best_mean = mean
+            return "best"
+        return None
 
     def _warn(self, kind: str, message: str) -> None:
         if kind in self._warned:

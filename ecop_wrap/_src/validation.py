@@ -21,6 +21,7 @@ __all__ = [
     "check_int",
     "check_model",
     "check_module_names",
+    "check_open_fraction",
     "check_piece",
     "check_positive",
     "check_range",
@@ -105,6 +106,15 @@ def check_fraction(name: str, value: Any) -> float:
         raise TypeError(f"{name} must be a float in (0, 1], got {type(value).__name__}")
     if not 0.0 < float(value) <= 1.0:
         raise ValueError(f"{name} must be in (0, 1], got {value}")
+    return float(value)
+
+
+def check_open_fraction(name: str, value: Any) -> float:
+    """A float in (0, 1)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float in (0, 1), got {type(value).__name__}")
+    if not 0.0 < float(value) < 1.0:
+        raise ValueError(f"{name} must be in (0, 1), got {value}")
     return float(value)
 
 
