@@ -150,10 +150,13 @@ def ref_meta_loss(
     huber_delta=1.0,
     loss_fn=None,
     lam_mode="absolute",
+    boot_target="last",
 ):
     """Mean over signals of MSE(theta_K; full) + lam * ||theta_K - stopgrad(theta_boot)||.
 
     ``lam_mode="relative"``: lam times the (constant) norm of the full-context loss gradient at theta_K.
+    ``boot_target="best"``: theta_boot is the point of lowest full-context loss among theta_K and the L
+    bootstrap steps' results (the earliest on ties), not the last.
 
     ``adapted``: names of the parameters adapted per signal (None: every trainable one); the others are the
     model's own in every forward. ``rates``/``mode``: learned step sizes (see ``ref_rate``). ``loss``
@@ -181,8 +184,10 @@ def ref_meta_loss(
         if L > 0 and lam != 0:
             boot = {n: p.detach().requires_grad_(True) for n, p in theta_k.items()}
             weight = lam
+            path = []  # (loss, point) along the bootstrap
             for step in range(L):
                 boot_loss = full_loss(boot)
+                path.append((float(boot_loss.detach()), boot))
                 grads = torch.autograd.grad(boot_loss, list(boot.values()))
                 if step == 0 and lam_mode == "relative":
                     weight = lam * torch.sqrt(sum((g**2).sum() for g in grads))
@@ -190,8 +195,12 @@ def ref_meta_loss(
                     n: (p - boot_lr * g).detach().requires_grad_(True)
                     for (n, p), g in zip(boot.items(), grads, strict=True)
                 }
+            if boot_target == "best":
+                path.append((float(full_loss(boot).detach()), boot))
+                boot = min(path, key=lambda entry: entry[0])[1]  # min keeps the first of equal losses
             sq = sum(((theta_k[n] - boot[n].detach()) ** 2).sum() for n in theta_k)
-            loss = loss + weight * torch.sqrt(sq)
+            if float(sq.detach()) > 0:  # at theta_boot = theta_K the distance and its (sub)gradient are 0
+                loss = loss + weight * torch.sqrt(sq)
         total = total + loss
     return total / values.shape[0]
 

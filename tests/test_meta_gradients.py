@@ -77,6 +77,40 @@ def test_relative_lambda_matches_reference(backend, mode, shared):
     assert not torch.allclose(absolute, ref_loss)  # the two modes differ on this problem
 
 
+@pytest.mark.parametrize("backend", ["torch.func", "higher"])
+@pytest.mark.parametrize("mode", RELATIVE_MODES, ids=["default", "chunk", "checkpoint", "boot-whole", "first-order"])
+@pytest.mark.parametrize("boot_lr", [1e-2, 0.05, 5.0])  # the last point, a point inside the path, theta_K
+def test_best_bootstrap_target_matches_reference(backend, mode, boot_lr):
+    """boot_target="best": the point of lowest full-context loss on the bootstrap's path is the target."""
+    torch.manual_seed(0)
+    model, coords, values = make_problem(d=2, shared=True)
+    kw = {"gamma": 0.25, "K": 3, "L": 3, "lam": 10.0, "boot_lr": boot_lr}
+    first_order = mode.get("first_order", False)
+    ref_loss, ref_grads = ref_meta_grads(
+        model, coords, values, lr=1e-2, boot_target="best", first_order=first_order, **kw
+    )
+    learner = ContextPruningMetaLearner(model, backend=backend, boot_target="best", coord_range=None, **kw, **mode)
+    loss, grads = meta_grads(learner, (coords, values))
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-9, atol=0)
+    assert_all_close(grads, ref_grads, rtol=1e-8, atol=1e-11)
+
+
+def test_best_bootstrap_target_picks_theta_k_last_or_a_point_between():
+    """The three boot_lr of the test above reach each case (so each is checked against the reference)."""
+    torch.manual_seed(0)
+    model, coords, values = make_problem(d=2, shared=True)
+    kw = {"gamma": 0.25, "K": 3, "L": 3, "lam": 10.0, "lr": 1e-2}
+    distances = {}
+    for boot_lr in (1e-2, 0.05, 5.0):
+        last, _ = ref_meta_grads(model, coords, values, boot_lr=boot_lr, **kw)
+        best, _ = ref_meta_grads(model, coords, values, boot_lr=boot_lr, boot_target="best", **kw)
+        fit, _ = ref_meta_grads(model, coords, values, boot_lr=boot_lr, **{**kw, "lam": 0.0})
+        distances[boot_lr] = (float(last - fit), float(best - fit))
+    assert distances[1e-2][0] == pytest.approx(distances[1e-2][1], rel=1e-12)  # every step lowered the loss
+    assert 0.0 < distances[0.05][1] < distances[0.05][0]  # a point between theta_K and the last
+    assert distances[5.0][1] == 0.0 < distances[5.0][0]  # no step helped: theta_K itself, no pull
+
+
 def test_relative_lambda_rejects_unknown_modes():
     model, _, _ = make_problem(d=1, shared=True)
     with pytest.raises(ValueError, match="lam_mode must be one of"):

@@ -126,6 +126,12 @@ class RunConfig:
         "(times the norm of the loss gradient at theta_K)",
         choices=["absolute", "relative"],
     )
+    boot_target: str = option(
+        "last",
+        "which point of the bootstrap's path is the target (ECoPConfig.boot_target): last (the paper's) or best "
+        "(the lowest full-context loss, theta_K included)",
+        choices=["last", "best"],
+    )
     boot_lr: float = option(5e-2)
     inner_lr: float = option(1e-2)
     learnit_tuned_inner_lr: float = option(3e-2)
@@ -220,7 +226,11 @@ class RunConfig:
     def bootstrap(self) -> dict[str, Any]:
         """The bootstrap settings of the methods that use it (``L``, ``lam``, ``boot_lr``)."""
         boot = {"L": self.boot_steps, "lam": self.lam, "boot_lr": self.boot_lr}
-        return boot if self.lam_mode == "absolute" else {**boot, "lam_mode": self.lam_mode}
+        if self.lam_mode != "absolute":
+            boot["lam_mode"] = self.lam_mode
+        if self.boot_target != "last":
+            boot["boot_target"] = self.boot_target
+        return boot
 
     @property
     def objective(self) -> dict[str, Any]:

@@ -108,17 +108,44 @@ def inner_loop(
     return params
 
 
-def bootstrap(ctx: ContextEvaluator, params: Params, *, steps: int, lr: float, first: FullGrad | None = None) -> Params:
+def bootstrap(
+    ctx: ContextEvaluator,
+    params: Params,
+    *,
+    steps: int,
+    lr: float,
+    first: FullGrad | None = None,
+    target: str = "last",
+) -> Params:
     """theta_boot: ``steps`` (L) first-order full-context SGD steps from ``params`` (theta_K), no graph.
 
-    ``first``: the graph-free full pass at ``params``, if the caller already made it.
+    ``first``: the graph-free full pass at ``params``, if the caller already made it. ``target="best"``: per
+    signal, the point of lowest full-context loss on the path (theta_K included, detached) instead of the last.
     """
     boot_params = params
+    best: Params = {}  # target="best": each signal's lowest-loss point so far, and its loss
+    best_loss = torch.empty(0)
     with record_function("ecop.bootstrap"), torch.no_grad():  # the updates record no graph (full_grad enables its own)
         for step in range(steps):
             full = first if step == 0 and first is not None else ctx.full_grad(boot_params, low_precision=True)
+            if target == "best" and step == 0:
+                best, best_loss = {n: p.detach() for n, p in params.items()}, full.loss
+            elif target == "best":
+                best_loss = _keep_lower(best, best_loss, boot_params, full.loss)
             boot_params = sgd_update(boot_params, full.grads, lr)
-    return boot_params
+        if not best:
+            return boot_params
+        _keep_lower(best, best_loss, boot_params, ctx.full_loss(ctx.errors(boot_params)))
+    return best
+
+
+def _keep_lower(best: Params, best_loss: torch.Tensor, params: Params, loss: torch.Tensor) -> torch.Tensor:
+    """Replace, in place, each signal's ``best`` parameters by ``params`` where ``loss`` is lower; the new best
+    losses ``[B]``."""
+    lower = loss < best_loss
+    for name, p in params.items():
+        best[name] = torch.where(lower.view(-1, *([1] * (p.ndim - 1))), p, best[name])
+    return torch.where(lower, loss, best_loss)
 
 
 def param_distance(params: Params, target: Params) -> torch.Tensor:
@@ -160,7 +187,14 @@ def meta_objective(
         first = at_theta_k
         if first is None and relative:  # the bootstrap's first pass, made here to read g
             first = ctx.full_grad(adapted, low_precision=True)
-        boot_params = bootstrap(ctx, adapted, steps=config.L, lr=config.boot_lr, first=first)  # type: ignore[arg-type]
+        boot_params = bootstrap(
+            ctx,
+            adapted,
+            steps=config.L,
+            lr=config.boot_lr,  # type: ignore[arg-type]
+            first=first,
+            target=config.boot_target,
+        )
         distance = param_distance(adapted, boot_params)
         lam: float | torch.Tensor = config.lam
         if relative:

@@ -147,6 +147,16 @@ class ECoPConfig:
         optional_check(positive_check),
         algorithm=True,
     )
+    boot_target: str = _hyper(
+        "last",
+        "which point of the bootstrap's path is the target theta_boot: ``\"last\"`` (the paper's: after the L "
+        'steps) or ``"best"`` (per signal, the point of lowest full-context loss among theta_K and the L steps\' '
+        "results; theta_K itself, so no pull, when no step lowered the loss). ``boot_lr`` too large for a signal "
+        "makes the paper's target worse than theta_K, and the bootstrap then pulls theta_K towards it; "
+        '``"best"`` costs one graph-free forward more per meta-step.',
+        choice_check(("last", "best")),
+        algorithm=True,
+    )
     selection: str = _hyper(
         "error",
         'name of a registered selection rule: ``"error"`` (the paper\'s), ``"random"``, ``"soft"`` (drawn with '
