@@ -95,6 +95,16 @@ def test_a_cell_may_give_learnit_its_own_validated_inner_lr():
     assert METHOD_TABLE["hashgrid_learnit"].training(config).inner_lr == 0.1
 
 
+def test_a_cell_may_roll_both_methods_back_on_divergence_and_only_its_own():
+    cells = parse_cells("siren:sphere,latent:sphere")
+    settings = {"siren:sphere": Setting(3e-4, 1e-3, "a sweep", divergence_backoff=0.5)}
+    settings["latent:sphere"] = Setting(1e-3, 1e-3, "a sweep", ecop_lam=0.1)
+    config = parse_config(run_argv(cells, Plan(steps=3, eval_size=2), settings, split="test", steps=3))
+    hyper = {m: METHOD_TABLE[m].training(config).hyper for m in ("ecop", "learnit", "ecop_latent", "learnit_latent")}
+    assert hyper["ecop"]["divergence_backoff"] == hyper["learnit"]["divergence_backoff"] == 0.5
+    assert "divergence_backoff" not in hyper["ecop_latent"] and "divergence_backoff" not in hyper["learnit_latent"]
+
+
 def test_run_arguments_reach_reproduce_as_each_cell_documents():
     cells = parse_cells("siren:images,latent:images,hashgrid:images")
     settings = {c.key: documented(c) for c in cells}

@@ -152,6 +152,9 @@ class RunConfig:
         "ECoPConfig.divergence_backoff of every learner (ECoP and Learnit alike): roll back and multiply the outer "
         "lr by this factor when the meta-loss rises (default: warn only)",
     )
+    divergence_backoff_for: tuple[tuple[str, float], ...] = option(
+        (), "divergence_backoff of one method", type=method_rate, action="append", metavar="METHOD=F"
+    )
     loss: str = option(
         "mse",
         "per-point loss of every trained method and test-time fit: mse, l1, huber or a name registered in "

@@ -108,6 +108,9 @@ class Method:
         own_lam = dict(config.lam_for)
         if self.name in own_lam and hyper.get("L", 0) > 0:
             hyper = {**hyper, "lam": own_lam[self.name]}
+        backoff = dict(config.divergence_backoff_for).get(self.name, config.divergence_backoff)
+        if backoff is not None and not self.reptile:
+            hyper = {**hyper, "divergence_backoff": backoff}
         return Training(hyper, self.inner_lr(config), config.outer_lr_of(self.name), self.reptile, self.adapt)
 
     def fit_setting(self, config: RunConfig) -> FitSetting:

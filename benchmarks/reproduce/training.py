@@ -32,7 +32,6 @@ def make_trainer(training: Training, model: nn.Module, config: RunConfig) -> Con
     settings = ECoPConfig(
         inner_lr=training.inner_lr,
         max_grad_norm=config.max_grad_norm,
-        divergence_backoff=config.divergence_backoff,
         coord_range=None,
         graph_free_dtype=graph_free,
         graph_free_full_precision=_full_precision_spec(config.graph_free_full_precision),
