@@ -235,3 +235,16 @@ def test_phases_settings_parse_python_literals_and_refuse_a_missing_value():
     assert phases.parse_settings("") == {}
     with pytest.raises(SystemExit, match="KEY=VALUE"):
         phases.parse_settings("checkpoint")
+
+
+def test_sgd_stability_ratios_start_at_one_fall_for_a_small_step_and_rise_for_a_large_one(tmp_path):
+    import sgd_stability
+
+    data = ["--images", "builtin", "--resolution", "8", "--width", "16", "--depth", "1", "--eval-size", "2"]
+    out = sgd_stability.main(
+        ["--lrs", "1e-4,1e3", "--steps", "2", "--signals", "2", "--json", str(tmp_path / "s.json"), "--", *data]
+    )
+    small, large = out["lrs"]["0.0001"], out["lrs"]["1000"]
+    assert small["median"][0] == large["median"][0] == 1.0
+    assert small["max"][1] < 1.0 < large["median"][1]
+    assert json.loads((tmp_path / "s.json").read_text())["lrs"].keys() == {"0.0001", "1000"}

@@ -204,6 +204,15 @@ DOCUMENTED: dict[str, Setting] = {
         f"{_RESULTS}, Audio 0.25 s: Learnit's 3e-4 beat 1e-3 on validation; ECoP's 3e-4 was carried over from images",
         validated=False,
     ),
+    "lr_tensor:audio": Setting(
+        3e-4,
+        3e-4,
+        f"{_RESULTS}, The matrix, fifth session (ECoP's lambda picked on the validation clips: 0 against 1 and 100, "
+        "56.05 / 42.29 / 41.70 dB at 400-600 steps, audio_rates_probe/: at the bootstrap lr 0.05 plain SGD is unstable "
+        "on these clips; outer lrs carried over from siren:audio)",
+        validated=False,
+        ecop_lam=0.0,
+    ),
     "siren:glyphs": Setting(
         1e-3,
         1e-4,
