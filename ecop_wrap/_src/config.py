@@ -314,11 +314,13 @@ class ECoPConfig:
     divergence_backoff: float | None = _hyper(
         None,
         "what a rising meta-loss (the monitor's check over ``monitor_window`` steps) does: None warns once; a "
-        "factor in (0, 1) rolls the model, the learned rates and the optimizer state back to the end of the "
-        "window with the lowest mean meta-loss, multiplies every parameter group's learning rate by it, warns, "
-        "and goes on (again at each later rise). Costs one copy of the meta-parameters and the optimizer state, "
-        "taken at each new best window; the step counter and the pruning RNG go on. A scheduler that sets "
-        "absolute learning rates overrides the lowered ones.",
+        "factor in (0, 1) rolls the model, the learned rates and the optimizer state back to the start of the "
+        "window with the lowest mean meta-loss (the state its losses were measured from), multiplies every "
+        "parameter group's learning rate by it, warns, and goes on (again at each later rise). Nothing changes "
+        "while the meta-loss does not rise. Costs up to two copies of the meta-parameters and the optimizer state "
+        "(the current window's start and the best one's), taken once per window; the step counter and the pruning "
+        "RNG go on. The copies are not saved in checkpoints (a resumed learner starts the monitor afresh). A "
+        "scheduler that sets absolute learning rates overrides the lowered ones.",
         optional_check(check_open_fraction),
     )
     coord_range: tuple[float, float] | None = _hyper(

@@ -246,7 +246,9 @@ class ContextPruningMetaLearner(LearnerState, Sharing):
     def meta_step(self, batch: SignalBatch) -> dict[str, float]:
         """One outer update: meta-loss, meta-gradient (averaged over ranks), optional clipping, optimizer step.
 
-        A step whose loss or meta-gradient is not finite changes nothing and reports ``skipped=1.0``.
+        A step whose loss or meta-gradient is not finite changes nothing and reports ``skipped=1.0``. With
+        ``divergence_backoff``, a step that completes a monitor window whose mean meta-loss rose also rolls the
+        learner back and lowers its learning rates (see :class:`~ecop_wrap.ECoPConfig`).
 
         Under ``torch.distributed`` the ranks first exchange a status record (see
         :func:`ecop_wrap.distributed.status_guard`): if the meta-loss or its gradient raised on any rank, that
