@@ -48,7 +48,8 @@ def _learner(**settings) -> tuple[ContextPruningMetaLearner, tuple[torch.Tensor,
     torch.manual_seed(0)
     coords, values = make_grid((6, 6), dtype=torch.float64), torch.rand(2, 36, 1, dtype=torch.float64)
     model = TinySiren(2, 1).double()
-    learner = ContextPruningMetaLearner(model, K=2, L=1, coord_range=None, monitor_window=5, **settings)
+    settings = {"K": 2, "L": 1, "coord_range": None, "monitor_window": 5, **settings}
+    learner = ContextPruningMetaLearner(model, **settings)
     return learner, (coords, values)
 
 
@@ -105,3 +106,22 @@ def test_divergence_backoff_ends_lower_than_a_diverging_run():
 def test_divergence_backoff_is_checked(settings, error, match):
     with pytest.raises(error, match=match):
         ContextPruningMetaLearner(TinySiren(2, 1), **settings)
+
+
+@pytest.mark.parametrize(("boot_lr", "rise"), [(1e-4, 0.0), (50.0, 1.0)])
+def test_boot_rise_reports_signals_whose_first_bootstrap_step_raised_their_loss(boot_lr, rise):
+    learner, batch = _learner(L=2, boot_lr=boot_lr, outer_lr=1e-4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        stats = [learner.meta_step(batch) for _ in range(6)]
+    assert {s["boot_rise"] for s in stats} == {rise}
+    messages = [str(w.message) for w in caught if "bootstrap's first full-context step" in str(w.message)]
+    if rise:
+        assert len(messages) == 1 and "(boot_lr=50) raised the loss of 100% of the signals" in messages[0]
+    else:
+        assert not messages
+
+
+def test_boot_rise_is_zero_without_a_second_bootstrap_point():
+    learner, batch = _learner(L=1, boot_lr=50.0)
+    assert learner.meta_step(batch)["boot_rise"] == 0.0

@@ -47,6 +47,9 @@ class MetaLossOutput:
             ``meta_step`` keep it from them unless ``boot_trains_shared=True``).
         fit_loss: ``[B]`` full-context loss at theta_K (the MSE by default; also as :attr:`mse`).
         boot_distance: ``[B]`` mu(theta_K, theta_boot) (zeros when the bootstrap is off).
+        boot_rise: ``[B]`` bool, True where the bootstrap's first step raised the signal's full-context loss (its
+            step size is then too large for the signal, and the paper's target worse than theta_K); None without
+            the bootstrap or with ``L < 2`` (the loss after the first step is computed only then).
         adapted: name -> ``[B, *shape]`` theta_K of the adapted parameters, detached.
         fit_term, boot_term: ``[B]`` the two terms of ``loss`` per signal, with their graphs (``fit_loss`` and
             ``lambda * mu``; ``boot_term`` None without the bootstrap): the learner differentiates their means
@@ -57,6 +60,7 @@ class MetaLossOutput:
     fit_loss: torch.Tensor
     boot_distance: torch.Tensor
     adapted: Params
+    boot_rise: torch.Tensor | None = None
     fit_term: torch.Tensor | None = None
     boot_term: torch.Tensor | None = None
 
@@ -116,11 +120,14 @@ def bootstrap(
     lr: float,
     first: FullGrad | None = None,
     target: str = "last",
+    path_losses: list[torch.Tensor] | None = None,
 ) -> Params:
     """theta_boot: ``steps`` (L) first-order full-context SGD steps from ``params`` (theta_K), no graph.
 
     ``first``: the graph-free full pass at ``params``, if the caller already made it. ``target="best"``: per
     signal, the point of lowest full-context loss on the path (theta_K included, detached) instead of the last.
+    ``path_losses``: a list that receives the ``[B]`` full-context loss of each point whose gradient was taken
+    (theta_K first; ``steps`` entries).
     """
     boot_params = params
     best: Params = {}  # target="best": each signal's lowest-loss point so far, and its loss
@@ -128,6 +135,8 @@ def bootstrap(
     with record_function("ecop.bootstrap"), torch.no_grad():  # the updates record no graph (full_grad enables its own)
         for step in range(steps):
             full = first if step == 0 and first is not None else ctx.full_grad(boot_params, low_precision=True)
+            if path_losses is not None:
+                path_losses.append(full.loss)
             if target == "best" and step == 0:
                 best, best_loss = {n: p.detach() for n, p in params.items()}, full.loss
             elif target == "best":
@@ -181,12 +190,13 @@ def meta_objective(
     # With the chunked outer loss, one graph-free full pass at theta_K serves both the bootstrap's first step
     # and the outer loss's surrogate.
     at_theta_k = ctx.full_grad(adapted, with_shared=True, low_precision=config.uses_bootstrap) if ctx.chunked else None
-    boot_term = None
+    boot_term, boot_rise = None, None
     if config.uses_bootstrap:
         relative = config.lam_mode == "relative"
         first = at_theta_k
         if first is None and relative:  # the bootstrap's first pass, made here to read g
             first = ctx.full_grad(adapted, low_precision=True)
+        path_losses: list[torch.Tensor] = []
         boot_params = bootstrap(
             ctx,
             adapted,
@@ -194,7 +204,10 @@ def meta_objective(
             lr=config.boot_lr,  # type: ignore[arg-type]
             first=first,
             target=config.boot_target,
+            path_losses=path_losses,
         )
+        if len(path_losses) >= 2:
+            boot_rise = path_losses[1] > path_losses[0]
         distance = param_distance(adapted, boot_params)
         lam: float | torch.Tensor = config.lam
         if relative:
@@ -210,6 +223,7 @@ def meta_objective(
         loss=loss,
         fit_loss=fit_loss.detach(),
         boot_distance=distance.detach(),
+        boot_rise=boot_rise,
         adapted={n: p.detach() for n, p in adapted.items()},
         fit_term=fit_loss,
         boot_term=boot_term,

@@ -259,14 +259,18 @@ class ContextPruningMetaLearner(LearnerState, Sharing):
         Returns:
             ``loss`` (meta-loss), ``fit_loss`` (full-context loss at theta_K, batch mean), with
             ``loss="mse"`` also ``mse`` (the same value) and ``psnr`` (from it, with ``data_range``),
-            ``boot_distance`` (mean mu), ``grad_norm`` (before clipping), ``skipped`` (1.0 or 0.0) and
+            ``boot_distance`` (mean mu), ``boot_rise`` (the share of signals whose first bootstrap step raised
+            their full-context loss), ``grad_norm`` (before clipping), ``skipped`` (1.0 or 0.0) and
             ``step`` (number of meta_step calls so far). docs/architecture.md lists every stats key.
         """
         with status_guard(self.step_count + 1, self.process_group, device=self._meta_params[0].device):
             out = self.meta_objective(batch)
             with record_function("ecop.outer_backward"):
                 grads = self._meta_gradient(out)
-        local_stats = torch.stack([out.loss.detach(), out.fit_loss.mean(), out.boot_distance.mean()])
+        local = [out.loss.detach(), out.fit_loss.mean(), out.boot_distance.mean()]
+        if out.boot_rise is not None:  # the same on every rank (it depends on L only)
+            local.append(out.boot_rise.mean(dtype=out.fit_loss.dtype))
+        local_stats = torch.stack(local)
         with record_function("ecop.all_reduce"):
             signals = float(out.fit_loss.shape[0])
             reduced, _ = weighted_all_reduce([*grads, local_stats.to(grads[0].dtype)], signals, self.process_group)
@@ -281,14 +285,16 @@ class ContextPruningMetaLearner(LearnerState, Sharing):
             self._consecutive_skips = 0
         else:
             self._skip()
-        loss, fit_loss, distance = (float(v) for v in stats)
+        loss, fit_loss, distance, *rise_share = (float(v) for v in stats)
+        rise = rise_share[0] if rise_share else 0.0
         if finite:
-            self._watch(float(grad_norm), loss)
+            self._watch(float(grad_norm), loss, rise)
         report = {"loss": loss, "fit_loss": fit_loss}
         if self.loss_fn.is_mse:
             report |= {"mse": fit_loss, "psnr": float(mse_to_psnr(fit_loss, self.config.data_range))}
         return report | {
             "boot_distance": distance,
+            "boot_rise": rise,
             "grad_norm": float(grad_norm),
             "skipped": 0.0 if finite else 1.0,
             "step": float(self.step_count),
@@ -327,10 +333,10 @@ class ContextPruningMetaLearner(LearnerState, Sharing):
         if self.config.divergence_backoff is not None and self._monitor.window_starts:
             self._window_state = self._snapshot()
 
-    def _watch(self, grad_norm: float, loss: float) -> None:
+    def _watch(self, grad_norm: float, loss: float, boot_rise: float) -> None:
         """The monitor's checks; with ``divergence_backoff``, keep the state the best window started from (its
         losses were measured on it and the states after it) and roll back to it when the meta-loss rises."""
-        event = self._monitor.update(self.step_count, grad_norm, loss)
+        event = self._monitor.update(self.step_count, grad_norm, loss, boot_rise, self.config.boot_lr)
         backoff = self.config.divergence_backoff
         if backoff is None:
             return

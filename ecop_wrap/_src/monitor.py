@@ -1,6 +1,7 @@
-"""Watching meta-training: a warning when the meta-gradient sits at the clip, and a rising training loss (the
-meta-loss) that either warns or, with ``divergence_backoff``, rolls the learner back to its best window and lowers
-its outer learning rate. ``monitor_window=0`` turns every check off."""
+"""Watching meta-training: a warning when the meta-gradient sits at the clip, one when the bootstrap's first step
+raises most signals' loss (its step size is too large for the data), and a rising training loss (the meta-loss)
+that either warns or, with ``divergence_backoff``, rolls the learner back to its best window and lowers its outer
+learning rate. ``monitor_window=0`` turns every check off."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ from typing import Literal
 
 from .validation import user_stacklevel
 
-__all__ = ["RISE", "MonitorEvent", "TrainingMonitor"]
+__all__ = ["BOOT_RISE", "RISE", "MonitorEvent", "TrainingMonitor"]
 
 RISE = 1.5
 """A window's mean meta-loss this many times the best window's counts as rising."""
+BOOT_RISE = 0.5
+"""A window in which the bootstrap's first step raised more than this share of the signals' losses warns."""
 
 MonitorEvent = Literal["best", "rise"]
 """What a completed window showed: a new best mean meta-loss, or a rise above ``RISE`` times the best."""
@@ -36,6 +39,7 @@ class TrainingMonitor:
         self.warn_on_rise = warn_on_rise
         self._clipped_run = 0
         self._losses: list[float] = []
+        self._boot_rises: list[float] = []
         self._best_mean = math.inf
         self._warned: set[str] = set()
 
@@ -49,8 +53,13 @@ class TrainingMonitor:
         """Whether the next recorded step begins a window (its state is the one a roll-back returns to)."""
         return self.window > 0 and not self._losses
 
-    def update(self, step: int, grad_norm: float, loss: float) -> MonitorEvent | None:
+    def update(
+        self, step: int, grad_norm: float, loss: float, boot_rise: float = 0.0, boot_lr: float | None = None
+    ) -> MonitorEvent | None:
         """Record one taken step; warn (once each) when a check fires.
+
+        ``boot_rise``: the share of the step's signals whose first bootstrap step raised their full-context loss
+        (``boot_lr`` names the step size in the warning).
 
         Returns:
             ``"best"`` when this step completed a window with the lowest mean meta-loss so far, ``"rise"`` when it
@@ -59,6 +68,7 @@ class TrainingMonitor:
         if self.window <= 0:
             return None
         self._check_clip(step, grad_norm)
+        self._check_bootstrap(step, boot_rise, boot_lr)
         return self._check_rise(step, loss)
 
     def restart_window(self) -> None:
@@ -77,6 +87,23 @@ class TrainingMonitor:
                 f"for {self._clipped_run} consecutive steps (now {grad_norm:.3g}): every step is clipped, so its "
                 "size is the outer learning rate's alone. Lower the outer learning rate (or lam), or raise "
                 "max_grad_norm.",
+            )
+
+    def _check_bootstrap(self, step: int, boot_rise: float, boot_lr: float | None) -> None:
+        self._boot_rises.append(boot_rise)
+        if len(self._boot_rises) < self.window:
+            return
+        share = sum(self._boot_rises) / len(self._boot_rises)
+        self._boot_rises.clear()
+        if share > BOOT_RISE:
+            self._warn(
+                "bootstrap",
+                f"meta_step {step}: over the last {self.window} steps the bootstrap's first full-context step"
+                + (f" (boot_lr={boot_lr:g})" if boot_lr is not None else "")
+                + f" raised the loss of {100 * share:.0f}% of the signals: the step size is too "
+                "large for this data, so the bootstrap's target is worse than theta_K and the bootstrap term pulls "
+                "towards it. Lower boot_lr (benchmarks/sgd_stability.py measures a step size on your data), or "
+                'use boot_target="best" or lam=0.',
             )
 
     def _check_rise(self, step: int, loss: float) -> MonitorEvent | None:
