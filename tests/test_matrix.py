@@ -105,6 +105,14 @@ def test_a_cell_may_roll_both_methods_back_on_divergence_and_only_its_own():
     assert "divergence_backoff" not in hyper["ecop_latent"] and "divergence_backoff" not in hyper["learnit_latent"]
 
 
+def test_a_cell_may_give_ecop_its_own_bootstrap_lr():
+    cell = parse_cells("lr_tensor:audio")[0]
+    setting = Setting(3e-4, 3e-4, "a sweep", boot_lr=0.01)
+    config = parse_config(run_argv([cell], Plan(steps=3, eval_size=2), {cell.key: setting}, split="test", steps=3))
+    ecop = METHOD_TABLE["ecop_lr_tensor"].training(config)
+    assert ecop.hyper["boot_lr"] == 0.01 and ecop.inner_lr == 1e-2 and ecop.hyper["lam"] == 100.0
+
+
 def test_run_arguments_reach_reproduce_as_each_cell_documents():
     cells = parse_cells("siren:images,latent:images,hashgrid:images")
     settings = {c.key: documented(c) for c in cells}

@@ -109,15 +109,15 @@ def test_divergence_backoff_is_checked(settings, error, match):
 
 
 @pytest.mark.parametrize(("boot_lr", "rise"), [(1e-4, 0.0), (50.0, 1.0)])
-def test_boot_rise_reports_signals_whose_first_bootstrap_step_raised_their_loss(boot_lr, rise):
+def test_boot_rise_reports_signals_whose_bootstrap_path_ended_above_theta_k(boot_lr, rise):
     learner, batch = _learner(L=2, boot_lr=boot_lr, outer_lr=1e-4)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         stats = [learner.meta_step(batch) for _ in range(6)]
     assert {s["boot_rise"] for s in stats} == {rise}
-    messages = [str(w.message) for w in caught if "bootstrap's first full-context step" in str(w.message)]
+    messages = [str(w.message) for w in caught if "bootstrap's full-context steps" in str(w.message)]
     if rise:
-        assert len(messages) == 1 and "(boot_lr=50) raised the loss of 100% of the signals" in messages[0]
+        assert len(messages) == 1 and "(boot_lr=50) ended above theta_K's loss for 100% of the signals" in messages[0]
     else:
         assert not messages
 

@@ -150,6 +150,8 @@ class Setting:
         learnit_inner_lr: Learnit's own inner step size where validation picked another than ECoP's (None:
             ``inner_lr``).
         ecop_lam: ECoP's bootstrap weight lambda (None: 100, the paper's).
+        boot_lr: ECoP's bootstrap step size where validation picked one other than ``inner_lr``'s (None: the
+            data's 5e-2, or ``inner_lr`` when that is set).
         divergence_backoff: both methods' ``ECoPConfig.divergence_backoff`` (None: the library's default, warn
             only): roll back and lower the outer lr when the meta-loss rises.
         inherited_from: the cell whose documented setting this one reuses (None: its own).
@@ -162,6 +164,7 @@ class Setting:
     inner_lr: float | None = None
     learnit_inner_lr: float | None = None
     ecop_lam: float | None = None
+    boot_lr: float | None = None
     divergence_backoff: float | None = None
     inherited_from: str | None = None
 
@@ -394,6 +397,8 @@ def method_flags(cell: Cell, setting: Setting, outer_lr: float | None = None) ->
         out += ["--inner-lr-for", f"{ecop}={lr}", "--inner-lr-for", f"{learnit}={own}", "--boot-lr-for", f"{ecop}={lr}"]
     if setting.ecop_lam is not None:
         out += ["--lam-for", f"{ecop}={setting.ecop_lam:g}"]
+    if setting.boot_lr is not None:
+        out += ["--boot-lr-for", f"{ecop}={setting.boot_lr:g}"]
     if setting.divergence_backoff is not None:
         for method in (ecop, learnit):
             out += ["--divergence-backoff-for", f"{method}={setting.divergence_backoff:g}"]
@@ -423,6 +428,7 @@ def describe(cells: Iterable[Cell]) -> str:
             + (f"; inner lr {lr_text(setting.inner_lr)}" if setting.inner_lr is not None else "")
             + (f" (Learnit {lr_text(setting.learnit_inner_lr)})" if setting.learnit_inner_lr is not None else "")
             + (f"; ECoP lambda {setting.ecop_lam:g}" if setting.ecop_lam is not None else "")
+            + (f"; ECoP bootstrap lr {lr_text(setting.boot_lr)}" if setting.boot_lr is not None else "")
             + (f"; divergence_backoff {setting.divergence_backoff:g}" if setting.divergence_backoff is not None else "")
             + (f"; {cell.note}" if cell.note else "")
         )

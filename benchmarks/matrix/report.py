@@ -146,6 +146,7 @@ def summarise(
             "inner_lr": setting.inner_lr,
             "learnit_inner_lr": setting.learnit_inner_lr,
             "ecop_lam": setting.ecop_lam,
+            "boot_lr": setting.boot_lr,
             "divergence_backoff": setting.divergence_backoff,
             **({"sweep": sweep} if sweep is not None else {}),
         },
@@ -290,6 +291,7 @@ def notes(matrix: dict[str, Any]) -> list[str]:
                 f"; inner and bootstrap lr {lrs['inner_lr']:g}" if lrs["inner_lr"] is not None else "",
                 f" (Learnit's inner lr {lrs['learnit_inner_lr']:g})" if lrs.get("learnit_inner_lr") is not None else "",
                 f"; ECoP lambda {lrs['ecop_lam']:g}" if lrs["ecop_lam"] is not None else "",
+                f"; ECoP bootstrap lr {lrs['boot_lr']:g}" if lrs.get("boot_lr") is not None else "",
                 f"; divergence_backoff {lrs['divergence_backoff']:g} (both)"
                 if lrs.get("divergence_backoff") is not None
                 else "",

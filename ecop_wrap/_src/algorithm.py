@@ -47,9 +47,10 @@ class MetaLossOutput:
             ``meta_step`` keep it from them unless ``boot_trains_shared=True``).
         fit_loss: ``[B]`` full-context loss at theta_K (the MSE by default; also as :attr:`mse`).
         boot_distance: ``[B]`` mu(theta_K, theta_boot) (zeros when the bootstrap is off).
-        boot_rise: ``[B]`` bool, True where the bootstrap's first step raised the signal's full-context loss (its
-            step size is then too large for the signal, and the paper's target worse than theta_K); None without
-            the bootstrap or with ``L < 2`` (the loss after the first step is computed only then).
+        boot_rise: ``[B]`` bool, True where the bootstrap's path ends above theta_K: the full-context loss at its
+            last measured point (after L - 1 steps) is higher than at theta_K (the step size is then too large for
+            the signal, and the paper's target likely worse than theta_K); None without the bootstrap or with
+            ``L < 2`` (no point after theta_K is measured then).
         adapted: name -> ``[B, *shape]`` theta_K of the adapted parameters, detached.
         fit_term, boot_term: ``[B]`` the two terms of ``loss`` per signal, with their graphs (``fit_loss`` and
             ``lambda * mu``; ``boot_term`` None without the bootstrap): the learner differentiates their means
@@ -207,7 +208,7 @@ def meta_objective(
             path_losses=path_losses,
         )
         if len(path_losses) >= 2:
-            boot_rise = path_losses[1] > path_losses[0]
+            boot_rise = path_losses[-1] > path_losses[0]
         distance = param_distance(adapted, boot_params)
         lam: float | torch.Tensor = config.lam
         if relative:

@@ -259,8 +259,8 @@ class ContextPruningMetaLearner(LearnerState, Sharing):
         Returns:
             ``loss`` (meta-loss), ``fit_loss`` (full-context loss at theta_K, batch mean), with
             ``loss="mse"`` also ``mse`` (the same value) and ``psnr`` (from it, with ``data_range``),
-            ``boot_distance`` (mean mu), ``boot_rise`` (the share of signals whose first bootstrap step raised
-            their full-context loss), ``grad_norm`` (before clipping), ``skipped`` (1.0 or 0.0) and
+            ``boot_distance`` (mean mu), ``boot_rise`` (the share of signals whose bootstrap path ended above
+            their loss at theta_K), ``grad_norm`` (before clipping), ``skipped`` (1.0 or 0.0) and
             ``step`` (number of meta_step calls so far). docs/architecture.md lists every stats key.
         """
         with status_guard(self.step_count + 1, self.process_group, device=self._meta_params[0].device):
