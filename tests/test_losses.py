@@ -475,7 +475,7 @@ def test_mse_with_unit_weights_equals_mse_without_to_1e_12(settings, shared):
         torch.testing.assert_close(fit_ones.history[key], fit_plain.history[key], rtol=1e-12, atol=1e-12)
 
 
-STATS_KEYS = {"loss", "fit_loss", "boot_distance", "grad_norm", "skipped", "step"}
+STATS_KEYS = {"loss", "fit_loss", "boot_distance", "boot_rise", "grad_norm", "skipped", "step"}
 
 
 @pytest.mark.parametrize("loss_id", ["mse", *REF_LOSSES])
