@@ -704,3 +704,14 @@ def test_selection_flag_reaches_the_ecop_methods_only():
     assert "selection" not in METHOD_TABLE["ecop"].training(RunConfig.from_args([])).hyper
     assert METHOD_TABLE["random_pruning"].training(soft).hyper["selection"] == "random"
     assert "selection" not in METHOD_TABLE["learnit"].training(soft).hyper
+
+
+def test_training_records_the_bootstrap_rise_of_methods_that_bootstrap(tmp_path, capsys):
+    pytest.importorskip("skimage")
+    from reproduce import main
+
+    results = main([*_TINY_IMAGES, "--methods", "ecop,learnit", "--boot-steps", "2", "--boot-lr", "100"])
+    rises = results["ecop"]["train"]["boot_rise_curve"]
+    assert rises and all(0.0 <= r <= 1.0 for r in rises) and max(rises) > 0.0  # a step of 100 overshoots
+    assert "boot_rise_curve" not in results["learnit"]["train"]  # no bootstrap, nothing measured
+    assert "boot_rise" in capsys.readouterr().out
