@@ -99,6 +99,7 @@ class ContextPruningMetaLearner(LearnerState, Sharing):
         self._monitor = TrainingMonitor(
             self.config.monitor_window,
             self.config.max_grad_norm,
+            boot_lr=self.config.boot_lr,
             warn_on_rise=self.config.divergence_backoff is None,
         )
         self._window_state: dict[str, Any] | None = None  # state before the monitor's current window
@@ -336,7 +337,7 @@ class ContextPruningMetaLearner(LearnerState, Sharing):
     def _watch(self, grad_norm: float, loss: float, boot_rise: float) -> None:
         """The monitor's checks; with ``divergence_backoff``, keep the state the best window started from (its
         losses were measured on it and the states after it) and roll back to it when the meta-loss rises."""
-        event = self._monitor.update(self.step_count, grad_norm, loss, boot_rise, self.config.boot_lr)
+        event = self._monitor.update(self.step_count, grad_norm, loss, boot_rise)
         backoff = self.config.divergence_backoff
         if backoff is None:
             return
@@ -347,11 +348,9 @@ class ContextPruningMetaLearner(LearnerState, Sharing):
 
     def _roll_back(self, best: dict[str, Any], backoff: float, loss: float) -> None:
         lrs = [group["lr"] for group in self.optimizer.param_groups]
-        self.model.load_state_dict(best["model"])
-        with torch.no_grad():
-            for name, rate in best["inner_lrs"].items():
-                self.rates.tensors[name].copy_(rate)
-        self.optimizer.load_state_dict(copy.deepcopy(best["optimizer"]))
+        # a copy: the optimizer takes the state's tensors as they are, and its steps would change the kept state
+        # (a later rise may roll back to it again)
+        self._apply_weights({**best, "optimizer": copy.deepcopy(best["optimizer"])})
         for group, lr in zip(self.optimizer.param_groups, lrs, strict=True):
             group["lr"] = lr * backoff
         self._monitor.restart_window()

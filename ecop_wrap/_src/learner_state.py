@@ -113,14 +113,19 @@ class LearnerState:
         self.load_state_dict(read_checkpoint(path))
 
     def _apply_state(self, state: dict[str, Any]) -> None:
+        self._apply_weights(state)
+        self._set_generator_state(self._rank_generator_state(state))
+        self.step_count = int(state["step"])
+        self._consecutive_skips = int(state.get("consecutive_skips", 0))
+
+    def _apply_weights(self, state: dict[str, Any]) -> None:
+        """The model, the learned rates and the optimizer (its learning rates included) of a state; not the step
+        counter or the pruning RNG (a roll-back keeps those going)."""
         self.model.load_state_dict(state["model"])
         with torch.no_grad():
             for name, rate in state.get("inner_lrs", {}).items():
                 self.rates.tensors[name].copy_(rate)
         self.optimizer.load_state_dict(state["optimizer"])
-        self._set_generator_state(self._rank_generator_state(state))
-        self.step_count = int(state["step"])
-        self._consecutive_skips = int(state.get("consecutive_skips", 0))
 
     def _rank_generator_state(self, state: dict[str, Any]) -> torch.Tensor:
         """This rank's pruning RNG state in ``state`` (its own one in a multi-rank checkpoint)."""

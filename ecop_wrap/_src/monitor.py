@@ -29,13 +29,17 @@ class TrainingMonitor:
     Args:
         window: consecutive steps the two checks look at (0: no checks).
         max_grad_norm: the clip (None: no clip, no clip check).
+        boot_lr: the bootstrap's step size, named in the bootstrap warning (None: not named).
         warn_on_rise: warn (once) when the meta-loss rises; False when the caller acts on the ``"rise"`` event
             itself (the learner's ``divergence_backoff``).
     """
 
-    def __init__(self, window: int, max_grad_norm: float | None, *, warn_on_rise: bool = True) -> None:
+    def __init__(
+        self, window: int, max_grad_norm: float | None, *, boot_lr: float | None = None, warn_on_rise: bool = True
+    ) -> None:
         self.window = window
         self.max_grad_norm = max_grad_norm
+        self.boot_lr = boot_lr
         self.warn_on_rise = warn_on_rise
         self._clipped_run = 0
         self._losses: list[float] = []
@@ -53,13 +57,11 @@ class TrainingMonitor:
         """Whether the next recorded step begins a window (its state is the one a roll-back returns to)."""
         return self.window > 0 and not self._losses
 
-    def update(
-        self, step: int, grad_norm: float, loss: float, boot_rise: float = 0.0, boot_lr: float | None = None
-    ) -> MonitorEvent | None:
+    def update(self, step: int, grad_norm: float, loss: float, boot_rise: float = 0.0) -> MonitorEvent | None:
         """Record one taken step; warn (once each) when a check fires.
 
         ``boot_rise``: the share of the step's signals whose bootstrap path ended above their full-context loss at
-        theta_K (``boot_lr`` names the step size in the warning).
+        theta_K.
 
         Returns:
             ``"best"`` when this step completed a window with the lowest mean meta-loss so far, ``"rise"`` when it
@@ -68,7 +70,7 @@ class TrainingMonitor:
         if self.window <= 0:
             return None
         self._check_clip(step, grad_norm)
-        self._check_bootstrap(step, boot_rise, boot_lr)
+        self._check_bootstrap(step, boot_rise)
         return self._check_rise(step, loss)
 
     def restart_window(self) -> None:
@@ -89,17 +91,22 @@ class TrainingMonitor:
                 "max_grad_norm.",
             )
 
-    def _check_bootstrap(self, step: int, boot_rise: float, boot_lr: float | None) -> None:
-        self._boot_rises.append(boot_rise)
-        if len(self._boot_rises) < self.window:
-            return
-        share = sum(self._boot_rises) / len(self._boot_rises)
-        self._boot_rises.clear()
-        if share > BOOT_RISE:
+    def _window_mean(self, values: list[float], value: float) -> float | None:
+        """Append ``value``; when ``values`` holds a whole window, empty it and return its mean."""
+        values.append(value)
+        if len(values) < self.window:
+            return None
+        mean = sum(values) / len(values)
+        values.clear()
+        return mean
+
+    def _check_bootstrap(self, step: int, boot_rise: float) -> None:
+        share = self._window_mean(self._boot_rises, boot_rise)
+        if share is not None and share > BOOT_RISE:
             self._warn(
                 "bootstrap",
                 f"meta_step {step}: over the last {self.window} steps the bootstrap's full-context steps"
-                + (f" (boot_lr={boot_lr:g})" if boot_lr is not None else "")
+                + (f" (boot_lr={self.boot_lr:g})" if self.boot_lr is not None else "")
                 + f" ended above theta_K's loss for {100 * share:.0f}% of the signals: the step size is too "
                 "large for this data, so the bootstrap's target is worse than theta_K and the bootstrap term pulls "
                 "towards it. Lower boot_lr (benchmarks/sgd_stability.py measures a step size on your data), or "
@@ -107,11 +114,9 @@ class TrainingMonitor:
             )
 
     def _check_rise(self, step: int, loss: float) -> MonitorEvent | None:
-        self._losses.append(loss)
-        if len(self._losses) < self.window:
+        mean = self._window_mean(self._losses, loss)
+        if mean is None:
             return None
-        mean = sum(self._losses) / len(self._losses)
-        self._losses.clear()
         if mean > RISE * self._best_mean:
             if self.warn_on_rise:
                 self._warn(

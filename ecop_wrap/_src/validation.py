@@ -102,19 +102,20 @@ def check_piece(name: str, value: Any) -> str | int:
 
 def check_fraction(name: str, value: Any) -> float:
     """A float in (0, 1]."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a float in (0, 1], got {type(value).__name__}")
-    if not 0.0 < float(value) <= 1.0:
-        raise ValueError(f"{name} must be in (0, 1], got {value}")
-    return float(value)
+    return _fraction(name, value, include_one=True)
 
 
 def check_open_fraction(name: str, value: Any) -> float:
     """A float in (0, 1)."""
+    return _fraction(name, value, include_one=False)
+
+
+def _fraction(name: str, value: Any, *, include_one: bool) -> float:
+    interval = "(0, 1]" if include_one else "(0, 1)"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a float in (0, 1), got {type(value).__name__}")
-    if not 0.0 < float(value) < 1.0:
-        raise ValueError(f"{name} must be in (0, 1), got {value}")
+        raise TypeError(f"{name} must be a float in {interval}, got {type(value).__name__}")
+    if not (0.0 < float(value) <= 1.0 if include_one else 0.0 < float(value) < 1.0):
+        raise ValueError(f"{name} must be in {interval}, got {value}")
     return float(value)
 
 
