@@ -11,7 +11,7 @@ from ._src.algorithm import MetaLossOutput
 from ._src.calibrate import TEST_RULES, Calibration, calibrate_adapter
 from ._src.config import ECoPConfig
 from ._src.learner import ContextPruningMetaLearner
-from ._src.losses import LOSSES, register_loss
+from ._src.losses import LOSSES, clamped_l1, register_loss
 from ._src.rules import (
     SCALING_RULES,
     SELECTION_RULES,
@@ -52,6 +52,7 @@ __all__ = [
     "Siren",
     "array_to_signal",
     "calibrate_adapter",
+    "clamped_l1",
     "default_trace_steps",
     "image_to_signal",
     "make_grid",

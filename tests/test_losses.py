@@ -513,3 +513,80 @@ def test_meta_step_stats_and_fit_history_keys_follow_the_loss(loss_id):
         torch.testing.assert_close(
             fit.history["psnr"], 10 * torch.log10(data_range**2 / fit.history["loss"]), rtol=1e-12, atol=0
         )
+
+
+# ------------------------------------------------------------------------------------------------------------
+# ecop_wrap.clamped_l1: DeepSDF's clamped L1 and its one-sided version, against definitions written out here.
+# ------------------------------------------------------------------------------------------------------------
+SDF_CLAMP = 0.1
+
+
+def _one_sided_reference(pred, target):
+    """Branch by branch: ``|f - y|`` in the band, ``max(0, d - f)`` outside (``y >= d``), ``max(0, f + d)``
+    inside (``y <= -d``), channel-averaged."""
+    d = SDF_CLAMP
+    band = (pred - target).abs()
+    outside = torch.relu(d - pred)
+    inside = torch.relu(pred + d)
+    per_channel = torch.where(target >= d, outside, torch.where(target <= -d, inside, band))
+    return per_channel.mean(-1)
+
+
+def _sdf_points(seed=0):
+    torch.manual_seed(seed)
+    pred = (torch.rand(3, 40, 2, dtype=torch.float64) - 0.5) * 0.8  # half of them beyond the clamp
+    target = (torch.rand(3, 40, 2, dtype=torch.float64) - 0.5) * 0.8
+    return pred.requires_grad_(True), target
+
+
+def test_clamped_l1_is_deepsdfs_clamp_and_its_one_sided_version_the_written_branches():
+    import ecop_wrap
+
+    pred, target = _sdf_points()
+    flat = ecop_wrap.clamped_l1(SDF_CLAMP)(pred, target)
+    torch.testing.assert_close(flat, (pred.clamp(-0.1, 0.1) - target.clamp(-0.1, 0.1)).abs().mean(-1), rtol=0, atol=0)
+    one_sided = ecop_wrap.clamped_l1(SDF_CLAMP, one_sided=True)
+    ours, theirs = one_sided(pred, target), _one_sided_reference(pred, target)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-15)
+    (g_ours,) = torch.autograd.grad(ours.sum(), pred)
+    (g_ref,) = torch.autograd.grad(theirs.sum(), pred)
+    torch.testing.assert_close(g_ours, g_ref, rtol=0, atol=0)
+    # equal to the clamped loss (value and gradient) wherever every channel's prediction is within the clamp
+    within = (pred.detach().abs() <= SDF_CLAMP).all(-1)
+    assert within.any() and (~within).any()
+    torch.testing.assert_close(ours[within], flat[within], rtol=0, atol=1e-15)
+    (g_flat,) = torch.autograd.grad(flat.sum(), pred)
+    torch.testing.assert_close(g_ours[within], g_flat[within], rtol=0, atol=0)
+
+
+def test_one_sided_clamped_l1_has_no_plateau_where_a_field_says_outside_everywhere():
+    import ecop_wrap
+
+    target = torch.tensor([[[-0.3], [-0.05], [0.05], [0.3]]], dtype=torch.float64)  # inside, band, band, outside
+    pred = torch.full_like(target, 2 * SDF_CLAMP).requires_grad_(True)  # "outside" everywhere
+    (g_flat,) = torch.autograd.grad(ecop_wrap.clamped_l1(SDF_CLAMP)(pred, target).sum(), pred)
+    (g_one,) = torch.autograd.grad(ecop_wrap.clamped_l1(SDF_CLAMP, one_sided=True)(pred, target).sum(), pred)
+    assert g_flat.abs().sum() == 0  # DeepSDF's clamp: no point tells the field it is wrong
+    assert g_one.flatten().tolist() == [1.0, 1.0, 1.0, 0.0]  # one-sided: the inside and band points push it down
+
+
+@pytest.mark.parametrize("bad", [0, -0.1, True, "0.1", float("nan")])
+def test_clamped_l1_refuses_a_bad_clamp(bad):
+    import ecop_wrap
+
+    with pytest.raises(ValueError, match="delta must be a number > 0"):
+        ecop_wrap.clamped_l1(bad)
+
+
+def test_a_meta_gradient_with_the_one_sided_clamp_matches_the_reference():
+    import ecop_wrap
+
+    register_loss("test_one_sided_clamp", ecop_wrap.clamped_l1(SDF_CLAMP, one_sided=True), overwrite=True)
+    coords, values, weights = _problem()
+    values = (values - 0.5) * 0.8  # signed, half beyond the clamp
+    model = TinySiren(2, 2).double()
+    lib = _library(model, (coords, values, weights), "test_one_sided_clamp", {})
+    ref = ref_objective_grads(
+        model, coords, values, weights, gamma=GAMMA, K=K, L=L, lam=LAM, lr=LR, loss="custom", fn=_one_sided_reference
+    )
+    _close(lib[:2], ref)

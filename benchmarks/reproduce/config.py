@@ -162,7 +162,11 @@ class RunConfig:
         metavar="NAME",
     )
     huber_delta: float = option(1.0, "the delta of --loss huber (quadratic below it, linear above)")
-    sdf_clamp: float = option(0.1, "the clamp d of --loss clamped_l1, |clamp(f, -d, d) - clamp(y, -d, d)|")
+    sdf_clamp: float = option(
+        0.1,
+        "the clamp d of --loss clamped_l1, |clamp(f, -d, d) - clamp(y, -d, d)|, and of --loss "
+        "clamped_l1_one_sided (the same without its flat part beyond the clamp: ecop_wrap.clamped_l1)",
+    )
     sdf_band: float = option(0.1, "--sdf: band_error is the mean |SDF error| where |truth| < this")
     graph_free_dtype: str = option(
         "float32",

@@ -87,7 +87,7 @@ class _Run:
 def run(config: RunConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train and test every requested method; returns the JSON-ready results."""
     torch.set_num_threads(config.threads)
-    register_losses(config.sdf_clamp)  # --loss clamped_l1 (also when run() is called without the CLI)
+    register_losses(config.sdf_clamp)  # --loss clamped_l1[_one_sided] (also when run() is called without the CLI)
     device = torch.device(config.device)
     splits = load_splits(config)
     log(f"data: {splits.description}; train {len(splits.train)}, val {len(splits.val)}, test {len(splits.test)}")
@@ -148,7 +148,7 @@ def _meta(config: RunConfig, splits: Splits, device: torch.device) -> dict[str, 
         **({"psnr_of": "hidden pixels (psnr_observed: the observed ones)"} if splits.observed else {}),
         **({"huber_delta": config.huber_delta} if config.loss == "huber" else {}),
         **({"aspect_crops": config.aspect_crops, "points_per_signal": _points(splits)} if splits.ragged else {}),
-        **({"sdf_clamp": config.sdf_clamp} if config.loss == "clamped_l1" else {}),
+        **({"sdf_clamp": config.sdf_clamp} if config.loss.startswith("clamped_l1") else {}),
         **({"sdf_band": config.sdf_band} if splits.modality == "sdf" else {}),
         "eval_signals": int(held_out_count(splits, config.eval_split)),
         "train_signals": len(splits.train),

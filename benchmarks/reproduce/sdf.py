@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -17,22 +16,17 @@ if TYPE_CHECKING:
 
 CLAMPED_L1 = "clamped_l1"
 """The name ``--loss`` takes for DeepSDF's clamped L1 (clamp ``--sdf-clamp``)."""
+CLAMPED_L1_ONE_SIDED = "clamped_l1_one_sided"
+"""``--loss`` for the clamped L1 without its flat part beyond the clamp (``ecop_wrap.clamped_l1(one_sided=True)``)."""
 # disjoint font families, as examples/sdf_glyphs.py: the test set is typefaces never trained on
 TRAIN_FAMILIES, VAL_FAMILIES, TEST_FAMILIES = (FONT_FAMILY_SPLITS[s] for s in ("train", "val", "test"))
 
 
-def clamped_l1(delta: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """DeepSDF's clamped L1 per point, ``|clamp(f, -d, d) - clamp(y, -d, d)|``: ``[..., M, D] -> [..., M]``."""
-
-    def loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return (pred.clamp(-delta, delta) - target.clamp(-delta, delta)).abs().mean(dim=-1)
-
-    return loss
-
-
 def register_losses(clamp: float) -> None:
-    """Register ``clamped_l1`` with clamp ``clamp`` in ``ecop_wrap.LOSSES`` (replacing an earlier one)."""
-    ecop_wrap.register_loss(CLAMPED_L1, clamped_l1(clamp), overwrite=True)
+    """Register ``clamped_l1`` and ``clamped_l1_one_sided`` (``ecop_wrap.clamped_l1`` with ``one_sided``) with
+    clamp ``clamp`` in ``ecop_wrap.LOSSES`` (replacing earlier ones)."""
+    ecop_wrap.register_loss(CLAMPED_L1, ecop_wrap.clamped_l1(clamp), overwrite=True)
+    ecop_wrap.register_loss(CLAMPED_L1_ONE_SIDED, ecop_wrap.clamped_l1(clamp, one_sided=True), overwrite=True)
 
 
 def sdf_splits(config: RunConfig) -> Splits:

@@ -18,7 +18,7 @@ import torch
 from .numerics import squared_errors
 from .validation import register_in
 
-__all__ = ["LOSSES", "LossFn", "PointLoss", "huber", "l1", "make_loss", "mse", "register_loss"]
+__all__ = ["LOSSES", "LossFn", "PointLoss", "clamped_l1", "huber", "l1", "make_loss", "mse", "register_loss"]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -37,6 +37,42 @@ def huber(pred: torch.Tensor, target: torch.Tensor, delta: float = 1.0) -> torch
     """Huber loss averaged over channels (``torch.nn.functional.huber_loss``'s convention): ``0.5 e^2`` where
     ``|e| <= delta``, else ``delta (|e| - 0.5 delta)``; ``delta`` is ``ECoPConfig.huber_delta``."""
     return torch.nn.functional.huber_loss(pred, target, reduction="none", delta=delta).mean(dim=-1)
+
+
+def clamped_l1(delta: float, *, one_sided: bool = False) -> LossFn:
+    """DeepSDF's clamped L1 for signed distances, a loss to register: ``[..., M, D] -> [..., M]``.
+
+    ``one_sided=False``: ``|clamp(f, -d, d) - clamp(y, -d, d)|`` averaged over channels, as DeepSDF. Where the
+    prediction is beyond the clamp the loss is flat, so a field predicting ``+d`` everywhere (every point
+    "outside") gets no gradient from the points inside the shape: meta-training can stall there for good.
+
+    ``one_sided=True``: the distance from ``f`` to the values the clamped loss accepts: ``|f - y|`` where
+    ``|y| < d``, ``max(0, d - f)`` where ``y >= d`` and ``max(0, f + d)`` where ``y <= -d``. Equal to the clamped
+    loss (value and gradient) wherever ``|f| <= d``; beyond the clamp it keeps growing instead of staying flat, so
+    no prediction sits on a plateau.
+
+    Args:
+        delta: the clamp ``d > 0`` (in the signal's units).
+        one_sided: see above.
+
+    Example::
+
+        ecop_wrap.register_loss("sdf", clamped_l1(0.1, one_sided=True))
+        learner = ContextPruningMetaLearner(model, loss="sdf")
+    """
+    if not (isinstance(delta, int | float) and not isinstance(delta, bool) and delta > 0):
+        raise ValueError(f"delta must be a number > 0 (the clamp), got {delta!r}")
+
+    def flat(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return (pred.clamp(-delta, delta) - target.clamp(-delta, delta)).abs().mean(dim=-1)
+
+    def hinge(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        # accepted values: [min(y, d), inf) unless y <= -d, and (-inf, max(y, -d)] unless y >= d
+        below = (target.clamp(max=delta) - pred).clamp_min(0) * (target > -delta)
+        above = (pred - target.clamp(min=-delta)).clamp_min(0) * (target < delta)
+        return (below + above).mean(dim=-1)
+
+    return hinge if one_sided else flat
 
 
 LOSSES: dict[str, LossFn] = {"mse": mse, "l1": l1, "huber": huber}
