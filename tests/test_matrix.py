@@ -425,3 +425,14 @@ def test_quick_with_the_calibrated_test_rule_scores_ecops_retest(tmp_path):
     assert entry["status"] == "ok" and entry["ecop"]["method"] == "ecop_latent_test_calibrated"
     assert entry["ecop"]["calibration"]["split"] == "train" and entry["ecop"]["outer_lr"] is not None
     assert "--outer-lr-for ecop_latent=" in entry["command"] and "ecop_latent_test_calibrated" in entry["command"]
+
+
+@pytest.mark.parametrize(
+    ("cells", "workers", "per_run"),
+    [("*:video", 2, "2"), ("*:video,siren:images", 2, "1"), ("*:video", 5, "5"), ("*:video,siren:images", 5, "2")],
+)
+def test_workers_left_over_train_a_runs_methods_side_by_side(cells, workers, per_run):
+    jobs: list = []
+    argv = ["--steps", "3", "--cells", cells, "--workers", str(workers)]
+    run_matrix(parse_args(argv), argv, run=_fake(jobs), log=lambda _: None)
+    assert jobs and {j.argv[j.argv.index("--workers") + 1] for j in jobs} == {per_run}

@@ -77,15 +77,17 @@ def run_argv(
     split: str,
     steps: int,
     outer_lr: float | None = None,
+    workers: int = 1,
 ) -> list[str]:
-    """The command line of one run of ``cells`` (which share their flags)."""
+    """The command line of one run of ``cells`` (which share their flags); ``workers``: its methods trained at a
+    time (benchmarks/reproduce ``--workers``)."""
     flags = cells[0].flags(plan.quick)
     if plan.video_source is not None and "--video" in flags:
         flags["--video"] = plan.video_source
     flags |= {"--outer-steps": str(steps), "--eval-size": str(plan.eval_size), "--eval-split": split}
     if plan.train_size is not None:
         flags["--train-size"] = str(plan.train_size)
-    flags |= {"--seed": "0", "--threads": str(plan.threads), "--workers": "1"}
+    flags |= {"--seed": "0", "--threads": str(plan.threads), "--workers": str(workers)}
     argv = as_argv(flags)
     for cell in cells:
         argv += method_flags(cell, settings[cell.key], outer_lr)
@@ -146,14 +148,16 @@ def run_cells(
 ) -> dict[tuple[str, float | None], Outcome]:
     """Run every cell once per outer lr of ``outer_lrs`` (None: the setting's own); ``(cell key, lr) -> outcome``.
 
-    Cells that share their flags run together; a failed run is retried cell by cell.
+    Cells that share their flags run together; a failed run is retried cell by cell. With fewer runs than
+    ``workers``, each run trains its methods ``workers // runs`` at a time, so every worker is used.
     """
 
     def jobs_of(groups: Sequence[Sequence[Cell]], suffix: str = "") -> list[tuple[Job, float | None]]:
         out = []
+        per_run = max(1, workers // max(1, len(groups) * len(outer_lrs)))
         for lr in outer_lrs:
             for cells_of in groups:
-                argv = run_argv(cells_of, plan, settings, split=split, steps=steps, outer_lr=lr)
+                argv = run_argv(cells_of, plan, settings, split=split, steps=steps, outer_lr=lr, workers=per_run)
                 label = "+".join(c.key for c in cells_of) if len(cells_of) == 1 else cells_of[0].data.name
                 name = _safe(f"{tag}_{label}{'' if lr is None else f'_lr{lr:g}'}{suffix}")
                 out.append((Job(name, tuple(cells_of), tuple(argv)), lr))
