@@ -3,7 +3,8 @@
 Each signal is the exact signed distance to a glyph's outline (negative inside) on an R x R grid in [-1, 1]^2,
 from the fonts matplotlib ships (``ecop_wrap.data.glyph_sdfs``): training fonts, validation fonts and test fonts
 are different families. Both methods use DeepSDF's clamped L1 loss, |clamp(f, -d, d) - clamp(y, -d, d)|,
-registered with ``ecop_wrap.register_loss``; each method's outer learning rate is picked on the validation
+(``ecop_wrap.clamped_l1``, ``--one-sided`` for its version without the flat part beyond the clamp) registered
+with ``ecop_wrap.register_loss``; each method's outer learning rate is picked on the validation
 family (``--lr-grid``), never on the test families.
 
     python examples/sdf_glyphs.py                               # a few minutes on 2 CPU cores
@@ -21,7 +22,6 @@ import dataclasses
 import json
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ from _common import (
 )
 
 import ecop_wrap
-from ecop_wrap import ContextPruningMetaLearner, GradScaledAdapter, SavedTensorMeter
+from ecop_wrap import ContextPruningMetaLearner, GradScaledAdapter, SavedTensorMeter, clamped_l1
 from ecop_wrap.data import FONT_FAMILIES, FONT_FAMILY_SPLITS, SignalDataset, glyph_sdfs
 
 LOSS = "clamped_l1"
@@ -59,19 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
             f"--{split}-families", default=",".join(families), help=f"comma-separated font families of the {split} set"
         )
     data.add_argument("--delta", type=float, default=0.1, help="clamp d of the clamped L1 loss (DeepSDF)")
+    data.add_argument(
+        "--one-sided",
+        action="store_true",
+        help="the clamped L1 without its flat part beyond the clamp (ecop_wrap.clamped_l1(one_sided=True))",
+    )
     data.add_argument("--band", type=float, default=0.1, help="the SDF error is averaged where |truth| < band")
     data.add_argument("--val-signals", type=int, default=16, help="validation glyphs the learning rate is picked on")
     data.add_argument("--lr-grid", default="1e-4,3e-4,1e-3", help="outer learning rates tried for each method")
     return add_common_flags(parser, outer_steps=200, hidden_features=64, w0=10.0, test_signals=32, inner_lr=1e-2)
-
-
-def clamped_l1(delta: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """DeepSDF's clamped L1 per point: ``[..., M, D] -> [..., M]``."""
-
-    def loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return (pred.clamp(-delta, delta) - target.clamp(-delta, delta)).abs().mean(dim=-1)
-
-    return loss
 
 
 def load_data(args: argparse.Namespace, config: ExampleConfig) -> dict[str, SignalDataset]:
@@ -174,7 +170,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit("error: --lr-grid needs a value; --delta, --band and --val-signals must be positive")
     out = Path(config.out) if config.out is not None else Path("outputs") / "sdf_glyphs"
     out.mkdir(parents=True, exist_ok=True)
-    ecop_wrap.register_loss(LOSS, clamped_l1(args.delta), overwrite=True)
+    ecop_wrap.register_loss(LOSS, clamped_l1(args.delta, one_sided=args.one_sided), overwrite=True)
     data = load_data(args, config)
     print(", ".join(f"{k}: {len(v)} glyphs" for k, v in data.items()) + f" on {args.resolution}x{args.resolution}")
     methods = [
