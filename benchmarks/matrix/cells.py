@@ -280,6 +280,18 @@ DOCUMENTED: dict[str, Setting] = {
         inner_lr=0.1,
         learnit_inner_lr=0.3,
     ),
+    "hashgrid:glyphs": Setting(
+        1e-2,
+        1e-2,
+        f"{_RESULTS}, Glyph SDFs without the clamp's plateau (one-sided clamped L1; glyphs_one_sided_probe/: inner "
+        "and ECoP's bootstrap lr picked per method on the validation glyphs at 300 steps from 0.01, 0.03, 0.1, 0.3 "
+        "(at the images cell's 1.0 ECoP's meta-loss diverged): ECoP 0.03 (band PSNR 29.62 dB), Learnit 0.01 "
+        "(27.09; every value within 0.4 dB, IoU 0); Learnit's outer lr then from 1e-3, 3e-3, 1e-2: 1e-2 (27.29, at "
+        "the grid's edge); ECoP's outer lr is the images cell's, not picked here)",
+        validated=False,
+        inner_lr=0.03,
+        learnit_inner_lr=0.01,
+    ),
     "nerv:video": Setting(
         3e-3, 3e-3, f"{_RESULTS}, Video (video_sweep.json; inner and bootstrap lr 1.0, sine NeRV)", inner_lr=1.0
     ),
