@@ -117,9 +117,23 @@ def test_boot_rise_reports_signals_whose_bootstrap_path_ended_above_theta_k(boot
     assert {s["boot_rise"] for s in stats} == {rise}
     messages = [str(w.message) for w in caught if "bootstrap's full-context steps" in str(w.message)]
     if rise:
-        assert len(messages) == 1 and "(boot_lr=50) ended above theta_K's loss for 100% of the signals" in messages[0]
+        assert (
+            len(messages) == 1
+            and "(boot_lr=50) ended above twice theta_K's loss for 100% of the signals" in messages[0]
+        )
     else:
         assert not messages
+
+
+def test_boot_rise_counts_a_path_only_above_boot_rise_factor_times_theta_k(monkeypatch):
+    from ecop_wrap._src import algorithm
+
+    learner, batch = _learner(L=2, boot_lr=50.0, outer_lr=1e-4)
+    out = learner.meta_objective(batch)
+    assert out.boot_rise is not None and bool(out.boot_rise.all())  # boot_lr 50 diverges on every signal
+    monkeypatch.setattr(algorithm, "BOOT_RISE_FACTOR", 1e30)  # the same paths, below the factor: not counted
+    out = learner.meta_objective(batch)
+    assert out.boot_rise is not None and not bool(out.boot_rise.any())
 
 
 def test_boot_rise_is_zero_without_a_second_bootstrap_point():

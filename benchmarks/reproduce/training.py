@@ -108,7 +108,7 @@ def train(
         "train_psnr_curve" if measure == "psnr" else "train_loss_curve": _thin(curve),
         "diverged": diverged,
     }
-    if boots:  # the share of signals whose bootstrap path ended above their loss at theta_K (ECoPConfig docs)
+    if boots:  # the share of signals whose bootstrap path ended above twice their loss at theta_K (ECoPConfig docs)
         out["boot_rise_curve"] = _thin(rises)
     if cuda:
         out["cuda_peak_bytes"] = int(torch.cuda.max_memory_allocated())

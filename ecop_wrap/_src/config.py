@@ -308,7 +308,7 @@ class ECoPConfig:
         50,
         "meta-steps the training monitor looks at: one warning when the meta-gradient norm is above "
         "``max_grad_norm`` for this many consecutive steps, one when a window's mean meta-loss is 1.5x the "
-        "best window's (or a roll-back, see ``divergence_backoff``), one when the bootstrap's path ended above "
+        "best window's (or a roll-back, see ``divergence_backoff``), one when the bootstrap's path ended above twice "
         "theta_K's full-context loss for more than half the signals over a window (0: no checks).",
         int_at_least(0),
     )

@@ -260,7 +260,7 @@ class ContextPruningMetaLearner(LearnerState, Sharing):
         Returns:
             ``loss`` (meta-loss), ``fit_loss`` (full-context loss at theta_K, batch mean), with
             ``loss="mse"`` also ``mse`` (the same value) and ``psnr`` (from it, with ``data_range``),
-            ``boot_distance`` (mean mu), ``boot_rise`` (the share of signals whose bootstrap path ended above
+            ``boot_distance`` (mean mu), ``boot_rise`` (the share of signals whose bootstrap path ended above twice
             their loss at theta_K), ``grad_norm`` (before clipping), ``skipped`` (1.0 or 0.0) and
             ``step`` (number of meta_step calls so far). docs/architecture.md lists every stats key.
         """

@@ -1,5 +1,5 @@
 """Watching meta-training: a warning when the meta-gradient sits at the clip, one when the bootstrap's path ends
-above theta_K's loss for most signals (its step size is too large for the data), and a rising training loss (the
+above twice theta_K's loss for most signals (its step size is too large for the data), and a rising training loss (the
 meta-loss) that either warns or, with ``divergence_backoff``, rolls the learner back to its best window and lowers
 its outer learning rate. ``monitor_window=0`` turns every check off."""
 
@@ -16,7 +16,8 @@ __all__ = ["BOOT_RISE", "RISE", "MonitorEvent", "TrainingMonitor"]
 RISE = 1.5
 """A window's mean meta-loss this many times the best window's counts as rising."""
 BOOT_RISE = 0.5
-"""A window in which the bootstrap's path ended above theta_K's loss for more than this share of the signals warns."""
+"""A window in which the bootstrap's path rose (ended above ``BOOT_RISE_FACTOR`` times theta_K's loss) for more
+than this share of the signals warns."""
 
 MonitorEvent = Literal["best", "rise"]
 """What a completed window showed: a new best mean meta-loss, or a rise above ``RISE`` times the best."""
@@ -60,7 +61,7 @@ class TrainingMonitor:
     def update(self, step: int, grad_norm: float, loss: float, boot_rise: float = 0.0) -> MonitorEvent | None:
         """Record one taken step; warn (once each) when a check fires.
 
-        ``boot_rise``: the share of the step's signals whose bootstrap path ended above their full-context loss at
+        ``boot_rise``: the share of the step's signals whose bootstrap path ended above twice their full-context loss at
         theta_K.
 
         Returns:
@@ -107,7 +108,7 @@ class TrainingMonitor:
                 "bootstrap",
                 f"meta_step {step}: over the last {self.window} steps the bootstrap's full-context steps"
                 + (f" (boot_lr={self.boot_lr:g})" if self.boot_lr is not None else "")
-                + f" ended above theta_K's loss for {100 * share:.0f}% of the signals: the step size is too "
+                + f" ended above twice theta_K's loss for {100 * share:.0f}% of the signals: the step size is too "
                 "large for this data, so the bootstrap's target is worse than theta_K and the bootstrap term pulls "
                 "towards it. Lower boot_lr (benchmarks/sgd_stability.py measures a step size on your data), or "
                 'use boot_target="best" or lam=0.',
