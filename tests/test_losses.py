@@ -570,11 +570,21 @@ def test_one_sided_clamped_l1_has_no_plateau_where_a_field_says_outside_everywhe
     assert g_one.flatten().tolist() == [1.0, 1.0, 1.0, 0.0]  # one-sided: the inside and band points push it down
 
 
-@pytest.mark.parametrize("bad", [0, -0.1, True, "0.1", float("nan")])
-def test_clamped_l1_refuses_a_bad_clamp(bad):
+@pytest.mark.parametrize(
+    ("bad", "error", "match"),
+    [
+        (0, ValueError, "delta must be a finite number > 0, got 0"),
+        (-0.1, ValueError, "delta must be a finite number > 0, got -0.1"),
+        (float("nan"), ValueError, "delta must be a finite number > 0, got nan"),
+        (float("inf"), ValueError, "delta must be a finite number > 0, got inf"),
+        (True, TypeError, "delta must be a float, got bool"),
+        ("0.1", TypeError, "delta must be a float, got str"),
+    ],
+)
+def test_clamped_l1_refuses_a_bad_clamp(bad, error, match):
     import ecop_wrap
 
-    with pytest.raises(ValueError, match="delta must be a number > 0"):
+    with pytest.raises(error, match=match):
         ecop_wrap.clamped_l1(bad)
 
 

@@ -109,7 +109,7 @@ def test_divergence_backoff_is_checked(settings, error, match):
 
 
 @pytest.mark.parametrize(("boot_lr", "rise"), [(1e-4, 0.0), (50.0, 1.0)])
-def test_boot_rise_reports_signals_whose_bootstrap_path_ended_above_theta_k(boot_lr, rise):
+def test_boot_rise_reports_signals_whose_bootstrap_path_ended_above_twice_theta_k(boot_lr, rise):
     learner, batch = _learner(L=2, boot_lr=boot_lr, outer_lr=1e-4)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

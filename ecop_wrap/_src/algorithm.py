@@ -46,7 +46,7 @@ BOOT_RISE_FACTOR = 2.0
 """A bootstrap path whose last measured full-context loss is above this multiple of theta_K's counts as rising
 (``boot_rise``). A step size that only overshoots does not count: on the image crops and the glyph SDFs, where
 the bootstrap helps (on the glyphs lowering boot_lr from 0.05 to 0.01 cost 4.1 dB), paths ended 1.0-1.8x above
-theta_K on average; on speech at boot_lr 0.05, where it harms, 2.1-3.8x and growing."""
+theta_K on average; on speech at boot_lr 0.05, where it harms, 2.1-5.0x and growing."""
 
 OnSelect = Callable[[int, Params, Points], None]
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 
 from .numerics import squared_errors
-from .validation import register_in
+from .validation import check_positive, register_in
 
 __all__ = ["LOSSES", "LossFn", "PointLoss", "clamped_l1", "huber", "l1", "make_loss", "mse", "register_loss"]
 
@@ -60,8 +60,7 @@ def clamped_l1(delta: float, *, one_sided: bool = False) -> LossFn:
         ecop_wrap.register_loss("sdf", clamped_l1(0.1, one_sided=True))
         learner = ContextPruningMetaLearner(model, loss="sdf")
     """
-    if not (isinstance(delta, int | float) and not isinstance(delta, bool) and delta > 0):
-        raise ValueError(f"delta must be a number > 0 (the clamp), got {delta!r}")
+    delta = check_positive("delta", delta)
 
     def flat(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return (pred.clamp(-delta, delta) - target.clamp(-delta, delta)).abs().mean(dim=-1)
