@@ -136,6 +136,9 @@ def test_boot_rise_counts_a_path_only_above_boot_rise_factor_times_theta_k(monke
     assert out.boot_rise is not None and not bool(out.boot_rise.any())
 
 
-def test_boot_rise_is_zero_without_a_second_bootstrap_point():
-    learner, batch = _learner(L=1, boot_lr=50.0)
-    assert learner.meta_step(batch)["boot_rise"] == 0.0
+@pytest.mark.parametrize("settings", [{"L": 1, "boot_lr": 50.0}, {"lam": 0.0}])
+def test_boot_rise_is_absent_where_nothing_is_measured(settings):
+    """L = 1 measures no point after theta_K, lam = 0 runs no bootstrap: no key, rather than a made-up 0."""
+    learner, batch = _learner(**settings)
+    stats = learner.meta_step(batch)
+    assert "boot_rise" not in stats and {"loss", "boot_distance", "grad_norm"} <= set(stats)

@@ -76,8 +76,6 @@ def train(
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     curve, started, cpu_started = [], time.perf_counter(), time.process_time()
-    config = getattr(trainer, "config", None)
-    boots = config is not None and config.uses_bootstrap and config.L >= 2  # boot_rise is measured only then
     rises: list[float] = []
     diverged, measure = None, "psnr"
     for step in range(1, steps + 1):
@@ -90,12 +88,12 @@ def train(
             break
         measure = "psnr" if "psnr" in stats else "fit_loss"  # only the MSE has a PSNR
         curve.append(stats[measure] if math.isfinite(stats[measure]) else float("nan"))
-        if boots:
+        if "boot_rise" in stats:  # reported where measured: the bootstrap on, with L >= 2
             rises.append(stats["boot_rise"])
         if step % max(1, steps // 10) == 0 or step == steps:
             recent = sum(curve[-50:]) / len(curve[-50:])
             shown = f"PSNR(theta_K, last 50) {recent:.2f} dB" if measure == "psnr" else f"loss(theta_K) {recent:.4g}"
-            if boots:
+            if rises:
                 shown += f", boot_rise {sum(rises[-50:]) / len(rises[-50:]):.2f}"
             log(f"  {name}: step {step}/{steps}  train {shown}")
     if cuda:
@@ -108,7 +106,7 @@ def train(
         "train_psnr_curve" if measure == "psnr" else "train_loss_curve": _thin(curve),
         "diverged": diverged,
     }
-    if boots:  # the share of signals whose bootstrap path ended above twice their loss at theta_K (ECoPConfig docs)
+    if rises:  # the share of signals whose bootstrap path ended above twice their loss at theta_K (ECoPConfig docs)
         out["boot_rise_curve"] = _thin(rises)
     if cuda:
         out["cuda_peak_bytes"] = int(torch.cuda.max_memory_allocated())

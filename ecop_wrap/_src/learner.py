@@ -260,9 +260,10 @@ class ContextPruningMetaLearner(LearnerState, Sharing):
         Returns:
             ``loss`` (meta-loss), ``fit_loss`` (full-context loss at theta_K, batch mean), with
             ``loss="mse"`` also ``mse`` (the same value) and ``psnr`` (from it, with ``data_range``),
-            ``boot_distance`` (mean mu), ``boot_rise`` (the share of signals whose bootstrap path ended above twice
-            their loss at theta_K), ``grad_norm`` (before clipping), ``skipped`` (1.0 or 0.0) and
-            ``step`` (number of meta_step calls so far). docs/architecture.md lists every stats key.
+            ``boot_distance`` (mean mu), ``grad_norm`` (before clipping), ``skipped`` (1.0 or 0.0),
+            ``step`` (number of meta_step calls so far) and, where it is measured (the bootstrap on with ``L >= 2``),
+            ``boot_rise`` (the share of signals whose bootstrap path ended above twice their loss at theta_K).
+            docs/architecture.md lists every stats key.
         """
         with status_guard(self.step_count + 1, self.process_group, device=self._meta_params[0].device):
             out = self.meta_objective(batch)
@@ -287,19 +288,19 @@ class ContextPruningMetaLearner(LearnerState, Sharing):
         else:
             self._skip()
         loss, fit_loss, distance, *rise_share = (float(v) for v in stats)
-        rise = rise_share[0] if rise_share else 0.0
+        rise = rise_share[0] if rise_share else None
         if finite:
             self._watch(float(grad_norm), loss, rise)
         report = {"loss": loss, "fit_loss": fit_loss}
         if self.loss_fn.is_mse:
             report |= {"mse": fit_loss, "psnr": float(mse_to_psnr(fit_loss, self.config.data_range))}
-        return report | {
+        report |= {
             "boot_distance": distance,
-            "boot_rise": rise,
             "grad_norm": float(grad_norm),
             "skipped": 0.0 if finite else 1.0,
             "step": float(self.step_count),
         }
+        return report | ({"boot_rise": rise} if rise is not None else {})
 
     def _splits_bootstrap(self) -> bool:
         """Whether the bootstrap term's gradient must be kept from shared parameters."""
@@ -334,7 +335,7 @@ class ContextPruningMetaLearner(LearnerState, Sharing):
         if self.config.divergence_backoff is not None and self._monitor.window_starts:
             self._window_state = self._snapshot()
 
-    def _watch(self, grad_norm: float, loss: float, boot_rise: float) -> None:
+    def _watch(self, grad_norm: float, loss: float, boot_rise: float | None) -> None:
         """The monitor's checks; with ``divergence_backoff``, keep the state the best window started from (its
         losses were measured on it and the states after it) and roll back to it when the meta-loss rises."""
         event = self._monitor.update(self.step_count, grad_norm, loss, boot_rise)

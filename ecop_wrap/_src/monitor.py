@@ -58,11 +58,11 @@ class TrainingMonitor:
         """Whether the next recorded step begins a window (its state is the one a roll-back returns to)."""
         return self.window > 0 and not self._losses
 
-    def update(self, step: int, grad_norm: float, loss: float, boot_rise: float = 0.0) -> MonitorEvent | None:
+    def update(self, step: int, grad_norm: float, loss: float, boot_rise: float | None = None) -> MonitorEvent | None:
         """Record one taken step; warn (once each) when a check fires.
 
-        ``boot_rise``: the share of the step's signals whose bootstrap path ended above twice their full-context loss at
-        theta_K.
+        ``boot_rise``: the share of the step's signals whose bootstrap path ended above twice their full-context loss
+        at theta_K; None where it is not measured (no bootstrap, or ``L < 2``): the check then skips the step.
 
         Returns:
             ``"best"`` when this step completed a window with the lowest mean meta-loss so far, ``"rise"`` when it
@@ -101,7 +101,9 @@ class TrainingMonitor:
         values.clear()
         return mean
 
-    def _check_bootstrap(self, step: int, boot_rise: float) -> None:
+    def _check_bootstrap(self, step: int, boot_rise: float | None) -> None:
+        if boot_rise is None:
+            return
         share = self._window_mean(self._boot_rises, boot_rise)
         if share is not None and share > BOOT_RISE:
             self._warn(
