@@ -155,6 +155,39 @@ def test_image_folder_resizes_modes_and_random_crops(tmp_path: Path) -> None:
     assert not torch.equal(crops[0][1], crops[1][1])  # different windows of a.png
 
 
+def test_image_folder_window_crops_cut_full_resolution_windows(tmp_path: Path) -> None:
+    """crop="window" (the builtin crops' scheme): with min_fraction 1 every window is the short side's square at
+    a random offset, taken at full resolution (resized R -> R, i.e. unchanged)."""
+    _needs("PIL")
+    columns = np.tile(np.arange(16, dtype=np.uint8) * 16, (8, 1))  # 8 x 16, value = 16 * column
+    rgb = np.stack([columns, columns, 255 - columns], axis=-1)
+    _write_png(tmp_path / "wide.png", rgb)
+    ds = ImageFolder(tmp_path, 8, crop="window", n_per_image=6, seed=1, min_fraction=1.0)
+    assert ds.names == [f"wide.png#{k}" for k in range(6)] and ds.metadata["crop"] == "window"
+    windows = [torch.from_numpy(rgb[:, left : left + 8] / 255.0).float() for left in range(9)]
+    lefts = set()
+    for k in range(6):
+        crop = ds.to_arrays(ds[k][1])
+        matches = [left for left, w in enumerate(windows) if torch.allclose(crop, w, atol=1e-6)]
+        assert len(matches) == 1
+        lefts |= set(matches)
+    assert len(lefts) > 1  # random offsets, not one window
+    same = ImageFolder(tmp_path, 8, crop="window", n_per_image=6, seed=1, min_fraction=1.0)
+    assert torch.equal(ds.stacked(), same.stacked())
+
+
+def test_image_folder_window_crops_downscale_larger_windows(tmp_path: Path) -> None:
+    _needs("PIL")
+    rng = np.random.default_rng(0)
+    _write_png(tmp_path / "a.png", rng.integers(0, 256, (60, 40, 3), dtype=np.uint8))
+    ds = ImageFolder(tmp_path, 8, crop="window", n_per_image=20, seed=0, min_fraction=0.5)
+    values = ds.stacked()
+    assert values.shape == (20, 64, 3) and values.min() >= 0.0 and values.max() <= 1.0
+    # windows of 20-40 pixels averaged down to 8: smoother than 8 x 8 pixels of the noise itself
+    raw = torch.from_numpy(rng.integers(0, 256, (20, 64, 3)) / 255.0).float()
+    assert values.std(dim=1).mean() < 0.7 * raw.std(dim=1).mean()
+
+
 def test_image_folder_bad_arguments(tmp_path: Path) -> None:
     _needs("PIL")
     with pytest.raises(ValueError, match="no image files"):
@@ -166,6 +199,10 @@ def test_image_folder_bad_arguments(tmp_path: Path) -> None:
         ImageFolder(tmp_path, 8, crop="middle")
     with pytest.raises(ValueError, match="n_per_image"):
         ImageFolder(tmp_path, 8, n_per_image=2)
+    with pytest.raises(ValueError, match="min_fraction"):
+        ImageFolder(tmp_path, 8, crop="window", min_fraction=0.0)
+    with pytest.raises(ValueError, match=r"crop='window' needs images at least 16 pixels on each side, got \(8, 8\)"):
+        ImageFolder(tmp_path, 16, crop="window")
     with pytest.raises(ValueError, match="resolution"):
         ImageFolder(tmp_path, 0)
 

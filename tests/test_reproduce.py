@@ -715,3 +715,39 @@ def test_training_records_the_bootstrap_rise_of_methods_that_bootstrap(tmp_path,
     assert rises and all(0.0 <= r <= 1.0 for r in rises) and max(rises) > 0.0  # a step of 100 overshoots
     assert "boot_rise_curve" not in results["learnit"]["train"]  # no bootstrap, nothing measured
     assert "boot_rise" in capsys.readouterr().out
+
+
+def test_test_images_replace_the_test_split_only(tmp_path):
+    """--test-images: the held-out test signals are windows of the folder's photos, the same number from each;
+    training and validation signals are those of the run without it."""
+    pytest.importorskip("skimage")
+    pytest.importorskip("PIL")
+    import numpy as np
+    from PIL import Image
+    from reproduce import RunConfig, load_splits
+
+    rng = np.random.default_rng(0)
+    for name, shape in (("a.png", (40, 30, 3)), ("b.jpg", (24, 50, 3))):
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(tmp_path / name)
+    plain = load_splits(RunConfig.from_args([*_TINY_IMAGES, "--eval-size", "5"]))
+    unseen = load_splits(RunConfig.from_args([*_TINY_IMAGES, "--eval-size", "5", "--test-images", str(tmp_path)]))
+    assert torch.equal(unseen.train.stacked(), plain.train.stacked()) and torch.equal(unseen.val, plain.val)
+    assert unseen.test.shape == plain.test.shape and not torch.equal(unseen.test, plain.test)
+    assert "3 windows of each of 2 photos (a.png, b.jpg)" in unseen.description
+    again = load_splits(RunConfig.from_args([*_TINY_IMAGES, "--eval-size", "5", "--test-images", str(tmp_path)]))
+    assert torch.equal(again.test, unseen.test)  # fixed by --eval-seed
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--audio", "synth"], "--test-images replaces the test split of images: use it with --images"),
+        (["--mask-fraction", "0.2"], "--test-images does not combine with --aspect-crops or --mask-fraction"),
+    ],
+)
+def test_test_images_refuses_other_data(tmp_path, capsys, flags, message):
+    from reproduce import RunConfig
+
+    with pytest.raises(SystemExit):
+        RunConfig.from_args(["--test-images", str(tmp_path), *flags])
+    assert message in capsys.readouterr().err

@@ -112,6 +112,11 @@ def parse_config(argv: Sequence[str] | None = None) -> RunConfig:
         parser.error("--mask-fraction hides blocks of images: use it with --images")
     if args.mask_fraction > 0 and args.mask_block >= args.resolution:
         parser.error("--mask-block must be smaller than --resolution (some pixels must stay observed)")
+    if args.test_images is not None:
+        if args.audio or args.sphere or args.video or args.sdf:
+            parser.error("--test-images replaces the test split of images: use it with --images")
+        if args.aspect_crops is not None or args.mask_fraction > 0:
+            parser.error("--test-images does not combine with --aspect-crops or --mask-fraction")
     if args.aspect_crops is not None:
         if not args.aspect_crops >= 1:  # also refuses NaN
             parser.error("--aspect-crops MAX_ASPECT must be >= 1")

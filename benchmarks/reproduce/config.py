@@ -65,6 +65,13 @@ class RunConfig:
     resolution: int = option(32, "image crop side; video frame side; SDF grid side", at_least=1)
     frames: int = option(16, "frames per video clip", at_least=1)
     crops_per_image: int = option(8, "random crops per image of an --images folder")
+    test_images: str | None = option(
+        None,
+        "images: a folder of photos never trained or validated on whose random windows, cropped as the built-in "
+        "crops are (ecop_wrap.data.ImageFolder crop='window', the same number from each photo), replace the test "
+        "split; training and validation signals are unchanged (default: the data's own test split)",
+        metavar="FOLDER",
+    )
     mask_fraction: float = option(
         0.0,
         "images: hide this fraction of each signal's --mask-block tiles (a fixed mask per signal, from the split's "

@@ -69,7 +69,24 @@ def _image_splits(config: RunConfig) -> Splits:
         train = folder.subset(parts["train"])
         val, test = folder.subset(parts["val"]).stacked(), folder.subset(parts["test"]).stacked()
         desc = f"{config.images}: {len(folder.files)} images, random {r}x{r} crops, split by file"
+    if config.test_images is not None:
+        test, unseen = _unseen_test(config)
+        desc += f"; test: {unseen}"
     return Splits(train.coords, train, val[: config.eval_size], test[: config.eval_size], (r, r), "image", 1.0, desc)
+
+
+def _unseen_test(config: RunConfig) -> tuple[torch.Tensor, str]:
+    """``--test-images``: ``[N, R*R, 3]`` windows of every photo in the folder, cropped as the built-in crops are
+    (at least ``eval_size`` in all, the same number per photo), and a description."""
+    from ecop_wrap.data import ImageFolder
+
+    assert config.test_images is not None
+    size = config.eval_size
+    folder = ImageFolder(config.test_images, config.resolution, crop="window", n_per_image=size, seed=config.eval_seed)
+    per_photo = -(-size // len(folder.files))
+    kept = [i for i, name in enumerate(folder.names) if int(name.rsplit("#", 1)[1]) < per_photo]
+    names = ", ".join(f.name for f in folder.files)
+    return folder.subset(kept).stacked(), f"{per_photo} windows of each of {len(folder.files)} photos ({names})"
 
 
 def _aspect_splits(config: RunConfig) -> Splits:

@@ -295,22 +295,40 @@ def _crop_offsets(height: int, width: int, resolution: int, crop: str, rng: np.r
     return int(rng.integers(0, height - resolution + 1)), int(rng.integers(0, width - resolution + 1))
 
 
+def _window_crops(
+    image: np.ndarray, resolution: int, n: int, min_fraction: float, rng: np.random.Generator
+) -> list[torch.Tensor]:
+    """``n`` random windows of ``image`` (:func:`_random_window`), each resized to ``[R, R, D]`` in ``[0, 1]``."""
+    if min(image.shape[:2]) < resolution:
+        raise ValueError(f"crop='window' needs images at least {resolution} pixels on each side, got {image.shape[:2]}")
+    crops = []
+    for _ in range(n):
+        top, left, side = _random_window(rng, image.shape[0], image.shape[1], resolution, min_fraction)
+        crops.append(resize_images(image[top : top + side, left : left + side], resolution, resolution).clamp(0, 1))
+    return crops
+
+
 class ImageFolder(SignalDataset):
     """Every Pillow-readable image under a folder (recursively), as ``resolution x resolution`` signals.
 
     Each image is resized (antialiased) so its short side equals ``resolution`` and then cropped to a square:
     the central one (``crop="center"``) or ``n_per_image`` random ones (``crop="random"``, deterministic given
-    ``seed``). Images are loaded eagerly.
+    ``seed``). ``crop="window"`` crops as :func:`skimage_crops` does instead: ``n_per_image`` random square windows
+    of the full-resolution image, each with a side uniform between ``max(min_fraction * short_side, resolution)``
+    and the short side, resized to ``R x R`` (so your own photos can be scored like the builtin crops). Images
+    are loaded eagerly.
 
     Args:
         path: folder to search.
         resolution: output side ``R``.
-        crop: ``"center"`` or ``"random"``.
+        crop: ``"center"``, ``"random"`` or ``"window"``.
         n_per_image: crops per image (must be 1 for ``"center"``).
-        seed: random seed for ``"random"`` crops.
+        seed: random seed for ``"random"`` and ``"window"`` crops.
         gray_to_rgb: replicate grayscale images to RGB; if False they keep ``D = 1``.
         suffixes: file suffixes to read (lower case, with the dot).
         dtype: of coords and values.
+        min_fraction: ``"window"`` only: the smallest window side as a fraction of the image's short side, in
+            ``(0, 1]``.
 
     Attributes:
         files: the image paths, in sorted order; ``names[i]`` is ``"relative/path#k"``.
@@ -327,22 +345,31 @@ class ImageFolder(SignalDataset):
         gray_to_rgb: bool = True,
         suffixes: Sequence[str] = _IMAGE_SUFFIXES,
         dtype: torch.dtype = torch.float32,
+        min_fraction: float = 0.25,
     ) -> None:
         resolution = check_int("resolution", resolution, 1)
         n_per_image = check_int("n_per_image", n_per_image, 1)
-        if crop not in ("center", "random"):
-            raise ValueError(f"crop must be 'center' or 'random', got {crop!r}")
+        min_fraction = check_fraction("min_fraction", min_fraction)
+        if crop not in ("center", "random", "window"):
+            raise ValueError(f"crop must be 'center', 'random' or 'window', got {crop!r}")
         if crop == "center" and n_per_image != 1:
             raise ValueError(f"n_per_image must be 1 with crop='center', got {n_per_image}")
         rng = as_generator(seed)
         self.files = _image_files(path, tuple(s.lower() for s in suffixes))
         values, names = [], []
         for file in self.files:
-            image = _resize_short_side(_read_image(file, gray_to_rgb), resolution)
-            for k in range(n_per_image):
-                top, left = _crop_offsets(image.shape[0], image.shape[1], resolution, crop, rng)
-                patch = image[top : top + resolution, left : left + resolution].clamp(0.0, 1.0)
+            if crop == "window":
+                patches = _window_crops(_read_image(file, gray_to_rgb), resolution, n_per_image, min_fraction, rng)
+            else:
+                image = _resize_short_side(_read_image(file, gray_to_rgb), resolution)
+                patches = []
+                for _ in range(n_per_image):
+                    top, left = _crop_offsets(image.shape[0], image.shape[1], resolution, crop, rng)
+                    patches.append(image[top : top + resolution, left : left + resolution].clamp(0.0, 1.0))
+            for k, patch in enumerate(patches):
                 values.append(patch.reshape(-1, patch.shape[-1]))
                 names.append(f"{file.relative_to(path).as_posix()}#{k}")
         metadata = {"root": str(path), "crop": crop, "seed": seed}
+        if crop == "window":
+            metadata["min_fraction"] = min_fraction
         super().__init__(values, (resolution, resolution), names=names, metadata=metadata, dtype=dtype)
