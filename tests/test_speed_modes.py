@@ -485,3 +485,52 @@ def test_lower_precision_on_a_float64_model_warns_that_it_does_nothing(option):
     assert caught[0].filename == __file__  # points at the user's line, not inside the library
     plain = ContextPruningMetaLearner(model, K=2, L=1, coord_range=None)
     assert torch.equal(learner.meta_loss(batch), plain.meta_loss(batch))
+
+
+@pytest.mark.parametrize("batching", ["loop", "bmm"])
+@pytest.mark.parametrize("pieces", ["auto", 32])
+def test_ranking_in_pieces_keeps_every_pruned_set_and_the_meta_gradient(monkeypatch, batching, pieces):
+    """The ranking forwards in pieces (on a CPU by default, rank_chunk="auto") give the same pruned sets, step by
+    step, and the same meta-gradient as whole-context ranking (float64, to a tolerance of rounding)."""
+    from ecop_wrap._src import builder
+
+    monkeypatch.setattr(builder, "CPU_RANK_CHUNK", 40)  # the test's 144 points: 4 pieces
+    coords, values = _batch(side=12, batch=3, dtype=torch.float64)
+    model = TinySiren(2, 3).double()
+
+    def run(rank_chunk: str | int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        learner = ContextPruningMetaLearner(
+            copy.deepcopy(model), K=3, L=2, gamma=0.25, batching=batching, rank_chunk=rank_chunk
+        )
+        ctx = learner.evaluator((coords, values))
+        assert ctx.rank_chunk == {"whole": None, "auto": 40, 32: 32}[rank_chunk]
+        pruned: list[torch.Tensor] = []
+        step = ctx.sgd_step
+        monkeypatch.setattr(ctx, "sgd_step", lambda p, idx, *a, **k: (pruned.append(idx), step(p, idx, *a, **k))[1])
+        monkeypatch.setattr(learner, "evaluator", lambda batch, check=True: ctx)
+        loss = learner.meta_objective((coords, values)).loss
+        return pruned, list(torch.autograd.grad(loss, list(learner.model.parameters())))
+
+    whole_idx, whole_grads = run("whole")
+    piece_idx, piece_grads = run(pieces)
+    assert len(piece_idx) == 3 and all(torch.equal(a, b) for a, b in zip(whole_idx, piece_idx, strict=True))
+    for a, b in zip(whole_grads, piece_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_rank_chunk_auto_pieces_only_a_larger_cpu_context_and_yields_to_chunk_size():
+    from ecop_wrap._src.builder import CPU_RANK_CHUNK
+
+    small = make_grid((8, 8)), torch.rand(2, 64, 3)
+    assert ContextPruningMetaLearner(TinySiren(2, 3)).evaluator(small).rank_chunk is None
+    side = int(CPU_RANK_CHUNK**0.5) + 2
+    large = make_grid((side, side)), torch.rand(1, side * side, 3)
+    assert ContextPruningMetaLearner(TinySiren(2, 3)).evaluator(large).rank_chunk == CPU_RANK_CHUNK
+    assert ContextPruningMetaLearner(TinySiren(2, 3), rank_chunk="whole").evaluator(large).rank_chunk is None
+    assert ContextPruningMetaLearner(TinySiren(2, 3), chunk_size=100).evaluator(large).rank_chunk == 100
+
+
+@pytest.mark.parametrize("bad", ["pruned", 0, True, 2.5])
+def test_rank_chunk_is_checked(bad):
+    with pytest.raises(ValueError, match=r'rank_chunk must be "auto", "whole" or a number of points >= 1'):
+        ContextPruningMetaLearner(TinySiren(2, 3), rank_chunk=bad)

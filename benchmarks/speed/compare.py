@@ -48,6 +48,8 @@ SPEED_MODES: dict[str, dict[str, Any]] = {
     "checkpoint": {"checkpoint": True},
     # the bootstrap in pruned-size pieces: the default before issue 25's fourth pass
     "bootstrap-pruned": {"bootstrap_chunk": "pruned"},
+    # the ranking forwards over the whole context at once: the CPU default before rank_chunk="auto"
+    "rank-whole": {"rank_chunk": "whole"},
     # every product of the graph-free passes in bf16: what "bf16" measured before graph_free_full_precision
     "bf16-all": {"graph_free_dtype": torch.bfloat16, "graph_free_full_precision": ()},
     "bf16-all+compile": {"graph_free_dtype": torch.bfloat16, "graph_free_full_precision": (), "compile": True},

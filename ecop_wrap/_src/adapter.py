@@ -21,7 +21,7 @@ from ..metrics import mse_to_psnr
 from ..typing import AdaptSpec, Params
 from .algorithm import select
 from .backends import Backend
-from .builder import build_components, free_chunk, model_defaults, resolve_adapted
+from .builder import build_components, free_chunk, model_defaults, rank_chunk, resolve_adapted
 from .config import TEST_TIME_KEYS, ECoPConfig, config_args_doc, config_parameters, split_config_kwargs
 from .evaluator import ContextEvaluator, FullGrad
 from .learner import ContextPruningMetaLearner
@@ -214,7 +214,10 @@ class GradScaledAdapter:
             if weights is not None and weights.is_inference():
                 weights = weights.clone()
             chunk = free_chunk(self.config, values.shape[1], meta_learning=False)
-            ctx = ContextEvaluator(self.backend, coords, values, weights, loss=self.loss_fn, free_chunk=chunk)
+            ranked = rank_chunk(self.config, values.shape[1], values.device)
+            ctx = ContextEvaluator(
+                self.backend, coords, values, weights, loss=self.loss_fn, free_chunk=chunk, rank_chunk=ranked
+            )
             init = {n: self.model.get_parameter(n).detach() for n in self.adapted}
             params = {n: p.expand(ctx.batch, *p.shape).clone() for n, p in init.items()}
         skipped = torch.zeros(ctx.batch, dtype=torch.long, device=values.device)

@@ -27,6 +27,7 @@ __all__ = [
     "free_chunk",
     "model_defaults",
     "model_outer_lr",
+    "rank_chunk",
     "resolve_adapted",
     "warn_if_bf16_is_emulated",
 ]
@@ -162,10 +163,30 @@ def free_chunk(config: ECoPConfig, num_points: int, *, meta_learning: bool) -> i
     return None if config.bootstrap_chunk == "whole" else int(config.bootstrap_chunk)
 
 
-# The ranking forwards hold no graph at all: a whole-context pass keeps only about two activations of the
-# context alive at a time, less than one pruned step's graph keeps (every layer's activations of gamma * M
-# points) unless gamma is tiny, and one call instead of 1 / gamma calls is what a GPU's launch overhead wants.
-# They run in pieces of ``chunk_size`` only when the user bounds every pass with it.
+CPU_RANK_CHUNK = 1024
+"""Points per piece of the ranking forwards on a CPU (where ``chunk_size`` is not set): a piece's activations
+stay in the cache from layer to layer instead of streaming the whole context's through memory, with the same
+predictions bit for bit (each point's row of a product is reduced in the same order). Measured in
+docs/benchmarks.md ("Ranking in cache-sized pieces on a CPU")."""
+
+
+def rank_chunk(config: ECoPConfig, num_points: int, device: torch.device) -> int | None:
+    """Points per piece of the ranking forwards over ``num_points`` (None: all at once).
+
+    ``chunk_size`` if set, else ``rank_chunk``. Its default, ``"auto"``: one piece on an accelerator (the ranking
+    forwards hold no graph, so a whole-context pass keeps only about two activations of the context alive at a
+    time, less than one pruned step's graph unless gamma is tiny, and one launch per layer is what a GPU wants);
+    on a CPU, pieces of :data:`CPU_RANK_CHUNK` points, which are faster there and give the same predictions.
+    """
+    if config.chunk_size is not None:
+        return config.chunk_size
+    if config.rank_chunk == "whole":
+        return None
+    if config.rank_chunk != "auto":
+        return int(config.rank_chunk)
+    if device.type == "cpu" and num_points > CPU_RANK_CHUNK:
+        return CPU_RANK_CHUNK
+    return None
 
 
 def _warn_about_dtypes(model: nn.Module, config: ECoPConfig) -> None:

@@ -28,6 +28,7 @@ from .validation import (
     check_open_fraction,
     check_piece,
     check_range,
+    check_rank_piece,
     choice_check,
     flag_check,
     int_at_least,
@@ -227,6 +228,14 @@ class ECoPConfig:
         "a piece never holds more than one pruned step's graph, about 4x the bootstrap's ops at ``gamma=0.25``) or "
         "a number of points.",
         check_piece,
+    )
+    rank_chunk: str | int = _hyper(
+        "auto",
+        'points per piece of the ranking forwards when ``chunk_size`` is not set: ``"auto"`` (on a CPU, pieces of '
+        "1,024 points, whose activations stay in the cache from layer to layer, with the same predictions bit for "
+        'bit; on an accelerator one piece, one launch per layer), ``"whole"`` (one piece) or a number of points.',
+        check_rank_piece,
+        test_time=True,
     )
     checkpoint: bool = _hyper(
         False, "recompute each inner step's graph in the backward pass instead of keeping all K.", flag_check

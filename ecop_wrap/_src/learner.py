@@ -22,7 +22,7 @@ from ..distributed import status_guard, weighted_all_reduce
 from ..metrics import mse_to_psnr
 from ..typing import AdaptSpec, SignalBatch
 from .algorithm import MetaLossOutput, meta_objective
-from .builder import build_components, free_chunk, model_defaults, model_outer_lr, resolve_adapted
+from .builder import build_components, free_chunk, model_defaults, model_outer_lr, rank_chunk, resolve_adapted
 from .checkpoint import read_checkpoint
 from .config import FIELDS, POSITIONAL_KEYS, ECoPConfig, config_args_doc, config_parameters, split_config_kwargs
 from .evaluator import ContextEvaluator
@@ -187,7 +187,7 @@ class ContextPruningMetaLearner(LearnerState, Sharing):
             weights,
             loss=self.loss_fn,
             free_chunk=free_chunk(self.config, values.shape[1], meta_learning=True),
-            rank_chunk=self.config.chunk_size,
+            rank_chunk=rank_chunk(self.config, values.shape[1], values.device),
             chunk_size=self.config.chunk_size,
             checkpoint=self.config.checkpoint,
             shared=self.shared_params(),

@@ -100,6 +100,14 @@ def check_piece(name: str, value: Any) -> str | int:
     raise ValueError(f'{name} must be "pruned", "whole" or a number of points >= 1, got {value!r}')
 
 
+def check_rank_piece(name: str, value: Any) -> str | int:
+    if value in ("auto", "whole"):
+        return str(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    raise ValueError(f'{name} must be "auto", "whole" or a number of points >= 1, got {value!r}')
+
+
 def check_fraction(name: str, value: Any) -> float:
     """A float in (0, 1]."""
     return _fraction(name, value, include_one=True)
