@@ -244,6 +244,29 @@ def test_summary_pairs_the_same_signals_flags_the_bar_and_formats_rows():
     assert "docs/results.md, Learning rates, picked on validation photos only" in page
 
 
+def test_methods_near_the_trivial_floor_are_flagged_in_the_row_and_the_notes():
+    """A method within FLOOR_DB of each signal's own mean (reproduce's floor_psnr) learned next to nothing."""
+    cell = parse_cells("latent:audio")[0]
+    floor = {"val": [26.0, 26.5], "test": [27.0, 27.5, 28.0]}
+    results = {
+        "ecop_latent": _record([29.0, 29.5, 30.0], [28.0, 29.0], 3e-4),
+        "learnit_latent": _record([27.2, 27.4, 28.3], [26.0, 27.0], 3e-4),
+        "_meta": {"data": "speech", "floor_psnr_per_signal": floor},
+    }
+    entry = summarise(cell, documented(cell), results, steps=5, command="c")
+    assert entry["at_floor"] == ["Learnit"] and entry["floor"]["test_mean_db"] == pytest.approx(27.5)
+    assert entry["floor"]["over_floor"]["ECoP"]["mean_db"] == pytest.approx(2.0)
+    assert entry["floor"]["over_floor"]["Learnit"]["mean_db"] == pytest.approx(0.1333, abs=1e-3)
+    assert "ok, at floor" in format_table({"latent:audio": entry})
+    meta = {"absent": [], "lrs": "documented"}
+    listed = [
+        line for line in notes({"_meta": meta, "cells": {"latent:audio": entry}}) if "latent:audio: floor" in line
+    ]
+    assert listed == ["* latent:audio: floor 27.50 dB; over it: ECoP +2.00 ± 0.00, Learnit +0.13 ± 0.12"]
+    without = summarise(cell, documented(cell), {**results, "_meta": {"data": "speech"}}, steps=5, command="c")
+    assert "at_floor" not in without and "at floor" not in format_table({"latent:audio": without})
+
+
 def test_sdf_cells_list_band_error_and_iou_under_the_table():
     cell = parse_cells("siren:glyphs")[0]
     ecop, learnit = _record([20.0, 21.0], [20.0], 1e-3), _record([21.0, 21.5], [20.5], 1e-4)

@@ -751,3 +751,19 @@ def test_test_images_refuses_other_data(tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit):
         RunConfig.from_args(["--test-images", str(tmp_path), *flags])
     assert message in capsys.readouterr().err
+
+
+def test_floor_psnr_is_the_psnr_of_each_signals_own_mean():
+    pytest.importorskip("skimage")
+    from reproduce import RunConfig, load_splits
+    from reproduce.evaluation import floor_psnr
+
+    splits = load_splits(RunConfig.from_args(_TINY_IMAGES))
+    halves = torch.tensor([0.0, 1.0]).repeat(32)  # mean 0.5, every point 0.5 away: MSE 0.25, PSNR 10 log10(4)
+    wide = torch.stack([halves, 0.5 + 0.1 * halves, halves], dim=-1)  # channel 2: MSE 0.0025
+    values = torch.stack([torch.stack([halves] * 3, dim=-1), wide])  # [2 signals, 64 points, 3 channels]
+    floor = floor_psnr(dataclasses.replace(splits, val=values, test=values[:1]))
+    assert floor is not None and floor["test"] == pytest.approx([10 * math.log10(4.0)], abs=1e-4)
+    assert floor["val"][1] == pytest.approx(10 * math.log10(1 / ((0.25 + 0.0025 + 0.25) / 3)), abs=1e-4)
+    assert floor_psnr(dataclasses.replace(splits, modality="sdf")) is None
+    assert floor_psnr(dataclasses.replace(splits, observed={"test": torch.ones(2, 64, dtype=torch.bool)})) is None

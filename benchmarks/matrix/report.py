@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from reproduce.evaluation import FLOOR_DB
 from reproduce.report import paired_gap
 
 from .cells import Cell, Setting, lr_text
@@ -174,8 +175,24 @@ def summarise(
         "gap_val": gap_val,
         **({"gap_whole_field": field_gap} if field_gap is not None else {}),
         "below_bar": gap["mean_db"] < BAR_DB,
+        **_floor(results.get("_meta", {}), a, b, metric),
         "memory_ratio": round(memory, 4) if memory is not None else None,
         "cpu_minutes_at_1000_steps": round(sum(cpu) * 1000 / 60, 1) if all(c is not None for c in cpu) else None,
+    }
+
+
+def _floor(meta: dict[str, Any], a: dict[str, Any], b: dict[str, Any], metric: str) -> dict[str, Any]:
+    """Each method's paired gain over the trivial floor (reproduce's ``floor_psnr``: each held-out signal's own
+    mean) on the test signals, and which methods stay within ``FLOOR_DB`` of it (they learned next to nothing,
+    so their gap says nothing about the method); empty where the run has no floor."""
+    floor = meta.get("floor_psnr_per_signal")
+    if floor is None or metric != "psnr" or len(floor["test"]) != len(a["psnr_per_signal"]):
+        return {}
+    over = {who: paired_gap(m["psnr_per_signal"], floor["test"]) for who, m in (("ECoP", a), ("Learnit", b))}
+    floor_mean = sum(floor["test"]) / len(floor["test"])
+    return {
+        "floor": {"test_mean_db": round(floor_mean, 3), "over_floor": over},
+        "at_floor": [who for who, g in over.items() if g["mean_db"] < FLOOR_DB],
     }
 
 
@@ -235,7 +252,7 @@ def _row(entry: dict[str, Any]) -> list[str]:
         f"{_lr(a['outer_lr'])} / {_lr(b['outer_lr'])}",
         lrs["source"],
         "-" if entry["memory_ratio"] is None else f"{entry['memory_ratio']:.2f}x",
-        "BELOW" if entry["below_bar"] else "ok",
+        ("BELOW" if entry["below_bar"] else "ok") + (", at floor" if entry.get("at_floor") else ""),
         collapsed or "no",
     ]
 
@@ -277,7 +294,8 @@ def notes(matrix: dict[str, Any]) -> list[str]:
     out = [
         "gap: mean over the same held-out signals of ECoP's PSNR minus Learnit's (dB), ± its standard error; wins: "
         "signals where ECoP is better; val: the same on the validation signals; memory: bytes autograd holds per "
-        f"outer step, ECoP / Learnit; bar: BELOW where the test gap is under {BAR_DB:g} dB; collapsed: "
+        f"outer step, ECoP / Learnit; bar: BELOW where the test gap is under {BAR_DB:g} dB (at floor: see below); "
+        "collapsed: "
         f"{COLLAPSE_RULE}.",
         "",
         "Learning rates and settings of each cell:",
@@ -321,6 +339,19 @@ def notes(matrix: dict[str, Any]) -> list[str]:
                 g = e["gap_whole_field"]
                 field += f" (gap {g['mean_db']:+.2f} ± {g['stderr_db']:.2f})"
             out.append(f"* {key}: {band}, IoU {a['iou']:.3f} / {b['iou']:.3f}, {field}")
+    floored = {k: e for k, e in cells.items() if e["status"] == "ok" and e.get("at_floor")}
+    if floored:
+        out += [
+            "",
+            f"At floor: methods whose test PSNR is on average less than {FLOOR_DB:g} dB above the trivial floor, "
+            "each test signal's own mean predicted everywhere (an oracle of one number per channel): they learned "
+            "next to nothing about the signals, and the cell's gap says nothing about ECoP against Learnit:",
+        ]
+        for key, e in floored.items():
+            gains = ", ".join(
+                f"{who} {g['mean_db']:+.2f} ± {g['stderr_db']:.2f}" for who, g in e["floor"]["over_floor"].items()
+            )
+            out.append(f"* {key}: floor {e['floor']['test_mean_db']:.2f} dB; over it: {gains}")
     refs = {e["data"]: e["data_ref"] for e in cells.values()}
     out += ["", "Data and shared settings:"] + [f"* {data}: {ref}" for data, ref in refs.items()]
     if meta.get("absent"):

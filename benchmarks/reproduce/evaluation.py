@@ -225,6 +225,24 @@ def _as_images(values: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
     return values.reshape(values.shape[0], *grid, values.shape[-1])
 
 
+FLOOR_DB = 1.0
+"""A method within this many dB of the trivial floor (:func:`floor_psnr`) on average has learned next to nothing."""
+
+
+def floor_psnr(splits: Splits) -> dict[str, list[float]] | None:
+    """Per held-out signal (``"val"``, ``"test"``), the PSNR of the trivial predictor: the signal's own mean value
+    (per channel) at every point, an oracle of D numbers. None where the headline is not the whole signal's PSNR
+    (hidden pixels, padded ragged batches, SDF band scores)."""
+    if splits.observed or splits.ragged or splits.modality == "sdf":
+        return None
+    out = {}
+    for split in ("val", "test"):
+        values = getattr(splits, split).double()
+        mse = (values - values.mean(dim=1, keepdim=True)).pow(2).mean(dim=(1, 2))
+        out[split] = _rounded(10.0 * torch.log10(splits.data_range**2 / mse))
+    return out
+
+
 def held_out_count(splits: Splits, eval_split: str) -> int:
     """Number of signals scored (the test set for ``"test"`` and ``"both"``)."""
     return int((splits.val if eval_split == "val" else splits.test).shape[0])

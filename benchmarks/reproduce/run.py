@@ -15,7 +15,7 @@ from ecop_wrap import ContextPruningMetaLearner
 from ecop_wrap.quality import lpips_status
 
 from .config import BATCHING_BENCHMARK_ENV, RunConfig
-from .evaluation import calibrated_setting, evaluate, held_out_count
+from .evaluation import calibrated_setting, evaluate, floor_psnr, held_out_count
 from .methods import METHOD_TABLE, Method
 from .models import MODELS, build_model, describe_model
 from .sdf import register_losses
@@ -135,6 +135,14 @@ def _memory_kind(device: torch.device) -> str:
     return "bytes autograd holds for one outer step (SavedTensorMeter on one meta-loss; Reptile: largest inner step)"
 
 
+def _floor(splits: Splits) -> dict[str, Any]:
+    floor = floor_psnr(splits)
+    if floor is None:
+        return {}
+    predictor = "each held-out signal's own mean value (per channel) at every point"
+    return {"floor_psnr_per_signal": floor, "floor_predictor": predictor}
+
+
 def _meta(config: RunConfig, splits: Splits, device: torch.device) -> dict[str, Any]:
     return {
         "command": config.command,
@@ -151,6 +159,7 @@ def _meta(config: RunConfig, splits: Splits, device: torch.device) -> dict[str, 
         **({"sdf_clamp": config.sdf_clamp} if config.loss.startswith("clamped_l1") else {}),
         **({"sdf_band": config.sdf_band} if splits.modality == "sdf" else {}),
         "eval_signals": int(held_out_count(splits, config.eval_split)),
+        **_floor(splits),
         "train_signals": len(splits.train),
         "psnr_data_range": splits.data_range,
         "model": f"SIREN {config.depth} hidden sine layers x {config.width}, w0 {config.w0_for(splits.modality)} "
