@@ -251,6 +251,15 @@ DOCUMENTED: dict[str, Setting] = {
         f"{_RESULTS}, The matrix (matrix_100_latent_sweep_lam0.1.json, as latent:images)",
         ecop_lam=0.1,
     ),
+    "latent:audio": Setting(
+        3e-4,
+        3e-4,
+        f"{_RESULTS}, The matrix, seventh session (outer lrs picked on the validation clips at 1,000 steps from 3e-4, "
+        "1e-3, 3e-3: ECoP 26.11 / 25.63 / 24.42 dB (3e-3 diverged at step 226), Learnit 26.10 / 25.68 / 23.83; "
+        "latent_audio_sweep/ and matrix_1000_logs/final_latent_audio.*; every run is below the trivial floor, "
+        "each clip's own mean, 26.20 dB on validation: the latent model does not learn these clips)",
+        ecop_lam=0.1,
+    ),
     "latent:glyphs": Setting(
         1e-4,
         1e-4,
