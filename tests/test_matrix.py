@@ -459,3 +459,25 @@ def test_workers_left_over_train_a_runs_methods_side_by_side(cells, workers, per
     argv = ["--steps", "3", "--cells", cells, "--workers", str(workers)]
     run_matrix(parse_args(argv), argv, run=_fake(jobs), log=lambda _: None)
     assert jobs and {j.argv[j.argv.index("--workers") + 1] for j in jobs} == {per_run}
+
+
+def test_floor_check_reads_saved_matrix_files_and_flags_methods_at_the_floor(tmp_path):
+    pytest.importorskip("skimage")
+    import floor_check
+    from reproduce import RunConfig, load_splits
+    from reproduce.evaluation import floor_psnr
+
+    flags = [part for flag, value in DATA["images"].flags.items() for part in (flag, value)]
+    floor = floor_psnr(load_splits(RunConfig.from_args([*flags, "--eval-size", "3", "--no-plot"])))["test"]
+    entry = {
+        "status": "ok",
+        "data": "images",
+        "metric": "psnr",
+        "ecop": {"psnr": 0.0, "psnr_per_signal": [f + 5.0 for f in floor]},
+        "learnit": {"psnr": 0.0, "psnr_per_signal": [f + 0.5 for f in floor]},
+    }
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps({"_meta": {"eval_size": 3}, "cells": {"siren:images": entry}}))
+    (row,) = floor_check.main([str(path), "--json", str(tmp_path / "rows.json")])
+    assert row["at_floor"] == ["learnit"] and row["ecop"]["over_floor"]["mean_db"] == pytest.approx(5.0)
+    assert json.loads((tmp_path / "rows.json").read_text())[0]["cell"] == "siren:images"
