@@ -1,5 +1,5 @@
-"""benchmarks/speed's measurement modes (--phases, --ops, --compare, --fit, --scale) at tiny sizes: the tables have
-their rows, the JSON its fields, and the phase and op accounting adds up. No timing is asserted."""
+"""benchmarks/speed's measurement modes (--phases, --ops, --compare, --fit, --scale, --ranking) at tiny sizes: the
+tables have their rows, the JSON its fields, and the phase and op accounting adds up. No timing is asserted."""
 
 from __future__ import annotations
 
@@ -248,3 +248,15 @@ def test_sgd_stability_ratios_start_at_one_fall_for_a_small_step_and_rise_for_a_
     assert small["median"][0] == large["median"][0] == 1.0
     assert small["max"][1] < 1.0 < large["median"][1]
     assert json.loads((tmp_path / "s.json").read_text())["lrs"].keys() == {"0.0001", "1000"}
+
+
+def test_ranking_times_pieces_against_the_whole_context_and_checks_they_agree(tmp_path):
+    pytest.importorskip("skimage")
+    argv = ["--ranking", "--side", "40", "--width", "16", "--layers", "2", "--batch", "2", "--repeats", "2"]
+    stdout, result = _run(argv, tmp_path)  # 1,600 points: two pieces of CPU_RANK_CHUNK (1,024)
+    rows = result["ranking"]["rows"]
+    assert set(rows) == {"loop, auto", "loop, whole", "bmm, auto", "bmm, whole"}
+    assert all(row["equal_to_whole_loop"] for row in rows.values())
+    assert rows["loop, auto"]["rank_chunk"] == 1024 and rows["bmm, whole"]["rank_chunk"] is None
+    assert all(len(row["times_s"]) == 2 for row in rows.values())
+    assert "loop: pieces take" in stdout and "bmm: pieces take" in stdout

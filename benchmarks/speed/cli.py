@@ -26,10 +26,10 @@ from typing import Any
 
 import torch
 
-from . import backends, compare, fit, ops, phases, scale
+from . import backends, compare, fit, ops, phases, ranking, scale
 from .common import load_average, parse_ints, run_info, write_json
 
-MEASUREMENTS = ("phases", "ops", "compare", "fit", "scale")
+MEASUREMENTS = ("phases", "ops", "compare", "fit", "scale", "ranking")
 """The measurement flags, in the order they run (and the keys of the JSON they write)."""
 RUNNERS = {
     "phases": phases.run_phases,
@@ -37,6 +37,7 @@ RUNNERS = {
     "compare": compare.run_compare,
     "fit": fit.run_fit,
     "scale": scale.run_scale,
+    "ranking": ranking.run_ranking,
 }
 
 
@@ -114,6 +115,9 @@ def parser() -> argparse.ArgumentParser:
     modes.add_argument("--compare", action="store_true", help="Learnit vs ECoP default / bf16 / compile / both")
     modes.add_argument("--fit", action="store_true", help="time to quality of test-time fitting schedules")
     modes.add_argument("--scale", action="store_true", help="one unprofiled meta-step in a memory mode, at scale")
+    modes.add_argument(
+        "--ranking", action="store_true", help="the ranking pass alone, in cache-sized pieces against the whole context"
+    )
     ops_group = ap.add_argument_group("--ops")
     ops_group.add_argument(
         "--ops-configs",
@@ -136,6 +140,9 @@ def parser() -> argparse.ArgumentParser:
         "--compare-configs",
         default=",".join(compare.DEFAULT_MODES),
         help="ECoP modes to time against Learnit, subset of: " + ", ".join(compare.SPEED_MODES),
+    )
+    ap.add_argument_group("--ranking").add_argument(
+        "--ranking-modes", default="loop,bmm", help="batching modes to time the ranking pass in (default: loop,bmm)"
     )
     _add_fit_options(ap.add_argument_group("--fit"))
     scale_group = ap.add_argument_group("--scale")
