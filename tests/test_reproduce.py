@@ -714,7 +714,11 @@ def test_training_records_the_bootstrap_rise_of_methods_that_bootstrap(tmp_path,
     rises = results["ecop"]["train"]["boot_rise_curve"]
     assert rises and all(0.0 <= r <= 1.0 for r in rises) and max(rises) > 0.0  # a step of 100 overshoots
     assert "boot_rise_curve" not in results["learnit"]["train"]  # no bootstrap, nothing measured
-    assert "boot_rise" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "boot_rise" in out
+    floor = results["_meta"]["floor_psnr_per_signal"]  # recorded and printed with every run's table
+    assert len(floor["test"]) == len(results["ecop"]["psnr_per_signal"])
+    assert f"{sum(floor['test']) / len(floor['test']):.2f} dB on test" in out
 
 
 def test_test_images_replace_the_test_split_only(tmp_path):

@@ -149,6 +149,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         results = run_parallel(config, log) if config.workers > 1 else run(config, log)
         results["_meta"]["wall_seconds"] = round(time.perf_counter() - started, 1)
     print(format_table(results))
+    floor = results["_meta"].get("floor_psnr_per_signal")
+    if floor:
+        test, val = (sum(floor[k]) / len(floor[k]) for k in ("test", "val"))
+        print(f"trivial floor (each held-out signal's own mean everywhere): {test:.2f} dB on test, {val:.2f} on val")
     for split in (None, "val"):
         gaps = paired_gaps(results, split)
         if gaps:
