@@ -26,14 +26,13 @@ from .validation import (
     check_fraction,
     check_module_names,
     check_open_fraction,
-    check_piece,
     check_range,
-    check_rank_piece,
     choice_check,
     flag_check,
     int_at_least,
     non_negative_check,
     optional_check,
+    piece_check,
     positive_check,
 )
 
@@ -227,14 +226,14 @@ class ECoPConfig:
         'anyway, so the step\'s peak moves by about 1%: docs/benchmarks.md), ``"pruned"`` (the pruned-set size: '
         "a piece never holds more than one pruned step's graph, about 4x the bootstrap's ops at ``gamma=0.25``) or "
         "a number of points.",
-        check_piece,
+        piece_check("pruned", "whole"),
     )
     rank_chunk: str | int = _hyper(
         "auto",
         'points per piece of the ranking forwards when ``chunk_size`` is not set: ``"auto"`` (on a CPU, pieces of '
         "1,024 points, whose activations stay in the cache from layer to layer, with the same predictions bit for "
         'bit; on an accelerator one piece, one launch per layer), ``"whole"`` (one piece) or a number of points.',
-        check_rank_piece,
+        piece_check("auto", "whole"),
         test_time=True,
     )
     checkpoint: bool = _hyper(

@@ -22,7 +22,6 @@ __all__ = [
     "check_model",
     "check_module_names",
     "check_open_fraction",
-    "check_piece",
     "check_positive",
     "check_range",
     "check_signal",
@@ -32,6 +31,7 @@ __all__ = [
     "int_at_least",
     "non_negative_check",
     "optional_check",
+    "piece_check",
     "positive_check",
     "register_in",
     "user_stacklevel",
@@ -92,20 +92,18 @@ def check_range(name: str, value: Any) -> tuple[float, float]:
     return float(value[0]), float(value[1])
 
 
-def check_piece(name: str, value: Any) -> str | int:
-    if value in ("pruned", "whole"):
-        return str(value)
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
-        return value
-    raise ValueError(f'{name} must be "pruned", "whole" or a number of points >= 1, got {value!r}')
+def piece_check(*words: str) -> Check:
+    """A check that the value is one of ``words`` or a number of points >= 1 (how a pass is cut into pieces)."""
+    named = " or ".join([", ".join(f'"{w}"' for w in words), "a number of points >= 1"])
 
+    def check(name: str, value: Any) -> str | int:
+        if value in words:
+            return str(value)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            return value
+        raise ValueError(f"{name} must be {named}, got {value!r}")
 
-def check_rank_piece(name: str, value: Any) -> str | int:
-    if value in ("auto", "whole"):
-        return str(value)
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
-        return value
-    raise ValueError(f'{name} must be "auto", "whole" or a number of points >= 1, got {value!r}')
+    return check
 
 
 def check_fraction(name: str, value: Any) -> float:
