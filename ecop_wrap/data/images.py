@@ -108,6 +108,16 @@ def _random_window(
     return top, left, side
 
 
+def _window_crop(
+    image: np.ndarray, resolution: int, min_fraction: float, rng: np.random.Generator
+) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """A random window of ``image`` (:func:`_random_window`) resized to ``[R, R, D]`` and clamped to ``[0, 1]``,
+    with its top, left and side."""
+    top, left, side = _random_window(rng, image.shape[0], image.shape[1], resolution, min_fraction)
+    crop = resize_images(image[top : top + side, left : left + side], resolution, resolution)
+    return crop.clamp(0.0, 1.0), (top, left, side)
+
+
 def skimage_crops(
     split: str = "train",
     resolution: int = 32,
@@ -148,9 +158,8 @@ def skimage_crops(
     for index in rng.integers(0, len(photos), size=n):
         name = photos[int(index)]
         photo = skimage_photo(name, gray_to_rgb=gray_to_rgb)
-        top, left, side = _random_window(rng, photo.shape[0], photo.shape[1], resolution, min_fraction)
-        crop = resize_images(photo[top : top + side, left : left + side], resolution, resolution)
-        values.append(crop.clamp(0.0, 1.0).reshape(-1, crop.shape[-1]))
+        crop, (top, left, side) = _window_crop(photo, resolution, min_fraction, rng)
+        values.append(crop.reshape(-1, crop.shape[-1]))
         names.append(f"{name}:{top},{left},{side}")
     metadata = {"source": "skimage.data", "split": split, "photos": photos, "seed": seed}
     return SignalDataset(values, (resolution, resolution), names=names, metadata=metadata, dtype=dtype)
@@ -298,14 +307,10 @@ def _crop_offsets(height: int, width: int, resolution: int, crop: str, rng: np.r
 def _window_crops(
     image: np.ndarray, resolution: int, n: int, min_fraction: float, rng: np.random.Generator
 ) -> list[torch.Tensor]:
-    """``n`` random windows of ``image`` (:func:`_random_window`), each resized to ``[R, R, D]`` in ``[0, 1]``."""
+    """``n`` random windows of ``image`` (:func:`_window_crop`), each ``[R, R, D]`` in ``[0, 1]``."""
     if min(image.shape[:2]) < resolution:
         raise ValueError(f"crop='window' needs images at least {resolution} pixels on each side, got {image.shape[:2]}")
-    crops = []
-    for _ in range(n):
-        top, left, side = _random_window(rng, image.shape[0], image.shape[1], resolution, min_fraction)
-        crops.append(resize_images(image[top : top + side, left : left + side], resolution, resolution).clamp(0, 1))
-    return crops
+    return [_window_crop(image, resolution, min_fraction, rng)[0] for _ in range(n)]
 
 
 class ImageFolder(SignalDataset):
