@@ -6,7 +6,8 @@ For every cell of the given ``benchmarks/matrix`` JSON files, loads the cell's d
 reproduce flags, ``--eval-size`` from the file) and prints each method's paired gain over the trivial floor on the
 test signals: each signal's own mean value (per channel) predicted everywhere (``reproduce``'s ``floor_psnr``;
 new matrix runs record it and flag such cells themselves, this reads the files written before). A method less
-than ``FLOOR_DB`` (1 dB) above it is marked ``AT FLOOR``. SDF cells (band PSNR) have no floor and are skipped.
+than ``FLOOR_DB`` (1 dB; ``reproduce.evaluation``) above it is marked ``AT FLOOR``. SDF cells (band PSNR)
+have no floor and are skipped.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from matrix.cells import DATA
+from matrix.report import floor_gains
 from reproduce import RunConfig, load_splits
-from reproduce.evaluation import FLOOR_DB, floor_psnr
-from reproduce.report import paired_gap
+from reproduce.evaluation import floor_psnr
 
 
 def data_floor(data: str, eval_size: int, cache: dict[tuple[str, int], list[float] | None]) -> list[float] | None:
@@ -46,14 +47,14 @@ def check(paths: list[str]) -> list[dict[str, Any]]:
             floor = data_floor(entry["data"], eval_size, cache)
             if floor is None:
                 continue
+            scores = {who: entry[who]["psnr_per_signal"] for who in ("ecop", "learnit")}
+            for who, psnr in scores.items():
+                if len(psnr) != len(floor):
+                    raise SystemExit(f"{path} {key}: {len(psnr)} {who} scores against {len(floor)} floor signals")
+            over, at_floor = floor_gains(floor, scores)
             row: dict[str, Any] = {"file": Path(path).name, "cell": key, "floor_db": sum(floor) / len(floor)}
-            for who in ("ecop", "learnit"):
-                scores = entry[who]["psnr_per_signal"]
-                if len(scores) != len(floor):
-                    raise SystemExit(f"{path} {key}: {len(scores)} scores against {len(floor)} floor signals")
-                row[who] = {"psnr": entry[who]["psnr"], "over_floor": paired_gap(scores, floor)}
-            row["at_floor"] = [w for w in ("ecop", "learnit") if row[w]["over_floor"]["mean_db"] < FLOOR_DB]
-            rows.append(row)
+            row |= {who: {"psnr": entry[who]["psnr"], "over_floor": over[who]} for who in scores}
+            rows.append(row | {"at_floor": at_floor})
     return rows
 
 

@@ -188,12 +188,15 @@ def _floor(meta: dict[str, Any], a: dict[str, Any], b: dict[str, Any], metric: s
     floor = meta.get("floor_psnr_per_signal")
     if floor is None or metric != "psnr" or len(floor["test"]) != len(a["psnr_per_signal"]):
         return {}
-    over = {who: paired_gap(m["psnr_per_signal"], floor["test"]) for who, m in (("ECoP", a), ("Learnit", b))}
+    over, at_floor = floor_gains(floor["test"], {"ECoP": a["psnr_per_signal"], "Learnit": b["psnr_per_signal"]})
     floor_mean = sum(floor["test"]) / len(floor["test"])
-    return {
-        "floor": {"test_mean_db": round(floor_mean, 3), "over_floor": over},
-        "at_floor": [who for who, g in over.items() if g["mean_db"] < FLOOR_DB],
-    }
+    return {"floor": {"test_mean_db": round(floor_mean, 3), "over_floor": over}, "at_floor": at_floor}
+
+
+def floor_gains(floor: list[float], scores: dict[str, list[float]]) -> tuple[dict[str, dict[str, float]], list[str]]:
+    """Each method's paired gain over the floor PSNRs of the same signals, and the methods within ``FLOOR_DB``."""
+    over = {who: paired_gap(psnr, floor) for who, psnr in scores.items()}
+    return over, [who for who, gap in over.items() if gap["mean_db"] < FLOOR_DB]
 
 
 def machine(threads: int, workers: int) -> dict[str, Any]:

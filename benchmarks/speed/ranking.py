@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-from functools import partial
 from typing import Any
 
 import torch
@@ -62,7 +61,7 @@ def run_ranking(args: argparse.Namespace, device: torch.device) -> dict[str, Any
         times: dict[str, list[float]] = {name: [] for name in passes}
         for _ in range(args.repeats):
             for name, fn in passes.items():
-                times[name].append(timed(partial(fn), device))
+                times[name].append(timed(fn, device))
     rows = {
         name: {**spread(t), "rank_chunk": pieces[name], "equal_to_whole_loop": identical[name]}
         for name, t in times.items()
