@@ -35,8 +35,30 @@ def test_timing_picks_a_correct_mode_and_records_every_candidate(timing_on, capl
     backend = learner.backend
     assert set(backend.batching_times) == {"bmm", "vmap", "loop"}
     assert all(t > 0 for t in backend.batching_times.values())
-    assert backend.batching == min(backend.batching_times, key=backend.batching_times.__getitem__)
+    assert backend.batching == autotune.pick_mode(backend.batching_times, torch.device("cpu"))
     assert any("batching='auto' chose" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    ("times", "device", "picked"),
+    [
+        ({"bmm": 0.95, "vmap": 1.2, "loop": 1.0}, "cpu", "loop"),  # a near-tie on a CPU keeps the loop
+        ({"bmm": 0.85, "vmap": 1.2, "loop": 1.0}, "cpu", "bmm"),  # a clear win does not
+        ({"bmm": 1.1, "vmap": 0.8, "loop": 1.0}, "cpu", "vmap"),
+        ({"bmm": 1.1, "vmap": 1.2, "loop": 1.0}, "cpu", "loop"),
+        ({"bmm": 0.95, "vmap": 1.2, "loop": 1.0}, "meta", "bmm"),  # off the CPU the fastest wins outright
+        ({"bmm": 0.95, "vmap": 0.99}, "cpu", "bmm"),  # no loop timed (it failed): the fastest
+    ],
+)
+def test_pick_mode_keeps_the_loop_on_a_cpu_near_tie(times, device, picked):
+    assert autotune.pick_mode(times, torch.device(device)) == picked
+
+
+def test_the_log_says_when_the_margin_kept_the_loop():
+    choice = autotune.BatchingChoice("loop", ("bmm", "loop"), {"bmm": 0.143, "loop": 0.145})
+    assert "no batched mode beat it by 10%" in choice.describe() and "bmm 143.0 ms" in choice.describe()
+    fastest = autotune.BatchingChoice("bmm", ("bmm", "loop"), {"bmm": 0.1, "loop": 0.145})
+    assert "the fastest of the correct modes" in fastest.describe()
 
 
 def test_the_choice_is_cached_per_kind_of_call(timing_on):

@@ -8,7 +8,8 @@ second-order step (a forward, its gradient with ``create_graph`` and the backwar
 one inner step and its share of the outer backward) on per-signal coordinates (a shared grid repeated, as
 gathered points are). Each mode is warmed up by one graph-free forward, then timed :data:`TIMING_REPEATS`
 times, round-robin (a mode that fails in any of these is dropped); the fastest median wins (like cuDNN's
-benchmark mode). With timing off, or under ``torch.distributed`` (every rank must run the same mode; ranks
+benchmark mode), except that on a CPU a batched mode must beat the loop by :data:`CPU_LOOP_MARGIN` (see
+:func:`pick_mode`). With timing off, or under ``torch.distributed`` (every rank must run the same mode; ranks
 timing differently could pick different ones), the first correct mode of ``"bmm"``, ``"vmap"`` wins, else
 ``"loop"``.
 """
@@ -30,11 +31,13 @@ from ...typing import BatchingMode, Params
 
 __all__ = [
     "BENCHMARK_ENV",
+    "CPU_LOOP_MARGIN",
     "SHARED_CHOICES",
     "TIMING_POINTS",
     "TIMING_REPEATS",
     "TIMING_SIGNALS",
     "BatchingChoice",
+    "pick_mode",
     "time_modes",
     "timing_off_reason",
 ]
@@ -51,6 +54,12 @@ first call of a meta-step is a full-context pass; timed whole at 64x64 (4096 poi
 10 s, most of a meta-step (SIREN 5x256, B=8, one CPU thread: about 13 s); capped, about 1.1 s."""
 TIMING_REPEATS = 3
 """Timed repeats per mode after one warm-up (their median is the mode's time)."""
+CPU_LOOP_MARGIN = 0.10
+"""On a CPU, the fraction of the loop's time by which a batched mode must beat it to be picked. The probe is small
+enough to stay in the CPU's caches, where batching loses nothing; a call's full context does not (``[8, 4096, 256]``
+floats per layer at 64x64, B = 8), and there the loop, one signal's activations at a time, was 1.4x faster than
+``bmm`` after ``bmm`` had won the probe by 1% (docs/benchmarks.md). Losing a near-tie costs at most this margin
+on the probe; winning one with ``bmm`` cost 40% on the step."""
 
 SHARED_CHOICES: weakref.WeakKeyDictionary[nn.Module, dict[tuple[object, ...], BatchingChoice]] = (
     weakref.WeakKeyDictionary()
@@ -82,7 +91,12 @@ class BatchingChoice:
         if not self.times:
             return f"batching='auto' chose {self.mode!r} (the first correct mode; not timed: {self.note})"
         timed = ", ".join(f"{mode} {1e3 * seconds:.1f} ms" for mode, seconds in self.times.items())
-        return f"batching='auto' chose {self.mode!r}, the fastest of the correct modes ({timed})"
+        if self.mode == min(self.times, key=self.times.__getitem__):
+            return f"batching='auto' chose {self.mode!r}, the fastest of the correct modes ({timed})"
+        return (
+            f"batching='auto' chose {self.mode!r}: no batched mode beat it by {CPU_LOOP_MARGIN:.0%} on this CPU "
+            f"({timed})"
+        )
 
 
 def timing_off_reason(requested: bool) -> str:
@@ -95,6 +109,19 @@ def timing_off_reason(requested: bool) -> str:
     if distributed and torch.distributed.get_world_size() > 1:
         return "under torch.distributed every rank must run the same mode"
     return ""
+
+
+def pick_mode(times: dict[BatchingMode, float], device: torch.device) -> BatchingMode:
+    """The fastest timed mode; on a CPU the loop unless a batched mode takes under ``1 - CPU_LOOP_MARGIN`` of its time.
+
+    Args:
+        times: mode -> median seconds (not empty).
+        device: where the modes were timed.
+    """
+    fastest = min(times, key=times.__getitem__)
+    if device.type != "cpu" or "loop" not in times or fastest == "loop":
+        return fastest
+    return fastest if times[fastest] < (1.0 - CPU_LOOP_MARGIN) * times["loop"] else "loop"
 
 
 def time_modes(

@@ -12,12 +12,20 @@ from torch.utils.hooks import RemovableHandle
 
 from ...typing import Params
 
-__all__ = ["call_with_capture", "loop_forward", "signal_coords"]
+__all__ = ["call_with_capture", "loop_forward", "per_signal"]
 
 
-def signal_coords(coords: torch.Tensor, b: int) -> torch.Tensor:
-    """Signal ``b``'s coordinates out of shared ``[M, C]`` or per-signal ``[B, M, C]`` ones."""
-    return coords if coords.ndim == 2 else coords[b]
+def per_signal(params: Params, coords: torch.Tensor) -> list[tuple[Params, torch.Tensor]]:
+    """Each signal's parameters and coordinates out of ``[B, ...]`` parameters and ``[M, C]`` or ``[B, M, C]``.
+
+    One ``unbind`` per tensor rather than one ``select`` per tensor and signal: its backward stacks the B
+    gradients in one op, where B selects' backwards would each write a zero-filled ``[B, ...]`` tensor for the
+    autograd engine to sum.
+    """
+    batch = next(iter(params.values())).shape[0]
+    unbound = {n: p.unbind(0) for n, p in params.items()}
+    signal_points = coords.unbind(0) if coords.ndim == 3 else (coords,) * batch
+    return [({n: u[b] for n, u in unbound.items()}, signal_points[b]) for b in range(batch)]
 
 
 def _capture_hook(module: nn.Module | None, store: list[torch.Tensor]) -> RemovableHandle | None:
@@ -46,11 +54,9 @@ def loop_forward(
     model: nn.Module, params: Params, coords: torch.Tensor, capture: nn.Module | None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Every signal through :func:`torch.func.functional_call`, one at a time: ``[B, M, D]`` (and captures)."""
-    batch = next(iter(params.values())).shape[0]
     outs, caps = [], []
-    for b in range(batch):
-        one_params = {n: p[b] for n, p in params.items()}
-        call = partial(functional_call, model, one_params, (signal_coords(coords, b),))
+    for one_params, one_coords in per_signal(params, coords):
+        call = partial(functional_call, model, one_params, (one_coords,))
         out, cap = call_with_capture(call, capture)
         outs.append(out)
         caps.append(cap)

@@ -7,7 +7,7 @@ from torch import nn
 
 from ...typing import Params
 from .base import Backend
-from .forward import loop_forward, signal_coords
+from .forward import loop_forward, per_signal
 from .precision import Precision
 
 __all__ = ["HigherBackend"]
@@ -62,9 +62,8 @@ class HigherBackend(Backend):
             self.via_functional_call += 1
             return loop_forward(self.model, params, coords, capture)
         own = dict(self.model.named_parameters())
-        batch = next(iter(params.values())).shape[0]
         outs = []
-        for b in range(batch):
-            flat = [params[n][b] if n in params else own[n] for n in self._all_names]
-            outs.append(self._fmodel(signal_coords(coords, b), params=flat))
+        for one_params, one_coords in per_signal(params, coords):
+            flat = [one_params[n] if n in one_params else own[n] for n in self._all_names]
+            outs.append(self._fmodel(one_coords, params=flat))
         return torch.stack(outs), None

@@ -13,7 +13,7 @@ from torch.func import functional_call, vmap
 from torch.overrides import TorchFunctionMode
 
 from ...typing import BatchingMode, Params
-from .autotune import SHARED_CHOICES, BatchingChoice, logger, time_modes, timing_off_reason
+from .autotune import SHARED_CHOICES, BatchingChoice, logger, pick_mode, time_modes, timing_off_reason
 from .base import Backend
 from .forward import call_with_capture, loop_forward
 from .precision import Precision
@@ -145,7 +145,7 @@ class TorchFuncBackend(Backend):
             with self._timing_precision(coords), torch.autograd.graph.saved_tensors_hooks(_keep, _keep):
                 times = time_modes(lambda m, p, x: self._forward_in(m, p, x, None)[0], correct, params, coords)
             if times:
-                choice = BatchingChoice(min(times, key=times.__getitem__), tuple(correct), times)
+                choice = BatchingChoice(pick_mode(times, coords.device), tuple(correct), times)
             else:
                 choice = BatchingChoice(correct[0], tuple(correct), note="every mode failed while being timed")
         logger.info("%s; model %s, coords %s", choice.describe(), type(self.model).__name__, tuple(coords.shape))
