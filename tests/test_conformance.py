@@ -46,6 +46,13 @@ def _modulated_siren() -> ModulatedSiren:
     return model
 
 
+def _grid_modulated_siren() -> ModulatedSiren:
+    model = ModulatedSiren(2, 3, 12, 2, latent_dim=4, latent_grid=(3, 4))  # spatial functa: a code per grid node
+    with torch.no_grad():
+        model.latent.normal_(0, 0.1)
+    return model
+
+
 @dataclass(frozen=True)
 class Family:
     """One model family and the problem sizes its checks run at.
@@ -124,6 +131,7 @@ FAMILIES = [
     ),
     Family("modulated-latent", _modulated_siren, 36, 1e-2, 0.25, (7, 10), "vmap", 1e-2, adapt=["latent"]),
     Family("modulated-all", _modulated_siren, 36, 1e-2, 0.25, (7, 10), "vmap", 1e-2),
+    Family("modulated-grid", _grid_modulated_siren, 36, 1e-2, 0.25, (7, 10), "vmap", 1e-2, adapt=["latent"]),
     Family("hashgrid", lambda: HashGridINR(2, 3, **TINY_HASHGRID), 25, 1e-2, 0.25, (7, 5), "vmap", 0.5),
     # the paper's NeRV inner learning rate; 6 frames of 2 x 4 x 4
     Family("nerv", lambda: NeRV((2, 4, 4), **TINY_NERV), 6, 0.1, 0.5, (2, 4), "vmap", 0.1, frames=True),
@@ -232,10 +240,18 @@ def test_random_selection_matches_the_reference_for_the_subsets_it_drew(family, 
                 candidate = ref_meta_loss_given_subsets(model, coords, values, [subsets], **ref_kw)
             if torch.isclose(candidate, loss, rtol=1e-12, atol=0):
                 matches.append(subsets)
-    assert len(matches) == 1, f"the library's random-selection loss matches {len(matches)} subset sequences"
-    ref_loss = ref_meta_loss_given_subsets(model, coords, values, [matches[0]], **ref_kw)
-    ref_grads = torch.autograd.grad(ref_loss, [p for p in model.parameters() if p.requires_grad])
-    assert_all_close(grads, ref_grads, **GRAD_TOL)
+    assert matches, "the library's random-selection loss matches no subset sequence"
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    ref_grads = [
+        torch.autograd.grad(ref_meta_loss_given_subsets(model, coords, values, [m], **ref_kw), trainable)
+        for m in matches
+    ]
+    # several sequences match only where they are indistinguishable: a grid latent whose nodes sit on the four
+    # points gives each point its own code, so steps on {1, 2} then {2, 3} equal {2, 3} then {1, 2}
+    for other in ref_grads[1:]:
+        assert_all_close(other, ref_grads[0], **GRAD_TOL)
+    assert len(matches) == 1 or family.name == "modulated-grid", f"{len(matches)} subset sequences match"
+    assert_all_close(grads, ref_grads[0], **GRAD_TOL)
 
 
 # ------------------------------------------------------------------------------------------------ batching

@@ -494,7 +494,7 @@ def test_meta_step_stats_and_fit_history_keys_follow_the_loss(loss_id):
     )
     is_mse = loss_id == "mse"
     for stats, measured in ((meta, {"boot_rise"}), (fit_only, set())):  # boot_rise: only with a bootstrap (L >= 2)
-        assert set(stats) == STATS_KEYS | measured | ({"mse", "psnr"} if is_mse else set())
+        assert set(stats) == STATS_KEYS | measured | ({"mse", "psnr", "floor_mse"} if is_mse else set())
         assert stats["skipped"] == 0.0 and stats["step"] == 1.0
     assert meta["loss"] == pytest.approx(float(want_meta), rel=LOSS_RTOL)
     assert fit_only["fit_loss"] == pytest.approx(float(want_fit), rel=LOSS_RTOL)

@@ -18,6 +18,7 @@ from ecop_wrap import (
     ContextPruningMetaLearner,
     FourierFeatureMLP,
     GradScaledAdapter,
+    ModulatedSiren,
     Siren,
     make_grid,
 )
@@ -180,3 +181,56 @@ def test_higher_refuses_parameter_containers_it_cannot_swap():
     with pytest.raises(ValueError, match="ParameterList"):
         ContextPruningMetaLearner(_ListINR(), backend="higher")
     ContextPruningMetaLearner(_ListINR(), backend="torch.func")  # torch.func swaps them correctly
+
+
+# ------------------------------------------------------------------------------ ModulatedSiren's latent grid
+def _grid_sample_reference(grid: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    """``F.grid_sample`` (bilinear, corners aligned, border padding) of ``grid [H, W, F]`` at ``coords [M, 2]``
+    (coordinate 0 along H, 1 along W): an implementation that shares nothing with the library's."""
+    image = grid.permute(2, 0, 1).unsqueeze(0)  # [1, F, H, W]
+    where = coords.flip(-1).view(1, 1, -1, 2)  # grid_sample wants (x along W, y along H)
+    out = torch.nn.functional.grid_sample(image, where, mode="bilinear", padding_mode="border", align_corners=True)
+    return out[0, :, 0].T  # [M, F]
+
+
+def test_latent_grid_interpolates_like_grid_sample():
+    from ecop_wrap.models.modulated import interpolate_grid
+
+    gen = torch.Generator().manual_seed(0)
+    grid = torch.randn(3, 5, 4, generator=gen, dtype=torch.float64)
+    coords = torch.cat([torch.rand(50, 2, generator=gen, dtype=torch.float64) * 2.4 - 1.2, torch.eye(2) * 2 - 1])
+    want = _grid_sample_reference(grid, coords)
+    torch.testing.assert_close(interpolate_grid(grid, (3, 5), coords), want, rtol=1e-12, atol=1e-14)
+    batched = torch.stack([grid, 2 * grid])  # [B, *sizes, F] with shared and with per-signal coordinates
+    torch.testing.assert_close(interpolate_grid(batched, (3, 5), coords)[1], 2 * want, rtol=1e-12, atol=1e-14)
+    per_signal = torch.stack([coords, coords.flip(0)])
+    out = interpolate_grid(batched, (3, 5), per_signal)
+    torch.testing.assert_close(out[1], 2 * want.flip(0), rtol=1e-12, atol=1e-14)
+
+
+def test_latent_grid_in_one_dimension_is_linear_interpolation():
+    from ecop_wrap.models.modulated import interpolate_grid
+
+    nodes = torch.tensor([[0.0], [1.0], [4.0], [2.0]], dtype=torch.float64)  # 4 codes at -1, -1/3, 1/3, 1
+    times = torch.tensor([[-1.0], [-2.0 / 3.0], [0.0], [0.5], [1.0]], dtype=torch.float64)
+    want = torch.tensor([[0.0], [0.5], [2.5], [3.5], [2.0]], dtype=torch.float64)
+    torch.testing.assert_close(interpolate_grid(nodes, (4,), times), want, rtol=1e-12, atol=1e-14)
+
+
+def test_modulated_siren_with_a_latent_grid_builds_and_rebuilds():
+    model = ModulatedSiren(1, 1, 8, 2, latent_dim=3, latent_grid=[16])
+    assert model.latent.shape == (16, 3) and not model.latent.any()
+    assert model(torch.zeros(5, 1)).shape == (5, 1)
+    again = ModulatedSiren(**model.init_kwargs)
+    assert again.latent_grid == (16,) and again.latent.shape == (16, 3)
+
+
+@pytest.mark.parametrize("grid", [(4,), (4, 1), (4, 2.0), [4, 4, 4]])
+def test_modulated_siren_rejects_a_bad_latent_grid(grid):
+    with pytest.raises(ValueError, match="latent_grid must give 2 sizes"):
+        ModulatedSiren(2, 1, 8, 2, latent_dim=3, latent_grid=grid)
+
+
+def test_modulated_siren_names_latent_grid_when_it_is_not_a_sequence():
+    with pytest.raises(TypeError, match="latent_grid must be a sequence of 2 ints"):
+        ModulatedSiren(2, 1, 8, 2, latent_dim=3, latent_grid=4)  # type: ignore[arg-type]

@@ -1,4 +1,5 @@
-"""The training monitor: one warning when the meta-gradient sits at the clip, one when the meta-loss rises."""
+"""The training monitor: one warning when the meta-gradient sits at the clip, one when the meta-loss rises, one when
+the fits stay at the trivial floor."""
 
 from __future__ import annotations
 
@@ -11,6 +12,10 @@ from reference import TinySiren
 
 from ecop_wrap import ContextPruningMetaLearner, make_grid
 
+AT_FLOOR = ".*better than predicting each signal's own mean value"
+"""The floor warning's message: the toy problems below (noise on 36 points, a 12-wide network, K = 2) never leave
+the trivial floor, so the tests of the other checks ignore it; it has its own tests at the end."""
+
 
 def _run(steps: int, **settings) -> list[str]:
     torch.manual_seed(0)
@@ -18,6 +23,7 @@ def _run(steps: int, **settings) -> list[str]:
     learner = ContextPruningMetaLearner(TinySiren(2, 1).double(), K=2, L=1, coord_range=None, **settings)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        warnings.filterwarnings("ignore", message=AT_FLOOR)
         for _ in range(steps):
             learner.meta_step((coords, values))
     return [str(w.message) for w in caught if w.category is UserWarning]
@@ -59,6 +65,7 @@ def test_divergence_backoff_changes_nothing_while_training_is_healthy():
         learner, batch = _learner(outer_lr=1e-3, learn_inner_lr="per_tensor", divergence_backoff=backoff)
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # neither a warning nor a roll-back
+            warnings.filterwarnings("ignore", message=AT_FLOOR)
             for _ in range(30):
                 learner.meta_step(batch)
         finals.append([p.detach().clone() for p in learner._meta_params])
@@ -70,6 +77,7 @@ def test_divergence_backoff_rolls_back_to_the_best_window_start_and_lowers_the_l
     before = {}  # meta-step number -> the weights and learned rates it started from
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        warnings.filterwarnings("ignore", message=AT_FLOOR)
         for step in range(1, 21):
             before[step] = [p.detach().clone() for p in learner._meta_params]
             learner.meta_step(batch)
@@ -142,3 +150,70 @@ def test_boot_rise_is_absent_where_nothing_is_measured(settings):
     learner, batch = _learner(**settings)
     stats = learner.meta_step(batch)
     assert "boot_rise" not in stats and {"loss", "boot_distance", "grad_norm"} <= set(stats)
+
+
+class _Constant(torch.nn.Module):
+    """A model that can only predict one value per channel: its best fit is each signal's mean (the floor)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.value = torch.nn.Parameter(torch.zeros(1, dtype=torch.float64))
+
+    def forward(self, coords):
+        return self.value.expand(coords.shape[-2], 1)
+
+
+def _floor_run(model: torch.nn.Module, values: torch.Tensor, steps: int, **settings) -> list[str]:
+    coords = make_grid((6, 6), dtype=torch.float64)
+    learner = ContextPruningMetaLearner(model, K=2, L=1, coord_range=None, monitor_window=5, **settings)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(steps):
+            learner.meta_step((coords, values))
+    return [str(w.message) for w in caught if w.category is UserWarning]
+
+
+def test_fits_at_the_trivial_floor_warn_once_after_the_grace_windows():
+    values = torch.rand(2, 36, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    assert not _floor_run(_Constant(), values, 14)  # two grace windows and 4 steps of the third: no warning
+    messages = _floor_run(_Constant(), values, 30)
+    assert len(messages) == 1 and "better than predicting each signal's own mean value" in messages[0]
+    assert messages[0].startswith("meta_step 15:")
+
+
+def _planes() -> torch.Tensor:
+    """Two signals a linear model fits exactly: ``[2, 36, 1]`` on the 6x6 grid."""
+    coords = make_grid((6, 6), dtype=torch.float64)
+    slopes = torch.tensor([[[1.0], [0.5]], [[-0.5], [1.0]]], dtype=torch.float64)
+    return coords @ slopes + torch.tensor([0.0, 0.2], dtype=torch.float64).view(2, 1, 1)
+
+
+def test_a_model_that_learns_its_signals_does_not_warn_about_the_floor():
+    torch.manual_seed(0)
+    assert not _floor_run(torch.nn.Linear(2, 1).double(), _planes(), 30, inner_lr=0.3, outer_lr=1e-2)
+
+
+def _floor_stats(values: torch.Tensor, weights: torch.Tensor | None = None) -> dict[str, float]:
+    learner = ContextPruningMetaLearner(torch.nn.Linear(2, 1).double(), K=2, L=1, coord_range=None)
+    coords = make_grid((6, 6), dtype=torch.float64)
+    return learner.meta_step((coords, values) if weights is None else (coords, values, weights))
+
+
+def test_floor_mse_is_the_mse_of_each_signals_own_mean():
+    values = _planes()
+    per_signal = [float(((v - v.mean()) ** 2).mean()) for v in values]  # one channel: the variance
+    assert _floor_stats(values)["floor_mse"] == pytest.approx(sum(per_signal) / 2, rel=1e-12)
+
+
+def test_floor_mse_with_weights_counts_only_the_weighted_points():
+    values = _planes().clone()
+    weights = torch.ones(2, 36, dtype=torch.float64)
+    weights[0, :18] = 0.0  # the first signal's upper half is not observed
+    values[0, :18] = 1e6  # and holds placeholders that must not count
+    per_signal = [float(((v - v.mean()) ** 2).mean()) for v in (values[0, 18:], values[1])]
+    assert _floor_stats(values, weights)["floor_mse"] == pytest.approx(sum(per_signal) / 2, rel=1e-12)
+
+
+def test_constant_signals_have_a_zero_floor():
+    values = torch.full((2, 36, 1), 0.3, dtype=torch.float64)
+    assert _floor_stats(values)["floor_mse"] == pytest.approx(0.0, abs=1e-30)

@@ -73,19 +73,23 @@ def test_ecop_and_learnit_op_counts_of_a_tiny_meta_step():
     * ranking: the first ranking (every signal at theta_0, one forward) takes the [1, *shape] parameters that
       expanding them made instead of slicing 6 (6);
     * outside: the bootstrap distance flattens the 3 weights only, not the 3 biases (3).
+
+    Since then the ``floor_mse`` statistic (a variance, its mean over channels and its place in the reduced stats)
+    adds 4 ops outside any range to both methods: ECoP 1100 -> 1104 (with the bootstrap in pieces 1416 -> 1420),
+    Learnit 358 -> 362.
     """
     ecop_total, ecop_ranges, ecop_ops = _step_counts(gamma=0.25, K=4, L=2, lam=1.0)
     pieces_total, pieces_ranges, _ = _step_counts(gamma=0.25, K=4, L=2, lam=1.0, bootstrap_chunk="pruned")
     learnit_total, _, _ = _step_counts(gamma=1.0, K=1, L=0, lam=0.0)
-    assert ecop_total <= 1101, ecop_ranges
+    assert ecop_total <= 1104, ecop_ranges
     assert ecop_ranges["ecop.bootstrap"] <= 140, ecop_ranges
     assert ecop_ranges["ecop.pruned_forward"] <= 70, ecop_ranges
     assert ecop_ranges["ecop.ranking"] <= 73, ecop_ranges
-    assert pieces_total <= 1417, pieces_ranges
+    assert pieces_total <= 1420, pieces_ranges
     # four pieces per pass cost more ops than one, and nothing outside the bootstrap differs
     assert pieces_ranges["ecop.bootstrap"] > 3 * ecop_ranges["ecop.bootstrap"], pieces_ranges
     assert pieces_total - pieces_ranges["ecop.bootstrap"] == ecop_total - ecop_ranges["ecop.bootstrap"]
-    assert learnit_total <= 358
+    assert learnit_total <= 362
     # the bootstrap's updates: one multiply and one subtraction per pass, no per-parameter ops
     assert ecop_ops["ecop.bootstrap", "aten::_foreach_mul"] == 2
     assert ecop_ops["ecop.bootstrap", "aten::_foreach_sub"] == 2

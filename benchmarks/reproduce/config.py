@@ -104,6 +104,9 @@ class RunConfig:
     eval_seed: int = option(0, "which held-out crops are drawn")
     width: int = option(128, at_least=1)
     latent_dim: int = option(128, "latent size of the ModulatedSiren of the *_latent methods")
+    latent_grid: int = option(
+        0, "with N >= 2, the *_latent methods' latent is a grid of N codes per coordinate axis (spatial functa)"
+    )
     depth: int = option(3, "hidden sine layers", at_least=1)
     nerv_blocks: int = option(2, "NeRV blocks (x2 upsampling each)", group=NERV)
     nerv_channels: int = option(16, "channels of the feature map and blocks", group=NERV)

@@ -38,6 +38,7 @@ def _modulated(config: RunConfig, splits: Splits) -> nn.Module:
         config.width,
         config.depth,
         latent_dim=config.latent_dim,
+        latent_grid=(config.latent_grid,) * splits.coords.shape[1] if config.latent_grid else None,
         w0=config.w0_for(splits.modality),
         output_offset=_output_offset(splits),
     )

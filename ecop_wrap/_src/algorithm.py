@@ -66,6 +66,8 @@ class MetaLossOutput:
             diverges on the signal, and the paper's target is far worse than theta_K); None without the bootstrap
             or with ``L < 2`` (no point after theta_K is measured then).
         adapted: name -> ``[B, *shape]`` theta_K of the adapted parameters, detached.
+        floor_loss: ``[B]`` the trivial floor: the full-context loss of predicting each signal's own mean value
+            (per channel) everywhere; set by the learner for the MSE (None otherwise).
         fit_term, boot_term: ``[B]`` the two terms of ``loss`` per signal, with their graphs (``fit_loss`` and
             ``lambda * mu``; ``boot_term`` None without the bootstrap): the learner differentiates their means
             apart for ``boot_trains_shared=False``.
@@ -76,6 +78,7 @@ class MetaLossOutput:
     boot_distance: torch.Tensor
     adapted: Params
     boot_rise: torch.Tensor | None = None
+    floor_loss: torch.Tensor | None = None
     fit_term: torch.Tensor | None = None
     boot_term: torch.Tensor | None = None
 

@@ -317,7 +317,9 @@ class ECoPConfig:
         "meta-steps the training monitor looks at: one warning when the meta-gradient norm is above "
         "``max_grad_norm`` for this many consecutive steps, one when a window's mean meta-loss is 1.5x the "
         "best window's (or a roll-back, see ``divergence_backoff``), one when the bootstrap's path ended above twice "
-        "theta_K's full-context loss for more than half the signals over a window (0: no checks).",
+        "theta_K's full-context loss for more than half the signals over a window, and (with the MSE) one when, "
+        "after the first two windows, a window's fits are less than 1 dB better than predicting each signal's own "
+        "mean (0: no checks).",
         int_at_least(0),
     )
     divergence_backoff: float | None = _hyper(

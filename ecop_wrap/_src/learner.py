@@ -209,7 +209,7 @@ class ContextPruningMetaLearner(LearnerState, Sharing):
         """
         ctx = self.evaluator(batch)
         with torch.enable_grad():
-            return meta_objective(
+            out = meta_objective(
                 ctx,
                 self.init_params(),
                 self.config,
@@ -217,6 +217,9 @@ class ContextPruningMetaLearner(LearnerState, Sharing):
                 rule=self.selection_rule,
                 generator=self.generator,
             )
+        if self.loss_fn.is_mse:
+            out.floor_loss = ctx.mean_floor()
+        return out
 
     def meta_loss(self, batch: SignalBatch) -> torch.Tensor:
         """Scalar meta-loss, differentiable w.r.t. the model's parameters (and learned rates); call
@@ -259,7 +262,8 @@ class ContextPruningMetaLearner(LearnerState, Sharing):
 
         Returns:
             ``loss`` (meta-loss), ``fit_loss`` (full-context loss at theta_K, batch mean), with
-            ``loss="mse"`` also ``mse`` (the same value) and ``psnr`` (from it, with ``data_range``),
+            ``loss="mse"`` also ``mse`` (the same value), ``psnr`` (from it, with ``data_range``) and
+            ``floor_mse`` (the MSE of the trivial fit, each signal's own mean predicted everywhere),
             ``boot_distance`` (mean mu), ``grad_norm`` (before clipping), ``skipped`` (1.0 or 0.0),
             ``step`` (number of meta_step calls so far) and, where it is measured (the bootstrap on with ``L >= 2``),
             ``boot_rise`` (the share of signals whose bootstrap path ended above twice their loss at theta_K).
@@ -270,6 +274,8 @@ class ContextPruningMetaLearner(LearnerState, Sharing):
             with record_function("ecop.outer_backward"):
                 grads = self._meta_gradient(out)
         local = [out.loss.detach(), out.fit_loss.mean(), out.boot_distance.mean()]
+        if out.floor_loss is not None:  # the same on every rank (it depends on the loss only)
+            local.append(out.floor_loss.mean())
         if out.boot_rise is not None:  # the same on every rank (it depends on L only)
             local.append(out.boot_rise.mean(dtype=out.fit_loss.dtype))
         local_stats = torch.stack(local)
@@ -287,13 +293,16 @@ class ContextPruningMetaLearner(LearnerState, Sharing):
             self._consecutive_skips = 0
         else:
             self._skip()
-        loss, fit_loss, distance, *rise_share = (float(v) for v in stats)
-        rise = rise_share[0] if rise_share else None
+        loss, fit_loss, distance, *optional = (float(v) for v in stats)
+        floor = optional.pop(0) if out.floor_loss is not None else None
+        rise = optional[0] if optional else None
         if finite:
-            self._watch(float(grad_norm), loss, rise)
+            self._watch(float(grad_norm), loss, rise, fit_loss, floor)
         report = {"loss": loss, "fit_loss": fit_loss}
         if self.loss_fn.is_mse:
             report |= {"mse": fit_loss, "psnr": float(mse_to_psnr(fit_loss, self.config.data_range))}
+        if floor is not None:
+            report["floor_mse"] = floor
         report |= {
             "boot_distance": distance,
             "grad_norm": float(grad_norm),
@@ -335,10 +344,12 @@ class ContextPruningMetaLearner(LearnerState, Sharing):
         if self.config.divergence_backoff is not None and self._monitor.window_starts:
             self._window_state = self._snapshot()
 
-    def _watch(self, grad_norm: float, loss: float, boot_rise: float | None) -> None:
+    def _watch(
+        self, grad_norm: float, loss: float, boot_rise: float | None, fit_loss: float, floor: float | None
+    ) -> None:
         """The monitor's checks; with ``divergence_backoff``, keep the state the best window started from (its
         losses were measured on it and the states after it) and roll back to it when the meta-loss rises."""
-        event = self._monitor.update(self.step_count, grad_norm, loss, boot_rise)
+        event = self._monitor.update(self.step_count, grad_norm, loss, boot_rise, fit_loss=fit_loss, floor=floor)
         backoff = self.config.divergence_backoff
         if backoff is None:
             return

@@ -1,7 +1,8 @@
 """Watching meta-training: a warning when the meta-gradient sits at the clip, one when the bootstrap's path ends
-above twice theta_K's loss for most signals (its step size is too large for the data), and a rising training loss (the
-meta-loss) that either warns or, with ``divergence_backoff``, rolls the learner back to its best window and lowers
-its outer learning rate. ``monitor_window=0`` turns every check off."""
+above twice theta_K's loss for most signals (its step size is too large for the data), one when the adapted fits
+stay at the trivial floor (no better than each signal's own mean), and a rising training loss (the meta-loss) that
+either warns or, with ``divergence_backoff``, rolls the learner back to its best window and lowers its outer
+learning rate. ``monitor_window=0`` turns every check off."""
 
 from __future__ import annotations
 
@@ -11,13 +12,20 @@ from typing import Literal
 
 from .validation import user_stacklevel
 
-__all__ = ["BOOT_RISE", "RISE", "MonitorEvent", "TrainingMonitor"]
+__all__ = ["BOOT_RISE", "FLOOR_DB", "FLOOR_GRACE_WINDOWS", "RISE", "MonitorEvent", "TrainingMonitor"]
 
 RISE = 1.5
 """A window's mean meta-loss this many times the best window's counts as rising."""
 BOOT_RISE = 0.5
 """A window in which the bootstrap's path rose (ended above ``BOOT_RISE_FACTOR`` times theta_K's loss) for more
 than this share of the signals warns."""
+
+FLOOR_DB = 1.0
+"""A window whose mean fit loss at theta_K is less than this many dB below the trivial floor's (each signal's own
+mean predicted everywhere) counts as "at the floor"."""
+FLOOR_GRACE_WINDOWS = 2
+"""Windows before the floor check starts: a model may start at the floor (a zero latent predicts about the mean)
+and leave it within its first hundred steps."""
 
 MonitorEvent = Literal["best", "rise"]
 """What a completed window showed: a new best mean meta-loss, or a rise above ``RISE`` times the best."""
@@ -45,6 +53,8 @@ class TrainingMonitor:
         self._clipped_run = 0
         self._losses: list[float] = []
         self._boot_rises: list[float] = []
+        self._fits: list[tuple[float, float]] = []
+        self._floor_windows = 0
         self._best_mean = math.inf
         self._warned: set[str] = set()
 
@@ -58,11 +68,22 @@ class TrainingMonitor:
         """Whether the next recorded step begins a window (its state is the one a roll-back returns to)."""
         return self.window > 0 and not self._losses
 
-    def update(self, step: int, grad_norm: float, loss: float, boot_rise: float | None = None) -> MonitorEvent | None:
+    def update(
+        self,
+        step: int,
+        grad_norm: float,
+        loss: float,
+        boot_rise: float | None = None,
+        *,
+        fit_loss: float | None = None,
+        floor: float | None = None,
+    ) -> MonitorEvent | None:
         """Record one taken step; warn (once each) when a check fires.
 
         ``boot_rise``: the share of the step's signals whose bootstrap path ended above twice their full-context loss
         at theta_K; None where it is not measured (no bootstrap, or ``L < 2``): the check then skips the step.
+        ``fit_loss`` and ``floor``: the batch's mean full-context loss at theta_K and the trivial floor's (each
+        signal's own mean predicted everywhere); the floor check skips steps without them (losses other than MSE).
 
         Returns:
             ``"best"`` when this step completed a window with the lowest mean meta-loss so far, ``"rise"`` when it
@@ -72,11 +93,13 @@ class TrainingMonitor:
             return None
         self._check_clip(step, grad_norm)
         self._check_bootstrap(step, boot_rise)
+        self._check_floor(step, fit_loss, floor)
         return self._check_rise(step, loss)
 
     def restart_window(self) -> None:
         """Start a new window (after a roll-back: the steps since the best window no longer count)."""
         self._losses.clear()
+        self._fits.clear()
         self._clipped_run = 0
 
     def _check_clip(self, step: int, grad_norm: float) -> None:
@@ -114,6 +137,26 @@ class TrainingMonitor:
                 "large for this data, so the bootstrap's target is worse than theta_K and the bootstrap term pulls "
                 "towards it. Lower boot_lr (benchmarks/sgd_stability.py measures a step size on your data), or "
                 'use boot_target="best" or lam=0.',
+            )
+
+    def _check_floor(self, step: int, fit_loss: float | None, floor: float | None) -> None:
+        if fit_loss is None or floor is None or not (fit_loss > 0 and floor > 0):
+            return
+        self._fits.append((fit_loss, floor))
+        if len(self._fits) < self.window:
+            return
+        fits, floors = (sum(values) / len(values) for values in zip(*self._fits, strict=True))
+        self._fits.clear()
+        self._floor_windows += 1
+        gain_db = 10 * math.log10(floors / fits)
+        if self._floor_windows > FLOOR_GRACE_WINDOWS and gain_db < FLOOR_DB:
+            self._warn(
+                "floor",
+                f"meta_step {step}: over the last {self.window} steps the adapted fits were only {gain_db:.2f} dB "
+                "better than predicting each signal's own mean value everywhere (the trivial floor): the model is "
+                "not learning these signals. Check that it can represent them (its width, its frequencies such "
+                "as a SIREN's w0, a latent's size), that inner_lr is large enough to move a fit in K steps, and "
+                "the outer learning rate.",
             )
 
     def _check_rise(self, step: int, loss: float) -> MonitorEvent | None:
