@@ -260,3 +260,12 @@ def test_ranking_times_pieces_against_the_whole_context_and_checks_they_agree(tm
     assert rows["loop, auto"]["rank_chunk"] == 1024 and rows["bmm, whole"]["rank_chunk"] is None
     assert all(len(row["times_s"]) == 2 for row in rows.values())
     assert "loop: pieces take" in stdout and "bmm: pieces take" in stdout
+
+
+def test_loop_unbind_ab_finds_the_old_and_new_loop_bit_identical():
+    """benchmarks/loop_unbind_ab.py keeps the select-per-signal loop it replaced; both give the same float64
+    meta-gradients, bit for bit (the check its report prints)."""
+    import loop_unbind_ab
+
+    assert loop_unbind_ab.float64_identical()
+    assert loop_unbind_ab.torch_func.loop_forward is loop_unbind_ab.NEW_LOOP  # the library's loop is restored
