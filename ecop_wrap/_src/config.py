@@ -257,7 +257,9 @@ class ECoPConfig:
         True,
         'with ``batching="auto"``: time every correct mode on the first call (a forward without a graph and a '
         "second-order step, on at most 1024 of that call's points and two of its signals; about 1.1 s for SIREN "
-        "5x256 on one CPU thread) and keep the fastest, once per adapted parameter shapes, coordinate dimensions, "
+        "5x256 on one CPU thread) and keep the fastest (on a CPU the loop unless a batched mode beats it by 10%: "
+        "the probe stays in the cache where a full context does not), once per adapted parameter shapes, "
+        "coordinate dimensions, "
         "dtype and device (so every pass of a meta-step runs one mode), "
         "like cuDNN's benchmark mode; ``backend.batching_times`` and an INFO line on the ``ecop_wrap`` logger "
         "say what it measured. False, the environment variable ``ECOP_WRAP_BATCHING_BENCHMARK=0`` or "
