@@ -234,16 +234,13 @@ class ContextEvaluator:
 
     @torch.no_grad()
     def mean_floor(self) -> torch.Tensor:
-        """``[B]`` full-context loss of the trivial fit: each signal's own (weighted) mean value, per channel,
+        """``[B]`` full-context MSE of the trivial fit: each signal's own (weighted) mean value, per channel,
         predicted at every point. A fit no better than this has learned nothing about the signal's shape."""
-        if self.weights is None and self.loss_fn.is_mse:  # the per-channel variance, averaged over channels
+        if self.weights is None:  # the per-channel variance, averaged over channels
             return torch.var(self.values, dim=1, correction=0).mean(dim=-1)
-        if self.weights is None:
-            mean = self.values.mean(dim=1, keepdim=True)
-        else:
-            weights = self.weights.unsqueeze(-1)
-            mean = (self.values * weights).sum(dim=1, keepdim=True) / weights.sum(dim=1, keepdim=True)
-        return self.full_loss(self.loss_fn.summed(mean.expand_as(self.values), self.values))
+        weights = self.weights.unsqueeze(-1)
+        mean = (self.values * weights).sum(dim=1, keepdim=True) / weights.sum(dim=1, keepdim=True)
+        return self.full_loss((self.values - mean).square().sum(dim=-1))
 
     def selected_loss(self, errors: torch.Tensor, pruned_idx: Points) -> torch.Tensor:
         """``[B]`` loss of the pruned context from the per-point losses ``errors`` of its points ``[B, k]``."""

@@ -53,7 +53,8 @@ class TrainingMonitor:
         self._clipped_run = 0
         self._losses: list[float] = []
         self._boot_rises: list[float] = []
-        self._fits: list[tuple[float, float]] = []
+        self._fit_losses: list[float] = []
+        self._floors: list[float] = []
         self._floor_windows = 0
         self._best_mean = math.inf
         self._warned: set[str] = set()
@@ -99,7 +100,8 @@ class TrainingMonitor:
     def restart_window(self) -> None:
         """Start a new window (after a roll-back: the steps since the best window no longer count)."""
         self._losses.clear()
-        self._fits.clear()
+        self._fit_losses.clear()
+        self._floors.clear()
         self._clipped_run = 0
 
     def _check_clip(self, step: int, grad_norm: float) -> None:
@@ -142,11 +144,9 @@ class TrainingMonitor:
     def _check_floor(self, step: int, fit_loss: float | None, floor: float | None) -> None:
         if fit_loss is None or floor is None or not (fit_loss > 0 and floor > 0):
             return
-        self._fits.append((fit_loss, floor))
-        if len(self._fits) < self.window:
+        fits, floors = self._window_mean(self._fit_losses, fit_loss), self._window_mean(self._floors, floor)
+        if fits is None or floors is None:
             return
-        fits, floors = (sum(values) / len(values) for values in zip(*self._fits, strict=True))
-        self._fits.clear()
         self._floor_windows += 1
         gain_db = 10 * math.log10(floors / fits)
         if self._floor_windows > FLOOR_GRACE_WINDOWS and gain_db < FLOOR_DB:
