@@ -234,3 +234,38 @@ def test_modulated_siren_rejects_a_bad_latent_grid(grid):
 def test_modulated_siren_names_latent_grid_when_it_is_not_a_sequence():
     with pytest.raises(TypeError, match="latent_grid must be a sequence of 2 ints"):
         ModulatedSiren(2, 1, 8, 2, latent_dim=3, latent_grid=4)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("family", ["siren", "modulated"])
+def test_first_w0_sets_the_first_sine_layers_frequency_only(family):
+    torch.manual_seed(0)
+    build = {
+        "siren": lambda **kw: Siren(1, 1, 8, 2, **kw),
+        "modulated": lambda **kw: ModulatedSiren(1, 1, 8, 2, latent_dim=3, **kw),
+    }[family]
+    model = build(w0=20.0, first_w0=3000.0)
+    assert [layer.w0 for layer in model.layers] == [3000.0, 20.0]
+    # the first layer's weights keep SIREN's U(-1/in, 1/in): only its frequency changes
+    assert float(model.layers[0].linear.weight.detach().abs().max()) <= 1.0
+    coords = torch.linspace(-1, 1, 7, dtype=torch.float64).unsqueeze(-1)
+    model = model.double()
+    with torch.no_grad():
+        first = model.layers[0].linear
+        want = torch.sin(3000.0 * (coords @ first.weight.T + first.bias))
+        if family == "modulated":  # the zero latent's shifts are the modulation's zero bias
+            got = torch.sin(model.layers[0].w0 * (first(coords) + model.modulation(model.latent)[:8]))
+        else:
+            got = model.layers[0](coords)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    again = type(model)(**model.init_kwargs)
+    assert again.init_kwargs["first_w0"] == 3000.0 and [layer.w0 for layer in again.layers] == [3000.0, 20.0]
+    default = build(w0=20.0)
+    assert default.init_kwargs["first_w0"] is None and [layer.w0 for layer in default.layers] == [20.0, 20.0]
+
+
+@pytest.mark.parametrize("bad", [0.0, -30.0, True, "3000"])
+def test_first_w0_must_be_a_positive_number(bad):
+    with pytest.raises(ValueError, match="first_w0 must be a positive number"):
+        Siren(1, 1, 8, 2, first_w0=bad)
+    with pytest.raises(ValueError, match="first_w0 must be a positive number"):
+        ModulatedSiren(1, 1, 8, 2, latent_dim=3, first_w0=bad)

@@ -118,6 +118,7 @@ class RunConfig:
     hash_width: int = option(64, "width of the MLP after the encoding", group=HASH_GRID)
     hash_depth: int = option(2, "hidden layers of that MLP", group=HASH_GRID)
     w0: float | None = option(None, "SIREN frequency (default 30; 50 on the sphere, 10 for --sdf)")
+    first_w0: float | None = option(None, "the first sine layer's frequency (SIREN and ModulatedSiren; default: --w0)")
     # meta-learning
     batch: int = option(4, at_least=1)
     gamma: float = option(0.25, "kept fraction for pruned methods")

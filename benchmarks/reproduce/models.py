@@ -27,6 +27,7 @@ def _siren(config: RunConfig, splits: Splits) -> nn.Module:
         config.width,
         config.depth,
         w0=config.w0_for(splits.modality),
+        first_w0=config.first_w0,
         output_offset=_output_offset(splits),
     )
 
@@ -40,6 +41,7 @@ def _modulated(config: RunConfig, splits: Splits) -> nn.Module:
         latent_dim=config.latent_dim,
         latent_grid=(config.latent_grid,) * splits.coords.shape[1] if config.latent_grid else None,
         w0=config.w0_for(splits.modality),
+        first_w0=config.first_w0,
         output_offset=_output_offset(splits),
     )
 

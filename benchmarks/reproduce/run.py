@@ -162,8 +162,9 @@ def _meta(config: RunConfig, splits: Splits, device: torch.device) -> dict[str, 
         **_floor(splits),
         "train_signals": len(splits.train),
         "psnr_data_range": splits.data_range,
-        "model": f"SIREN {config.depth} hidden sine layers x {config.width}, w0 {config.w0_for(splits.modality)} "
-        "(the other models: each method's 'model' entry)",
+        "model": f"SIREN {config.depth} hidden sine layers x {config.width}, w0 {config.w0_for(splits.modality)}"
+        + (f", first layer w0 {config.first_w0}" if config.first_w0 is not None else "")
+        + " (the other models: each method's 'model' entry)",
         "batch": config.batch,
         "outer_steps": config.outer_steps,
         "test_steps": config.test_steps,

@@ -273,12 +273,12 @@ class ContextPruningMetaLearner(LearnerState, Sharing):
             out = self.meta_objective(batch)
             with record_function("ecop.outer_backward"):
                 grads = self._meta_gradient(out)
-        local = [out.loss.detach(), out.fit_loss.mean(), out.boot_distance.mean()]
+        local = {"loss": out.loss.detach(), "fit_loss": out.fit_loss.mean(), "distance": out.boot_distance.mean()}
         if out.floor_loss is not None:  # the same on every rank (it depends on the loss only)
-            local.append(out.floor_loss.mean())
+            local["floor"] = out.floor_loss.mean()
         if out.boot_rise is not None:  # the same on every rank (it depends on L only)
-            local.append(out.boot_rise.mean(dtype=out.fit_loss.dtype))
-        local_stats = torch.stack(local)
+            local["rise"] = out.boot_rise.mean(dtype=out.fit_loss.dtype)
+        local_stats = torch.stack(list(local.values()))
         with record_function("ecop.all_reduce"):
             signals = float(out.fit_loss.shape[0])
             reduced, _ = weighted_all_reduce([*grads, local_stats.to(grads[0].dtype)], signals, self.process_group)
@@ -293,9 +293,9 @@ class ContextPruningMetaLearner(LearnerState, Sharing):
             self._consecutive_skips = 0
         else:
             self._skip()
-        loss, fit_loss, distance, *optional = (float(v) for v in stats)
-        floor = optional.pop(0) if out.floor_loss is not None else None
-        rise = optional[0] if optional else None
+        named = dict(zip(local, (float(v) for v in stats), strict=True))
+        loss, fit_loss, distance = named["loss"], named["fit_loss"], named["distance"]
+        floor, rise = named.get("floor"), named.get("rise")
         if finite:
             self._watch(float(grad_norm), loss, rise, fit_loss, floor)
         report = {"loss": loss, "fit_loss": fit_loss}

@@ -47,6 +47,17 @@ def siren_output_layer(hidden_features: int, out_features: int, w0: float) -> nn
     return layer
 
 
+def checked_first_w0(first_w0: float | None) -> float | None:
+    """``first_w0`` as a float (None stays None: the first layer takes ``w0``); a clear error if not positive."""
+    if first_w0 is None:
+        return None
+    if isinstance(first_w0, bool) or not isinstance(first_w0, int | float) or not first_w0 > 0:
+        raise ValueError(
+            f"first_w0 must be a positive number or None (the first layer then takes w0); got {first_w0!r}"
+        )
+    return float(first_w0)
+
+
 class Siren(RecordsInitKwargs, nn.Module):
     """SIREN: an MLP with sine activations, ``[..., in_features] -> [..., out_features]``.
 
@@ -56,6 +67,9 @@ class Siren(RecordsInitKwargs, nn.Module):
         hidden_features: width of every hidden layer (paper: 256).
         hidden_layers: number of sine layers (paper images: 5 layers in total, i.e. 4 sine layers + output).
         w0: frequency of the sine activations (paper: 30; 50 for spherical data).
+        first_w0: frequency of the first sine layer only (default: ``w0``). The first layer's weights are drawn
+            from ``U(-1/in, 1/in)``, so it sees frequencies up to ``first_w0 / (2 pi)`` cycles per unit of the
+            coordinates: signals sampled more densely than that need it higher (SIREN fits audio with 3000).
         output_offset: constant added to the output; 0.5 centres an untrained model on values in [0, 1].
     """
 
@@ -67,14 +81,19 @@ class Siren(RecordsInitKwargs, nn.Module):
         hidden_layers: int = 4,
         *,
         w0: float = 30.0,
+        first_w0: float | None = None,
         output_offset: float = 0.5,
     ) -> None:
         super().__init__()
         if min(in_features, out_features, hidden_features, hidden_layers) < 1:
             raise ValueError("in_features, out_features, hidden_features and hidden_layers must all be >= 1")
+        first_w0 = checked_first_w0(first_w0)
         widths = [in_features] + [hidden_features] * hidden_layers
         self.layers = nn.Sequential(
-            *[SineLayer(a, b, w0=w0, is_first=(i == 0)) for i, (a, b) in enumerate(itertools.pairwise(widths))]
+            *[
+                SineLayer(a, b, w0=first_w0 if i == 0 and first_w0 is not None else w0, is_first=(i == 0))
+                for i, (a, b) in enumerate(itertools.pairwise(widths))
+            ]
         )
         self.output = siren_output_layer(hidden_features, out_features, w0)
         self.output_offset = float(output_offset)
@@ -84,6 +103,7 @@ class Siren(RecordsInitKwargs, nn.Module):
             hidden_features=int(hidden_features),
             hidden_layers=int(hidden_layers),
             w0=float(w0),
+            first_w0=first_w0,
             output_offset=self.output_offset,
         )
 

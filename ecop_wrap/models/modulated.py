@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ._init_kwargs import RecordsInitKwargs
-from ._mlp import SineLayer, siren_output_layer
+from ._mlp import SineLayer, checked_first_w0, siren_output_layer
 
 __all__ = ["ModulatedSiren"]
 
@@ -38,6 +38,7 @@ class ModulatedSiren(RecordsInitKwargs, nn.Module):
         latent_grid: codes per coordinate axis (``in_features`` sizes, each >= 2), or None for one global code.
             Coordinates outside ``[-1, 1]`` take the nearest edge's codes.
         w0: frequency of the sine activations.
+        first_w0: frequency of the first sine layer only (default: ``w0``; see :class:`~ecop_wrap.Siren`).
         output_offset: constant added to the output; 0.5 centres an untrained model on values in [0, 1].
     """
 
@@ -51,6 +52,7 @@ class ModulatedSiren(RecordsInitKwargs, nn.Module):
         latent_dim: int,
         latent_grid: Sequence[int] | None = None,
         w0: float = 30.0,
+        first_w0: float | None = None,
         output_offset: float = 0.5,
     ) -> None:
         super().__init__()
@@ -59,6 +61,7 @@ class ModulatedSiren(RecordsInitKwargs, nn.Module):
                 "in_features, out_features, hidden_features, hidden_layers and latent_dim must all be >= 1"
             )
         self.latent_grid = _checked_grid(latent_grid, in_features)
+        first_w0 = checked_first_w0(first_w0)
         self.hidden_features = hidden_features
         self.latent = nn.Parameter(torch.zeros(*(self.latent_grid or ()), latent_dim))
         self.modulation = nn.Linear(latent_dim, hidden_features * hidden_layers)
@@ -66,7 +69,8 @@ class ModulatedSiren(RecordsInitKwargs, nn.Module):
             self.modulation.bias.zero_()
         widths = [in_features] + [hidden_features] * hidden_layers
         self.layers = nn.ModuleList(
-            SineLayer(a, b, w0=w0, is_first=i == 0) for i, (a, b) in enumerate(itertools.pairwise(widths))
+            SineLayer(a, b, w0=first_w0 if i == 0 and first_w0 is not None else w0, is_first=i == 0)
+            for i, (a, b) in enumerate(itertools.pairwise(widths))
         )
         self.output = siren_output_layer(hidden_features, out_features, w0)
         self.output_offset = float(output_offset)
@@ -78,6 +82,7 @@ class ModulatedSiren(RecordsInitKwargs, nn.Module):
             latent_dim=int(latent_dim),
             latent_grid=list(self.latent_grid) if self.latent_grid is not None else None,
             w0=float(w0),
+            first_w0=first_w0,
             output_offset=self.output_offset,
         )
 
