@@ -269,3 +269,24 @@ def test_first_w0_must_be_a_positive_number(bad):
         Siren(1, 1, 8, 2, first_w0=bad)
     with pytest.raises(ValueError, match="first_w0 must be a positive number"):
         ModulatedSiren(1, 1, 8, 2, latent_dim=3, first_w0=bad)
+
+
+def test_latent_bounds_stretch_the_grid_over_the_datas_coordinates():
+    from ecop_wrap.models.modulated import interpolate_grid
+
+    torch.manual_seed(0)
+    nodes = torch.randn(2, 4, 3, 6, dtype=torch.float64)  # two signals, a 4 x 3 grid of 6-vectors
+    unit = torch.rand(9, 2, dtype=torch.float64) * 2.2 - 1.1  # some points past the edges
+    stretched = interpolate_grid(nodes, (4, 3), 12.5 * unit, (-12.5, 12.5))
+    torch.testing.assert_close(stretched, interpolate_grid(nodes, (4, 3), unit), rtol=1e-12, atol=1e-12)
+    shifted = interpolate_grid(nodes, (4, 3), unit + 3.0, (2.0, 4.0))
+    torch.testing.assert_close(shifted, interpolate_grid(nodes, (4, 3), unit), rtol=1e-12, atol=1e-12)
+    model = ModulatedSiren(1, 1, 8, 2, latent_dim=3, latent_grid=[16], latent_bounds=(-12.5, 12.5))
+    assert model.latent_bounds == (-12.5, 12.5)
+    assert ModulatedSiren(**model.init_kwargs).latent_bounds == (-12.5, 12.5)
+
+
+@pytest.mark.parametrize("bounds", [(1.0, -1.0), (0.0, 0.0), (0.0,), (0.0, float("inf")), "ab", (0, True)])
+def test_modulated_siren_rejects_bad_latent_bounds(bounds):
+    with pytest.raises(ValueError, match="latent_bounds must"):
+        ModulatedSiren(1, 1, 8, 2, latent_dim=3, latent_grid=[4], latent_bounds=bounds)

@@ -40,6 +40,8 @@ def _modulated(config: RunConfig, splits: Splits) -> nn.Module:
         config.depth,
         latent_dim=config.latent_dim,
         latent_grid=(config.latent_grid,) * splits.coords.shape[1] if config.latent_grid else None,
+        # the grid spans the data's coordinates (audio's reach +-coord_scale, not +-1)
+        latent_bounds=(float(splits.coords.min()), float(splits.coords.max())),
         w0=config.w0_for(splits.modality),
         first_w0=config.first_w0,
         output_offset=_output_offset(splits),

@@ -25,9 +25,9 @@ class ModulatedSiren(RecordsInitKwargs, nn.Module):
     signal; the weights are meta-learned and shared.
 
     With ``latent_grid`` (spatial functa), ``latent`` is a grid ``[*latent_grid, latent_dim]`` of codes spread
-    evenly over ``[-1, 1]`` along each coordinate axis, and each point's code is the multilinear interpolation of
-    its ``2^C`` neighbouring codes: a signal's code then says what happens where, which one global vector cannot
-    for long or detailed signals (0.25 s of speech).
+    evenly over ``latent_bounds`` (default ``[-1, 1]``) along each coordinate axis, and each point's code is the
+    multilinear interpolation of its ``2^C`` neighbouring codes: a signal's code then says what happens where,
+    which one global vector cannot for long or detailed signals (0.25 s of speech).
 
     Args:
         in_features: coordinate dimension C.
@@ -36,7 +36,10 @@ class ModulatedSiren(RecordsInitKwargs, nn.Module):
         hidden_layers: number of modulated sine layers.
         latent_dim: size of the per-signal latent vector (of each grid code, with ``latent_grid``).
         latent_grid: codes per coordinate axis (``in_features`` sizes, each >= 2), or None for one global code.
-            Coordinates outside ``[-1, 1]`` take the nearest edge's codes.
+            Coordinates outside ``latent_bounds`` take the nearest edge's codes.
+        latent_bounds: ``(low, high)``, the interval of every coordinate axis that the grid spans. Give the
+            data's coordinate range when it is not ``[-1, 1]`` (the audio datasets' ``coord_scale``): codes past
+            it are never used.
         w0: frequency of the sine activations.
         first_w0: frequency of the first sine layer only (default: ``w0``; see :class:`~ecop_wrap.Siren`).
         output_offset: constant added to the output; 0.5 centres an untrained model on values in [0, 1].
@@ -51,6 +54,7 @@ class ModulatedSiren(RecordsInitKwargs, nn.Module):
         *,
         latent_dim: int,
         latent_grid: Sequence[int] | None = None,
+        latent_bounds: Sequence[float] = (-1.0, 1.0),
         w0: float = 30.0,
         first_w0: float | None = None,
         output_offset: float = 0.5,
@@ -61,6 +65,7 @@ class ModulatedSiren(RecordsInitKwargs, nn.Module):
                 "in_features, out_features, hidden_features, hidden_layers and latent_dim must all be >= 1"
             )
         self.latent_grid = _checked_grid(latent_grid, in_features)
+        self.latent_bounds = _checked_bounds(latent_bounds)
         first_w0 = checked_first_w0(first_w0)
         self.hidden_features = hidden_features
         self.latent = nn.Parameter(torch.zeros(*(self.latent_grid or ()), latent_dim))
@@ -81,6 +86,7 @@ class ModulatedSiren(RecordsInitKwargs, nn.Module):
             hidden_layers=int(hidden_layers),
             latent_dim=int(latent_dim),
             latent_grid=list(self.latent_grid) if self.latent_grid is not None else None,
+            latent_bounds=list(self.latent_bounds),
             w0=float(w0),
             first_w0=first_w0,
             output_offset=self.output_offset,
@@ -103,16 +109,19 @@ class ModulatedSiren(RecordsInitKwargs, nn.Module):
         """The latent (no grid), or each point's interpolated code ``[..., M, latent_dim]``."""
         if self.latent_grid is None:
             return self.latent
-        return interpolate_grid(self.latent, self.latent_grid, coords)
+        return interpolate_grid(self.latent, self.latent_grid, coords, self.latent_bounds)
 
 
-def interpolate_grid(grid: torch.Tensor, sizes: Sequence[int], coords: torch.Tensor) -> torch.Tensor:
-    """Multilinear interpolation of a grid of vectors over ``[-1, 1]^C`` at coordinates.
+def interpolate_grid(
+    grid: torch.Tensor, sizes: Sequence[int], coords: torch.Tensor, bounds: tuple[float, float] = (-1.0, 1.0)
+) -> torch.Tensor:
+    """Multilinear interpolation of a grid of vectors over ``[low, high]^C`` at coordinates.
 
     Args:
         grid: ``[*batch, *sizes, F]`` (``batch`` empty or one dimension B).
         sizes: the grid's C sizes (each >= 2).
-        coords: ``[M, C]`` or ``[B, M, C]`` (clamped to ``[-1, 1]``).
+        coords: ``[M, C]`` or ``[B, M, C]`` (clamped to ``bounds``).
+        bounds: ``(low, high)``: the first and last grid nodes' coordinate on every axis.
 
     Returns:
         ``[*batch, M, F]`` (``[B, M, F]`` when either is batched). Built from gathers, products and sums only,
@@ -121,7 +130,8 @@ def interpolate_grid(grid: torch.Tensor, sizes: Sequence[int], coords: torch.Ten
     dims = len(sizes)
     flat = grid.reshape(*grid.shape[: grid.ndim - dims - 1], math.prod(sizes), grid.shape[-1])
     size = torch.tensor(sizes, dtype=coords.dtype, device=coords.device)
-    position = (coords.clamp(-1.0, 1.0) + 1.0) * 0.5 * (size - 1)
+    low_bound, high_bound = bounds
+    position = (coords.clamp(low_bound, high_bound) - low_bound) * (1.0 / (high_bound - low_bound)) * (size - 1)
     low = torch.minimum(position.floor(), size - 2)
     frac = position - low
     low = low.long()
@@ -145,6 +155,16 @@ def _gather_rows(flat: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     if flat.ndim == 2:  # one grid, per-signal points
         return flat[index]
     return torch.gather(flat, -2, index.unsqueeze(-1).expand(*index.shape, flat.shape[-1]))
+
+
+def _checked_bounds(bounds: Sequence[float]) -> tuple[float, float]:
+    pair = tuple(bounds) if isinstance(bounds, Sequence) and not isinstance(bounds, str) else ()
+    if len(pair) != 2 or not all(isinstance(b, int | float) and not isinstance(b, bool) for b in pair):
+        raise ValueError(f"latent_bounds must be (low, high), two numbers; got {bounds!r}")
+    low, high = float(pair[0]), float(pair[1])
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise ValueError(f"latent_bounds must be finite with low < high; got {bounds!r}")
+    return low, high
 
 
 def _checked_grid(latent_grid: Sequence[int] | None, in_features: int) -> tuple[int, ...] | None:
