@@ -7,6 +7,8 @@ fitting) run on HashGridINR in tests/test_conformance.py.
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from helpers import TINY_HASHGRID, assert_all_close, meta_grads
@@ -105,11 +107,38 @@ def test_shapes_clamping_and_offset():
         ({"base_resolution": 8, "max_resolution": 4}, ValueError, "max_resolution"),
         ({"hidden_layers": -1}, ValueError, "hidden_layers"),
         ({"init_scale": -1.0}, ValueError, "init_scale"),
+        ({"bounds": (1.0, -1.0)}, ValueError, "bounds must be finite with low < high"),
+        ({"bounds": (0.0,)}, ValueError, r"bounds must be \(low, high\)"),
     ],
 )
 def test_bad_arguments_are_named(kwargs, error, match):
     with pytest.raises(error, match=match):
         HashGridINR(**{"in_features": 2, "out_features": 3, **kwargs})
+
+
+def test_bounds_stretch_the_grids_over_the_datas_coordinates():
+    torch.manual_seed(0)
+    unit_model = HashGridINR(2, 1, levels=3, log2_table_size=6, max_resolution=16, init_scale=0.1).double()
+    audio_like = HashGridINR(**{**unit_model.init_kwargs, "bounds": (-12.5, 12.5)}).double()
+    audio_like.load_state_dict(unit_model.state_dict())
+    assert audio_like.init_kwargs["bounds"] == [-12.5, 12.5]
+    coords = torch.rand(50, 2, dtype=torch.float64) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(audio_like(12.5 * coords), unit_model(coords), rtol=1e-12, atol=1e-12)
+
+
+def test_coordinates_mostly_outside_the_bounds_warn_once():
+    coords = torch.linspace(-12.5, 12.5, 200).unsqueeze(-1)  # audio's coordinates: 92% outside [-1, 1]
+    model = HashGridINR(1, 1, levels=2, max_resolution=8)
+    with pytest.warns(
+        UserWarning, match=r"92% of the coordinates lie outside bounds=\(-1, 1\).*bounds=\(-12.5, 12.5\)"
+    ):
+        model(coords)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model(coords)  # once per model
+        HashGridINR(1, 1, levels=2, max_resolution=8, bounds=(-12.5, 12.5))(coords)
+        HashGridINR(1, 1, levels=2, max_resolution=8)(coords * 0.08)  # inside
 
 
 def test_bad_coords_name_the_expected_shape():

@@ -283,6 +283,9 @@ def test_latent_bounds_stretch_the_grid_over_the_datas_coordinates():
     torch.testing.assert_close(shifted, interpolate_grid(nodes, (4, 3), unit), rtol=1e-12, atol=1e-12)
     model = ModulatedSiren(1, 1, 8, 2, latent_dim=3, latent_grid=[16], latent_bounds=(-12.5, 12.5))
     assert model.latent_bounds == (-12.5, 12.5)
+    times = torch.linspace(-12.5, 12.5, 200).unsqueeze(-1)
+    with pytest.warns(UserWarning, match=r"92% of the coordinates lie outside latent_bounds=\(-1, 1\)"):
+        ModulatedSiren(1, 1, 8, 2, latent_dim=3, latent_grid=[16])(times)
     assert ModulatedSiren(**model.init_kwargs).latent_bounds == (-12.5, 12.5)
 
 

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from ._bounds import checked_bounds, warn_once_if_outside
 from ._init_kwargs import RecordsInitKwargs
 
 __all__ = ["HASH_PRIMES", "HashGridINR"]
@@ -34,12 +36,12 @@ def _check_int(name: str, value: object, minimum: int) -> int:
 
 
 class HashGridINR(RecordsInitKwargs, nn.Module):
-    """Hash-grid encoding + ReLU MLP: ``[..., in_features]`` in ``[-1, 1]`` -> ``[..., out_features]``.
+    """Hash-grid encoding + ReLU MLP: ``[..., in_features]`` in ``bounds`` -> ``[..., out_features]``.
 
     Level ``l`` has resolution ``N_l = floor(base_resolution * b^l)`` with ``b`` chosen so that the last level
     has ``max_resolution``. Its table has ``min((N_l + 1)^C, 2^log2_table_size)`` entries: the vertices are
     indexed densely when they fit, otherwise by the hash ``XOR_i(v_i * prime_i) mod 2^log2_table_size``.
-    Coordinates are mapped from ``[-1, 1]`` to ``[0, 1]`` and clamped there.
+    Coordinates are mapped from ``bounds`` (default ``[-1, 1]``) to ``[0, 1]`` and clamped there.
 
     Args:
         in_features: coordinate dimension C (any C >= 1; the cost grows as ``2^C``).
@@ -53,6 +55,9 @@ class HashGridINR(RecordsInitKwargs, nn.Module):
         hidden_layers: number of hidden ReLU layers (0: a linear read-out of the encoding).
         output_offset: constant added to the output; 0.5 centres an untrained model on values in ``[0, 1]``.
         init_scale: tables start uniform in ``[-init_scale, init_scale]`` (Instant-NGP: 1e-4).
+        bounds: ``(low, high)``, the interval of every coordinate axis the grids span (Instant-NGP's bounding
+            box). Give the data's coordinate range when it is not ``[-1, 1]`` (the audio datasets'
+            ``coord_scale``); the first call warns when most coordinates lie outside it.
 
     Shapes:
         ``[..., C]`` -> ``[..., D]``.
@@ -82,6 +87,7 @@ class HashGridINR(RecordsInitKwargs, nn.Module):
         hidden_layers: int = 2,
         output_offset: float = 0.5,
         init_scale: float = 1e-4,
+        bounds: Sequence[float] = (-1.0, 1.0),
     ) -> None:
         super().__init__()
         self.in_features = _check_int("in_features", in_features, 1)
@@ -104,6 +110,7 @@ class HashGridINR(RecordsInitKwargs, nn.Module):
             or init_scale < 0
         ):
             raise ValueError(f"init_scale must be a finite number >= 0, got {init_scale!r}")
+        self.bounds = checked_bounds("bounds", bounds)
         growth = math.exp((math.log(max_resolution) - math.log(base_resolution)) / max(levels - 1, 1))
         self.resolutions = [math.floor(base_resolution * growth**level + 1e-9) for level in range(levels)]
         table_size = 2**log2_table_size
@@ -138,6 +145,7 @@ class HashGridINR(RecordsInitKwargs, nn.Module):
             hidden_layers=hidden_layers,
             output_offset=self.output_offset,
             init_scale=float(init_scale),
+            bounds=list(self.bounds),
         )
 
     def table(self, level: int) -> torch.Tensor:
@@ -171,14 +179,16 @@ class HashGridINR(RecordsInitKwargs, nn.Module):
         return (weights.unsqueeze(-1).to(features.dtype) * features).sum(1)
 
     def encode(self, coords: torch.Tensor) -> torch.Tensor:
-        """The multiresolution encoding ``[N, C]`` in ``[-1, 1]`` -> ``[N, levels * F]``."""
-        unit = ((coords + 1) / 2).clamp(0.0, 1.0)
+        """The multiresolution encoding ``[N, C]`` in ``bounds`` -> ``[N, levels * F]``."""
+        low, high = self.bounds
+        unit = ((coords - low) / (high - low)).clamp(0.0, 1.0)
         return torch.cat([self._encode_level(unit, level) for level in range(self.levels)], dim=-1)
 
     def forward(self, coords: torch.Tensor) -> torch.Tensor:
         """Values at ``coords [..., C]``, ``[..., D]``."""
         if coords.shape[-1] != self.in_features:
             raise ValueError(f"coords must be [..., C={self.in_features}], got shape {tuple(coords.shape)}")
+        warn_once_if_outside(self, coords, self.bounds, "bounds", depth=0)
         leading = coords.shape[:-1]
         encoded = self.encode(coords.reshape(-1, self.in_features))
         values: torch.Tensor = self.mlp(encoded)

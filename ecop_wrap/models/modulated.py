@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ._bounds import checked_bounds, warn_once_if_outside
 from ._init_kwargs import RecordsInitKwargs
 from ._mlp import SineLayer, checked_first_w0, siren_output_layer
 
@@ -65,7 +66,7 @@ class ModulatedSiren(RecordsInitKwargs, nn.Module):
                 "in_features, out_features, hidden_features, hidden_layers and latent_dim must all be >= 1"
             )
         self.latent_grid = _checked_grid(latent_grid, in_features)
-        self.latent_bounds = _checked_bounds(latent_bounds)
+        self.latent_bounds = checked_bounds("latent_bounds", latent_bounds)
         first_w0 = checked_first_w0(first_w0)
         self.hidden_features = hidden_features
         self.latent = nn.Parameter(torch.zeros(*(self.latent_grid or ()), latent_dim))
@@ -109,6 +110,7 @@ class ModulatedSiren(RecordsInitKwargs, nn.Module):
         """The latent (no grid), or each point's interpolated code ``[..., M, latent_dim]``."""
         if self.latent_grid is None:
             return self.latent
+        warn_once_if_outside(self, coords, self.latent_bounds, "latent_bounds", depth=1)
         return interpolate_grid(self.latent, self.latent_grid, coords, self.latent_bounds)
 
 
@@ -155,16 +157,6 @@ def _gather_rows(flat: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     if flat.ndim == 2:  # one grid, per-signal points
         return flat[index]
     return torch.gather(flat, -2, index.unsqueeze(-1).expand(*index.shape, flat.shape[-1]))
-
-
-def _checked_bounds(bounds: Sequence[float]) -> tuple[float, float]:
-    pair = tuple(bounds) if isinstance(bounds, Sequence) and not isinstance(bounds, str) else ()
-    if len(pair) != 2 or not all(isinstance(b, int | float) and not isinstance(b, bool) for b in pair):
-        raise ValueError(f"latent_bounds must be (low, high), two numbers; got {bounds!r}")
-    low, high = float(pair[0]), float(pair[1])
-    if not (math.isfinite(low) and math.isfinite(high) and low < high):
-        raise ValueError(f"latent_bounds must be finite with low < high; got {bounds!r}")
-    return low, high
 
 
 def _checked_grid(latent_grid: Sequence[int] | None, in_features: int) -> tuple[int, ...] | None:
