@@ -20,6 +20,12 @@ def _output_offset(splits: Splits) -> float:
     return 0.0 if splits.modality in ("audio", "sdf") else 0.5
 
 
+def _coordinate_range(splits: Splits) -> tuple[float, float]:
+    """What a grid (hash tables, latent codes) spans: ``[-1, 1]`` (the models' default), stretched to the data's
+    coordinates where they reach beyond it (audio's reach +-coord_scale, 12.5 for 0.25 s)."""
+    return min(-1.0, float(splits.coords.min())), max(1.0, float(splits.coords.max()))
+
+
 def _siren(config: RunConfig, splits: Splits) -> nn.Module:
     return Siren(
         splits.coords.shape[1],
@@ -41,7 +47,7 @@ def _modulated(config: RunConfig, splits: Splits) -> nn.Module:
         latent_dim=config.latent_dim,
         latent_grid=(config.latent_grid,) * splits.coords.shape[1] if config.latent_grid else None,
         # the grid spans the data's coordinates (audio's reach +-coord_scale, not +-1)
-        latent_bounds=(float(splits.coords.min()), float(splits.coords.max())),
+        latent_bounds=_coordinate_range(splits),
         w0=config.w0_for(splits.modality),
         first_w0=config.first_w0,
         output_offset=_output_offset(splits),
@@ -73,6 +79,7 @@ def _hashgrid(config: RunConfig, splits: Splits) -> nn.Module:
         hidden_features=config.hash_width,
         hidden_layers=config.hash_depth,
         output_offset=_output_offset(splits),
+        bounds=_coordinate_range(splits),
     )
 
 
