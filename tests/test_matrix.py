@@ -139,8 +139,9 @@ def test_run_arguments_reach_reproduce_as_each_cell_documents():
 def test_cells_that_share_their_settings_share_a_run_and_audio_hashgrid_gets_its_coordinates():
     groups = {tuple(c.key for c in g) for g in group(all_cells(), quick=False)}
     assert ("siren:images", "lr_tensor:images", "latent:images", "hashgrid:images") in groups
-    assert ("hashgrid:audio",) in groups and ("siren:audio", "lr_tensor:audio", "latent:audio") in groups
-    assert len(groups) == 6
+    assert ("hashgrid:audio",) in groups and ("siren:audio", "lr_tensor:audio") in groups
+    assert ("latent:audio",) in groups  # its grid of codes
+    assert len(groups) == 7
     cell = parse_cells("hashgrid:audio")[0]
     config = parse_config(
         run_argv([cell], Plan(steps=1, eval_size=1), {cell.key: documented(cell)}, split="test", steps=1)
@@ -481,3 +482,14 @@ def test_floor_check_reads_saved_matrix_files_and_flags_methods_at_the_floor(tmp
     (row,) = floor_check.main([str(path), "--json", str(tmp_path / "rows.json")])
     assert row["at_floor"] == ["learnit"] and row["ecop"]["over_floor"]["mean_db"] == pytest.approx(5.0)
     assert json.loads((tmp_path / "rows.json").read_text())[0]["cell"] == "siren:images"
+
+
+def test_latent_audio_runs_its_grid_of_codes_at_each_methods_validated_inner_lr():
+    cell = parse_cells("latent:audio")[0]
+    config = parse_config(
+        run_argv([cell], Plan(steps=1, eval_size=1), {cell.key: documented(cell)}, split="test", steps=1)
+    )
+    assert config.latent_grid == 64 and config.latent_dim == 8 and "grid" in cell.note
+    inner = dict(config.inner_lr_for)
+    assert inner["ecop_latent"] == 0.3 and inner["learnit_latent"] == 1.0
+    assert config.boot_lr_of("ecop_latent") == 0.05 and dict(config.lam_for)["ecop_latent"] == 0.1

@@ -133,7 +133,12 @@ CELL_FLAGS: dict[tuple[str, str], tuple[Flags, str]] = {
     ("hashgrid", "audio"): (
         {"--coord-scale": "1"},
         "HashGridINR clamps coordinates to [-1, 1]; audio's time coordinates span +-50 per second (+-12.5 at "
-        "0.25 s), so this cell uses --coord-scale 1",
+        "0.25 s), so this cell uses --coord-scale 1 (picked before HashGridINR took bounds)",
+    ),
+    ("latent", "audio"): (
+        {"--latent-grid": "64", "--latent-dim": "8"},
+        "one global code of 128 sits at the trivial floor for both methods (seventh session); a grid of 64 codes of 8 "
+        "spread over the clip (spatial functa) lifts both about 4 dB above it (docs/results.md, ninth session)",
     ),
 }
 
@@ -256,11 +261,14 @@ DOCUMENTED: dict[str, Setting] = {
     "latent:audio": Setting(
         3e-4,
         3e-4,
-        f"{_RESULTS}, The matrix, seventh session (outer lrs picked on the validation clips at 1,000 steps from 3e-4, "
-        "1e-3, 3e-3: ECoP 26.11 / 25.63 / 24.42 dB (3e-3 diverged at step 226), Learnit 26.10 / 25.68 / 23.83; "
-        "latent_audio_sweep/ and matrix_1000_logs/final_latent_audio.*; every run is below the trivial floor, "
-        "each clip's own mean, 26.20 dB on validation: the latent model does not learn these clips)",
+        f"{_RESULTS}, ninth session: with the grid of 64 x 8 codes, inner lrs picked on the validation clips at "
+        "1,000 steps from 0.01 / 0.1 / 0.3 / 1 (ECoP 26.1 at step 600, stopped / 30.27 / 30.42 / 29.65 dB; Learnit "
+        "26.10 / 26.10 / 30.38 / 30.39; latent_audio_grid_bounded/). Outer lrs from the seventh session's sweep with "
+        "one code (3e-4 / 1e-3 / 3e-3 at 1,000 steps, latent_audio_sweep/), not picked again for the grid",
+        inner_lr=0.3,
+        learnit_inner_lr=1.0,
         ecop_lam=0.1,
+        boot_lr=0.05,
     ),
     "latent:glyphs": Setting(
         1e-4,
