@@ -69,7 +69,8 @@ class Siren(RecordsInitKwargs, nn.Module):
         w0: frequency of the sine activations (paper: 30; 50 for spherical data).
         first_w0: frequency of the first sine layer only (default: ``w0``). The first layer's weights are drawn
             from ``U(-1/in, 1/in)``, so it sees frequencies up to ``first_w0 / (2 pi)`` cycles per unit of the
-            coordinates: signals sampled more densely than that need it higher (SIREN fits audio with 3000).
+            coordinates: signals sampled more densely than that need it higher (SIREN fits audio on ``[-1, 1]``
+            coordinates with 3000).
         output_offset: constant added to the output; 0.5 centres an untrained model on values in [0, 1].
     """
 
