@@ -87,7 +87,9 @@ FAMILIES = {
     "Siren": lambda: Siren(2, 2, 8, 2, w0=20.0, first_w0=60.0, output_offset=0.25),
     "FourierFeatureMLP": lambda: FourierFeatureMLP(2, 2, 4, 3.0, 8, 1, generator=torch.Generator().manual_seed(5)),
     "ModulatedSiren": lambda: ModulatedSiren(2, 2, 8, 1, latent_dim=5, w0=15.0),
-    "HashGridINR": lambda: HashGridINR(2, 2, levels=3, log2_table_size=5, max_resolution=16, hidden_layers=1),
+    "HashGridINR": lambda: HashGridINR(
+        2, 2, levels=3, log2_table_size=5, max_resolution=16, hidden_layers=1, bounds=(-2.0, 2.0)
+    ),
     "NeRV": lambda: NeRV((1, 4, 4), blocks=1, channels=[3, 2], hidden_features=8, num_frequencies=3),
 }
 
