@@ -262,9 +262,9 @@ DOCUMENTED: dict[str, Setting] = {
         3e-4,
         3e-4,
         f"{_RESULTS}, ninth session: with the grid of 64 x 8 codes, inner lrs picked on the validation clips at "
-        "1,000 steps from 0.01 / 0.1 / 0.3 / 1 (ECoP 26.1 at step 600, stopped / 30.27 / 30.42 / 29.65 dB; Learnit "
-        "26.10 / 26.10 / 30.38 / 30.39; latent_audio_grid_bounded/). Outer lrs from the seventh session's sweep with "
-        "one code (3e-4 / 1e-3 / 3e-3 at 1,000 steps, latent_audio_sweep/), not picked again for the grid",
+        "1,000 steps from 0.01 / 0.1 / 0.3 / 1 (ECoP stopped at step 600 at the floor / 30.27 / 30.42 / 29.65 dB; "
+        "Learnit 26.10 / 26.10 / 30.38 / 30.39; latent_audio_grid_bounded/). Outer lrs from the seventh session's "
+        "sweep with one code (3e-4 / 1e-3 / 3e-3 at 1,000 steps, latent_audio_sweep/), not picked again for the grid",
         inner_lr=0.3,
         learnit_inner_lr=1.0,
         ecop_lam=0.1,
