@@ -47,6 +47,15 @@ def siren_output_layer(hidden_features: int, out_features: int, w0: float) -> nn
     return layer
 
 
+def sine_layers(widths: list[int], w0: float, first_w0: float | None) -> list[SineLayer]:
+    """SIREN's sine layers between consecutive ``widths``: the first at ``first_w0`` (``w0`` when None) with the
+    first layer's initialisation, the others at ``w0``."""
+    return [
+        SineLayer(a, b, w0=first_w0 if i == 0 and first_w0 is not None else w0, is_first=i == 0)
+        for i, (a, b) in enumerate(itertools.pairwise(widths))
+    ]
+
+
 def checked_first_w0(first_w0: float | None) -> float | None:
     """``first_w0`` as a float (None stays None: the first layer takes ``w0``); a clear error if not positive."""
     if first_w0 is None:
@@ -90,12 +99,7 @@ class Siren(RecordsInitKwargs, nn.Module):
             raise ValueError("in_features, out_features, hidden_features and hidden_layers must all be >= 1")
         first_w0 = checked_first_w0(first_w0)
         widths = [in_features] + [hidden_features] * hidden_layers
-        self.layers = nn.Sequential(
-            *[
-                SineLayer(a, b, w0=first_w0 if i == 0 and first_w0 is not None else w0, is_first=(i == 0))
-                for i, (a, b) in enumerate(itertools.pairwise(widths))
-            ]
-        )
+        self.layers = nn.Sequential(*sine_layers(widths, w0, first_w0))
         self.output = siren_output_layer(hidden_features, out_features, w0)
         self.output_offset = float(output_offset)
         self._record_init_kwargs(

@@ -12,7 +12,7 @@ from torch import nn
 
 from ._bounds import checked_bounds, warn_once_if_outside
 from ._init_kwargs import RecordsInitKwargs
-from ._mlp import SineLayer, checked_first_w0, siren_output_layer
+from ._mlp import SineLayer, checked_first_w0, sine_layers, siren_output_layer
 
 __all__ = ["ModulatedSiren"]
 
@@ -74,10 +74,7 @@ class ModulatedSiren(RecordsInitKwargs, nn.Module):
         with torch.no_grad():
             self.modulation.bias.zero_()
         widths = [in_features] + [hidden_features] * hidden_layers
-        self.layers = nn.ModuleList(
-            SineLayer(a, b, w0=first_w0 if i == 0 and first_w0 is not None else w0, is_first=i == 0)
-            for i, (a, b) in enumerate(itertools.pairwise(widths))
-        )
+        self.layers = nn.ModuleList(sine_layers(widths, w0, first_w0))
         self.output = siren_output_layer(hidden_features, out_features, w0)
         self.output_offset = float(output_offset)
         self._record_init_kwargs(
