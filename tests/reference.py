@@ -113,8 +113,25 @@ def ref_rate(lr, rates, mode, name, k):
     return rates[name]
 
 
-def ref_inner(model, params, x, y, gamma, K, lr, first_order=False, rates=None, mode=None, objective=None, w=None):
-    """K inner SGD steps on the pruned context (``objective``/``w``: the weighted per-point loss, else MSE)."""
+def ref_inner(
+    model,
+    params,
+    x,
+    y,
+    gamma,
+    K,
+    lr,
+    first_order=False,
+    rates=None,
+    mode=None,
+    objective=None,
+    w=None,
+    step_losses=None,
+):
+    """K inner SGD steps on the pruned context (``objective``/``w``: the weighted per-point loss, else MSE).
+
+    ``step_losses``: a list that receives the pruned-context loss of steps 2 .. K (at theta_1 .. theta_{K-1}).
+    """
     for k in range(K):
         pred = functional_call(model, params, (x,))
         if objective is not None and objective.custom:
@@ -125,7 +142,12 @@ def ref_inner(model, params, x, y, gamma, K, lr, first_order=False, rates=None, 
             err = ((pred - y) ** 2).sum(-1)
             idx = ref_topk(err.detach(), gamma)
             loss = ((pred[idx] - y[idx]) ** 2).mean()
-        grads = torch.autograd.grad(loss, list(params.values()), create_graph=not first_order)
+        keep = step_losses is not None and k > 0
+        if keep:
+            step_losses.append(loss)
+        grads = torch.autograd.grad(
+            loss, list(params.values()), create_graph=not first_order, retain_graph=keep or None
+        )
         params = {n: p - ref_rate(lr, rates, mode, n, k) * g for (n, p), g in zip(params.items(), grads, strict=True)}
     return params
 
@@ -151,8 +173,12 @@ def ref_meta_loss(
     loss_fn=None,
     lam_mode="absolute",
     boot_target="last",
+    step_loss=0.0,
 ):
     """Mean over signals of MSE(theta_K; full) + lam * ||theta_K - stopgrad(theta_boot)||.
+
+    ``step_loss``: plus ``step_loss`` times the mean pruned-context loss at theta_1 .. theta_{K-1} (MAML++'s
+    multi-step loss; nothing when K = 1).
 
     ``lam_mode="relative"``: lam times the (constant) norm of the full-context loss gradient at theta_K.
     ``boot_target="best"``: theta_boot is the point of lowest full-context loss among theta_K and the L
@@ -179,8 +205,13 @@ def ref_meta_loss(
                 return ref_weighted(objective.point(pred, y), w)
             return ((pred - y) ** 2).mean()
 
-        theta_k = ref_inner(model, dict(theta0), x, y, gamma, K, lr, first_order, rates, mode, objective, w)
+        step_losses = []
+        theta_k = ref_inner(
+            model, dict(theta0), x, y, gamma, K, lr, first_order, rates, mode, objective, w, step_losses
+        )
         loss = full_loss(theta_k)
+        if step_loss and step_losses:
+            loss = loss + step_loss * sum(step_losses) / len(step_losses)
         if L > 0 and lam != 0:
             boot = {n: p.detach().requires_grad_(True) for n, p in theta_k.items()}
             weight = lam

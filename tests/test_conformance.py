@@ -210,6 +210,33 @@ def test_every_memory_and_batching_mode_matches_reference(family, mode_id, mode,
     _assert_matches_reference(family, model, family.signals(shared=shared), ref_kw, **config, **mode)
 
 
+STEP_LOSS_MODES = {
+    "default": {},
+    "checkpoint": {"checkpoint": True},
+    "chunk,checkpoint": {"chunk_size": 10, "checkpoint": True},
+    "first_order": {"first_order": True},
+    "higher,checkpoint": {"backend": "higher", "checkpoint": True},
+}
+
+
+@pytest.mark.parametrize("setting", ["ecop", "learnit"])
+@pytest.mark.parametrize("mode_id", list(STEP_LOSS_MODES))
+@pytest.mark.parametrize("family", FAMILIES, ids=FAMILY_IDS)
+def test_multi_step_loss_matches_reference(family, mode_id, setting):
+    """step_loss: the pruned-context losses at theta_1 .. theta_{K-1} join each signal's fit term (MAML++)."""
+    model = family.model()
+    mode = STEP_LOSS_MODES[mode_id]
+    config = {**_settings(family)[setting], "step_loss": 0.5}
+    ref_kw = dict(config, first_order=mode.get("first_order", False))
+    batch = family.signals(shared=False)
+    _assert_matches_reference(family, model, batch, ref_kw, **config, **mode)
+    without, _ = ref_meta_grads(
+        model, *batch, lr=family.inner_lr, adapted=family.adapted(model), **config | {"step_loss": 0.0}
+    )
+    with_steps, _ = ref_meta_grads(model, *batch, lr=family.inner_lr, adapted=family.adapted(model), **config)
+    assert float(with_steps) > float(without)  # the term is there (its losses are positive)
+
+
 @pytest.mark.parametrize("family", FAMILIES, ids=FAMILY_IDS)
 def test_both_backends_agree(family):
     model = family.model()

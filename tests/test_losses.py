@@ -600,3 +600,36 @@ def test_a_meta_gradient_with_the_one_sided_clamp_matches_the_reference():
         model, coords, values, weights, gamma=GAMMA, K=K, L=L, lam=LAM, lr=LR, loss="custom", fn=_one_sided_reference
     )
     _close(lib[:2], ref)
+
+
+@pytest.mark.parametrize(("loss", "options"), LOSS_CASES, ids=[c[0] for c in LOSS_CASES])
+@pytest.mark.parametrize(
+    "settings", [{}, {"chunk_size": 7, "checkpoint": True}, {"first_order": True}], ids=["default", "chunk+ckpt", "fo"]
+)
+def test_multi_step_loss_with_weights_and_rates_matches_tests_reference(loss, options, settings):
+    """step_loss with a per-point loss, masked points and per-element rates: each step's weighted pruned loss
+    (tests/reference.py, the other independent reference) joins the fit term."""
+    coords, values, weights = _problem(shared=False)
+    model = TinySiren(2, 2).double()
+    lib = _library(
+        model, (coords, values, weights), loss, options, step_loss=0.5, learn_inner_lr="per_element", **settings
+    )
+    ref = ref_meta_grads(
+        model,
+        coords,
+        values,
+        gamma=GAMMA,
+        K=K,
+        L=L,
+        lam=LAM,
+        lr=LR,
+        loss=loss,
+        weights=weights,
+        huber_delta=options.get("huber_delta", 1.0),
+        loss_fn=LOSSES[loss] if loss == "log_cosh" else None,
+        rates=lib[2].inner_lrs,
+        mode="per_element",
+        first_order=settings.get("first_order", False),
+        step_loss=0.5,
+    )
+    _close(lib[:2], ref)

@@ -157,6 +157,13 @@ class RunConfig:
     lam_for: tuple[tuple[str, float], ...] = option(
         (), "bootstrap weight lambda", type=method_rate, action="append", metavar="METHOD=LAM"
     )
+    step_loss_for: tuple[tuple[str, float], ...] = option(
+        (),
+        "multi-step meta-loss weight of one method (ECoPConfig.step_loss, MAML++'s; default 0)",
+        type=method_rate,
+        action="append",
+        metavar="METHOD=W",
+    )
     max_grad_norm: float | None = option(None)
     divergence_backoff: float | None = option(
         None,

@@ -108,6 +108,9 @@ class Method:
         own_lam = dict(config.lam_for)
         if self.name in own_lam and hyper.get("L", 0) > 0:
             hyper = {**hyper, "lam": own_lam[self.name]}
+        step_loss = dict(config.step_loss_for).get(self.name)
+        if step_loss is not None and not self.reptile:
+            hyper = {**hyper, "step_loss": step_loss}
         backoff = dict(config.divergence_backoff_for).get(self.name, config.divergence_backoff)
         if backoff is not None and not self.reptile:
             hyper = {**hyper, "divergence_backoff": backoff}

@@ -10,7 +10,8 @@ For every signal of a batch, starting from the shared initialization theta_0:
    theta_boot, a constant;
 4. **meta-loss** (Eq. 5 and §2.3): ``mean_b [ loss(theta_K; full) + lambda * ||theta_K - theta_boot|| ]``
    (the loss is the MSE by default; any registered per-point loss, weighted by the batch's weights;
-   ``lam_mode="relative"`` scales lambda per signal by the loss gradient's norm at theta_K).
+   ``lam_mode="relative"`` scales lambda per signal by the loss gradient's norm at theta_K; ``step_loss > 0``
+   adds MAML++'s multi-step term, ``step_loss * mean_k loss(theta_k; pruned_k)`` over k = 1 .. K-1).
 
 Every pass over the model goes through a :class:`~ecop_wrap._src.evaluator.ContextEvaluator`, which owns the
 memory modes (chunking, the surrogate outer loss, checkpointing); the rules deciding which points are kept
@@ -68,9 +69,9 @@ class MetaLossOutput:
         adapted: name -> ``[B, *shape]`` theta_K of the adapted parameters, detached.
         floor_loss: ``[B]`` the trivial floor: the full-context loss of predicting each signal's own mean value
             (per channel) everywhere; set by the learner for the MSE (None otherwise).
-        fit_term, boot_term: ``[B]`` the two terms of ``loss`` per signal, with their graphs (``fit_loss`` and
-            ``lambda * mu``; ``boot_term`` None without the bootstrap): the learner differentiates their means
-            apart for ``boot_trains_shared=False``.
+        fit_term, boot_term: ``[B]`` the two terms of ``loss`` per signal, with their graphs (``fit_loss``, plus
+            the multi-step term with ``step_loss > 0``, and ``lambda * mu``; ``boot_term`` None without the
+            bootstrap): the learner differentiates their means apart for ``boot_trains_shared=False``.
     """
 
     loss: torch.Tensor
@@ -117,16 +118,20 @@ def inner_loop(
     generator: torch.Generator,
     create_graph: bool = True,
     on_select: OnSelect | None = None,
+    step_losses: list[torch.Tensor] | None = None,
 ) -> Params:
     """theta_K: ``steps`` pruned SGD steps, each re-ranking the context at the current parameters.
 
     ``on_select(k, params, pruned_idx)`` sees every step's parameters and pruned set before the step.
+    ``step_losses``: a list that receives the ``[B]`` pruned-context loss at theta_1 ... theta_{K-1} (what steps
+    2 to K differentiate), with their graphs.
     """
     for k in range(steps):
         pruned_idx = select(ctx, params, rule, gamma, generator)
         if on_select is not None:
             on_select(k, params, pruned_idx)
-        params = ctx.sgd_step(params, pruned_idx, rates.at(k), create_graph=create_graph)
+        losses = step_losses if k > 0 else None
+        params = ctx.sgd_step(params, pruned_idx, rates.at(k), create_graph=create_graph, step_losses=losses)
     return params
 
 
@@ -195,6 +200,7 @@ def meta_objective(
     generator: torch.Generator,
 ) -> MetaLossOutput:
     """Adapt theta_0 (``init``: adapted name -> the model's tensor) to every signal and return the meta-loss."""
+    step_losses: list[torch.Tensor] | None = [] if config.step_loss > 0 else None
     adapted = inner_loop(
         ctx,
         ctx.expand(init),
@@ -204,6 +210,7 @@ def meta_objective(
         gamma=config.gamma,
         generator=generator,
         create_graph=not config.first_order,
+        step_losses=step_losses,
     )
     # With the chunked outer loss, one graph-free full pass at theta_K serves both the bootstrap's first step
     # and the outer loss's surrogate.
@@ -236,13 +243,16 @@ def meta_objective(
         distance = torch.zeros(ctx.batch, dtype=ctx.values.dtype, device=ctx.values.device)
     # after the bootstrap, so that its transient memory never meets this graph
     fit_loss = ctx.full_mse(adapted, at_params=at_theta_k)
-    loss = (fit_loss + boot_term).mean() if boot_term is not None else fit_loss.mean()
+    fit_term = fit_loss
+    if step_losses:  # MAML++'s multi-step loss, on the pruned contexts the steps already evaluated
+        fit_term = fit_loss + config.step_loss * torch.stack(step_losses).mean(dim=0)
+    loss = (fit_term + boot_term).mean() if boot_term is not None else fit_term.mean()
     return MetaLossOutput(
         loss=loss,
         fit_loss=fit_loss.detach(),
         boot_distance=distance.detach(),
         boot_rise=boot_rise,
         adapted={n: p.detach() for n, p in adapted.items()},
-        fit_term=fit_loss,
+        fit_term=fit_term,
         boot_term=boot_term,
     )

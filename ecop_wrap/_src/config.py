@@ -138,6 +138,17 @@ class ECoPConfig:
         flag_check,
         algorithm=True,
     )
+    step_loss: float = _hyper(
+        0.0,
+        "weight of a multi-step meta-loss (MAML++'s, Antoniou et al. 2019): each signal's fit term gains "
+        "``step_loss`` times the mean, over k = 1 .. K-1, of its loss at theta_k on that step's pruned context (the "
+        "loss inner step k + 1 differentiates anyway: no extra pass, and with second-order steps no extra saved "
+        "tensors; with ``first_order`` each step's forward graph is kept for it). It asks every intermediate step "
+        "to fit, not only theta_K; 0 (the default) is the paper's meta-loss. Opt-in: docs/results.md has what it "
+        "did.",
+        non_negative_check,
+        algorithm=True,
+    )
     inner_lr: float = _hyper(
         1e-2, "inner step size alpha (and the learned rates' initial value).", positive_check, algorithm=True
     )

@@ -316,13 +316,21 @@ class ContextEvaluator:
         step size (the norm scale) or the step itself, and once residuals fall below bf16's resolution the
         rounding of the predictions inflates it (bf16 here cost 11 dB at test time; docs/benchmarks.md).
         """
+        losses, channels = self.signal_losses(params, pruned_idx, graph_free=graph_free)
+        return losses.sum() if channels is None else losses.sum() / channels
+
+    def signal_losses(
+        self, params: Params, pruned_idx: Points, *, graph_free: bool = False
+    ) -> tuple[torch.Tensor, int | None]:
+        """``[B]`` each signal's loss on its pruned context, and the channel count it is still to be divided by
+        (None: already divided, with weights). :meth:`loss` divides once, after summing over signals."""
         if self.weights is not None:
             with self._reusing(params):
-                return weighted_graph_loss(self, params, pruned_idx, graph_free=graph_free).sum()
+                return weighted_graph_loss(self, params, pruned_idx, graph_free=graph_free), None
         coords, values = gather_points(self.coords, pruned_idx), gather_points(self.values, pruned_idx)
         with self._reusing(params):
             pred = self.backend.graph_free(params, coords)[0] if graph_free else self.backend(params, coords)
-        return self.loss_fn.summed(pred, values).mean(dim=1).sum() / self.channels
+        return self.loss_fn.summed(pred, values).mean(dim=1), self.channels
 
     def grad(self, params: Params, pruned_idx: Points) -> Params:
         """Graph-free per-signal gradient of the pruned-context MSE at ``params``."""
@@ -335,20 +343,35 @@ class ContextEvaluator:
             )
         return dict(zip(leaves, grads, strict=True))
 
-    def sgd_step(self, params: Params, pruned_idx: Points, rates: Rates, *, create_graph: bool = True) -> Params:
+    def sgd_step(
+        self,
+        params: Params,
+        pruned_idx: Points,
+        rates: Rates,
+        *,
+        create_graph: bool = True,
+        step_losses: list[torch.Tensor] | None = None,
+    ) -> Params:
         """``theta - rate * grad MSE(theta; pruned)`` for every adapted parameter (paper Eq. 4).
 
         With ``create_graph`` the step is differentiable (second-order MAML); without it the gradient is a
         constant (first order). With ``checkpoint`` the step's graph is recomputed in the backward pass.
+        ``step_losses``: a list that receives the ``[B]`` per-signal loss the step differentiates, with its graph.
         """
         if not (self.checkpoint and create_graph):
-            return _sgd_step(self, params, pruned_idx, rates, create_graph)
+            return _sgd_step(self, params, pruned_idx, rates, create_graph, step_losses)
         names = list(params)
 
         def step(*flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            return tuple(_sgd_step(self, dict(zip(names, flat, strict=True)), pruned_idx, rates, True).values())
+            losses: list[torch.Tensor] | None = [] if step_losses is not None else None
+            stepped = _sgd_step(self, dict(zip(names, flat, strict=True)), pruned_idx, rates, True, losses)
+            return (*stepped.values(), *(losses or []))
 
-        return dict(zip(names, activation_checkpoint(step, *params.values(), use_reentrant=False), strict=True))
+        out = activation_checkpoint(step, *params.values(), use_reentrant=False)
+        if step_losses is not None:
+            step_losses.append(out[-1])
+            out = out[:-1]
+        return dict(zip(names, out, strict=True))
 
     def full_mse(self, params: Params, *, at_params: FullGrad | None = None) -> torch.Tensor:
         """``[B]`` full-context MSE at ``params`` (theta_K), differentiable back to theta_0.
@@ -414,11 +437,26 @@ def _laid_out_like(grads: list[torch.Tensor], leaves: list[torch.Tensor]) -> lis
     return out
 
 
-def _sgd_step(ctx: ContextEvaluator, params: Params, pruned_idx: Points, rates: Rates, create_graph: bool) -> Params:
+def _sgd_step(
+    ctx: ContextEvaluator,
+    params: Params,
+    pruned_idx: Points,
+    rates: Rates,
+    create_graph: bool,
+    step_losses: list[torch.Tensor] | None = None,
+) -> Params:
     with record_function("ecop.pruned_forward"):
-        loss = ctx.loss(params, pruned_idx)
+        losses, channels = ctx.signal_losses(params, pruned_idx)
+        loss = losses.sum() if channels is None else losses.sum() / channels
+    if step_losses is not None:
+        step_losses.append(losses if channels is None else losses / channels)
     with record_function("ecop.inner_gradient"):
         grads = torch.autograd.grad(
-            loss, list(params.values()), create_graph=create_graph, allow_unused=True, materialize_grads=True
+            loss,
+            list(params.values()),
+            create_graph=create_graph,
+            retain_graph=True if step_losses is not None else None,  # first order: the step loss's graph is kept
+            allow_unused=True,
+            materialize_grads=True,
         )
     return sgd_update(params, dict(zip(params, grads, strict=True)), rates)
