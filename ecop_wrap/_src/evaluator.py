@@ -316,8 +316,7 @@ class ContextEvaluator:
         step size (the norm scale) or the step itself, and once residuals fall below bf16's resolution the
         rounding of the predictions inflates it (bf16 here cost 11 dB at test time; docs/benchmarks.md).
         """
-        losses, channels = self.signal_losses(params, pruned_idx, graph_free=graph_free)
-        return losses.sum() if channels is None else losses.sum() / channels
+        return _batch_total(*self.signal_losses(params, pruned_idx, graph_free=graph_free))
 
     def signal_losses(
         self, params: Params, pruned_idx: Points, *, graph_free: bool = False
@@ -437,6 +436,12 @@ def _laid_out_like(grads: list[torch.Tensor], leaves: list[torch.Tensor]) -> lis
     return out
 
 
+def _batch_total(losses: torch.Tensor, channels: int | None) -> torch.Tensor:
+    """The sum over signals of ``[B]`` losses from :meth:`ContextEvaluator.signal_losses`, divided by ``channels``
+    once (after the sum, as the loss has always been computed: the same rounding)."""
+    return losses.sum() if channels is None else losses.sum() / channels
+
+
 def _sgd_step(
     ctx: ContextEvaluator,
     params: Params,
@@ -447,7 +452,7 @@ def _sgd_step(
 ) -> Params:
     with record_function("ecop.pruned_forward"):
         losses, channels = ctx.signal_losses(params, pruned_idx)
-        loss = losses.sum() if channels is None else losses.sum() / channels
+        loss = _batch_total(losses, channels)
     if step_losses is not None:
         step_losses.append(losses if channels is None else losses / channels)
     with record_function("ecop.inner_gradient"):
